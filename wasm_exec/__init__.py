@@ -1,0 +1,32 @@
+"""wasm-exec: run agent-written Python in a persistent CPython-on-WebAssembly sandbox.
+
+>>> from wasm_exec import PythonExecExecutor
+>>> with PythonExecExecutor() as ex:
+...     ex.execute("x = 41")
+...     ex.execute("x += 1", return_globals=["x"]).globals["x"]
+42
+"""
+
+from .config import Limits, Policy
+from .errors import (
+    ConfigurationError,
+    ExecutorClosedError,
+    InputError,
+    RuntimeNotFoundError,
+    RuntimeVerificationError,
+    WasmExecError,
+)
+from .executor import ExecutionResult, PythonExecExecutor
+
+__all__ = [
+    "ConfigurationError",
+    "ExecutionResult",
+    "ExecutorClosedError",
+    "InputError",
+    "Limits",
+    "Policy",
+    "PythonExecExecutor",
+    "RuntimeNotFoundError",
+    "RuntimeVerificationError",
+    "WasmExecError",
+]

@@ -1,0 +1,100 @@
+"""Limits and policy, as validated pydantic models."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_ALIAS_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+MiB = 1024 * 1024
+
+
+class Limits(BaseModel):
+    """Resource limits for one call. Every field can be overridden per call.
+
+    >>> Limits(fuel=2_000_000_000, timeout_seconds=5).timeout_seconds
+    5.0
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fuel: int | None = Field(
+        default=200_000_000_000,
+        ge=1_000_000,
+        description="WebAssembly instruction budget for one call (None: no fuel metering; "
+        "faster, and the timeout still applies).",
+    )
+    timeout_seconds: float = Field(default=30.0, gt=0, le=24 * 3600,
+                                   description="Wall-clock deadline for one call.")
+    memory_bytes: int = Field(default=512 * MiB, ge=32 * MiB, le=4096 * MiB,
+                              description="Cap on the interpreter's linear memory.")
+    max_output_bytes: int = Field(default=1 * MiB, ge=1024,
+                                  description="Cap on stdout and on stderr, each, per call.")
+    max_code_bytes: int = Field(default=4 * MiB, ge=1024,
+                                description="Largest accepted source code.")
+    max_globals_bytes: int = Field(default=16 * MiB, ge=1024,
+                                   description="Cap on globals passed in and on globals "
+                                   "returned, each, as JSON.")
+
+    def merged(self, overrides: dict[str, Any] | None) -> Limits:
+        """These limits with ``overrides`` applied (validated)."""
+        if not overrides:
+            return self
+        data = self.model_dump()
+        unknown = set(overrides) - set(data)
+        if unknown:
+            raise ValueError(f"unknown limit(s) {sorted(unknown)}; known: {sorted(data)}")
+        data.update(overrides)
+        return Limits.model_validate(data)
+
+
+class Policy(BaseModel):
+    """What the agent's code may import, and what is bound before its first call."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    whitelisted_imports: frozenset[str] = frozenset()
+    default_imports: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("whitelisted_imports", mode="before")
+    @classmethod
+    def _coerce_modules(cls, value: Any) -> Any:
+        if value is None:
+            return frozenset()
+        if isinstance(value, str):
+            raise ValueError("whitelisted_imports must be a list or set of module names, "
+                             f"not a string (did you mean [{value!r}]?)")
+        return value
+
+    @field_validator("whitelisted_imports")
+    @classmethod
+    def _check_modules(cls, value: frozenset[str]) -> frozenset[str]:
+        for name in value:
+            if not _MODULE_RE.match(name):
+                raise ValueError(f"{name!r} is not a module name (expected e.g. 'json' or "
+                                 "'xml.etree.ElementTree')")
+        return value
+
+    @field_validator("default_imports", mode="before")
+    @classmethod
+    def _coerce_defaults(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_validator("default_imports")
+    @classmethod
+    def _check_defaults(cls, value: dict[str, str]) -> dict[str, str]:
+        for alias, module in value.items():
+            if not _ALIAS_RE.match(alias) or alias.startswith("__"):
+                raise ValueError(f"default import alias {alias!r} is not a plain identifier")
+            if not _MODULE_RE.match(module):
+                raise ValueError(f"default import {alias!r}: {module!r} is not a module name")
+        return value
+
+    @property
+    def allowed(self) -> frozenset[str]:
+        """The allow-list including the modules named by default imports."""
+        return self.whitelisted_imports | frozenset(self.default_imports.values())

@@ -1,0 +1,32 @@
+"""Errors raised by wasm-exec on the host side.
+
+Errors raised *by the agent's code* never surface as host exceptions: they come back in
+:class:`wasm_exec.ExecutionResult`. These exceptions are for the caller's mistakes and for
+a missing or broken runtime.
+"""
+
+from __future__ import annotations
+
+
+class WasmExecError(Exception):
+    """Base class of every error raised by wasm-exec."""
+
+
+class RuntimeNotFoundError(WasmExecError):
+    """The CPython-on-WASI runtime is not installed where wasm-exec looks for it."""
+
+
+class RuntimeVerificationError(WasmExecError):
+    """A runtime file does not match its pinned size or SHA-256."""
+
+
+class ConfigurationError(WasmExecError, ValueError):
+    """An executor was configured with values it cannot honour."""
+
+
+class InputError(WasmExecError, ValueError):
+    """The code or globals passed to ``execute`` cannot be sent to the sandbox."""
+
+
+class ExecutorClosedError(WasmExecError):
+    """The executor was closed; create a new one."""

@@ -1,0 +1,329 @@
+"""The public API: :class:`PythonExecExecutor` and :class:`ExecutionResult`."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .config import Limits, Policy
+from .errors import ConfigurationError, ExecutorClosedError, InputError
+from .protocol import ProtocolError, check_json_value, validate_call_reply
+from .runtime import EngineSettings, get_image
+from .session import STOP_CANCELLED, CallLimits, Session, SessionDead
+
+LimitName = Literal["fuel", "timeout", "memory", "stack_overflow", "exit", "crash",
+                    "protocol", "cancelled"]
+
+_STOP_TEXT = {
+    "fuel": "Fuel limit exceeded: the call used its whole budget of {fuel} fuel units",
+    "timeout": "Timeout: the call ran past its deadline of {timeout} s",
+    "stack_overflow": "The interpreter's WebAssembly stack overflowed (too deep recursion "
+                      "in C code)",
+    "exit": "The code ended the interpreter ({detail})",
+    "crash": "The interpreter crashed ({detail})",
+    "protocol": "The interpreter broke the sandbox protocol ({detail})",
+    "cancelled": "The call was cancelled",
+    "memory": "Memory limit exceeded",
+}
+
+
+class ExecutionResult(BaseModel):
+    """What one ``execute`` call produced.
+
+    ``success`` is False when the code raised (including ``SyntaxError`` and
+    ``SystemExit``) or when a limit stopped it; ``error`` then says what happened in one
+    line and ``error_type`` / ``error_message`` / ``traceback`` give the details.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    success: bool
+    error: str | None = None
+    stdout: str = ""
+    stderr: str = ""
+    globals: dict[str, Any] = Field(default_factory=dict)
+    globals_errors: dict[str, str] = Field(
+        default_factory=dict,
+        description="Names from return_globals that could not be returned, with the reason.")
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    limit: LimitName | None = Field(
+        default=None, description="The limit that stopped the call, if one did.")
+    state_reset: bool = Field(
+        default=False,
+        description="True when this call ran on a fresh interpreter because the previous "
+        "one was lost (a limit stopped it, it crashed, or it was evicted): variables from "
+        "earlier calls are gone. Default imports are in place again.")
+    interpreter_lost: bool = Field(
+        default=False,
+        description="True when this call ended the interpreter: the next call starts fresh.")
+    duration_seconds: float = 0.0
+    fuel_used: int | None = None
+    memory_bytes: int = Field(default=0, description="Guest linear memory after the call.")
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+
+
+class PythonExecExecutor:
+    """A persistent Python interpreter in a WebAssembly sandbox, for one agent.
+
+    >>> with PythonExecExecutor(whitelisted_imports=["math"]) as ex:
+    ...     ex.execute("import math\\nr = math.sqrt(16)", return_globals=["r"]).globals
+    {'r': 4.0}
+
+    Variables, functions, classes and imports live on between calls. Limits (fuel,
+    timeout, memory, output) come from ``limits`` (or keyword arguments) and can be
+    overridden per call with ``execute(..., limits={...})``.
+    """
+
+    def __init__(
+        self,
+        *,
+        whitelisted_imports: Iterable[str] | None = None,
+        default_imports: Mapping[str, str] | None = None,
+        limits: Limits | Mapping[str, Any] | None = None,
+        fuel: int | None | Literal["default"] = "default",
+        timeout_seconds: float | None = None,
+        memory_bytes: int | None = None,
+        max_output_bytes: int | None = None,
+    ) -> None:
+        try:
+            self.policy = Policy(
+                whitelisted_imports=frozenset(whitelisted_imports or ()),
+                default_imports=dict(default_imports or {}),
+            )
+            base = limits if isinstance(limits, Limits) else Limits.model_validate(limits or {})
+            overrides: dict[str, Any] = {}
+            if fuel != "default":
+                overrides["fuel"] = fuel
+            if timeout_seconds is not None:
+                overrides["timeout_seconds"] = timeout_seconds
+            if memory_bytes is not None:
+                overrides["memory_bytes"] = memory_bytes
+            if max_output_bytes is not None:
+                overrides["max_output_bytes"] = max_output_bytes
+            self.limits = base.merged(overrides)
+        except ValueError as e:
+            raise ConfigurationError(str(e)) from e
+        self._settings = EngineSettings(fuel=self.limits.fuel is not None)
+        self._image = get_image(self._settings)
+        self._lock = threading.RLock()
+        self._closed = False
+        self._session: Session | None = None
+        self._reset_pending = False
+        self._holder: list[Session | None] = [None]
+        self._session = self._new_session()
+        self._holder[0] = self._session
+        self._finalizer = weakref.finalize(self, _close_session, self._holder)
+
+    # ------------------------------------------------------------------ API
+    def execute(
+        self,
+        code: str,
+        globals_dict: Mapping[str, Any] | None = None,
+        return_globals: Iterable[str] | None = None,
+        *,
+        limits: Mapping[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """Run ``code`` in this executor's interpreter.
+
+        ``globals_dict`` values (JSON data) are bound as globals before the code runs;
+        the names in ``return_globals`` come back in ``result.globals`` as JSON data.
+        """
+        call_limits = self._call_limits(limits)
+        if not isinstance(code, str):
+            raise InputError(f"code must be a str, not {type(code).__name__}")
+        encoded = code.encode("utf-8", "surrogatepass")
+        if len(encoded) > call_limits.max_code_bytes:
+            raise InputError(f"code is {len(encoded)} bytes; the limit is "
+                             f"{call_limits.max_code_bytes} (limits.max_code_bytes)")
+        values = self._check_globals(globals_dict, call_limits)
+        names = self._check_names(return_globals)
+        with self._lock:
+            if self._closed:
+                raise ExecutorClosedError("this executor is closed; create a new one")
+            reset = self._reset_pending
+            session = self._session
+            if session is None or not session.alive:
+                session = self._replace_session()
+                reset = True
+            self._reset_pending = False
+            payload = {"op": "exec", "code": code, "globals": values, "return": names}
+            limits_for_call = CallLimits(
+                fuel=call_limits.fuel, timeout_seconds=call_limits.timeout_seconds,
+                max_output_bytes=call_limits.max_output_bytes,
+                max_reply_bytes=call_limits.max_globals_bytes + 1_000_000,
+                max_globals_bytes=call_limits.max_globals_bytes)
+            started = time.perf_counter()
+            try:
+                outcome = session.call(payload, limits_for_call)
+            except SessionDead:
+                session = self._replace_session()
+                reset = True
+                outcome = session.call(payload, limits_for_call)
+            duration = outcome.duration or (time.perf_counter() - started)
+            common = dict(stdout=outcome.stdout, stderr=outcome.stderr,
+                          stdout_truncated=outcome.stdout_truncated,
+                          stderr_truncated=outcome.stderr_truncated,
+                          duration_seconds=duration, fuel_used=outcome.fuel_used,
+                          memory_bytes=outcome.memory_bytes, state_reset=reset)
+            if outcome.died is not None:
+                self._reset_pending = True
+                self._discard(session)
+                return self._stopped(outcome.died, call_limits, common)
+            assert outcome.reply is not None
+            try:
+                reply = validate_call_reply(outcome.reply, outcome.call_id)
+            except ProtocolError as e:
+                self._reset_pending = True
+                self._discard(session)
+                return self._stopped(SessionDead("protocol", str(e)), call_limits, common)
+            if reply["ok"]:
+                return ExecutionResult(success=True, globals=reply["globals"],
+                                       globals_errors=reply["globals_errors"], **common)
+            etype, emsg = reply["error_type"], reply["error_message"]
+            return ExecutionResult(
+                success=False, error=f"{etype}: {emsg}" if emsg else etype,
+                error_type=etype, error_message=emsg, traceback=reply["traceback"],
+                globals=reply["globals"], globals_errors=reply["globals_errors"], **common)
+
+    def reset(self) -> None:
+        """Throw away this agent's state: the next call runs on a fresh interpreter."""
+        with self._lock:
+            self._check_open()
+            self._replace_session()
+
+    def close(self) -> None:
+        """End the interpreter. Later calls raise :class:`ExecutorClosedError`."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
+        self._finalizer.detach()
+
+    def __enter__(self) -> PythonExecExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ------------------------------------------------------------ internals
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ExecutorClosedError("this executor is closed; create a new one")
+
+    def _new_session(self) -> Session:
+        session = Session(self._image, allowed=self.policy.allowed,
+                          default_imports=self.policy.default_imports,
+                          memory_bytes=self.limits.memory_bytes)
+        if session.default_import_errors:
+            session.close()
+            problems = "; ".join(f"{alias!r} ({self.policy.default_imports[alias]!r}): {err}"
+                                 for alias, err in session.default_import_errors.items())
+            raise ConfigurationError(f"default imports that the runtime cannot provide: "
+                                     f"{problems}")
+        return session
+
+    def _replace_session(self) -> Session:
+        old = self._session
+        if old is not None:
+            self._discard(old)
+        self._session = self._new_session()
+        self._holder[0] = self._session
+        return self._session
+
+    def _discard(self, session: Session) -> None:
+        if self._session is session:
+            self._session = None
+        threading.Thread(target=session.close, daemon=True).start() \
+            if session.alive else session.close()
+
+    def _call_limits(self, overrides: Mapping[str, Any] | None) -> Limits:
+        try:
+            merged = self.limits.merged(dict(overrides) if overrides else None)
+        except ValueError as e:
+            raise InputError(f"invalid limits: {e}") from e
+        if (merged.fuel is None) != (self.limits.fuel is None):
+            raise InputError("fuel metering cannot be switched on or off per call; create the "
+                             "executor with fuel=None (off) or a budget (on)")
+        if merged.memory_bytes != self.limits.memory_bytes:
+            raise InputError("memory_bytes is fixed when the interpreter starts; set it on "
+                             "the executor")
+        return merged
+
+    @staticmethod
+    def _check_globals(globals_dict: Mapping[str, Any] | None, limits: Limits) -> dict[str, Any]:
+        if globals_dict is None:
+            return {}
+        if not isinstance(globals_dict, Mapping):
+            raise InputError("globals_dict must be a mapping of names to JSON values")
+        values: dict[str, Any] = {}
+        for key, value in globals_dict.items():
+            if not isinstance(key, str) or not key.isidentifier():
+                raise InputError(f"globals_dict key {key!r} is not a valid Python identifier")
+            if key.startswith("__") and key.endswith("__"):
+                raise InputError(f"globals_dict key {key!r}: dunder names are reserved")
+            try:
+                check_json_value(value, f"globals_dict[{key!r}]")
+            except TypeError as e:
+                raise InputError(f"{e}; nothing was run and the agent's state is unchanged") \
+                    from None
+            values[key] = value
+        size = len(json.dumps(values, allow_nan=True, ensure_ascii=False))
+        if size > limits.max_globals_bytes:
+            raise InputError(f"globals_dict is {size} bytes as JSON; the limit is "
+                             f"{limits.max_globals_bytes} (limits.max_globals_bytes)")
+        return values
+
+    @staticmethod
+    def _check_names(names: Iterable[str] | None) -> list[str]:
+        if names is None:
+            return []
+        if isinstance(names, str):
+            raise InputError("return_globals must be a list of names, not a string "
+                             f"(did you mean [{names!r}]?)")
+        out = []
+        for n in names:
+            if not isinstance(n, str) or not n.isidentifier():
+                raise InputError(f"return_globals entry {n!r} is not a valid identifier")
+            out.append(n)
+        return out
+
+    def _stopped(self, died: SessionDead, limits: Limits, common: dict[str, Any]) \
+            -> ExecutionResult:
+        reason = died.reason
+        text = _STOP_TEXT.get(reason, "The interpreter stopped ({detail})").format(
+            fuel=limits.fuel, timeout=limits.timeout_seconds, detail=died.detail)
+        text += ". The interpreter was lost: the next call starts a fresh one " \
+                "(earlier variables are gone, default imports are rebound)."
+        etype = {"fuel": "FuelExhausted", "timeout": "TimeoutError",
+                 "stack_overflow": "StackOverflow", "cancelled": "Cancelled"}.get(
+                     reason, "SandboxError")
+        if reason == STOP_CANCELLED and self._closed:
+            text = "The executor was closed while the call ran."
+        return ExecutionResult(success=False, error=text, error_type=etype,
+                               error_message=text, limit=reason,  # type: ignore[arg-type]
+                               interpreter_lost=True, **common)
+
+
+def _close_session(holder: list[Session | None]) -> None:
+    s = holder[0]
+    if s is not None:
+        s.close()
+
+
+__all__ = ["ExecutionResult", "PythonExecExecutor"]

@@ -1,0 +1,142 @@
+"""Framing between the host and the guest runner (``runtime/spec/runner.py``).
+
+Requests (host -> guest, on the guest's fd 0)::
+
+    b"WXQ1" | u32 little-endian length | UTF-8 JSON
+
+Replies (guest -> host, written only by the runner's audit hook)::
+
+    b"WXR1" | 16-byte session token | u32 little-endian length | UTF-8 JSON
+
+sent as ONE ``fd_write`` on fd 1 (the runtime's libc passes no other descriptor to the
+host). The token is known only to the host and to the runner's audit hook, so nothing the
+agent's code prints or writes can pass for a reply: a write without the token is plain
+stdout. A write with the token that is not exactly one well-formed frame is a protocol
+violation: the interpreter is treated as crashed and replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+REQUEST_MAGIC = b"WXQ1"
+REPLY_MAGIC = b"WXR1"
+TOKEN_BYTES = 16
+REPLY_HEADER = len(REPLY_MAGIC) + TOKEN_BYTES + 4
+
+
+class ProtocolError(Exception):
+    """The guest sent something that is not a valid reply."""
+
+
+def encode_request(payload: dict[str, Any]) -> bytes:
+    body = json.dumps(payload, ensure_ascii=False, allow_nan=True,
+                      separators=(",", ":")).encode("utf-8", "surrogatepass")
+    return REQUEST_MAGIC + len(body).to_bytes(4, "little") + body
+
+
+class ReplyReader:
+    """Recognises and decodes reply frames for one session (size-capped)."""
+
+    def __init__(self, token: bytes, max_bytes: int) -> None:
+        self._prefix = REPLY_MAGIC + token
+        self._max = max_bytes
+
+    def reset(self, max_bytes: int) -> None:
+        self._max = max_bytes
+
+    def is_reply(self, head: bytes) -> bool:
+        """Whether a write starting with ``head`` (at least 20 bytes) is a reply."""
+        return head[:len(self._prefix)] == self._prefix
+
+    def decode(self, frame: bytes) -> dict[str, Any]:
+        """Decode one whole reply frame (one write that :meth:`is_reply` accepted)."""
+        if len(frame) < REPLY_HEADER or not self.is_reply(frame):
+            raise ProtocolError("truncated reply header")
+        size = int.from_bytes(frame[len(self._prefix):REPLY_HEADER], "little")
+        if size > self._max:
+            raise ProtocolError(f"reply of {size} bytes exceeds the cap of {self._max}")
+        if len(frame) - REPLY_HEADER != size:
+            raise ProtocolError("reply length does not match its header")
+        body = frame[REPLY_HEADER:]
+        try:
+            reply = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise ProtocolError(f"reply is not JSON: {e}") from None
+        if not isinstance(reply, dict):
+            raise ProtocolError("reply is not a JSON object")
+        return reply
+
+
+def _str(value: Any, name: str, cap: int = 1_000_000) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError(f"reply field {name!r} is not a string")
+    return value[:cap]
+
+
+def validate_ready(reply: dict[str, Any]) -> dict[str, str]:
+    if reply.get("id") != 0 or reply.get("ready") is not True:
+        raise ProtocolError("expected the runner's ready message")
+    errors = reply.get("errors")
+    if not isinstance(errors, dict):
+        raise ProtocolError("ready message without an errors map")
+    return {_str(k, "alias", 200): _str(v, "error", 2000) for k, v in errors.items()}
+
+
+def validate_call_reply(reply: dict[str, Any], call_id: int) -> dict[str, Any]:
+    """Check a call reply's shape and types; parse the returned globals."""
+    if reply.get("id") != call_id:
+        raise ProtocolError(f"reply for call {reply.get('id')!r}, expected {call_id}")
+    ok = reply.get("ok")
+    if not isinstance(ok, bool):
+        raise ProtocolError("reply field 'ok' is not a boolean")
+    out: dict[str, Any] = {"ok": ok}
+    if not ok:
+        out["error_type"] = _str(reply.get("error_type"), "error_type", 500)
+        out["error_message"] = _str(reply.get("error_message"), "error_message", 100_000)
+        out["traceback"] = _str(reply.get("traceback"), "traceback", 200_000)
+    raw_globals = reply.get("globals")
+    raw_errors = reply.get("globals_errors")
+    if not isinstance(raw_globals, dict) or not isinstance(raw_errors, dict):
+        raise ProtocolError("reply globals are not JSON objects")
+    values: dict[str, Any] = {}
+    for name, text in raw_globals.items():
+        text = _str(text, f"globals[{name!r}]", 1 << 40)
+        try:
+            values[name] = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            raise ProtocolError(f"returned global {name!r} is not JSON: {e}") from None
+    out["globals"] = values
+    out["globals_errors"] = {_str(k, "name", 1000): _str(v, "error", 2000)
+                             for k, v in raw_errors.items()}
+    return out
+
+
+def check_json_value(value: Any, path: str, depth: int = 0) -> None:
+    """Raise ``TypeError`` naming ``path`` when ``value`` is not plain JSON data."""
+    if depth > 500:
+        raise TypeError(f"{path} is nested more than 500 levels deep")
+    if value is None or isinstance(value, (bool, str)):
+        return
+    if isinstance(value, int):
+        if abs(value) >= 10 ** 4000:
+            raise TypeError(f"{path} is an integer with more than 4000 digits")
+        return
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_json_value(item, f"{path}[{i}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        for k, item in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{path} has a key {k!r} that is not a string")
+            check_json_value(item, f"{path}[{k!r}]", depth + 1)
+        return
+    raise TypeError(f"{path} is a {type(value).__name__}, which is not JSON "
+                    "(use dict, list, str, int, float, bool or None)")

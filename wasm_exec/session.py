@@ -1,0 +1,577 @@
+"""One live interpreter: a wasmtime Store + Instance running the guest runner.
+
+The guest's ``_start`` never returns while the session lives: the runner blocks in
+``fd_read(0)`` between calls, which this module serves from a queue. That call runs on the
+session's own thread; callers hand requests over and wait for the reply.
+
+Shadowed WASI imports (everything else is wasmtime's WASI with no preopened directory,
+no environment and no arguments beyond the runner):
+
+- ``fd_read``: fd 0 is the request channel; during a call it reads as end-of-file.
+- ``fd_write``: fd 1/2 are the call's stdout/stderr (capped), fd 3 the reply channel.
+- ``poll_oneoff``: sleeping ends at the call's deadline.
+- ``clock_time_get``: host clocks, so that sleeps with absolute deadlines agree.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+import struct
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import wasmtime
+
+from .protocol import REPLY_HEADER, ProtocolError, ReplyReader, encode_request, validate_ready
+from .runtime import RuntimeImage, runner_source
+
+ERRNO_SUCCESS = 0
+ERRNO_BADF = 8
+ERRNO_FAULT = 21
+ERRNO_INVAL = 28
+ERRNO_NOTSUP = 58
+
+TICK_SECONDS = 0.005
+IDLE_FUEL = 200_000_000
+BOOT_FUEL = 20_000_000_000
+BOOT_TIMEOUT = 60.0
+MARKER = "\n[output truncated: {what} exceeded {cap} bytes]\n"
+
+BOOTSTRAP = ("import sys\n"
+             "exec(compile(sys.argv.pop(1), '<wasm-exec-runner>', 'exec'))\n")
+
+# modules CPython's own C code imports on the caller's behalf (never by a statement)
+IMPLICIT_IMPORTS = ("unicodedata", "_strptime", "encodings")
+
+
+STOP_FUEL = "fuel"
+STOP_TIMEOUT = "timeout"
+STOP_MEMORY = "memory"
+STOP_STACK = "stack_overflow"
+STOP_EXIT = "exit"
+STOP_CRASH = "crash"
+STOP_PROTOCOL = "protocol"
+STOP_CANCELLED = "cancelled"
+
+
+class SessionDead(Exception):
+    """The interpreter is gone; ``reason`` says why (one of the STOP_* names)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class _Shutdown(Exception):
+    pass
+
+
+class _Abort(Exception):
+    pass
+
+
+@dataclass
+class CallLimits:
+    fuel: int | None
+    timeout_seconds: float
+    max_output_bytes: int
+    max_reply_bytes: int
+    max_globals_bytes: int
+
+
+@dataclass
+class CallOutcome:
+    reply: dict[str, Any] | None
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    fuel_used: int | None
+    duration: float
+    memory_bytes: int
+    call_id: int = 0
+    died: SessionDead | None = None
+
+
+@dataclass
+class _Call:
+    call_id: int
+    frame: bytes
+    limits: CallLimits
+    done: threading.Event = field(default_factory=threading.Event)
+    reply: dict[str, Any] | None = None
+    stdout: bytearray = field(default_factory=bytearray)
+    stderr: bytearray = field(default_factory=bytearray)
+    out_dropped: bool = False
+    err_dropped: bool = False
+    started: float = 0.0
+    ended: float = 0.0
+    deadline: float = 0.0
+    fuel_left: int | None = None
+
+
+# ----------------------------------------------------------------- epoch ticker
+
+class _Ticker:
+    """Advances the epoch of every live session's engine every TICK_SECONDS."""
+
+    def __init__(self) -> None:
+        self._engines: weakref.WeakSet[wasmtime.Engine] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+
+    def add(self, engine: wasmtime.Engine) -> None:
+        with self._lock:
+            self._engines.add(engine)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="wasm-exec-epoch",
+                                                daemon=True)
+                self._thread.start()
+
+    def remove(self, engine: wasmtime.Engine) -> None:
+        with self._lock:
+            self._engines.discard(engine)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(TICK_SECONDS)
+            with self._lock:
+                engines = list(self._engines)
+                if not engines:
+                    self._thread = None
+                    return
+            for e in engines:
+                e.increment_epoch()
+
+
+_ticker = _Ticker()
+_token_counter = itertools.count(1)
+
+
+class Session:
+    """One CPython interpreter inside WebAssembly, alive between calls."""
+
+    def __init__(self, image: RuntimeImage, *, allowed: frozenset[str],
+                 default_imports: dict[str, str], memory_bytes: int) -> None:
+        self._image = image
+        self._token = os.urandom(16)
+        self._engine, self._module = image.new_engine()
+        self._store = wasmtime.Store(self._engine)
+        self._store.set_limits(memory_size=memory_bytes)
+        self._fuel_enabled = image.settings.fuel
+        self._requests: list[bytes] = []
+        self._cv = threading.Condition()
+        self._inbuf = b""
+        self._call: _Call | None = None
+        self._boot = _Call(0, b"", CallLimits(BOOT_FUEL, BOOT_TIMEOUT, 1 << 20, 1 << 20, 1 << 20))
+        self._reader = ReplyReader(self._token, 1 << 20)
+        self._memory: wasmtime.Memory | None = None
+        self._dead: SessionDead | None = None
+        self._closing = False
+        self._abort_reason: str | None = None
+        self._host_error: SessionDead | None = None
+        self._lock = threading.Lock()  # one call at a time
+        self._pending: _Call | None = None
+        self._ids = itertools.count(1)
+        self.default_import_errors: dict[str, str] = {}
+        self.calls = 0
+
+        wasi = wasmtime.WasiConfig()
+        # the runner gets its own file name, so tracebacks can leave its frames out
+        wasi.argv = ["python", "-S", "-c", BOOTSTRAP, runner_source()]
+        self._store.set_wasi(wasi)
+        linker = wasmtime.Linker(self._engine)
+        linker.define_wasi()
+        linker.allow_shadowing = True
+        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+        linker.define_func("wasi_snapshot_preview1", "fd_read",
+                           wasmtime.FuncType([i32, i32, i32, i32], [i32]), self._fd_read,
+                           access_caller=True)
+        linker.define_func("wasi_snapshot_preview1", "fd_write",
+                           wasmtime.FuncType([i32, i32, i32, i32], [i32]), self._fd_write,
+                           access_caller=True)
+        linker.define_func("wasi_snapshot_preview1", "poll_oneoff",
+                           wasmtime.FuncType([i32, i32, i32, i32], [i32]), self._poll_oneoff,
+                           access_caller=True)
+        linker.define_func("wasi_snapshot_preview1", "clock_time_get",
+                           wasmtime.FuncType([i32, i64, i32], [i32]), self._clock_time_get,
+                           access_caller=True)
+        self._instance = linker.instantiate(self._store, self._module)
+        mem = self._instance.exports(self._store)["memory"]
+        assert isinstance(mem, wasmtime.Memory)
+        self._memory = mem
+        start = self._instance.exports(self._store)["_start"]
+        assert isinstance(start, wasmtime.Func)
+        self._start_func = start
+
+        init = {"token": self._token.hex(), "allowed": sorted(allowed),
+                "implicit": list(IMPLICIT_IMPORTS), "default_imports": dict(default_imports)}
+        self._inbuf = encode_request(init)
+        self._deadline_ticks = 0
+        self._arm(self._boot)
+        self._call = self._boot
+        self._thread = threading.Thread(target=self._run, name="wasm-exec-session", daemon=True)
+        self._thread.start()
+        self._boot.done.wait(BOOT_TIMEOUT + 5)
+        if not self._boot.done.is_set():
+            self._abort(STOP_TIMEOUT)
+            self._boot.done.wait(5)
+        if self._dead is not None and self._boot.reply is None:
+            detail = self._dead.detail
+            boot_err = self._boot.stderr.decode("utf-8", "replace")[-2000:]
+            self.close()
+            raise RuntimeError(f"the sandbox interpreter failed to start: {detail}\n{boot_err}")
+        assert self._boot.reply is not None
+        self.default_import_errors = validate_ready(self._boot.reply)
+
+    # ------------------------------------------------------------ public
+    @property
+    def alive(self) -> bool:
+        return self._dead is None and not self._closing
+
+    @property
+    def dead(self) -> SessionDead | None:
+        return self._dead
+
+    def memory_size(self) -> int:
+        try:
+            return self._memory.data_len(self._store) if self._memory else 0
+        except Exception:
+            return 0
+
+    def call(self, payload: dict[str, Any], limits: CallLimits) -> CallOutcome:
+        """Run one request; returns its outcome, or ``died`` set when the interpreter died."""
+        with self._lock:
+            if self._dead is not None:
+                raise self._dead
+            call_id = next(self._ids)
+            payload = dict(payload, id=call_id, max_globals_bytes=limits.max_globals_bytes)
+            call = _Call(call_id, encode_request(payload), limits)
+            with self._cv:
+                self._requests.append(call.frame)
+                self._pending = call
+                self._cv.notify_all()
+            # the deadline is enforced inside wasm by the epoch; this wait only guards
+            # against a host-side failure to deliver anything at all
+            finished = call.done.wait(limits.timeout_seconds + 30)
+            if not finished:
+                self._abort(STOP_TIMEOUT)
+                call.done.wait(10)
+            self.calls += 1
+            return self._outcome(call)
+
+    def cancel(self) -> None:
+        """Stop the running call now; the interpreter is lost (reason ``cancelled``)."""
+        self._abort(STOP_CANCELLED)
+
+    def close(self) -> None:
+        """End the interpreter and free its memory. Safe to call more than once."""
+        if self._closing:
+            return
+        self._closing = True
+        with self._cv:
+            self._requests.append(b"")  # end of input: the runner returns
+            self._cv.notify_all()
+        thread = getattr(self, "_thread", None)
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            if self._call is not None and self._call is not self._boot:
+                self._abort(STOP_CANCELLED)
+            thread.join(5)
+            if thread.is_alive():
+                self._abort(STOP_CANCELLED)
+                thread.join(5)
+        _ticker.remove(self._engine)
+        if thread is not None and thread.is_alive():
+            return  # still unwinding: leave the store to the garbage collector
+        try:
+            self._store.close()
+        except Exception:
+            pass
+
+    # ----------------------------------------------------------- internals
+    def _outcome(self, call: _Call) -> CallOutcome:
+        cap = call.limits.max_output_bytes
+        out = call.stdout.decode("utf-8", "replace")
+        err = call.stderr.decode("utf-8", "replace")
+        if call.out_dropped:
+            out += MARKER.format(what="stdout", cap=cap)
+        if call.err_dropped:
+            err += MARKER.format(what="stderr", cap=cap)
+        fuel_used = None
+        if call.limits.fuel is not None and call.fuel_left is not None:
+            fuel_used = max(0, call.limits.fuel - call.fuel_left)
+        end = call.ended or time.perf_counter()
+        died = None
+        if call.reply is None:
+            died = self._dead or SessionDead(STOP_CRASH, "the interpreter stopped answering")
+        return CallOutcome(call.reply, out, err, call.out_dropped, call.err_dropped, fuel_used,
+                           max(0.0, end - call.started) if call.started else 0.0,
+                           self.memory_size(), call.call_id, died)
+
+    def _abort(self, reason: str) -> None:
+        if self._abort_reason is None:
+            self._abort_reason = reason
+        with self._cv:
+            self._cv.notify_all()
+        # push the epoch past any deadline: the guest traps at its next check
+        for _ in range(self._deadline_ticks + 2):
+            self._engine.increment_epoch()
+
+    def _arm(self, call: _Call) -> None:
+        """Set fuel and deadline for ``call`` (on the session thread, or before it starts)."""
+        call.started = time.perf_counter()
+        call.deadline = call.started + call.limits.timeout_seconds
+        if self._fuel_enabled:
+            self._store.set_fuel(call.limits.fuel if call.limits.fuel is not None else 1 << 62)
+        ticks = max(1, int(call.limits.timeout_seconds / TICK_SECONDS) + 1)
+        self._deadline_ticks = ticks
+        self._store.set_epoch_deadline(ticks)
+        self._reader.reset(call.limits.max_reply_bytes)
+        _ticker.add(self._engine)
+
+    def _run(self) -> None:
+        reason = STOP_CRASH
+        detail = ""
+        try:
+            self._start_func(self._store)
+            reason, detail = STOP_EXIT, "the interpreter exited"
+        except wasmtime.ExitTrap as e:
+            reason, detail = STOP_EXIT, f"the interpreter exited with status {e.code}"
+        except wasmtime.Trap as e:
+            code = e.trap_code
+            if self._host_error is not None:
+                reason, detail = self._host_error.reason, self._host_error.detail
+            elif self._abort_reason is not None:
+                reason = self._abort_reason
+                detail = _DETAIL.get(reason, reason)
+            elif code == wasmtime.TrapCode.OUT_OF_FUEL:
+                reason, detail = STOP_FUEL, "fuel exhausted"
+            elif code == wasmtime.TrapCode.INTERRUPT:
+                reason, detail = STOP_TIMEOUT, "deadline reached"
+            elif code == wasmtime.TrapCode.STACK_OVERFLOW:
+                reason, detail = STOP_STACK, "WebAssembly stack overflow"
+            else:
+                reason, detail = STOP_CRASH, f"WebAssembly trap: {e.message.splitlines()[0]}"
+        except wasmtime.WasmtimeError as e:
+            if self._host_error is not None:
+                reason, detail = self._host_error.reason, self._host_error.detail
+            elif self._abort_reason is not None:
+                reason, detail = self._abort_reason, _DETAIL.get(self._abort_reason, "")
+            else:
+                reason, detail = STOP_CRASH, f"interpreter failed: {str(e).splitlines()[0]}"
+        except BaseException as e:  # a bug in our host functions: report, never hang
+            reason, detail = STOP_CRASH, f"host error: {e!r}"
+        if self._closing and reason in (STOP_EXIT, STOP_CANCELLED):
+            reason, detail = STOP_CANCELLED, "the executor was closed"
+        self._dead = SessionDead(reason, detail)
+        call = self._call
+        if call is not None:
+            call.ended = time.perf_counter()
+            if self._fuel_enabled:
+                call.fuel_left = 0 if reason == STOP_FUEL else _safe_fuel(self._store)
+            call.done.set()
+        pending = self._pending
+        if pending is not None and not pending.done.is_set():
+            pending.done.set()
+        self._boot.done.set()
+
+    # ------------------------------------------------------- host functions
+    def _mem(self, caller: wasmtime.Caller) -> tuple[int, int]:
+        assert self._memory is not None
+        ptr = self._memory.data_ptr(caller)
+        return ctypes.addressof(ptr.contents), self._memory.data_len(caller)
+
+    def _fail(self, reason: str, detail: str) -> None:
+        self._host_error = SessionDead(reason, detail)
+        raise _Abort(detail)
+
+    def _fd_read(self, caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int,
+                 nread_ptr: int) -> int:
+        if fd != 0:
+            return ERRNO_BADF
+        if not self._inbuf:
+            if self._call is not None:
+                # during a call the agent's code finds stdin empty
+                return self._put_u32(caller, nread_ptr, 0)
+            _ticker.remove(self._engine)  # idle: no epoch to advance
+            with self._cv:
+                while not self._requests and self._abort_reason is None:
+                    self._cv.wait()
+                if self._abort_reason is not None:
+                    raise _Abort(self._abort_reason)
+                frame = self._requests.pop(0)
+                pending = self._pending
+            if not frame:
+                return self._put_u32(caller, nread_ptr, 0)
+            self._inbuf = frame
+            if pending is not None and pending.frame is frame:
+                self._call = pending
+                self._arm(pending)
+        base, size = self._mem(caller)
+        if iovs_len < 0 or iovs < 0 or iovs + 8 * iovs_len > size:
+            return ERRNO_FAULT
+        total = 0
+        for i in range(iovs_len):
+            buf, length = struct.unpack_from("<II", ctypes.string_at(base + iovs + 8 * i, 8))
+            if buf + length > size:
+                return ERRNO_FAULT
+            n = min(length, len(self._inbuf))
+            if n:
+                ctypes.memmove(base + buf, self._inbuf[:n], n)
+                self._inbuf = self._inbuf[n:]
+                total += n
+            if not self._inbuf:
+                break
+        return self._put_u32(caller, nread_ptr, total)
+
+    def _put_u32(self, caller: wasmtime.Caller, ptr: int, value: int) -> int:
+        base, size = self._mem(caller)
+        if ptr < 0 or ptr + 4 > size:
+            return ERRNO_FAULT
+        ctypes.memmove(base + ptr, struct.pack("<I", value), 4)
+        return ERRNO_SUCCESS
+
+    def _fd_write(self, caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int,
+                  nwritten_ptr: int) -> int:
+        if fd not in (1, 2):
+            return ERRNO_BADF
+        base, size = self._mem(caller)
+        if iovs_len < 0 or iovs < 0 or iovs + 8 * iovs_len > size:
+            return ERRNO_FAULT
+        call = self._call
+        total = 0
+        chunks = []
+        for i in range(iovs_len):
+            buf, length = struct.unpack_from("<II", ctypes.string_at(base + iovs + 8 * i, 8))
+            if buf + length > size:
+                return ERRNO_FAULT
+            total += length
+            chunks.append((buf, length))
+        if fd == 1 and chunks and total >= REPLY_HEADER:
+            first_buf, first_len = next((b, n) for b, n in chunks if n)
+            head = ctypes.string_at(base + first_buf, min(first_len, REPLY_HEADER))
+            if self._reader.is_reply(head):
+                self._on_reply(caller, base, chunks, total)
+                return self._put_u32(caller, nwritten_ptr, total)
+        if call is not None:
+            target = call.stdout if fd == 1 else call.stderr
+            room = call.limits.max_output_bytes - len(target)
+            for b, n in chunks:
+                take = max(0, min(n, room))
+                if take:
+                    target += ctypes.string_at(base + b, take)
+                    room -= take
+                if take < n:
+                    if fd == 1:
+                        call.out_dropped = True
+                    else:
+                        call.err_dropped = True
+        return self._put_u32(caller, nwritten_ptr, total)
+
+    def _on_reply(self, caller: wasmtime.Caller, base: int, chunks: list[tuple[int, int]],
+                  total: int) -> None:
+        call = self._call
+        if call is None:
+            self._fail(STOP_PROTOCOL, "the interpreter sent a reply outside a call")
+        assert call is not None
+        if total > call.limits.max_reply_bytes + REPLY_HEADER:
+            self._fail(STOP_PROTOCOL, f"reply of {total} bytes exceeds the cap")
+        frame = b"".join(ctypes.string_at(base + b, n) for b, n in chunks)
+        try:
+            reply = self._reader.decode(frame)
+        except ProtocolError as e:
+            self._fail(STOP_PROTOCOL, f"protocol violation: {e}")
+        call.reply = reply
+        call.ended = time.perf_counter()
+        if self._fuel_enabled:
+            call.fuel_left = _safe_fuel(self._store)
+            self._store.set_fuel(IDLE_FUEL)
+        self._deadline_ticks = int(10 / TICK_SECONDS)
+        self._store.set_epoch_deadline(self._deadline_ticks)
+        self._call = None
+        call.done.set()
+
+    def _clock_time_get(self, caller: wasmtime.Caller, clock_id: int, precision: int,
+                        out_ptr: int) -> int:
+        if clock_id == 0:
+            now = time.time_ns()
+        elif clock_id in (1, 2, 3):
+            now = time.monotonic_ns() if clock_id == 1 else time.process_time_ns()
+        else:
+            return ERRNO_INVAL
+        base, size = self._mem(caller)
+        if out_ptr < 0 or out_ptr + 8 > size:
+            return ERRNO_FAULT
+        ctypes.memmove(base + out_ptr, struct.pack("<Q", now), 8)
+        return ERRNO_SUCCESS
+
+    def _poll_oneoff(self, caller: wasmtime.Caller, in_ptr: int, out_ptr: int, nsubs: int,
+                     nevents_ptr: int) -> int:
+        if nsubs <= 0:
+            return ERRNO_INVAL
+        base, size = self._mem(caller)
+        if in_ptr < 0 or in_ptr + 48 * nsubs > size or out_ptr < 0 or out_ptr + 32 * nsubs > size:
+            return ERRNO_FAULT
+        data = ctypes.string_at(base + in_ptr, 48 * nsubs)
+        events: list[bytes] = []
+        wait_until: float | None = None
+        clocks: list[tuple[int, float]] = []
+        for i in range(nsubs):
+            userdata, tag = struct.unpack_from("<QB", data, 48 * i)
+            if tag == 0:  # clock
+                clock_id, timeout, _prec, flags = struct.unpack_from("<IQQH", data, 48 * i + 16)
+                if flags & 1:  # absolute
+                    now_ns = time.time_ns() if clock_id == 0 else time.monotonic_ns()
+                    rel = max(0, timeout - now_ns) / 1e9
+                else:
+                    rel = timeout / 1e9
+                when = time.monotonic() + rel
+                clocks.append((userdata, when))
+                wait_until = when if wait_until is None else min(wait_until, when)
+            else:  # fd read/write: nothing to wait for in the sandbox
+                events.append(struct.pack("<QHBxxxxxQHxxxxxx", userdata, ERRNO_BADF, tag, 0, 0))
+        if not events and wait_until is not None:
+            call = self._call
+            limit = wait_until
+            if call is not None:
+                limit = min(limit, time.monotonic() + max(0.0, call.deadline - time.perf_counter()))
+            with self._cv:
+                while self._abort_reason is None:
+                    remaining = limit - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cv.wait(remaining)
+            if self._abort_reason is not None:
+                raise _Abort(self._abort_reason)
+            if call is not None and time.perf_counter() >= call.deadline and limit < wait_until:
+                self._fail(STOP_TIMEOUT, "deadline reached")
+            now = time.monotonic()
+            for userdata, when in clocks:
+                if when <= now + 1e-4:
+                    events.append(struct.pack("<QHBxxxxxQHxxxxxx", userdata, 0, 0, 0, 0))
+            if not events:
+                userdata, _ = clocks[0]
+                events.append(struct.pack("<QHBxxxxxQHxxxxxx", userdata, 0, 0, 0, 0))
+        blob = b"".join(events)
+        ctypes.memmove(base + out_ptr, blob, len(blob))
+        return self._put_u32(caller, nevents_ptr, len(events))
+
+
+_DETAIL = {
+    STOP_TIMEOUT: "deadline reached",
+    STOP_CANCELLED: "the call was cancelled",
+}
+
+
+def _safe_fuel(store: wasmtime.Store) -> int | None:
+    try:
+        return store.get_fuel()
+    except Exception:
+        return None
