@@ -359,6 +359,12 @@ class Session:
                 reason, detail = STOP_STACK, "WebAssembly stack overflow"
             else:
                 reason, detail = STOP_CRASH, f"WebAssembly trap: {e.message.splitlines()[0]}"
+        except _Abort:
+            if self._host_error is not None:
+                reason, detail = self._host_error.reason, self._host_error.detail
+            else:
+                reason = self._abort_reason or STOP_CANCELLED
+                detail = _DETAIL.get(reason, reason)
         except wasmtime.WasmtimeError as e:
             if self._host_error is not None:
                 reason, detail = self._host_error.reason, self._host_error.detail
@@ -526,7 +532,7 @@ class Session:
         for i in range(nsubs):
             userdata, tag = struct.unpack_from("<QB", data, 48 * i)
             if tag == 0:  # clock
-                clock_id, timeout, _prec, flags = struct.unpack_from("<IQQH", data, 48 * i + 16)
+                clock_id, timeout, _prec, flags = struct.unpack_from("<I4xQQH", data, 48 * i + 16)
                 if flags & 1:  # absolute
                     now_ns = time.time_ns() if clock_id == 0 else time.monotonic_ns()
                     rel = max(0, timeout - now_ns) / 1e9

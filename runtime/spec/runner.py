@@ -455,6 +455,9 @@ def _wasm_exec_boot():
     # ------------------------------------------------------------ execution
     stdout = sys.stdout
     stderr = sys.stderr
+    # line buffered: what was printed before a limit stopped the call is kept
+    for stream in (stdout, stderr):
+        stream.reconfigure(line_buffering=True, errors="backslashreplace")
     sources = {}
     source_order = []
     MAX_SOURCES = 32
