@@ -202,11 +202,16 @@ class PythonExecExecutor:
 
     def close(self) -> None:
         """End the interpreter. Later calls raise :class:`ExecutorClosedError`."""
+        if self._closed:
+            return
+        self._closed = True
+        # stop a running call first (it holds the lock), then tidy up under the lock
+        running = self._session
+        if running is not None:
+            running.close()
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
             session, self._session = self._session, None
+            self._holder[0] = None
         if session is not None:
             session.close()
         self._finalizer.detach()

@@ -524,6 +524,10 @@ def _wasm_exec_boot():
             except _BaseException:
                 pass
 
+    # headroom for reporting a MemoryError and for the next call's compile: freed when the
+    # agent's code runs out of memory, taken back once memory is available again
+    reserve = [bytearray(4 << 20)]
+
     def run_call(req, cell_no):
         code_text = req["code"]
         filename = "<cell-" + _str(cell_no) + ">"
@@ -543,6 +547,8 @@ def _wasm_exec_boot():
             compiled = _compile(code_text, filename, "exec", dont_inherit=True)
             _exec(compiled, ns)
         except _BaseException as exc:
+            if _isinstance(exc, MemoryError):
+                reserve[0] = None
             reply["ok"] = False
             try:
                 tname, msg, text = describe(exc)
@@ -584,13 +590,20 @@ def _wasm_exec_boot():
                 else:
                     errs[name] = "value cannot be converted to JSON"
                 continue
-            used += _len(text)
-            if used > max_bytes:
-                errs[name] = "value too large to return (returned globals are capped at " + _str(max_bytes) + " bytes)"
+            if used + _len(text) > max_bytes:
+                errs[name] = ("value too large to return (returned globals are capped at "
+                              + _str(max_bytes) + " bytes in all)")
                 continue
+            used += _len(text)
             out[name] = text
         reply["globals"] = out
         reply["globals_errors"] = errs
+        if reserve[0] is None and reply["ok"]:
+            try:
+                reserve[0] = bytearray(4 << 20)
+            except MemoryError:
+                pass
+        reply["healthy"] = reserve[0] is not None
         return reply
 
     # default imports are bound before the hook goes live (they are permissions)

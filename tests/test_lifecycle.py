@@ -1,0 +1,139 @@
+"""Lifecycle, threads and process exit (issue 2)."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import threading
+import time
+import weakref
+
+import pytest
+
+from wasm_exec import ExecutorClosedError, PythonExecExecutor
+
+
+def test_close_and_context_manager():
+    with PythonExecExecutor() as ex:
+        assert ex.execute("x = 1").success
+    assert ex.closed
+    with pytest.raises(ExecutorClosedError):
+        ex.execute("x = 1")
+    ex.close()  # idempotent
+
+
+def test_close_during_a_running_call():
+    ex = PythonExecExecutor(timeout_seconds=30, fuel=None)
+    results = []
+    t = threading.Thread(target=lambda: results.append(ex.execute("while True: pass")))
+    t.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    ex.close()
+    t.join(10)
+    assert not t.is_alive() and time.monotonic() - started < 5
+    assert results and not results[0].success and results[0].limit == "cancelled"
+
+
+def test_collected_executor_frees_its_thread():
+    before = {t.name for t in threading.enumerate()}
+    ex = PythonExecExecutor()
+    ex.execute("x = 1")
+    ref = weakref.ref(ex)
+    del ex
+    gc.collect()
+    assert ref() is None
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        sessions = [t for t in threading.enumerate() if t.name == "wasm-exec-session"]
+        if not sessions or {t.name for t in threading.enumerate()} <= before | {"wasm-exec-epoch"}:
+            break
+        time.sleep(0.05)
+    assert not [t for t in threading.enumerate() if t.name == "wasm-exec-session"]
+
+
+def test_no_thread_left_after_close():
+    ex = PythonExecExecutor()
+    ex.execute("x = 1")
+    ex.close()
+    time.sleep(0.1)
+    assert not [t for t in threading.enumerate() if t.name == "wasm-exec-session"]
+
+
+def test_reset_discards_state(ex):
+    ex.execute("a = 1")
+    ex.reset()
+    r = ex.execute("", return_globals=["a"])
+    assert "a" in r.globals_errors
+
+
+def test_calls_on_one_executor_are_serialised(make_executor):
+    ex = make_executor(whitelisted_imports=["time"])
+    ex.execute("import time\nlog = []")
+    code = "log.append(('start', n))\ntime.sleep(0.05)\nlog.append(('end', n))"
+    threads = [threading.Thread(target=ex.execute, args=(code,), kwargs={"globals_dict": {"n": i}})
+               for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log = ex.execute("", return_globals=["log"]).globals["log"]
+    assert len(log) == 8
+    for i in range(0, 8, 2):
+        assert log[i][0] == "start" and log[i + 1] == ["end", log[i][1]]
+
+
+def test_executors_are_isolated(make_executor):
+    a = make_executor(whitelisted_imports=["json"])
+    b = make_executor(whitelisted_imports=["json"])
+    a.execute("import json\njson.dumps = lambda *a, **k: 'hacked'\nsecret = 1")
+    r = b.execute("import json\nv = json.dumps([1])", return_globals=["v", "secret"])
+    assert r.globals == {"v": "[1]"} and "secret" in r.globals_errors
+
+
+@pytest.mark.slow
+def test_two_executors_run_in_parallel():
+    code = "s = 0\nfor i in range(1_500_000): s += i"
+    a = PythonExecExecutor(fuel=None)
+    b = PythonExecExecutor(fuel=None)
+    try:
+        a.execute("pass")
+        b.execute("pass")
+        t = time.perf_counter()
+        a.execute(code)
+        one = time.perf_counter() - t
+        t = time.perf_counter()
+        threads = [threading.Thread(target=e.execute, args=(code,)) for e in (a, b)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        both = time.perf_counter() - t
+        # wasm runs without the GIL: two loops take clearly less than twice one loop
+        assert both < 1.7 * one, (one, both)
+    finally:
+        a.close()
+        b.close()
+
+
+EXIT_SCRIPT = """
+from wasm_exec import PythonExecExecutor
+ex = PythonExecExecutor({args})
+ex.execute("x = 1\\nprint(x)")
+{extra}
+"""
+
+
+@pytest.mark.parametrize("args,extra", [
+    ("", "ex.close()"),
+    ("", ""),  # left for interpreter shutdown
+    ("fuel=None", ""),
+    ("", "ex.execute('while True: pass', limits={'fuel': 10**7})"),
+])
+def test_process_exits_cleanly(args, extra):
+    for _ in range(3):
+        proc = subprocess.run([sys.executable, "-c", EXIT_SCRIPT.format(args=args, extra=extra)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr == "", proc.stderr
