@@ -214,7 +214,8 @@ def test_guest_sees_no_host_environment_or_files(make_executor):
     r = ex.execute(
         "import os\nenv = dict(os.environ)\ncwd = os.getcwd()\n"
         "try:\n    os.listdir('/')\n    listed = True\nexcept OSError:\n    listed = False\n"
-        "try:\n    open('/etc/passwd').read()\n    read = True\nexcept OSError:\n    read = False\n",
+        "try:\n    open('/etc/passwd').read()\n    read = True\n"
+        "except OSError:\n    read = False\n",
         return_globals=["env", "cwd", "listed", "read"])
     assert r.globals == {"env": {}, "cwd": "/", "listed": False, "read": False}
 

@@ -96,8 +96,8 @@ class PythonExecExecutor:
     ) -> None:
         try:
             self.policy = Policy(
-                whitelisted_imports=frozenset(whitelisted_imports or ()),
-                default_imports=dict(default_imports or {}),
+                whitelisted_imports=whitelisted_imports,  # type: ignore[arg-type]
+                default_imports=default_imports,  # type: ignore[arg-type]
             )
             base = limits if isinstance(limits, Limits) else Limits.model_validate(limits or {})
             overrides: dict[str, Any] = {}

@@ -131,7 +131,7 @@ def _wasm_exec_boot():
     MAIN = []  # the code object of main(), filled in below
 
     def install_hook(token):
-        _trusted = _frozenset(trusted_codes)
+        _trusted = trusted_codes
         _state = state
         _main = MAIN
         _gf = _getframe
@@ -140,6 +140,9 @@ def _wasm_exec_boot():
         _PermissionError = PermissionError
         _memoryview = memoryview
         _is_allowed = is_allowed
+        _import = _real_import
+        _builtin_ops = {"create": _imp_create_builtin, "exec": _imp_exec_builtin}
+        _guard_codes = guard_codes
         deny_getattr = {"__code__", "f_code", "gi_code", "cr_code", "ag_code"}
         always_deny = {"sys.addaudithook", "sys.settrace", "sys.setprofile",
                        "sys._current_frames", "gc.get_objects", "gc.get_referrers",
@@ -161,9 +164,11 @@ def _wasm_exec_boot():
         def hook(event, args):
             if _state["busy"]:
                 return
-            if _state["booting"]:
-                if event == "wasm_exec.boot_done":
-                    _state["booting"] = False
+            booting = _state["booting"]
+            if event == "wasm_exec.boot_done":
+                _state["booting"] = False
+                return
+            if booting and not event.startswith("wasm_exec."):
                 return
             _state["busy"] = True
             try:
@@ -172,11 +177,26 @@ def _wasm_exec_boot():
                         raise _PermissionError("not allowed")
                     send(args[0])
                     return
-                if event == "wasm_exec.importing":
-                    code = caller_code()
-                    if code not in _trusted:
+                if event == "wasm_exec.import":
+                    # the real import, for the guard only; the result goes into a box
+                    if caller_code() not in _guard_codes:
                         raise _PermissionError("not allowed")
-                    _state["importing"] += args[0]
+                    box = args[0]
+                    _state["busy"] = False
+                    _state["importing"] += 1
+                    try:
+                        box.append(_import(*args[1:]))
+                    finally:
+                        _state["importing"] -= 1
+                    return
+                if event == "wasm_exec.builtin":
+                    # creating/executing built-in modules: only inside an import
+                    if _state["importing"] <= 0 and not booting:
+                        raise _PermissionError(
+                            "loading built-in modules outside an import is not allowed")
+                    box = args[0]
+                    _state["busy"] = False
+                    box.append(_builtin_ops[args[1]](args[2]))
                     return
                 if event in always_deny:
                     raise _PermissionError(event + " is not available in the sandbox")
@@ -250,10 +270,15 @@ def _wasm_exec_boot():
         __slots__ = ()
 
         def __call__(self, name, globals=None, locals=None, fromlist=(), level=0):
-            (real_import, getframe, audit, str_copy, allowed_set, prefixes, implicit_set,
+            (getframe, audit, str_copy, allowed_set, prefixes, implicit_set,
              ModuleType, module_dict, type_, str_, int_, tuple_, list_, dict_, len_,
-             isinstance_, getattr_, sorted_, repr_, ImportError_, TypeError_, ValueError_,
-             skip_codes) = self
+             isinstance_, getattr_, sorted_, repr_, ImportError_, TypeError_, ValueError_) = self
+            return self._guarded(name, globals, locals, fromlist, level, 2)
+
+        def _guarded(self, name, globals, locals, fromlist, level, depth):
+            (getframe, audit, str_copy, allowed_set, prefixes, implicit_set,
+             ModuleType, module_dict, type_, str_, int_, tuple_, list_, dict_, len_,
+             isinstance_, getattr_, sorted_, repr_, ImportError_, TypeError_, ValueError_) = self
             if type_(name) is not str_:
                 if not isinstance_(name, str_):
                     raise TypeError_("module name must be str")
@@ -271,20 +296,16 @@ def _wasm_exec_boot():
                         item = str_copy(item)
                     items.append(item)
             fl = tuple_(items)
-            depth = 1
             caller = getframe(depth)
-            while caller.f_code in skip_codes:
-                depth += 1
-                caller = getframe(depth)
+            if caller.f_code is type_(self).import_module.__code__:
+                caller = getframe(depth + 1)
             filename = caller.f_code.co_filename
             if type_(filename) is str_ and (not filename.startswith("<")
                                             or filename.startswith("<frozen")):
                 # library code importing for itself (json importing re): not policed
-                audit("wasm_exec.importing", 1)
-                try:
-                    return real_import(name, globals, locals, fl, level)
-                finally:
-                    audit("wasm_exec.importing", -1)
+                box = list_()
+                audit("wasm_exec.import", box, name, globals, locals, fl, level)
+                return box[0]
 
             absname = name
             if level > 0:
@@ -309,6 +330,9 @@ def _wasm_exec_boot():
             whole = self._ok(absname) or (not statement and absname in implicit_set)
             children = list_()
             if not whole:
+                if fl and fl[0][:2] == "__":
+                    # a dummy fromlist (`('__name__',)`) asks for the module itself
+                    raise self._refuse(absname)
                 if fl:
                     # `from a import b` is allowed by an entry `a.b`
                     for item in fl:
@@ -317,17 +341,16 @@ def _wasm_exec_boot():
                         children.append(item)
                 elif not self._ok(absname):
                     raise self._refuse(absname)
-            audit("wasm_exec.importing", 1)
-            try:
-                top = real_import(absname, None, None, fl, 0)
-                for item in children:
-                    if not isinstance_(getattr_(top, item, None), ModuleType):
-                        try:
-                            real_import(absname + "." + item, None, None, ("__name__",), 0)
-                        except ImportError_:
-                            pass
-            finally:
-                audit("wasm_exec.importing", -1)
+            box = list_()
+            audit("wasm_exec.import", box, absname, None, None, fl, 0)
+            top = box[0]
+            for item in children:
+                if not isinstance_(getattr_(top, item, None), ModuleType):
+                    try:
+                        audit("wasm_exec.import", box, absname + "." + item, None, None,
+                              ("__name__",), 0)
+                    except ImportError_:
+                        pass
             if type_(top) is not ModuleType:
                 raise ImportError_("import of '" + absname + "' did not produce a module")
             if fl:
@@ -358,26 +381,9 @@ def _wasm_exec_boot():
                 cur = nxt
             return view
 
-        def _ok(self, modname):
-            allowed_set = self[4]
-            if modname in allowed_set:
-                return True
-            for p in self[5]:
-                if modname.startswith(p):
-                    return True
-            return False
-
-        def _refuse(self, modname):
-            return self[20]("Import of '" + modname + "' is not allowed. Allowed imports: "
-                            + self[19](self[18](self[4])), name=modname)
-
-    class ImportModule(_tuple):
-        """`importlib.import_module` routed through the sandbox's import guard."""
-
-        __slots__ = ()
-
-        def __call__(self, name, package=None):
-            guard, str_, TypeError_, type_ = self
+        def import_module(self, name, package=None):
+            """`importlib.import_module`, routed through the import guard."""
+            type_, str_, TypeError_ = self[8], self[9], self[20]
             level = 0
             if type_(name) is str_ and name.startswith("."):
                 if not package:
@@ -387,18 +393,49 @@ def _wasm_exec_boot():
                     if character != ".":
                         break
                     level += 1
-                return guard(name[level:], {"__package__": package, "__name__": package},
-                             None, ("__name__",), level)
-            return guard(name, None, None, ("__name__",), 0)
+                return self._guarded(name[level:], {"__package__": package, "__name__": package},
+                                     None, ("__name__",), level, 2)
+            return self._guarded(name, None, None, ("__name__",), 0, 2)
 
-    _guard_types = {ImportGuard, ImportModule}
-    guard = ImportGuard((_real_import, _getframe, _audit, _str_copy, allowed,
-                         allowed_prefixes, implicit, _ModuleType, _module_dict, _type, _str,
-                         _int, _tuple, _list, _dict, _len, _isinstance, getattr, sorted, repr,
-                         ImportError, TypeError, ValueError,
-                         _frozenset({ImportModule.__call__.__code__})))
-    trusted_codes.add(ImportGuard.__call__.__code__)
-    trusted_codes.add(ImportModule.__call__.__code__)
+        def create_builtin(self, spec):
+            box = self[12]()
+            self[1]("wasm_exec.builtin", box, "create", spec)
+            return box[0]
+
+        def exec_builtin(self, module):
+            box = self[12]()
+            self[1]("wasm_exec.builtin", box, "exec", module)
+            return box[0]
+
+        def _ok(self, modname):
+            allowed_set = self[3]
+            if modname in allowed_set:
+                return True
+            for p in self[4]:
+                if modname.startswith(p):
+                    return True
+            return False
+
+        def _refuse(self, modname):
+            return self[19]("Import of '" + modname + "' is not allowed. Allowed imports: "
+                            + self[18](self[17](self[3])), name=modname)
+
+    _guard_types = {ImportGuard}
+    guard = ImportGuard((_getframe, _audit, _str_copy, allowed, allowed_prefixes, implicit,
+                         _ModuleType, _module_dict, _type, _str, _int, _tuple, _list, _dict,
+                         _len, _isinstance, getattr, sorted, repr, ImportError, TypeError,
+                         ValueError))
+    guard_codes = {ImportGuard.__call__.__code__, ImportGuard._guarded.__code__}
+    for fn in (ImportGuard.__call__, ImportGuard._guarded, ImportGuard.import_module,
+               ImportGuard.create_builtin, ImportGuard.exec_builtin):
+        trusted_codes.add(fn.__code__)
+    import _imp
+    _imp_create_builtin = _imp.create_builtin
+    _imp_exec_builtin = _imp.exec_builtin
+    install_hook(token)
+    del token, init["token"]
+    _imp.create_builtin = guard.create_builtin
+    _imp.exec_builtin = guard.exec_builtin
     trusted_codes.add(ImportGuard._ok.__code__)
     trusted_codes.add(ImportGuard._refuse.__code__)
     for fn in (read_exact, read_request, json_loads, json_dumps, json_dumps_checked,
@@ -448,7 +485,7 @@ def _wasm_exec_boot():
     sys.stdin = None
     try:
         import importlib
-        importlib.import_module = ImportModule((guard, _str, TypeError, _type))
+        importlib.import_module = guard.import_module
     except ImportError:
         pass
 
@@ -645,10 +682,10 @@ def _wasm_exec_boot():
     trusted_codes.add(main.__code__)
     for fn in (run_call, describe, format_tb, flush_streams, new_namespace, install_hook):
         trusted_codes.add(fn.__code__)
-    install_hook(token)
-    del token, init["token"]
     # nothing of the runner stays in the module namespace the agent could find
-    _getframe(1).f_globals.clear()
+    g = _getframe(1).f_globals
+    g.clear()
+    g["__builtins__"] = builtins
     return main
 
 
