@@ -23,6 +23,7 @@ def _wasm_exec_boot():
     import sys
     import types
     import _json
+    import functools
 
     _getframe = sys._getframe
     _audit = sys.audit
@@ -142,7 +143,10 @@ def _wasm_exec_boot():
         _is_allowed = is_allowed
         _import = _real_import
         _builtin_ops = {"create": _imp_create_builtin, "exec": _imp_exec_builtin}
-        _guard_codes = guard_codes
+        _impl_code = impl_code
+        _builtins_dict = builtins.__dict__
+        _T = T
+        _entry_codes = entry_codes
         deny_getattr = {"__code__", "f_code", "gi_code", "cr_code", "ag_code"}
         always_deny = {"sys.addaudithook", "sys.settrace", "sys.setprofile",
                        "sys._current_frames", "gc.get_objects", "gc.get_referrers",
@@ -179,8 +183,11 @@ def _wasm_exec_boot():
                     return
                 if event == "wasm_exec.import":
                     # the real import, for the guard only; the result goes into a box
-                    if caller_code() not in _guard_codes:
+                    f = _gf(1)
+                    if (f.f_code is not _impl_code or f.f_back.f_code not in _entry_codes
+                            or args[0] is not _T):
                         raise _PermissionError("not allowed")
+                    args = args[1:]
                     box = args[0]
                     _state["busy"] = False
                     _state["importing"] += 1
@@ -218,8 +225,6 @@ def _wasm_exec_boot():
                     t = _type(obj)
                     if t is _FunctionType and obj.__code__ in _trusted:
                         raise _PermissionError("the sandbox runner's functions are read-only")
-                    if t is _type and obj in _guard_types:
-                        raise _PermissionError("the sandbox runner's types are read-only")
                     return
                 importing = _state["importing"] > 0
                 if event == "compile":
@@ -248,9 +253,19 @@ def _wasm_exec_boot():
                         raise _PermissionError("opening file descriptors is not allowed in the sandbox")
                     return
                 if event == "pickle.find_class":
-                    mod = args[0]
-                    if _type(mod) is not _str or not (_is_allowed(mod) or mod in ("builtins", "copyreg", "__main__")):
-                        raise _PermissionError("unpickling from module " + _str(mod) + " is not allowed")
+                    mod, attr = args
+                    if _type(mod) is not _str or _type(attr) is not _str:
+                        raise _PermissionError("unpickling: bad global")
+                    if mod == "builtins":
+                        # classes only: never __import__, eval, getattr and friends
+                        ok = _type(_builtins_dict.get(attr)) is _type
+                    elif mod == "copyreg":
+                        ok = attr in ("_reconstructor", "__newobj__", "__newobj_ex__")
+                    else:
+                        ok = mod == "__main__" or _is_allowed(mod)
+                    if not ok:
+                        raise _PermissionError("unpickling " + mod + "." + attr
+                                               + " is not allowed in the sandbox")
                     return
             finally:
                 _state["busy"] = False
@@ -258,186 +273,183 @@ def _wasm_exec_boot():
         sys.addaudithook(hook)
 
     # ---------------------------------------------------------- import guard
+    #
+    # The guard is `MethodType(guard_call, T)`: a bound method (an immutable C object) of
+    # a plain function over an immutable tuple T. None of the guard functions looks up a
+    # global or builtin name or an attribute of a mutable class, so editing dicts, cells,
+    # classes or builtins cannot change what they decide. Their code objects are hidden by
+    # the audit hook, and the real import happens inside the hook, which checks that it is
+    # asked by guard_impl called from a guard entry point.
     _real_import = builtins.__import__
 
-    class ImportGuard(_tuple):
-        """The sandbox's `__import__`: applies the import allow-list to agent code.
+    def guard_impl(T, name, globals, locals, fromlist, level):
+        (getframe, audit, str_copy, allowed_set, prefixes, implicit_set, ModuleType,
+         module_dict, type_, str_, int_, tuple_, list_, dict_, len_, isinstance_, getattr_,
+         sorted_, repr_, ImportError_, TypeError_, ValueError_, range_, impl) = T
+        if type_(name) is not str_:
+            if not isinstance_(name, str_):
+                raise TypeError_("module name must be str")
+            name = str_copy(name)
+        if type_(level) is not int_:
+            if not isinstance_(level, int_):
+                raise TypeError_("level must be an int")
+            level = int_.__index__(level)
+        items = list_()
+        if fromlist is not None:
+            for item in fromlist:
+                if type_(item) is not str_:
+                    if not isinstance_(item, str_):
+                        raise TypeError_("fromlist items must be str")
+                    item = str_copy(item)
+                items.append(item)
+        fl = tuple_(items)
+        caller = getframe(2)  # 0: guard_impl, 1: guard entry point, 2: who asked
+        filename = caller.f_code.co_filename
+        box = list_()
+        if type_(filename) is str_ and (not filename.startswith("<")
+                                        or filename.startswith("<frozen")):
+            # library code importing for itself (json importing re): not policed
+            audit("wasm_exec.import", T, box, name, globals, locals, fl, level)
+            return box[0]
+        absname = name
+        if level > 0:
+            package = None
+            if type_(globals) is dict_:
+                pkg = dict_.get(globals, "__package__")
+                modname = dict_.get(globals, "__name__")
+                if type_(pkg) is str_ and pkg:
+                    package = pkg
+                elif pkg is None and type_(modname) is str_:
+                    package = modname if "__path__" in globals else modname.rpartition(".")[0]
+            if not package:
+                raise ImportError_("attempted relative import with no known parent package")
+            bits = package.rsplit(".", level - 1)
+            if len_(bits) < level:
+                raise ImportError_("attempted relative import beyond top-level package")
+            absname = bits[0] + "." + name if name else bits[0]
+        if not absname:
+            raise ValueError_("Empty module name")
 
-        Its whole state is this (immutable) tuple; its code looks up no global or builtin
-        name, so editing dicts, cells or builtins cannot re-point it.
-        """
+        def refuse(modname):
+            return ImportError_("Import of '" + modname + "' is not allowed. Allowed imports: "
+                                + repr_(sorted_(allowed_set)), name=modname)
 
-        __slots__ = ()
-
-        def __call__(self, name, globals=None, locals=None, fromlist=(), level=0):
-            (getframe, audit, str_copy, allowed_set, prefixes, implicit_set,
-             ModuleType, module_dict, type_, str_, int_, tuple_, list_, dict_, len_,
-             isinstance_, getattr_, sorted_, repr_, ImportError_, TypeError_, ValueError_) = self
-            return self._guarded(name, globals, locals, fromlist, level, 2)
-
-        def _guarded(self, name, globals, locals, fromlist, level, depth):
-            (getframe, audit, str_copy, allowed_set, prefixes, implicit_set,
-             ModuleType, module_dict, type_, str_, int_, tuple_, list_, dict_, len_,
-             isinstance_, getattr_, sorted_, repr_, ImportError_, TypeError_, ValueError_) = self
-            if type_(name) is not str_:
-                if not isinstance_(name, str_):
-                    raise TypeError_("module name must be str")
-                name = str_copy(name)
-            if type_(level) is not int_:
-                if not isinstance_(level, int_):
-                    raise TypeError_("level must be an int")
-                level = int_.__index__(level)
-            items = list_()
-            if fromlist is not None:
-                for item in fromlist:
-                    if type_(item) is not str_:
-                        if not isinstance_(item, str_):
-                            raise TypeError_("fromlist items must be str")
-                        item = str_copy(item)
-                    items.append(item)
-            fl = tuple_(items)
-            caller = getframe(depth)
-            if caller.f_code is type_(self).import_module.__code__:
-                caller = getframe(depth + 1)
-            filename = caller.f_code.co_filename
-            if type_(filename) is str_ and (not filename.startswith("<")
-                                            or filename.startswith("<frozen")):
-                # library code importing for itself (json importing re): not policed
-                box = list_()
-                audit("wasm_exec.import", box, name, globals, locals, fl, level)
-                return box[0]
-
-            absname = name
-            if level > 0:
-                package = None
-                if type_(globals) is dict_:
-                    pkg = dict_.get(globals, "__package__")
-                    modname = dict_.get(globals, "__name__")
-                    if type_(pkg) is str_ and pkg:
-                        package = pkg
-                    elif pkg is None and type_(modname) is str_:
-                        package = modname if "__path__" in globals else modname.rpartition(".")[0]
-                if not package:
-                    raise ImportError_("attempted relative import with no known parent package")
-                bits = package.rsplit(".", level - 1)
-                if len_(bits) < level:
-                    raise ImportError_("attempted relative import beyond top-level package")
-                absname = bits[0] + "." + name if name else bits[0]
-            if not absname:
-                raise ValueError_("Empty module name")
-            lasti = caller.f_lasti
-            statement = lasti >= 0 and caller.f_code.co_code[lasti] == 108  # IMPORT_NAME
-            whole = self._ok(absname) or (not statement and absname in implicit_set)
-            children = list_()
-            if not whole:
-                if fl and fl[0][:2] == "__":
-                    # a dummy fromlist (`('__name__',)`) asks for the module itself
-                    raise self._refuse(absname)
-                if fl:
-                    # `from a import b` is allowed by an entry `a.b`
-                    for item in fl:
-                        if item == "*" or not self._ok(absname + "." + item):
-                            raise self._refuse(absname + "." + item if item != "*" else absname)
-                        children.append(item)
-                elif not self._ok(absname):
-                    raise self._refuse(absname)
-            box = list_()
-            audit("wasm_exec.import", box, absname, None, None, fl, 0)
-            top = box[0]
-            for item in children:
-                if not isinstance_(getattr_(top, item, None), ModuleType):
-                    try:
-                        audit("wasm_exec.import", box, absname + "." + item, None, None,
-                              ("__name__",), 0)
-                    except ImportError_:
-                        pass
-            if type_(top) is not ModuleType:
-                raise ImportError_("import of '" + absname + "' did not produce a module")
-            if fl:
-                if whole:
-                    return top
-                view = ModuleType("<restricted " + absname + ">")
-                d = module_dict(view)
-                for item in children:
-                    d[item] = getattr_(top, item)
-                return view
-            first = absname.partition(".")[0]
-            if self._ok(first) or (not statement and first in implicit_set):
-                return top
-            # `import a.b.c` binds `a`: a facade holding only the allowed path
-            view = ModuleType("<restricted " + first + ">")
-            cur = view
-            obj = top
-            parts = absname.split(".")
-            prefix = first
-            for i in range(1, len_(parts)):
-                obj = getattr_(obj, parts[i])
-                prefix = prefix + "." + parts[i]
-                if self._ok(prefix):
-                    module_dict(cur)[parts[i]] = obj
-                    break
-                nxt = ModuleType("<restricted " + prefix + ">")
-                module_dict(cur)[parts[i]] = nxt
-                cur = nxt
-            return view
-
-        def import_module(self, name, package=None):
-            """`importlib.import_module`, routed through the import guard."""
-            type_, str_, TypeError_ = self[8], self[9], self[20]
-            level = 0
-            if type_(name) is str_ and name.startswith("."):
-                if not package:
-                    raise TypeError_("the 'package' argument is required to perform a "
-                                     "relative import for " + name)
-                for character in name:
-                    if character != ".":
+        lasti = caller.f_lasti
+        statement = lasti >= 0 and caller.f_code.co_code[lasti] == 108  # IMPORT_NAME
+        names = [absname]
+        if fl:
+            for item in fl:
+                if item != "*" and item[:2] != "__":
+                    names.append(absname + "." + item)
+        verdicts = list_()
+        for n in names:
+            ok = n in allowed_set
+            if not ok:
+                for p in prefixes:
+                    if n.startswith(p):
+                        ok = True
                         break
-                    level += 1
-                return self._guarded(name[level:], {"__package__": package, "__name__": package},
-                                     None, ("__name__",), level, 2)
-            return self._guarded(name, None, None, ("__name__",), 0, 2)
+            verdicts.append(ok)
+        whole = verdicts[0] or (not statement and absname in implicit_set)
+        children = list_()
+        if not whole:
+            if len_(names) == 1 or len_(names) != len_(fl) + 1:
+                raise refuse(absname)
+            for i in range_(1, len_(names)):
+                if not verdicts[i]:
+                    raise refuse(names[i])
+                children.append(fl[i - 1])
+        audit("wasm_exec.import", T, box, absname, None, None, fl, 0)
+        top = box[0]
+        for item in children:
+            if not isinstance_(getattr_(top, item, None), ModuleType):
+                try:
+                    audit("wasm_exec.import", T, box, absname + "." + item, None, None,
+                          ("__name__",), 0)
+                except ImportError_:
+                    pass
+        if type_(top) is not ModuleType:
+            raise ImportError_("import of '" + absname + "' did not produce a module")
+        if fl:
+            if whole:
+                return top
+            view = ModuleType("<restricted " + absname + ">")
+            d = module_dict(view)
+            for item in children:
+                d[item] = getattr_(top, item)
+            return view
+        first = absname.partition(".")[0]
+        ok_first = first in allowed_set or (not statement and first in implicit_set)
+        if ok_first:
+            return top
+        # `import a.b.c` binds `a`: a stand-in holding only the allowed path
+        view = ModuleType("<restricted " + first + ">")
+        cur = view
+        obj = top
+        parts = absname.split(".")
+        prefix = first
+        for i in range_(1, len_(parts)):
+            obj = getattr_(obj, parts[i])
+            prefix = prefix + "." + parts[i]
+            ok = prefix in allowed_set
+            if not ok:
+                for p in prefixes:
+                    if prefix.startswith(p):
+                        ok = True
+                        break
+            if ok:
+                module_dict(cur)[parts[i]] = obj
+                break
+            nxt = ModuleType("<restricted " + prefix + ">")
+            module_dict(cur)[parts[i]] = nxt
+            cur = nxt
+        return view
 
-        def create_builtin(self, spec):
-            box = self[12]()
-            self[1]("wasm_exec.builtin", box, "create", spec)
-            return box[0]
+    def guard_call(T, name, globals=None, locals=None, fromlist=(), level=0):
+        """The sandbox's __import__: applies the import allow-list to agent code."""
+        return T[23](T, name, globals, locals, fromlist, level)
 
-        def exec_builtin(self, module):
-            box = self[12]()
-            self[1]("wasm_exec.builtin", box, "exec", module)
-            return box[0]
+    def guard_import_module(T, name, package=None):
+        """importlib.import_module, routed through the sandbox's import guard."""
+        type_, str_, TypeError_ = T[8], T[9], T[20]
+        level = 0
+        if type_(name) is str_ and name.startswith("."):
+            if not package:
+                raise TypeError_("the 'package' argument is required to perform a "
+                                 "relative import for " + name)
+            for character in name:
+                if character != ".":
+                    break
+                level += 1
+            return T[23](T, name[level:], {"__package__": package, "__name__": package},
+                         None, ("__name__",), level)
+        return T[23](T, name, None, None, ("__name__",), 0)
 
-        def _ok(self, modname):
-            allowed_set = self[3]
-            if modname in allowed_set:
-                return True
-            for p in self[4]:
-                if modname.startswith(p):
-                    return True
-            return False
+    def guard_builtin(T, what, arg):
+        box = T[12]()
+        T[1]("wasm_exec.builtin", box, what, arg)
+        return box[0]
 
-        def _refuse(self, modname):
-            return self[19]("Import of '" + modname + "' is not allowed. Allowed imports: "
-                            + self[18](self[17](self[3])), name=modname)
-
-    _guard_types = {ImportGuard}
-    guard = ImportGuard((_getframe, _audit, _str_copy, allowed, allowed_prefixes, implicit,
-                         _ModuleType, _module_dict, _type, _str, _int, _tuple, _list, _dict,
-                         _len, _isinstance, getattr, sorted, repr, ImportError, TypeError,
-                         ValueError))
-    guard_codes = {ImportGuard.__call__.__code__, ImportGuard._guarded.__code__}
-    for fn in (ImportGuard.__call__, ImportGuard._guarded, ImportGuard.import_module,
-               ImportGuard.create_builtin, ImportGuard.exec_builtin):
+    T = (_getframe, _audit, _str_copy, allowed, allowed_prefixes, implicit, _ModuleType,
+         _module_dict, _type, _str, _int, _tuple, _list, _dict, _len, _isinstance, getattr,
+         sorted, repr, ImportError, TypeError, ValueError, range, guard_impl)
+    guard = types.MethodType(guard_call, T)
+    guard_import = types.MethodType(guard_import_module, T)
+    guard_create_builtin = types.MethodType(guard_builtin, T)
+    impl_code = guard_impl.__code__
+    entry_codes = {guard_call.__code__, guard_import_module.__code__}
+    for fn in (guard_impl, guard_call, guard_import_module, guard_builtin):
+        trusted_codes.add(fn.__code__)
+    for fn in (read_exact, read_request, json_loads, json_dumps, json_dumps_checked,
+               is_allowed, _no_default):
         trusted_codes.add(fn.__code__)
     import _imp
     _imp_create_builtin = _imp.create_builtin
     _imp_exec_builtin = _imp.exec_builtin
     install_hook(token)
     del token, init["token"]
-    _imp.create_builtin = guard.create_builtin
-    _imp.exec_builtin = guard.exec_builtin
-    trusted_codes.add(ImportGuard._ok.__code__)
-    trusted_codes.add(ImportGuard._refuse.__code__)
+    _imp.create_builtin = functools.partial(guard_create_builtin, "create")
+    _imp.exec_builtin = functools.partial(guard_create_builtin, "exec")
     for fn in (read_exact, read_request, json_loads, json_dumps, json_dumps_checked,
                is_allowed, _no_default):
         trusted_codes.add(fn.__code__)
@@ -485,7 +497,8 @@ def _wasm_exec_boot():
     sys.stdin = None
     try:
         import importlib
-        importlib.import_module = guard.import_module
+        importlib.import_module = guard_import
+        importlib.__import__ = guard
     except ImportError:
         pass
 

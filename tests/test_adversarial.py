@@ -1,0 +1,282 @@
+"""Adversarial suite (issue 3): each case asserts that the attack failed AND that the
+executor still works afterwards.
+
+Import bypass cases run with a small allow-list (json, math, pickle, importlib, time) and
+must never hand the agent a module object for a refused module (``os``, ``posix``,
+``sys``, ``subprocess``, ``socket``...). They set ``got`` to that object if they succeed.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from wasm_exec import PythonExecExecutor
+
+ALLOWED = ["json", "math", "pickle", "importlib", "time", "base64"]
+FORBIDDEN = ("os", "posix", "sys", "subprocess", "socket", "_socket", "io", "_io", "gc",
+             "builtins", "importlib._bootstrap", "_imp", "marshal", "ctypes", "signal")
+
+
+@pytest.fixture(scope="module")
+def shared():
+    ex = PythonExecExecutor(whitelisted_imports=ALLOWED, timeout_seconds=10)
+    yield ex
+    ex.close()
+
+
+def run_attack(ex, code: str):
+    wrapped = ("got = None\nattack_error = None\ntry:\n"
+               + textwrap.indent(textwrap.dedent(code).strip("\n"), "    ")
+               + "\nexcept BaseException as e:\n    attack_error = type(e).__name__ + ': ' + str(e)\n"
+               + "got_name = getattr(got, '__name__', None) if got is not None else None\n"
+               + "got_repr = repr(got)[:200]\n"
+               + "got_attrs = len([a for a in dir(got) if not a.startswith('__')]) "
+               + "if got is not None else 0\n")
+    return ex.execute(wrapped, return_globals=["got_name", "got_repr", "attack_error",
+                                               "got_attrs"])
+
+
+def assert_still_works(ex):
+    r = ex.execute("still = 21 * 2", return_globals=["still"])
+    assert r.success and r.globals == {"still": 42}, r
+
+
+IMPORT_BYPASSES = {
+    "import_stmt": "import os as got",
+    "import_dotted": "import os.path\ngot = os",
+    "from_import": "from os import path as got",
+    "from_star": "from os import *\ngot = getcwd",
+    "import_posix": "import posix as got",
+    "import_sys": "import sys as got",
+    "dunder_import": "got = __import__('os')",
+    "builtins_dict": "got = __builtins__['__import__']('os')",
+    "print_self": "got = print.__self__.__import__('os')",
+    "print_self_dict": "got = print.__self__.__dict__['__import__']('os')",
+    "exec_stmt": "ns = {}\nexec('import os as got', ns)\ngot = ns['got']",
+    "exec_fresh_globals_real_builtins": (
+        "ns = {'__builtins__': print.__self__}\nexec('import os as got', ns)\ngot = ns['got']"),
+    "eval_dunder": "got = eval(\"__import__('os')\")",
+    "compile_exec": "ns = {}\nexec(compile('import os as got', '<x>', 'exec'), ns)\ngot = ns['got']",
+    "exec_in_module_dict": "import json\nexec('import os as got', json.__dict__)\ngot = json.__dict__['got']",
+    "compile_forged_filename": (
+        "import json\nc = compile('import os as got', json.__file__, 'exec')\nns = {}\n"
+        "exec(c, ns)\ngot = ns['got']"),
+    "compile_frozen_filename": (
+        "c = compile('import os as got', '<frozen os>', 'exec')\nns = {}\nexec(c, ns)\ngot = ns['got']"),
+    "code_replace_filename": (
+        "c = compile('import os as got', '<x>', 'exec').replace(co_filename='/usr/lib/x.py')\n"
+        "ns = {}\nexec(c, ns)\ngot = ns['got']"),
+    "importlib_import_module": "import importlib\ngot = importlib.import_module('os')",
+    "importlib_dunder_import": "import importlib\ngot = importlib.__import__('os')",
+    "importlib_relative": "import importlib\ngot = importlib.import_module('.path', 'os')",
+    "relative_forged_package": "__package__ = 'os'\nfrom . import path as got",
+    "relative_forged_name": "__package__ = None\n__name__ = 'os.x'\nfrom . import path as got",
+    "dunder_import_level": "got = __import__('path', {'__package__': 'os'}, None, ['sep'], 1)",
+    "builtins_loader": "got = __builtins__['__loader__'].load_module('posix')",
+    "print_self_loader": "got = print.__self__.__loader__.load_module('posix')",
+    "math_loader_create": (
+        "import math\nL = math.__loader__\nspec = math.__spec__\nspec.name = 'posix'\n"
+        "got = L.create_module(spec)"),
+    "json_loader_load_module": "import json\ngot = json.__loader__.load_module('os')",
+    "importlib_spec_loader": (
+        "import json\nimport importlib.util\ns = importlib.util.find_spec('os')\n"
+        "got = importlib.util.module_from_spec(s)\ns.loader.exec_module(got)"),
+    "imp_create_builtin": (
+        "import importlib\nimp = importlib._bootstrap._imp\n"
+        "got = imp.create_builtin(importlib.machinery.ModuleSpec('posix', None))"),
+    "pickle_find_class": (
+        "import pickle\ngot = pickle.loads(b'cos\\nsystem\\n.')"),
+    "pickle_reduce_import": (
+        "import pickle\ngot = pickle.loads(b'cbuiltins\\n__import__\\n(Vos\\ntR.')"),
+    "chr_built_name": "got = __import__(chr(111) + chr(115))",
+    "fullwidth_identifier": "import ｏｓ as got",
+    "coding_cookie": (
+        "ns = {}\nexec(b'# -*- coding: rot13 -*-\\nvzcbeg bf nf tbg\\n', ns)\ngot = ns.get('got')"),
+    "breakpoint": "breakpoint()\nimport os as got",
+    "help_builtin": "help(print)\nimport os as got",
+    "guard_tuple_items": (
+        "for x in __import__.__self__:\n    try:\n        m = x('os')\n    except Exception:\n"
+        "        continue\n    if getattr(m, '__name__', None) == 'os': got = m"),
+    "guard_via_library_callback": (
+        "import json\ngot = json.loads('{}', object_hook=lambda d: __import__('os'))"),
+    "import_module_in_library_callback": (
+        "import json, importlib\n"
+        "got = json.loads('{}', object_hook=lambda d: importlib.import_module('os'))"),
+    "str_subclass_name": (
+        "class S(str):\n    def startswith(self, *a): return True\n"
+        "    def __eq__(self, o): return True\n    __hash__ = str.__hash__\n"
+        "got = __import__(S('os'))"),
+    "facade_sibling_fallback": "from json import os as got",
+}
+
+
+@pytest.mark.parametrize("name", sorted(IMPORT_BYPASSES))
+def test_import_bypass_fails(shared, name):
+    r = run_attack(shared, IMPORT_BYPASSES[name])
+    got = r.globals.get("got_name")
+    # a refused module must not be obtained (an empty, never-executed module object that
+    # importlib.util.module_from_spec makes is not a module the agent can use)
+    assert not (got in FORBIDDEN and r.globals.get("got_attrs")), (name, r.globals)
+    assert_still_works(shared)
+
+
+# ---------------------------------------------------------------- tampering with the guard
+TAMPERING = {
+    "guard_setattr": "__import__.__func__ = None\ngot = __import__('os')",
+    "guard_code_read": "got = __import__.__func__.__code__",
+    "guard_impl_code_read": "got = __import__.__self__[-1].__code__",
+    "guard_code_replace": "f = __import__.__func__\nf.__code__ = (lambda *a, **k: None).__code__\n"
+                          "got = __import__('os')",
+    "guard_defaults": "__import__.__func__.__defaults__ = (1, 2, 3, 4)\ngot = __import__('os')",
+    "guard_impl_direct": (
+        "T = __import__.__self__\ngot = T[-1](T, 'os', None, None, (), 0)"),
+    "guard_impl_from_library_callback": (
+        "import json\nT = __import__.__self__\n"
+        "got = json.loads('{}', object_hook=lambda d: T[-1](T, 'os', None, None, (), 0))"),
+    "guard_globals_poison": (
+        "g = __import__.__func__.__globals__\ng['isinstance'] = lambda *a: True\n"
+        "g['len'] = lambda *a: 0\ngot = __import__('os')"),
+    "guard_tuple_swap": (
+        "import json\nT = list(__import__.__self__)\nT[3] = frozenset({'os'})\n"
+        "got = __import__.__func__(tuple(T), 'os')"),
+    "real_builtins_poison": (
+        "b = print.__self__\nb.isinstance = lambda *a: True\nb.len = lambda *a: 0\n"
+        "got = __import__('os')"),
+    "gc_get_objects": "import gc as g\ngot = g",
+    "gc_via_attribute": "import json\ngot = json.codecs.sys.modules['gc'].get_objects()",
+    "settrace": "import json\njson.codecs.sys.settrace(lambda *a: None)\ngot = 1",
+    "addaudithook": (
+        "import json\ncalled = []\njson.codecs.sys.addaudithook(lambda *a: called.append(a))\n"
+        "compile('1', '<x>', 'exec')\nif called: got = called\nelse: raise RuntimeError('not added')"),
+    "frame_walk_to_runner_code": (
+        "try:\n    1/0\nexcept Exception as e:\n    f = e.__traceback__.tb_frame\n"
+        "codes = []\nwhile f is not None:\n    codes.append(f.f_code)\n    f = f.f_back\n"
+        "got = codes"),
+    "fake_reply_audit": "import json\njson.codecs.sys.audit('wasm_exec.reply', b'{}')\ngot = 1",
+    "fake_import_capability": (
+        "import json\nbox = []\njson.codecs.sys.audit('wasm_exec.import', box, 'os', None, None, (), 0)\n"
+        "got = box[0]"),
+    "monitoring_callback": (
+        "import json\nm = json.codecs.sys.monitoring\nm.use_tool_id(3, 'x')\n"
+        "m.register_callback(3, m.events.PY_START, lambda *a: None)\ngot = 1"),
+    "signal_handler_frames": (
+        "import json\ns = json.codecs.sys.modules['signal']\ns.signal(2, lambda *a: None)\ngot = 1"),
+    "marshal_code": (
+        "import json\nm = json.codecs.sys.modules['marshal']\n"
+        "got = m.loads(m.dumps(compile('1', '<x>', 'exec')))"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TAMPERING))
+def test_tampering_fails(shared, name):
+    r = run_attack(shared, TAMPERING[name])
+    assert r.globals.get("got_repr") == "None", (name, r.globals)
+    assert r.globals.get("attack_error"), (name, r.globals)
+    assert_still_works(shared)
+    # the guard still refuses
+    r = shared.execute("import os")
+    assert not r.success and r.error_type == "ImportError"
+
+
+# ------------------------------------------------------- filesystem, network, processes
+HOST_ACCESS = {
+    "read_etc_passwd": "got = open('/etc/passwd').read()",
+    "read_proc_environ": "got = open('/proc/self/environ', 'rb').read()",
+    "list_root": "import json\ngot = json.codecs.sys.modules['os'].listdir('/')",
+    "list_work": "import json\ngot = json.codecs.sys.modules['os'].listdir('/work')",
+    "environ": "import json\ne = dict(json.codecs.sys.modules['os'].environ)\ngot = e or None",
+    "write_file": "open('/tmp/wasm_exec_pwned', 'w').write('x')\ngot = 1",
+    "open_fd0": "got = open(0).read()",
+    "os_system": "import json\nos = json.codecs.sys.modules['os']\ngot = os.system('id')",
+    "subprocess": "import json\nsp = json.codecs.sys.modules['importlib'].import_module('subprocess')\n"
+                  "got = sp.run(['id'])",
+    "socket_connect": "import json\nimport importlib\ns = importlib.import_module('socket')\ngot = s",
+    "raw_socket_via_attribute": (
+        "import json\nos = json.codecs.sys.modules['os']\ngot = os.open('/etc/passwd', 0)"),
+    "subclasses_wrap_close": (
+        "c = [k for k in ().__class__.__base__.__subclasses__() if k.__name__ == '_wrap_close'][0]\n"
+        "got = c.__init__.__globals__['popen']('id').read()"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOST_ACCESS))
+def test_host_access_fails(shared, name):
+    r = run_attack(shared, HOST_ACCESS[name])
+    assert r.globals.get("got_repr") == "None", (name, r.globals)
+    assert_still_works(shared)
+
+
+def test_no_file_written_on_host(shared):
+    import os
+    run_attack(shared, "open('/tmp/wasm_exec_pwned2', 'w').write('x')")
+    assert not os.path.exists("/tmp/wasm_exec_pwned2")
+
+
+# ----------------------------------------------------------------- runner tampering
+@pytest.mark.parametrize("code", [
+    "print('WXR1' + 'A' * 16 + 'xxxx{}')",
+    "import json\njson.codecs.sys.modules['os'].write(1, b'WXR1' + b'A' * 16 + b'\\x02\\x00\\x00\\x00{}')",
+    "import json\njson.codecs.sys.stdout = None\nprint('x')",
+    "import json\njson.codecs.sys.modules['os'].close(1)",
+    "import json\njson.codecs.sys.modules['os'].close(0)",
+    "import json\njson.dumps = None\njson.loads = None",
+    "print.__self__.len = None\nprint.__self__.str = None\nprint.__self__.isinstance = None",
+    "__builtins__.clear()",
+    "print.__self__.__dict__.clear()",
+    "import json\njson.codecs.sys.exit(3)",
+    "import json\njson.codecs.sys.modules['os']._exit(0)",
+    "import json\njson.codecs.sys.modules['os'].read(0, 100)",
+    "import json\njson.codecs.sys.modules['os'].dup2(2, 1)",
+    "import json\njson.codecs.sys.setrecursionlimit(10**6)\ndef f(): f()\nf()",
+])
+def test_runner_tampering_does_not_break_the_host(make_executor, code):
+    ex = make_executor(whitelisted_imports=["json"], timeout_seconds=5)
+    ex.execute("keep = 1")
+    r = ex.execute(code, return_globals=["keep"])
+    assert r.globals in ({}, {"keep": 1})
+    r = ex.execute("after = 2", return_globals=["after"])
+    assert r.success and r.globals == {"after": 2}
+
+
+def test_fake_reply_printed_is_plain_stdout(make_executor):
+    ex = make_executor(whitelisted_imports=["json"])
+    r = ex.execute("import json\nprint('WXR1' + json.dumps({'id': 1, 'ok': True}))\nreal = 1",
+                   return_globals=["real"])
+    assert r.success and r.globals == {"real": 1} and r.stdout.startswith("WXR1")
+
+
+# ------------------------------------------------------------------ isolation
+def test_two_agents_cannot_see_each_other(make_executor):
+    a = make_executor(whitelisted_imports=["json"])
+    b = make_executor(whitelisted_imports=["json"])
+    a.execute("import json\nsecret = 'A'\njson.shared = 'A'\nprint.__self__.leak = 'A'")
+    r = b.execute("import json\nv1 = getattr(json, 'shared', None)\n"
+                  "v2 = getattr(print.__self__, 'leak', None)", return_globals=["v1", "v2", "secret"])
+    assert r.globals == {"v1": None, "v2": None} and "secret" in r.globals_errors
+
+
+# --------------------------------------------------------------- resource abuse
+@pytest.mark.parametrize("code,limit", [
+    ("while True:\n    try:\n        while True: pass\n    except BaseException: pass", ("fuel", "timeout")),
+    ("sum(iter(int, 1))", ("fuel", "timeout")),
+    ("x = 10**10**8", ("fuel", "timeout")),
+    ("import time\nwhile True:\n    try: time.sleep(3600)\n    except BaseException: pass", ("timeout",)),
+    ("while True:\n    print('x' * 100000)", ("fuel", "timeout")),
+])
+def test_resource_exhaustion_is_stopped(make_executor, code, limit):
+    ex = make_executor(whitelisted_imports=["time"], timeout_seconds=1, fuel=3_000_000_000,
+                       max_output_bytes=100_000)
+    r = ex.execute(code)
+    assert not r.success and r.limit in limit, r
+    assert len(r.stdout) < 101_000
+    r = ex.execute("x = 1", return_globals=["x"])
+    assert r.success and r.state_reset
+
+
+def test_memory_bomb_is_a_memoryerror(make_executor):
+    ex = make_executor(memory_bytes=64 * 1024 * 1024)
+    r = ex.execute("x = 'a' * (2**30)")
+    assert r.error_type == "MemoryError"
+    assert_still_works(ex)
