@@ -154,7 +154,14 @@ TAMPERING = {
         "try:\n    1/0\nexcept Exception as e:\n    f = e.__traceback__.tb_frame\n"
         "codes = []\nwhile f is not None:\n    codes.append(f.f_code)\n    f = f.f_back\n"
         "got = codes"),
-    "fake_reply_audit": "import json\njson.codecs.sys.audit('wasm_exec.reply', b'{}')\ngot = 1",
+    "fake_reply_request": (
+        "REQ = __import__.__self__[21]\n_op = 'reply'\n_payload = b'{}'\n_box = []\n"
+        "REQ.__code__\ngot = 1"),
+    "fake_read_request": (
+        "REQ = __import__.__self__[21]\n_op = 'read'\n_box = []\nREQ.__code__\ngot = _box[0]"),
+    "fake_grant_request": (
+        "T = __import__.__self__\nREQ = T[21]\n_op = 'grant'\n_grant_name = 'os'\n"
+        "_library_statement = True\n_box = []\nREQ.__code__\ngot = _box[0]('os')"),
     "fake_import_capability": (
         "import json\nbox = []\njson.codecs.sys.audit('wasm_exec.import', box, 'os', None, None, (), 0)\n"
         "got = box[0]"),
@@ -280,3 +287,96 @@ def test_memory_bomb_is_a_memoryerror(make_executor):
     r = ex.execute("x = 'a' * (2**30)")
     assert r.error_type == "MemoryError"
     assert_still_works(ex)
+
+
+# ----------------------------------------------- findings of the first red-team review
+REVIEW_BYPASSES = {
+    # library functions that call a callable the agent passes in ("trampolines")
+    "json_scanner_trampoline": (
+        "import json.scanner\nclass S(str):\n    def __getitem__(self, i): return '\"'\n"
+        "class Ctx:\n    strict=True; object_hook=None; object_pairs_hook=None; parse_float=float\n"
+        "    parse_int=int; parse_constant=None; memo={}; parse_object=None; parse_array=None\n"
+        "    parse_string=__import__\n"
+        "got = json.scanner.py_make_scanner(Ctx())(S('os'), 0)"),
+    "functools_singledispatch_trampoline": (
+        "import functools\ngot = functools.singledispatch(__import__)('os')"),
+    "copy_reconstruct_trampoline": "import copy\ngot = copy._reconstruct(None, None, __import__, ('os',))",
+    "pickle_main_alias": "import pickle\nimp = __import__\ngot = pickle._loads(b'c__main__\\nimp\\n(Vos\\ntR.')",
+    "importlib_bootstrap_gcd": "import importlib\ngot = importlib._bootstrap._gcd_import('os')",
+    "from_importlib_bootstrap": "from importlib import _bootstrap\ngot = _bootstrap._gcd_import('os')",
+    "runner_frame_locals": (
+        "try:\n    raise Exception\nexcept Exception as e:\n    f = e.__traceback__.tb_frame.f_back\n"
+        "seen = {}\nwhile f is not None:\n    seen.update(f.f_locals)\n    f = f.f_back\n"
+        "for v in seen.values():\n    if type(v).__name__ == 'module' and v.__name__ in ('sys', 'os', 'posix'):\n"
+        "        got = v\n    if type(v).__name__ == 'builtin_function_or_method' and "
+        "getattr(v, '__self__', None) is not None and getattr(v.__self__, '__name__', '') in ('sys', 'posix'):\n"
+        "        got = v.__self__"),
+    "guard_tuple_builtin_self": (
+        "for x in __import__.__self__:\n    m = getattr(x, '__self__', None)\n"
+        "    if getattr(m, '__name__', None) in ('sys', 'posix', 'os'): got = m"),
+}
+
+
+@pytest.fixture(scope="module")
+def review_ex():
+    ex = PythonExecExecutor(whitelisted_imports=["json", "functools", "copy", "pickle",
+                                                 "importlib"], timeout_seconds=10)
+    yield ex
+    ex.close()
+
+
+@pytest.mark.parametrize("name", sorted(REVIEW_BYPASSES))
+def test_review_bypasses_fail(review_ex, name):
+    r = run_attack(review_ex, REVIEW_BYPASSES[name])
+    got = r.globals.get("got_name")
+    assert not (got in FORBIDDEN and r.globals.get("got_attrs")), (name, r.globals)
+    assert_still_works(review_ex)
+
+
+def test_finalizer_cannot_observe_the_hook(make_executor):
+    # a __del__ run by the garbage collector must not find the audit hook's frame
+    ex = make_executor(timeout_seconds=20)
+    code = (
+        "found = []\n"
+        "class Spy:\n"
+        "    def __init__(self): self.me = self\n"
+        "    def __del__(self):\n"
+        "        try: raise Exception\n"
+        "        except Exception as e: f = e.__traceback__.tb_frame.f_back\n"
+        "        while f is not None:\n"
+        "            names = set(f.f_locals)\n"
+        "            if names & {'_state', 'state', 'send', 'serve', 'check', '_header', 'token'}:\n"
+        "                found.append(sorted(names)); return\n"
+        "            f = f.f_back\n"
+        "def g(): pass\n"
+        "for i in range(100000):\n"
+        "    Spy(); g.__code__\n"
+        "    if found: break\n")
+    r = ex.execute(code, return_globals=["found"])
+    assert r.success, r.error
+    assert r.globals["found"] == []
+
+
+def test_many_iovecs_do_not_exhaust_the_host(make_executor):
+    import resource
+    import time as _time
+    ex = make_executor(whitelisted_imports=["json"], timeout_seconds=5)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = _time.monotonic()
+    r = ex.execute("import json\nposix = json.codecs.sys.modules['posix']\n"
+                   "try:\n    posix.writev(1, [b'A'] * 3_000_000)\nexcept OSError as e:\n    err = str(e)\n",
+                   return_globals=["err"])
+    assert _time.monotonic() - t < 10
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert (after - before) < 300_000  # KiB: the host did not copy millions of iovecs
+    assert "Invalid argument" in r.globals.get("err", "") or not r.success
+    assert_still_works(ex)
+
+
+def test_guest_clocks_reveal_nothing_of_the_host(make_executor):
+    a = make_executor(whitelisted_imports=["time"], fuel=None)
+    b = make_executor(whitelisted_imports=["time"])
+    b.execute("import time\nt0 = time.process_time()\nm0 = time.monotonic()")
+    a.execute("x = 0\nfor i in range(2_000_000): x += i")
+    r = b.execute("d = time.process_time() - t0\nm = time.monotonic()", return_globals=["d", "m"])
+    assert r.globals["m"] < 3600  # not the host's uptime

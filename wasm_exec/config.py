@@ -12,6 +12,12 @@ _ALIAS_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 MiB = 1024 * 1024
 
+# modules the sandbox keeps for itself, with the reason shown to the user
+RESERVED_MODULES = {
+    "gc": "the sandbox runs the garbage collector itself (agent finalizers must never run "
+          "inside the runner)",
+}
+
 
 class Limits(BaseModel):
     """Resource limits for one call. Every field can be overridden per call.
@@ -77,6 +83,8 @@ class Policy(BaseModel):
             if not _MODULE_RE.match(name):
                 raise ValueError(f"{name!r} is not a module name (expected e.g. 'json' or "
                                  "'xml.etree.ElementTree')")
+            if name.split(".")[0] in RESERVED_MODULES:
+                raise ValueError(f"{name!r} cannot be allowed: {RESERVED_MODULES[name.split('.')[0]]}")
         return value
 
     @field_validator("default_imports", mode="before")
@@ -92,6 +100,9 @@ class Policy(BaseModel):
                 raise ValueError(f"default import alias {alias!r} is not a plain identifier")
             if not _MODULE_RE.match(module):
                 raise ValueError(f"default import {alias!r}: {module!r} is not a module name")
+            if module.split(".")[0] in RESERVED_MODULES:
+                raise ValueError(f"default import {alias!r}: {module!r} cannot be allowed: "
+                                 f"{RESERVED_MODULES[module.split('.')[0]]}")
         return value
 
     @property

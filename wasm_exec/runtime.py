@@ -275,6 +275,11 @@ def install(dest: Path | None = None, *, log: Callable[[str], None] = print,
                 with z.open(info) as src, open(staged, "wb") as out:
                     while chunk := src.read(1 << 20):
                         out.write(chunk)
+                licences = dest / "licenses"
+                for member in z.namelist():
+                    if "/licenses/" in member and not member.endswith("/"):
+                        licences.mkdir(exist_ok=True)
+                        (licences / Path(member).name).write_bytes(z.read(member))
             log("verifying size and SHA-256")
             verify(staged, pin)
             os.replace(staged, target) if _same_fs(staged, dest) else _copy(staged, target)

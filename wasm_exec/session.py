@@ -37,6 +37,9 @@ ERRNO_INVAL = 28
 ERRNO_NOTSUP = 58
 
 TICK_SECONDS = 0.005
+MAX_IOVS = 1024  # POSIX IOV_MAX: the guest's libc never sends more
+# the guest's monotonic clocks start near zero: they say nothing about the host's uptime
+_CLOCK_ORIGIN = time.monotonic_ns() - 1_000_000_000
 IDLE_FUEL = 200_000_000
 BOOT_FUEL = 20_000_000_000
 BOOT_TIMEOUT = 60.0
@@ -162,6 +165,8 @@ class Session:
                  default_imports: dict[str, str], memory_bytes: int) -> None:
         self._image = image
         self._token = os.urandom(16)
+        self._started_ns = time.monotonic_ns()
+        self._memory_bytes = 0
         self._engine, self._module = image.new_engine()
         self._store = wasmtime.Store(self._engine)
         self._store.set_limits(memory_size=memory_bytes)
@@ -240,11 +245,11 @@ class Session:
     def dead(self) -> SessionDead | None:
         return self._dead
 
-    def memory_size(self) -> int:
-        try:
-            return self._memory.data_len(self._store) if self._memory else 0
-        except Exception:
-            return 0
+    @property
+    def memory_bytes(self) -> int:
+        """Guest linear memory as of the end of the last call (read on the session thread:
+        a Store is never touched from two threads at once)."""
+        return self._memory_bytes
 
     def call(self, payload: dict[str, Any], limits: CallLimits) -> CallOutcome:
         """Run one request; returns its outcome, or ``died`` set when the interpreter died."""
@@ -313,7 +318,7 @@ class Session:
             died = self._dead or SessionDead(STOP_CRASH, "the interpreter stopped answering")
         return CallOutcome(call.reply, out, err, call.out_dropped, call.err_dropped, fuel_used,
                            max(0.0, end - call.started) if call.started else 0.0,
-                           self.memory_size(), call.call_id, died)
+                           self._memory_bytes, call.call_id, died)
 
     def _abort(self, reason: str) -> None:
         if self._abort_reason is None:
@@ -382,6 +387,7 @@ class Session:
             call.ended = time.perf_counter()
             if self._fuel_enabled:
                 call.fuel_left = 0 if reason == STOP_FUEL else _safe_fuel(self._store)
+            self._memory_bytes = self._read_memory_size()
             call.done.set()
         pending = self._pending
         if pending is not None and not pending.done.is_set():
@@ -389,6 +395,12 @@ class Session:
         self._boot.done.set()
 
     # ------------------------------------------------------- host functions
+    def _read_memory_size(self) -> int:
+        try:
+            return self._memory.data_len(self._store) if self._memory else 0
+        except Exception:
+            return 0
+
     def _mem(self, caller: wasmtime.Caller) -> tuple[int, int]:
         assert self._memory is not None
         ptr = self._memory.data_ptr(caller)
@@ -421,7 +433,9 @@ class Session:
                 self._call = pending
                 self._arm(pending)
         base, size = self._mem(caller)
-        if iovs_len < 0 or iovs < 0 or iovs + 8 * iovs_len > size:
+        if iovs_len < 0 or iovs_len > MAX_IOVS:
+            return ERRNO_INVAL
+        if iovs < 0 or iovs + 8 * iovs_len > size:
             return ERRNO_FAULT
         total = 0
         for i in range(iovs_len):
@@ -449,17 +463,20 @@ class Session:
         if fd not in (1, 2):
             return ERRNO_BADF
         base, size = self._mem(caller)
-        if iovs_len < 0 or iovs < 0 or iovs + 8 * iovs_len > size:
+        if iovs_len < 0 or iovs_len > MAX_IOVS:
+            return ERRNO_INVAL
+        if iovs < 0 or iovs + 8 * iovs_len > size:
             return ERRNO_FAULT
         call = self._call
         total = 0
         chunks = []
-        for i in range(iovs_len):
-            buf, length = struct.unpack_from("<II", ctypes.string_at(base + iovs + 8 * i, 8))
+        table = ctypes.string_at(base + iovs, 8 * iovs_len)
+        for buf, length in struct.iter_unpack("<II", table):
             if buf + length > size:
                 return ERRNO_FAULT
             total += length
-            chunks.append((buf, length))
+            if length:
+                chunks.append((buf, length))
         if fd == 1 and chunks and total >= REPLY_HEADER:
             first_buf, first_len = next((b, n) for b, n in chunks if n)
             head = ctypes.string_at(base + first_buf, min(first_len, REPLY_HEADER))
@@ -499,6 +516,7 @@ class Session:
         if self._fuel_enabled:
             call.fuel_left = _safe_fuel(self._store)
             self._store.set_fuel(IDLE_FUEL)
+        self._memory_bytes = self._memory.data_len(caller) if self._memory else 0
         self._deadline_ticks = int(10 / TICK_SECONDS)
         self._store.set_epoch_deadline(self._deadline_ticks)
         self._call = None
@@ -508,8 +526,11 @@ class Session:
                         out_ptr: int) -> int:
         if clock_id == 0:
             now = time.time_ns()
-        elif clock_id in (1, 2, 3):
-            now = time.monotonic_ns() if clock_id == 1 else time.process_time_ns()
+        elif clock_id == 1:
+            now = time.monotonic_ns() - _CLOCK_ORIGIN
+        elif clock_id in (2, 3):
+            # CPU-time clocks: this interpreter's own running time, nothing of the host's
+            now = time.monotonic_ns() - self._started_ns
         else:
             return ERRNO_INVAL
         base, size = self._mem(caller)
@@ -534,7 +555,8 @@ class Session:
             if tag == 0:  # clock
                 clock_id, timeout, _prec, flags = struct.unpack_from("<I4xQQH", data, 48 * i + 16)
                 if flags & 1:  # absolute
-                    now_ns = time.time_ns() if clock_id == 0 else time.monotonic_ns()
+                    now_ns = (time.time_ns() if clock_id == 0
+                              else time.monotonic_ns() - _CLOCK_ORIGIN)
                     rel = max(0, timeout - now_ns) / 1e9
                 else:
                     rel = timeout / 1e9

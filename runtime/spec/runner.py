@@ -1,79 +1,68 @@
 # wasm-exec guest runner: runs INSIDE the WebAssembly sandbox (CPython 3.12 on WASI).
 #
-# It is passed to the guest as `python -S -c <this file>` and serves framed requests read
-# from fd 0 until the host stops it.  Replies (on fd 1, one write each, behind the session
-# token) leave through an audit hook that alone holds
-# the host's session token, so code the agent runs can print anything, write to any fd and
-# walk any frame without being able to forge a reply.
+# The host starts `python -S -c <bootstrap> <this file>`; the bootstrap compiles this file
+# as "<wasm-exec-runner>" and runs it. It reads framed requests from fd 0 and answers
+# each with one write on fd 1 that carries the session token.
 #
-# Security notes (see README "Threat model"):
+# Security design (README, "Threat model"):
 # - The WebAssembly boundary is the real wall: no preopened directory, no sockets, no
-#   processes, no host environment.  Everything here is policy on top of it.
-# - The audit hook below is installed before any agent code runs and cannot be removed.
-#   It keeps its state in a closure that no object reachable from agent code refers to.
-# - The import guard is a tuple-based callable: its state is immutable and its code uses
-#   no global or builtin names, so it cannot be re-pointed by editing dicts or cells.
-# - This file must not define names at module level that matter: the module dict is
-#   emptied before the first request.
+#   processes, no host environment. Everything here is policy on top of it.
+# - Every secret and every capability (the session token, the reply channel, the reader of
+#   requests, the real import function, the built-in module loader, the garbage
+#   collector) lives only in the closure of an audit hook installed before any agent code
+#   runs. No object reachable from agent code refers to that closure, and the hook never
+#   calls code the agent could have supplied.
+# - Automatic garbage collection is off for good and the `gc` module is unreachable: in
+#   CPython 3.12 a collection runs at the next function entry, so a finalizer (`__del__`)
+#   could otherwise run inside the hook and read its frame. The runner collects cyclic
+#   garbage itself at the end of each call, from its main loop, whose frame holds nothing
+#   secret.
+# - Trusted runner code asks the hook for a capability by reading `REQUEST.__code__` (an
+#   audited attribute access). The hook identifies the asking frame by the identity of
+#   its code object, reads the request from that frame's local variables, and answers
+#   through a list in those locals. The runner's own frames therefore hold no reference
+#   to `sys`, `os`, the reply channel or the real `__import__`.
+# - The import guard (`builtins.__import__`) is a bound method of a plain function over
+#   an immutable tuple; its code uses no global or builtin name, so editing dicts, cells
+#   or builtins cannot change what it decides, and the hook re-checks who calls it.
 
 
 def _wasm_exec_boot():
+    import _imp
+    import _json
+    import _signal
     import builtins
+    import functools
+    import gc
+    import importlib
     import os
+    import signal
     import sys
     import types
-    import _json
-    import functools
-
-    _getframe = sys._getframe
-    _audit = sys.audit
-    _os_read = os.read
-    _os_write = os.write
-    _str = str
-    _bytes = bytes
-    _int = int
-    _len = len
-    _type = type
-    _isinstance = isinstance
-    _dict = dict
-    _tuple = tuple
-    _list = list
-    _frozenset = frozenset
-    _BaseException = BaseException
-    _Exception = Exception
-    _exec = exec
-    _compile = compile
-    _FunctionType = types.FunctionType
-    _FrameType = types.FrameType
-    _CodeType = types.CodeType
-    _ModuleType = types.ModuleType
-    _str_copy = str.__str__
-    _join = "".join
-    _tb_of = BaseException.__dict__["__traceback__"].__get__
-    _type_qualname = type.__dict__["__qualname__"].__get__
-    _type_module = type.__dict__["__module__"].__get__
-    _module_dict = _ModuleType.__dict__["__dict__"].__get__
 
     RUNNER_FILE = "<wasm-exec-runner>"
+    FunctionType = types.FunctionType
+    CodeType = types.CodeType
+    ModuleType = types.ModuleType
+    module_dict = ModuleType.__dict__["__dict__"].__get__
 
-    # ---------------------------------------------------------------- channel
+    # ------------------------------------------------------------------ channel
     def read_exact(n):
         chunks = []
         got = 0
         while got < n:
-            b = _os_read(0, n - got)
+            b = os.read(0, n - got)
             if not b:
                 raise EOFError("channel closed")
             chunks.append(b)
-            got += _len(b)
+            got += len(b)
         return b"".join(chunks)
 
-    def read_request():
+    def read_frame():
         header = read_exact(8)
         if header[:4] != b"WXQ1":
             raise EOFError("bad request frame")
-        size = _int.from_bytes(header[4:8], "little")
-        return read_exact(size)
+        return read_exact(int.from_bytes(header[4:8], "little"))
 
     class _Ctx:
         strict = True
@@ -85,211 +74,245 @@ def _wasm_exec_boot():
                           "-Infinity": float("-inf")}.__getitem__
         memo = {}
 
-    _scan = _json.make_scanner(_Ctx())
+    scan = _json.make_scanner(_Ctx())
 
-    def json_loads(text):
-        obj, end = _scan(text, 0)
+    def json_loads(text, _len=len, _ValueError=ValueError):
+        obj, end = scan(text, 0)
         if end != _len(text):
-            raise ValueError("trailing data in request")
+            raise _ValueError("trailing data in request")
         return obj
 
-    def _no_default(o):
-        raise TypeError("Object of type " + _type_qualname(_type(o)) + " is not JSON serializable")
+    init = json_loads(read_frame().decode("utf-8"))
 
-    _enc = _json.make_encoder(None, _no_default, _json.encode_basestring, None, ":", ",",
-                              False, False, True)
-    _enc_strict_markers = _json.make_encoder({}, _no_default, _json.encode_basestring, None,
-                                             ":", ",", False, False, True)
+    # ------------------------------------------------------------------ the hook
+    REQUEST = lambda: None  # noqa: E731 - reading REQUEST.__code__ calls the hook
 
-    def json_dumps(obj):
-        return _join(_enc(obj, 0))
-
-    def json_dumps_checked(obj):
-        # with cycle detection (markers dict): used for agent values
-        return _join(_json.make_encoder({}, _no_default, _json.encode_basestring, None, ":",
-                                        ",", False, False, True)(obj, 0))
-
-    # first frame: init, carries the session token and the policy
-    init = json_loads(read_request().decode("utf-8"))
-    token = bytes.fromhex(init["token"])
-    allowed = _frozenset(init["allowed"])
-    # modules the interpreter itself imports on the agent's behalf from C code
-    # (e.g. the parser's `unicodedata` for non-ASCII identifiers, `time.strptime`)
-    implicit = _frozenset(init.get("implicit", ()))
-    allowed_prefixes = _tuple(a + "." for a in allowed)
-
-    def is_allowed(name):
-        if name in allowed:
-            return True
-        for p in allowed_prefixes:
-            if name.startswith(p):
-                return True
-        return False
-
-    # ------------------------------------------------------------- audit hook
-    trusted_codes = set()
-    state = {"booting": True, "importing": 0, "busy": False}
-    MAIN = []  # the code object of main(), filled in below
-
-    def install_hook(token):
-        _trusted = trusted_codes
-        _state = state
-        _main = MAIN
-        _gf = _getframe
-        _write = _os_write
-        _header = b"WXR1" + token
+    def install_hook(token, allowed, prefixes, real_import, create_builtin, exec_builtin,
+                     trusted_codes, roles, REQUEST, guard_T, builtin_types, streams):
+        # Everything the hook uses is a local of this function (own cells, shared with
+        # no other closure), bound before any agent code exists.
+        _type = type
+        _str = str
+        _int = int
+        _len = len
+        _id = id
+        _bytes = bytes
+        _list = list
         _PermissionError = PermissionError
-        _memoryview = memoryview
-        _is_allowed = is_allowed
-        _import = _real_import
-        _builtin_ops = {"create": _imp_create_builtin, "exec": _imp_exec_builtin}
-        _impl_code = impl_code
-        _builtins_dict = builtins.__dict__
-        _T = T
-        _entry_codes = entry_codes
-        deny_getattr = {"__code__", "f_code", "gi_code", "cr_code", "ag_code"}
-        always_deny = {"sys.addaudithook", "sys.settrace", "sys.setprofile",
-                       "sys._current_frames", "gc.get_objects", "gc.get_referrers",
-                       "gc.get_referents", "code.__new__", "sys.monitoring.register_callback",
-                       "cpython._PySys_ClearAuditHooks", "sys._setprofileallthreads",
-                       "sys._settraceallthreads"}
+        _FunctionType = FunctionType
+        _FrameType = types.FrameType
+        _CodeType = CodeType
+        _gf = sys._getframe
+        _write = os.write
+        _read = os.read
+        _collect = gc.collect
+        _get_count = gc.get_count
+        _thresholds = gc.get_threshold()
+        _sys = sys
+        _header = b"WXR1" + token
+        _role = roles.get  # id(code) -> (code, role)
+        state = [True, 0, False]  # booting, imports in progress, inside the hook
+        code_attrs = frozenset(("__code__", "f_code", "gi_code", "cr_code", "ag_code"))
+        always_deny = frozenset((
+            "sys.addaudithook", "sys.settrace", "sys.setprofile", "sys._current_frames",
+            "gc.get_objects", "gc.get_referrers", "gc.get_referents", "code.__new__",
+            "sys.monitoring.register_callback", "cpython._PySys_ClearAuditHooks",
+            "sys._setprofileallthreads", "sys._settraceallthreads"))
 
-        def caller_code():
-            f = _gf(2)
-            return f.f_code
+        def role_of(code):
+            entry = _role(_id(code))
+            if entry is not None and entry[0] is code:
+                return entry[1]
+            return None
 
-        def send(payload):
-            n = _len(payload)
-            data = _header + n.to_bytes(4, "little") + payload
-            # one write: the host recognises a reply as a single fd_write on fd 1 that
-            # starts with the magic and the session token
-            _write(1, data)
+        def allowed_name(name):
+            if name in allowed:
+                return True
+            for p in prefixes:
+                if name.startswith(p):
+                    return True
+            return False
+
+        def read_exact(n):
+            chunks = []
+            got = 0
+            while got < n:
+                b = _read(0, n - got)
+                if not b:
+                    return None
+                chunks.append(b)
+                got += _len(b)
+            return b"".join(chunks)
+
+        def serve(frame, role):
+            """A trusted runner function asked for something; its locals say what."""
+            loc = frame.f_locals
+            op = loc.get("_op")
+            box = loc.get("_box")
+            if _type(op) is not _str or _type(box) is not _list:
+                raise _PermissionError("bad request")
+            if role == "main":
+                if op == "read":
+                    header = read_exact(8)
+                    if header is None or header[:4] != b"WXQ1":
+                        box.append(None)
+                        return
+                    box.append(read_exact(_int.from_bytes(header[4:8], "little")))
+                elif op == "reply":
+                    payload = loc.get("_payload")
+                    if _type(payload) is not _bytes:
+                        raise _PermissionError("bad reply")
+                    # one write: the host takes a single fd_write on fd 1 that starts with
+                    # the magic and the session token as the reply
+                    _write(1, _header + _len(payload).to_bytes(4, "little") + payload)
+                elif op == "restore":
+                    _sys.stdout, _sys.stderr = streams
+                    _sys.stdin = None
+                elif op == "boot_done":
+                    state[0] = False
+                elif op == "collect":
+                    # which generations are due, as the automatic collector would decide
+                    counts = _get_count()
+                    generation = -1
+                    for g in (0, 1, 2):
+                        if counts[g] >= _thresholds[g]:
+                            generation = g
+                    if loc.get("_full") is True:
+                        generation = 2
+                    box.append(generation)
+                    box.append(_collect)
+                else:
+                    raise _PermissionError("bad request")
+                return
+            if role == "guard":
+                T = loc.get("T")
+                caller = frame.f_back
+                if T is not guard_T or caller is None or role_of(caller.f_code) != "entry":
+                    raise _PermissionError("not allowed")
+                if op == "grant":
+                    name = loc.get("_grant_name")
+                    if _type(name) is not _str:
+                        raise _PermissionError("bad request")
+                    if not (loc.get("_library_statement") is True or allowed_name(name)
+                            or loc.get("_implicit") is True or state[1] > 0):
+                        return  # refused: the guard raises ImportError
+                    state[1] += 1
+                    box.append(real_import)
+                elif op == "done":
+                    if state[1] > 0:
+                        state[1] -= 1
+                else:
+                    raise _PermissionError("bad request")
+                return
+            if role == "builtin":
+                if state[1] <= 0 and not state[0]:
+                    raise _PermissionError(
+                        "loading built-in modules outside an import is not allowed")
+                box.append(create_builtin if op == "create" else exec_builtin)
+                return
+            raise _PermissionError("not allowed")
+
+        def check(event, args):
+            booting = state[0]
+            if event == "object.__getattr__":
+                obj = args[0]
+                if obj is REQUEST:
+                    frame = _gf(2)  # 0: check, 1: hook, 2: the frame that read the attribute
+                    role = role_of(frame.f_code)
+                    if role is None:
+                        raise _PermissionError("not allowed")
+                    serve(frame, role)
+                    return
+                if booting:
+                    return
+                if args[1] in code_attrs:
+                    t = _type(obj)
+                    code = None
+                    if t is _FunctionType:
+                        code = obj.__code__
+                    elif t is _FrameType:
+                        code = obj.f_code
+                    if code is not None and _id(code) in trusted_codes \
+                            and trusted_codes[_id(code)] is code:
+                        asker = _gf(2).f_code
+                        if not (_id(asker) in trusted_codes and trusted_codes[_id(asker)] is asker):
+                            raise _PermissionError("the sandbox runner's code is not accessible")
+                return
+            if booting:
+                return
+            if event in always_deny:
+                raise _PermissionError(event + " is not available in the sandbox")
+            if event == "object.__setattr__" or event == "object.__delattr__":
+                obj = args[0]
+                if _type(obj) is _FunctionType:
+                    code = obj.__code__
+                    if _id(code) in trusted_codes and trusted_codes[_id(code)] is code:
+                        raise _PermissionError("the sandbox runner's functions are read-only")
+                return
+            importing = state[1] > 0
+            if event == "compile":
+                fn = args[1]
+                if importing:
+                    return
+                if _type(fn) is _str:
+                    if not fn.startswith("<") or fn.startswith("<frozen") or fn == RUNNER_FILE:
+                        raise _PermissionError(
+                            "compile() with a file name that is not '<...>' is not allowed")
+                elif fn is not None:
+                    raise _PermissionError("compile() file name must be a str")
+                return
+            if event == "exec":
+                code = args[0]
+                if not importing and _type(code) is _CodeType:
+                    fn = code.co_filename
+                    if not fn.startswith("<") or fn.startswith("<frozen"):
+                        raise _PermissionError(
+                            "running library module code outside an import is not allowed")
+                return
+            if event == "marshal.loads" or event == "marshal.load":
+                if not importing:
+                    raise _PermissionError("marshal is not available in the sandbox")
+                return
+            if event == "open":
+                if _type(args[0]) is _int:
+                    raise _PermissionError(
+                        "opening file descriptors is not allowed in the sandbox")
+                return
+            if event == "pickle.find_class":
+                mod, attr = args
+                if _type(mod) is not _str or _type(attr) is not _str:
+                    raise _PermissionError("unpickling: bad global")
+                if mod == "builtins":
+                    ok = attr in builtin_types  # classes only: never __import__ or eval
+                elif mod == "copyreg":
+                    ok = attr in ("_reconstructor", "__newobj__", "__newobj_ex__")
+                else:
+                    ok = mod == "__main__" or allowed_name(mod)
+                if not ok:
+                    raise _PermissionError(
+                        "unpickling " + mod + "." + attr + " is not allowed in the sandbox")
+                return
 
         def hook(event, args):
-            if _state["busy"]:
-                return
-            booting = _state["booting"]
-            if event == "wasm_exec.boot_done":
-                _state["booting"] = False
-                return
-            if booting and not event.startswith("wasm_exec."):
-                return
-            _state["busy"] = True
+            if state[2]:
+                return  # events raised by the hook's own work
+            state[2] = True
             try:
-                if event == "wasm_exec.reply":
-                    if caller_code() is not _main[0]:
-                        raise _PermissionError("not allowed")
-                    send(args[0])
-                    return
-                if event == "wasm_exec.import":
-                    # the real import, for the guard only; the result goes into a box
-                    f = _gf(1)
-                    if (f.f_code is not _impl_code or f.f_back.f_code not in _entry_codes
-                            or args[0] is not _T):
-                        raise _PermissionError("not allowed")
-                    args = args[1:]
-                    box = args[0]
-                    _state["busy"] = False
-                    _state["importing"] += 1
-                    try:
-                        box.append(_import(*args[1:]))
-                    finally:
-                        _state["importing"] -= 1
-                    return
-                if event == "wasm_exec.builtin":
-                    # creating/executing built-in modules: only inside an import
-                    if _state["importing"] <= 0 and not booting:
-                        raise _PermissionError(
-                            "loading built-in modules outside an import is not allowed")
-                    box = args[0]
-                    _state["busy"] = False
-                    box.append(_builtin_ops[args[1]](args[2]))
-                    return
-                if event in always_deny:
-                    raise _PermissionError(event + " is not available in the sandbox")
-                if event == "object.__getattr__":
-                    name = args[1]
-                    if name in deny_getattr:
-                        obj = args[0]
-                        t = _type(obj)
-                        code = None
-                        if t is _FunctionType:
-                            code = obj.__code__
-                        elif t is _FrameType:
-                            code = obj.f_code
-                        if code is not None and code in _trusted and caller_code() not in _trusted:
-                            raise _PermissionError("the sandbox runner's code is not accessible")
-                    return
-                if event == "object.__setattr__" or event == "object.__delattr__":
-                    obj = args[0]
-                    t = _type(obj)
-                    if t is _FunctionType and obj.__code__ in _trusted:
-                        raise _PermissionError("the sandbox runner's functions are read-only")
-                    return
-                importing = _state["importing"] > 0
-                if event == "compile":
-                    fn = args[1]
-                    if not importing and _type(fn) is _str:
-                        if not fn.startswith("<") or fn.startswith("<frozen") or fn == RUNNER_FILE:
-                            raise _PermissionError(
-                                "compile() with a file name that is not '<...>' is not allowed")
-                    elif not importing and fn is not None and _type(fn) is not _str:
-                        raise _PermissionError("compile() file name must be a str")
-                    return
-                if event == "exec":
-                    code = args[0]
-                    if not importing and _type(code) is _CodeType:
-                        fn = code.co_filename
-                        if not fn.startswith("<") or fn.startswith("<frozen"):
-                            raise _PermissionError("running library module code outside an import is not allowed")
-                    return
-                if event == "marshal.loads" or event == "marshal.load":
-                    if not importing:
-                        raise _PermissionError("marshal is not available in the sandbox")
-                    return
-                if event == "open":
-                    path = args[0]
-                    if _type(path) is _int:
-                        raise _PermissionError("opening file descriptors is not allowed in the sandbox")
-                    return
-                if event == "pickle.find_class":
-                    mod, attr = args
-                    if _type(mod) is not _str or _type(attr) is not _str:
-                        raise _PermissionError("unpickling: bad global")
-                    if mod == "builtins":
-                        # classes only: never __import__, eval, getattr and friends
-                        ok = _type(_builtins_dict.get(attr)) is _type
-                    elif mod == "copyreg":
-                        ok = attr in ("_reconstructor", "__newobj__", "__newobj_ex__")
-                    else:
-                        ok = mod == "__main__" or _is_allowed(mod)
-                    if not ok:
-                        raise _PermissionError("unpickling " + mod + "." + attr
-                                               + " is not allowed in the sandbox")
-                    return
+                check(event, args)
             finally:
-                _state["busy"] = False
+                state[2] = False
 
         sys.addaudithook(hook)
 
-    # ---------------------------------------------------------- import guard
-    #
-    # The guard is `MethodType(guard_call, T)`: a bound method (an immutable C object) of
-    # a plain function over an immutable tuple T. None of the guard functions looks up a
-    # global or builtin name or an attribute of a mutable class, so editing dicts, cells,
-    # classes or builtins cannot change what they decide. Their code objects are hidden by
-    # the audit hook, and the real import happens inside the hook, which checks that it is
-    # asked by guard_impl called from a guard entry point.
-    _real_import = builtins.__import__
-
+    # ------------------------------------------------------------------ the guard
     def guard_impl(T, name, globals, locals, fromlist, level):
-        (getframe, audit, str_copy, allowed_set, prefixes, implicit_set, ModuleType,
-         module_dict, type_, str_, int_, tuple_, list_, dict_, len_, isinstance_, getattr_,
-         sorted_, repr_, ImportError_, TypeError_, ValueError_, range_, impl) = T
+        (allowed_set, prefixes, implicit_set, ModuleType_, module_dict_, type_, str_, int_,
+         tuple_, list_, dict_, len_, isinstance_, getattr_, sorted_, repr_, ImportError_,
+         TypeError_, ValueError_, range_, BaseException_, REQUEST_, impl) = T
         if type_(name) is not str_:
             if not isinstance_(name, str_):
                 raise TypeError_("module name must be str")
-            name = str_copy(name)
+            name = str_.__str__(name)
         if type_(level) is not int_:
             if not isinstance_(level, int_):
                 raise TypeError_("level must be an int")
@@ -300,17 +323,21 @@ def _wasm_exec_boot():
                 if type_(item) is not str_:
                     if not isinstance_(item, str_):
                         raise TypeError_("fromlist items must be str")
-                    item = str_copy(item)
+                    item = str_.__str__(item)
                 items.append(item)
         fl = tuple_(items)
-        caller = getframe(2)  # 0: guard_impl, 1: guard entry point, 2: who asked
-        filename = caller.f_code.co_filename
-        box = list_()
-        if type_(filename) is str_ and (not filename.startswith("<")
-                                        or filename.startswith("<frozen")):
-            # library code importing for itself (json importing re): not policed
-            audit("wasm_exec.import", T, box, name, globals, locals, fl, level)
-            return box[0]
+        try:
+            raise ImportError_
+        except BaseException_ as e:
+            me = e.__traceback__.tb_frame
+        requester = me.f_back.f_back  # 0: guard_impl, 1: entry point, 2: who asked
+        del me
+        code = requester.f_code
+        filename = code.co_filename
+        lasti = requester.f_lasti
+        statement = lasti >= 0 and code.co_code[lasti] == 108  # IMPORT_NAME
+        library = type_(filename) is str_ and (not filename.startswith("<")
+                                               or filename.startswith("<frozen"))
         absname = name
         if level > 0:
             package = None
@@ -329,18 +356,20 @@ def _wasm_exec_boot():
             absname = bits[0] + "." + name if name else bits[0]
         if not absname:
             raise ValueError_("Empty module name")
-
-        def refuse(modname):
-            return ImportError_("Import of '" + modname + "' is not allowed. Allowed imports: "
-                                + repr_(sorted_(allowed_set)), name=modname)
-
-        lasti = caller.f_lasti
-        statement = lasti >= 0 and caller.f_code.co_code[lasti] == 108  # IMPORT_NAME
+        top_name = absname.partition(".")[0]
+        if top_name == "gc":
+            # the runner alone drives the garbage collector (see the top of this file)
+            raise ImportError_("Import of 'gc' is not allowed: the sandbox manages garbage "
+                               "collection", name="gc")
+        # An import statement in standard-library code imports for the library itself
+        # (json importing re). A relative one must stay inside the file's own package.
+        _library_statement = library and statement and (
+            level == 0 or ("/" + top_name + "/") in filename
+            or filename.startswith("<frozen " + top_name))
         names = [absname]
-        if fl:
-            for item in fl:
-                if item != "*" and item[:2] != "__":
-                    names.append(absname + "." + item)
+        for item in fl:
+            if item != "*" and item[:2] != "__":
+                names.append(absname + "." + item)
         verdicts = list_()
         for n in names:
             ok = n in allowed_set
@@ -350,44 +379,81 @@ def _wasm_exec_boot():
                         ok = True
                         break
             verdicts.append(ok)
-        whole = verdicts[0] or (not statement and absname in implicit_set)
+        _implicit = not statement and (absname in implicit_set or top_name in implicit_set)
+        whole = _library_statement or verdicts[0] or _implicit
         children = list_()
+        refused = None
         if not whole:
-            if len_(names) == 1 or len_(names) != len_(fl) + 1:
-                raise refuse(absname)
-            for i in range_(1, len_(names)):
-                if not verdicts[i]:
-                    raise refuse(names[i])
-                children.append(fl[i - 1])
-        audit("wasm_exec.import", T, box, absname, None, None, fl, 0)
-        top = box[0]
-        for item in children:
-            if not isinstance_(getattr_(top, item, None), ModuleType):
-                try:
-                    audit("wasm_exec.import", T, box, absname + "." + item, None, None,
-                          ("__name__",), 0)
-                except ImportError_:
-                    pass
-        if type_(top) is not ModuleType:
+            refused = absname
+            if len_(names) > 1 and len_(names) == len_(fl) + 1:
+                refused = None
+                for i in range_(1, len_(names)):
+                    if not verdicts[i]:
+                        refused = names[i]
+                        break
+                    children.append(fl[i - 1])
+        _grant_name = absname if whole or refused is not None else names[1]
+        _box = list_()
+        _op = "grant"
+        REQUEST_.__code__
+        if not _box:
+            raise ImportError_("Import of '" + refused + "' is not allowed. Allowed "
+                               "imports: " + repr_(sorted_(allowed_set)), name=refused)
+        if refused is not None:
+            # granted only because an allowed import is in progress: that module's own
+            # plumbing (e.g. C code importing _io), returned as is
+            _library_statement = True
+            children = list_()
+        if _library_statement:
+            args = (name, globals, locals, fl, level)
+        else:
+            args = (absname, None, None, fl, 0)
+        try:
+            top = _box.pop()(*args)
+            for item in children:
+                if not isinstance_(getattr_(top, item, None), ModuleType_):
+                    _op = "grant"
+                    _grant_name = absname + "." + item
+                    REQUEST_.__code__
+                    try:
+                        _box.pop()(_grant_name, None, None, ("__name__",), 0)
+                    except ImportError_:
+                        pass
+                    finally:
+                        _op = "done"
+                        REQUEST_.__code__
+        finally:
+            _op = "done"
+            REQUEST_.__code__
+        if not _library_statement and top_name == "importlib" and type_(top) is ModuleType_:
+            # the agent sees importlib's public API only (not _bootstrap & co., whose
+            # functions import without the guard); import_module and __import__ are guarded
+            src = module_dict_(top)
+            view = ModuleType_("importlib (sandbox view)")
+            d = module_dict_(view)
+            for key in list_(src):
+                if not key.startswith("_") or key == "__import__":
+                    d[key] = src[key]
+            return view
+        if _library_statement or (fl and whole):
+            return top
+        if type_(top) is not ModuleType_:
             raise ImportError_("import of '" + absname + "' did not produce a module")
         if fl:
-            if whole:
-                return top
-            view = ModuleType("<restricted " + absname + ">")
-            d = module_dict(view)
+            view = ModuleType_("<restricted " + absname + ">")
+            d = module_dict_(view)
             for item in children:
                 d[item] = getattr_(top, item)
             return view
-        first = absname.partition(".")[0]
-        ok_first = first in allowed_set or (not statement and first in implicit_set)
+        ok_first = top_name in allowed_set or (not statement and top_name in implicit_set)
         if ok_first:
             return top
         # `import a.b.c` binds `a`: a stand-in holding only the allowed path
-        view = ModuleType("<restricted " + first + ">")
+        view = ModuleType_("<restricted " + top_name + ">")
         cur = view
         obj = top
         parts = absname.split(".")
-        prefix = first
+        prefix = top_name
         for i in range_(1, len_(parts)):
             obj = getattr_(obj, parts[i])
             prefix = prefix + "." + parts[i]
@@ -398,20 +464,20 @@ def _wasm_exec_boot():
                         ok = True
                         break
             if ok:
-                module_dict(cur)[parts[i]] = obj
+                module_dict_(cur)[parts[i]] = obj
                 break
-            nxt = ModuleType("<restricted " + prefix + ">")
-            module_dict(cur)[parts[i]] = nxt
+            nxt = ModuleType_("<restricted " + prefix + ">")
+            module_dict_(cur)[parts[i]] = nxt
             cur = nxt
         return view
 
     def guard_call(T, name, globals=None, locals=None, fromlist=(), level=0):
         """The sandbox's __import__: applies the import allow-list to agent code."""
-        return T[23](T, name, globals, locals, fromlist, level)
+        return T[22](T, name, globals, locals, fromlist, level)
 
     def guard_import_module(T, name, package=None):
         """importlib.import_module, routed through the sandbox's import guard."""
-        type_, str_, TypeError_ = T[8], T[9], T[20]
+        type_, str_, TypeError_ = T[5], T[6], T[17]
         level = 0
         if type_(name) is str_ and name.startswith("."):
             if not package:
@@ -421,47 +487,33 @@ def _wasm_exec_boot():
                 if character != ".":
                     break
                 level += 1
-            return T[23](T, name[level:], {"__package__": package, "__name__": package},
+            return T[22](T, name[level:], {"__package__": package, "__name__": package},
                          None, ("__name__",), level)
-        return T[23](T, name, None, None, ("__name__",), 0)
+        return T[22](T, name, None, None, ("__name__",), 0)
 
-    def guard_builtin(T, what, arg):
-        box = T[12]()
-        T[1]("wasm_exec.builtin", box, what, arg)
-        return box[0]
+    def guard_builtin(REQUEST_, _op, arg):
+        _box = []
+        REQUEST_.__code__
+        return _box.pop()(arg)
 
-    T = (_getframe, _audit, _str_copy, allowed, allowed_prefixes, implicit, _ModuleType,
-         _module_dict, _type, _str, _int, _tuple, _list, _dict, _len, _isinstance, getattr,
-         sorted, repr, ImportError, TypeError, ValueError, range, guard_impl)
+    allowed = frozenset(init["allowed"])
+    prefixes = tuple(a + "." for a in sorted(allowed))
+    # modules CPython's C code imports on the caller's behalf (never by a statement)
+    implicit = frozenset(init.get("implicit", ()))
+    T = (allowed, prefixes, implicit, ModuleType, module_dict, type, str, int, tuple, list,
+         dict, len, isinstance, getattr, sorted, repr, ImportError, TypeError, ValueError,
+         range, BaseException, REQUEST, guard_impl)
     guard = types.MethodType(guard_call, T)
     guard_import = types.MethodType(guard_import_module, T)
-    guard_create_builtin = types.MethodType(guard_builtin, T)
-    impl_code = guard_impl.__code__
-    entry_codes = {guard_call.__code__, guard_import_module.__code__}
-    for fn in (guard_impl, guard_call, guard_import_module, guard_builtin):
-        trusted_codes.add(fn.__code__)
-    for fn in (read_exact, read_request, json_loads, json_dumps, json_dumps_checked,
-               is_allowed, _no_default):
-        trusted_codes.add(fn.__code__)
-    import _imp
-    _imp_create_builtin = _imp.create_builtin
-    _imp_exec_builtin = _imp.exec_builtin
-    install_hook(token)
-    del token, init["token"]
-    _imp.create_builtin = functools.partial(guard_create_builtin, "create")
-    _imp.exec_builtin = functools.partial(guard_create_builtin, "exec")
-    for fn in (read_exact, read_request, json_loads, json_dumps, json_dumps_checked,
-               is_allowed, _no_default):
-        trusted_codes.add(fn.__code__)
 
-    # ----------------------------------------------------- agent environment
-    def _exit(code=None):
-        raise SystemExit(code)
+    # ------------------------------------------------------------- agent's world
+    def _exit(code=None, _SystemExit=SystemExit):
+        raise _SystemExit(code)
 
-    def _unavailable(*args, **kwargs):
-        raise RuntimeError("this function is not available in the sandbox")
+    def _unavailable(*args, _RuntimeError=RuntimeError, **kwargs):
+        raise _RuntimeError("this function is not available in the sandbox")
 
-    agent_builtins = _dict(builtins.__dict__)
+    agent_builtins = dict(builtins.__dict__)
     for k in ("__loader__", "__spec__", "breakpoint", "help", "copyright", "credits",
               "license"):
         agent_builtins.pop(k, None)
@@ -469,51 +521,65 @@ def _wasm_exec_boot():
     agent_builtins["exit"] = _exit
     agent_builtins["quit"] = _exit
     agent_builtins["breakpoint"] = _unavailable
-    trusted_codes.add(_exit.__code__)
-    trusted_codes.add(_unavailable.__code__)
 
-    def new_namespace():
-        ns = {"__name__": "__main__", "__doc__": None, "__package__": None,
-              "__builtins__": agent_builtins}
-        mod = _ModuleType("__main__")
-        d = _module_dict(mod)
-        d.clear()
-        d.update(ns)
-        return mod, d
+    main_module = ModuleType("__main__")
+    ns = module_dict(main_module)
+    ns.clear()
+    ns.update({"__name__": "__main__", "__doc__": None, "__package__": None,
+               "__builtins__": agent_builtins})
 
-    main_module, ns = new_namespace()
-    sys.modules["__main__"] = main_module
-
-    # signal handlers receive frames and run at arbitrary points: none for the agent
-    try:
-        import _signal
-        import signal
-        signal.signal = _unavailable
-        _signal.signal = _unavailable
-    except ImportError:
-        pass
-    builtins.__import__ = guard
-    sys.breakpointhook = _unavailable
-    sys.stdin = None
-    try:
-        import importlib
-        importlib.import_module = guard_import
-        importlib.__import__ = guard
-    except ImportError:
-        pass
-
-    # ------------------------------------------------------------ execution
     stdout = sys.stdout
     stderr = sys.stderr
     # line buffered: what was printed before a limit stopped the call is kept
     for stream in (stdout, stderr):
         stream.reconfigure(line_buffering=True, errors="backslashreplace")
+
+    # default imports are bound now, before the hook is strict (they are permissions)
+    default_errors = {}
+    for alias, modname in init.get("default_imports", {}).items():
+        try:
+            mod = builtins.__import__(modname)
+            for part in modname.split(".")[1:]:
+                mod = getattr(mod, part)
+            ns[alias] = mod
+        except BaseException as e:  # reported to the host, which refuses the config
+            default_errors[alias] = type(e).__qualname__ + ": " + str(e)
+
+    # ------------------------------------------------------------ running a call
+    _tb_of = BaseException.__dict__["__traceback__"].__get__
+    _qualname = type.__dict__["__qualname__"].__get__
+    _modname = type.__dict__["__module__"].__get__
+    _join = "".join
+    _str = str
+    _type = type
+    _len = len
+    _isinstance = isinstance
+    _compile = compile
+    _exec = exec
+    _make_encoder = _json.make_encoder
+    _encode_str = _json.encode_basestring
+    _BaseException = BaseException
+    _ValueError = ValueError
+    _TypeError = TypeError
+    _RecursionError = RecursionError
+    _MemoryError = MemoryError
+    _SyntaxError = SyntaxError
+    _SystemExit = SystemExit
+    _RuntimeError = RuntimeError
+    _bytearray = bytearray
     sources = {}
     source_order = []
-    MAX_SOURCES = 32
+    reserve = [bytearray(4 << 20)]  # headroom to report a MemoryError and recover
+
+    def no_default(o):
+        raise _TypeError("Object of type " + _qualname(_type(o)) + " is not JSON serializable")
+
+    def json_dumps(obj):
+        return _join(_make_encoder({}, no_default, _encode_str, None, ":", ",", False, False,
+                                   True)(obj, 0))
 
     def format_tb(exc):
-        """Traceback lines of the agent's own frames (the runner's frames are skipped)."""
+        """Traceback lines of the agent's frames (the runner's frames are left out)."""
         lines = []
         try:
             tb = _tb_of(exc)
@@ -521,13 +587,12 @@ def _wasm_exec_boot():
             return ""
         count = 0
         while tb is not None and count < 200:
-            f = tb.tb_frame
-            code = f.f_code
+            code = tb.tb_frame.f_code
             fn = _join((code.co_filename,))
             if fn != RUNNER_FILE:
-                qn = _join((code.co_name,))
                 lineno = tb.tb_lineno
-                lines.append('  File "' + fn + '", line ' + _str(lineno) + ", in " + qn + "\n")
+                lines.append('  File "' + fn + '", line ' + _str(lineno) + ", in "
+                             + _join((code.co_name,)) + "\n")
                 src = sources.get(fn)
                 if src is not None and lineno is not None and 0 < lineno <= _len(src):
                     text = src[lineno - 1].strip()
@@ -540,11 +605,11 @@ def _wasm_exec_boot():
     def describe(exc):
         cls = _type(exc)
         try:
-            tname = _join((_type_qualname(cls),))
+            tname = _join((_qualname(cls),))
         except _BaseException:
             tname = "Exception"
         try:
-            mod = _type_module(cls)
+            mod = _modname(cls)
         except _BaseException:
             mod = None
         if _type(mod) is _str and mod not in ("builtins", "__main__"):
@@ -555,7 +620,7 @@ def _wasm_exec_boot():
         except _BaseException:
             msg = "<unprintable " + tname + " object>"
         extra = ""
-        if _isinstance(exc, SyntaxError):
+        if _isinstance(exc, _SyntaxError):
             try:
                 if exc.text is not None and exc.lineno is not None:
                     extra = ('  File "' + _str(exc.filename) + '", line ' + _str(exc.lineno)
@@ -574,30 +639,43 @@ def _wasm_exec_boot():
             except _BaseException:
                 pass
 
-    # headroom for reporting a MemoryError and for the next call's compile: freed when the
-    # agent's code runs out of memory, taken back once memory is available again
-    reserve = [bytearray(4 << 20)]
+    def convert(value):
+        """A returned global as JSON text, or raise _ValueError with the reason."""
+        try:
+            return _join((json_dumps(value),))
+        except _RecursionError:
+            raise _ValueError("value is nested too deeply to convert to JSON") from None
+        except _ValueError as e:
+            m = _join((_str(e),)) if _type(e) is _ValueError else ""
+            if "Circular reference" in m:
+                raise _ValueError("value contains a reference cycle and cannot be converted "
+                                 "to JSON") from None
+            if "digits" in m:
+                raise _ValueError("integer too large to convert to JSON (over 4300 digits)") \
+                    from None
+            raise _ValueError("value cannot be converted to JSON: " + m) from None
+        except _BaseException as e:
+            if _type(e) is _TypeError:
+                raise _ValueError(_join((_str(e),)) + " (return JSON values: dict, list, str, "
+                                 "int, float, bool, None)") from None
+            raise _ValueError("value cannot be converted to JSON") from None
 
     def run_call(req, cell_no):
         code_text = req["code"]
         filename = "<cell-" + _str(cell_no) + ">"
-        lines = code_text.splitlines()
-        sources[filename] = lines
+        sources[filename] = code_text.splitlines()
         source_order.append(filename)
-        if _len(source_order) > MAX_SOURCES:
+        if _len(source_order) > 32:
             sources.pop(source_order.pop(0), None)
         values = req.get("globals")
         if values:
             for k, v in values.items():
                 ns[k] = v
         reply = {"id": req["id"], "ok": True}
-        sys.stdout = stdout
-        sys.stderr = stderr
         try:
-            compiled = _compile(code_text, filename, "exec", dont_inherit=True)
-            _exec(compiled, ns)
+            _exec(_compile(code_text, filename, "exec", dont_inherit=True), ns)
         except _BaseException as exc:
-            if _isinstance(exc, MemoryError):
+            if _isinstance(exc, _MemoryError):
                 reserve[0] = None
             reply["ok"] = False
             try:
@@ -608,8 +686,6 @@ def _wasm_exec_boot():
             reply["error_message"] = msg
             reply["traceback"] = text
             del exc
-        sys.stdout = stdout
-        sys.stderr = stderr
         flush_streams()
         out = {}
         errs = {}
@@ -620,25 +696,12 @@ def _wasm_exec_boot():
                 errs[name] = "name '" + name + "' is not defined"
                 continue
             try:
-                text = json_dumps_checked(ns[name])
-                text = _join((text,))
-            except RecursionError:
-                errs[name] = "value is nested too deeply to convert to JSON"
+                text = convert(ns[name])
+            except _ValueError as e:
+                errs[name] = _join((_str(e.args[0]) if e.args else "cannot convert",))
                 continue
-            except ValueError as e:
-                m = _join((_str(e),)) if _type(e) is ValueError else "value cannot be converted"
-                if "Circular reference" in m:
-                    errs[name] = "value contains a reference cycle and cannot be converted to JSON"
-                elif "digits" in m:
-                    errs[name] = "integer too large to convert to JSON (over 4300 digits)"
-                else:
-                    errs[name] = "value cannot be converted to JSON: " + m
-                continue
-            except _BaseException as e:
-                if _type(e) is TypeError:
-                    errs[name] = _join((_str(e),)) + " (return JSON values: dict, list, str, int, float, bool, None)"
-                else:
-                    errs[name] = "value cannot be converted to JSON"
+            except _BaseException:
+                errs[name] = "value cannot be converted to JSON"
                 continue
             if used + _len(text) > max_bytes:
                 errs[name] = ("value too large to return (returned globals are capped at "
@@ -650,53 +713,84 @@ def _wasm_exec_boot():
         reply["globals_errors"] = errs
         if reserve[0] is None and reply["ok"]:
             try:
-                reserve[0] = bytearray(4 << 20)
-            except MemoryError:
+                reserve[0] = _bytearray(4 << 20)
+            except _MemoryError:
                 pass
-        reply["healthy"] = reserve[0] is not None
         return reply
 
-    # default imports are bound before the hook goes live (they are permissions)
-    default_errors = {}
-    for alias, modname in init.get("default_imports", {}).items():
-        try:
-            mod = _real_import(modname)
-            for part in modname.split(".")[1:]:
-                mod = getattr(mod, part)
-            ns[alias] = mod
-        except _BaseException as e:
-            default_errors[alias] = _type_qualname(_type(e)) + ": " + _str(e)
-
     def main():
+        _box = []
+        _op = "restore"
+        REQUEST.__code__
+        _op = "boot_done"
+        REQUEST.__code__
+        _payload = json_dumps({"id": 0, "ready": True, "errors": default_errors}).encode()
+        _op = "reply"
+        REQUEST.__code__
         cell_no = 0
-        _audit("wasm_exec.boot_done")
-        ready = {"id": 0, "ready": True, "errors": default_errors}
-        _audit("wasm_exec.reply", json_dumps(ready).encode("utf-8"))
-        del ready
         while True:
-            try:
-                raw = read_request()
-            except EOFError:
+            _op = "read"
+            REQUEST.__code__
+            raw = _box.pop()
+            if raw is None:
                 return
             req = json_loads(raw.decode("utf-8"))
-            op = req.get("op")
-            if op == "exit":
+            del raw
+            if req.get("op") == "exit":
                 return
             cell_no += 1
+            _op = "restore"
+            REQUEST.__code__
             try:
                 reply = run_call(req, cell_no)
             except _BaseException as e:
                 reply = {"id": req["id"], "ok": False, "error_type": "RunnerError",
-                         "error_message": "the sandbox runner failed: " + _type_qualname(_type(e)),
+                         "error_message": "the sandbox runner failed: " + _qualname(_type(e)),
                          "traceback": "", "globals": {}, "globals_errors": {}}
-            _audit("wasm_exec.reply", json_dumps(reply).encode("utf-8"))
+            _op = "restore"
+            REQUEST.__code__
+            _full = reserve[0] is None
+            _op = "collect"
+            REQUEST.__code__
+            _box.pop()(_box.pop()) if _box[0] >= 0 else _box.clear()
+            _payload = json_dumps(reply).encode("utf-8")
+            del reply, req
+            _op = "reply"
+            REQUEST.__code__
 
-    MAIN.append(main.__code__)
-    trusted_codes.add(main.__code__)
-    for fn in (run_call, describe, format_tb, flush_streams, new_namespace, install_hook):
-        trusted_codes.add(fn.__code__)
-    # nothing of the runner stays in the module namespace the agent could find
-    g = _getframe(1).f_globals
+    # ------------------------------------------------------- arm the hook and go
+    trusted = [guard_impl, guard_call, guard_import_module, guard_builtin, main, run_call,
+               install_hook, read_exact, read_frame, json_loads, json_dumps, format_tb,
+               describe, flush_streams, convert, no_default, _exit, _unavailable]
+    trusted_codes = {id(f.__code__): f.__code__ for f in trusted}
+    roles = {id(main.__code__): (main.__code__, "main"),
+             id(guard_impl.__code__): (guard_impl.__code__, "guard"),
+             id(guard_call.__code__): (guard_call.__code__, "entry"),
+             id(guard_import_module.__code__): (guard_import_module.__code__, "entry"),
+             id(guard_builtin.__code__): (guard_builtin.__code__, "builtin")}
+    builtin_types = frozenset(k for k, v in builtins.__dict__.items() if type(v) is type)
+    install_hook(bytes.fromhex(init.pop("token")), allowed, prefixes, builtins.__import__,
+                 _imp.create_builtin, _imp.exec_builtin, trusted_codes, roles, REQUEST, T,
+                 builtin_types, (stdout, stderr))
+    del trusted_codes, roles
+
+    _imp.create_builtin = functools.partial(guard_builtin, REQUEST, "create")
+    _imp.exec_builtin = functools.partial(guard_builtin, REQUEST, "exec")
+    builtins.__import__ = guard
+    sys.breakpointhook = _unavailable
+    sys.modules["__main__"] = main_module
+    # signal handlers receive frames and run at arbitrary points: none for the agent
+    signal.signal = _unavailable
+    _signal.signal = _unavailable
+    importlib.import_module = guard_import
+    importlib.__import__ = guard
+
+    # automatic collection stays off (see the top of this file); gc is not reachable
+    gc.disable()
+    del sys.modules["gc"]
+
+    # nothing of the runner stays in a namespace the agent could find
+    g = sys._getframe(1).f_globals
     g.clear()
     g["__builtins__"] = builtins
     return main
