@@ -83,8 +83,9 @@ class Policy(BaseModel):
             if not _MODULE_RE.match(name):
                 raise ValueError(f"{name!r} is not a module name (expected e.g. 'json' or "
                                  "'xml.etree.ElementTree')")
-            if name.split(".")[0] in RESERVED_MODULES:
-                raise ValueError(f"{name!r} cannot be allowed: {RESERVED_MODULES[name.split('.')[0]]}")
+            top = name.split(".")[0]
+            if top in RESERVED_MODULES:
+                raise ValueError(f"{name!r} cannot be allowed: {RESERVED_MODULES[top]}")
         return value
 
     @field_validator("default_imports", mode="before")
