@@ -380,3 +380,37 @@ def test_guest_clocks_reveal_nothing_of_the_host(make_executor):
     a.execute("x = 0\nfor i in range(2_000_000): x += i")
     r = b.execute("d = time.process_time() - t0\nm = time.monotonic()", return_globals=["d", "m"])
     assert r.globals["m"] < 3600  # not the host's uptime
+
+
+def test_gc_is_not_reachable(make_executor):
+    ex = make_executor(whitelisted_imports=["json"])
+    r = ex.execute("import json\nmods = json.codecs.sys.modules\nin_modules = 'gc' in mods\n"
+                   "try:\n    import gc\n    imported = True\nexcept ImportError:\n    imported = False\n"
+                   "try:\n    __import__('gc')\n    dunder = True\nexcept ImportError:\n    dunder = False\n",
+                   return_globals=["in_modules", "imported", "dunder"])
+    assert r.globals == {"in_modules": False, "imported": False, "dunder": False}
+
+
+def test_gc_cannot_be_allowed():
+    from wasm_exec import ConfigurationError
+    with pytest.raises(ConfigurationError, match="garbage collector"):
+        PythonExecExecutor(whitelisted_imports=["gc"])
+
+
+def test_cyclic_garbage_is_collected_between_calls(make_executor):
+    ex = make_executor(memory_bytes=64 * 1024 * 1024)
+    code = ("class Node:\n    def __init__(self): self.me = self; self.pad = bytearray(100_000)\n"
+            "for _ in range(100):\n    Node()\n")
+    sizes = []
+    for _ in range(30):  # 30 calls x 10 MB of cyclic garbage, under a 64 MB cap
+        r = ex.execute(code)
+        assert r.success, r.error
+        sizes.append(r.memory_bytes)
+    assert sizes[-1] <= sizes[5] + 16 * 1024 * 1024
+
+
+def test_finalizers_still_run(ex):
+    r = ex.execute("log = []\nclass D:\n    def __init__(self): self.me = self\n"
+                   "    def __del__(self): log.append('finalized')\nD()\n")
+    assert r.success
+    assert ex.execute("n = len(log)", return_globals=["n"]).globals["n"] >= 1

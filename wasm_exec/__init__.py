@@ -17,6 +17,7 @@ from .errors import (
     WasmExecError,
 )
 from .executor import ExecutionResult, PythonExecExecutor
+from .resolver import PythonExecExecutorResolver
 
 __all__ = [
     "ConfigurationError",
@@ -26,6 +27,7 @@ __all__ = [
     "Limits",
     "Policy",
     "PythonExecExecutor",
+    "PythonExecExecutorResolver",
     "RuntimeNotFoundError",
     "RuntimeVerificationError",
     "WasmExecError",

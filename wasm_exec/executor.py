@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -116,6 +117,8 @@ class PythonExecExecutor:
         self._image = get_image(self._settings)
         self._lock = threading.RLock()
         self._closed = False
+        self._last_used = time.monotonic()
+        self.on_session_start: Callable[[PythonExecExecutor], None] | None = None
         self._session: Session | None = None
         self._reset_pending = False
         self._holder: list[Session | None] = [None]
@@ -131,11 +134,15 @@ class PythonExecExecutor:
         return_globals: Iterable[str] | None = None,
         *,
         limits: Mapping[str, Any] | None = None,
+        display: bool = False,
     ) -> ExecutionResult:
         """Run ``code`` in this executor's interpreter.
 
         ``globals_dict`` values (JSON data) are bound as globals before the code runs;
         the names in ``return_globals`` come back in ``result.globals`` as JSON data.
+        ``limits`` overrides this executor's limits for this call. With ``display=True``
+        a single statement runs as at the interactive prompt (an expression's value is
+        printed).
         """
         call_limits = self._call_limits(limits)
         if not isinstance(code, str):
@@ -155,7 +162,8 @@ class PythonExecExecutor:
                 session = self._replace_session()
                 reset = True
             self._reset_pending = False
-            payload = {"op": "exec", "code": code, "globals": values, "return": names}
+            payload = {"op": "exec", "code": code, "globals": values, "return": names,
+                       "display": bool(display)}
             limits_for_call = CallLimits(
                 fuel=call_limits.fuel, timeout_seconds=call_limits.timeout_seconds,
                 max_output_bytes=call_limits.max_output_bytes,
@@ -169,6 +177,7 @@ class PythonExecExecutor:
                 reset = True
                 outcome = session.call(payload, limits_for_call)
             duration = outcome.duration or (time.perf_counter() - started)
+            self._last_used = time.monotonic()
             common = dict(stdout=outcome.stdout, stderr=outcome.stderr,
                           stdout_truncated=outcome.stdout_truncated,
                           stderr_truncated=outcome.stderr_truncated,
@@ -194,11 +203,73 @@ class PythonExecExecutor:
                 error_type=etype, error_message=emsg, traceback=reply["traceback"],
                 globals=reply["globals"], globals_errors=reply["globals_errors"], **common)
 
+    async def aexecute(
+        self,
+        code: str,
+        globals_dict: Mapping[str, Any] | None = None,
+        return_globals: Iterable[str] | None = None,
+        *,
+        limits: Mapping[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """``execute`` for event loops: runs on a worker thread, never blocks the loop.
+
+        Cancelling the awaiting task (or ``asyncio.wait_for`` timing out) stops the guest
+        at once: the interpreter is lost, and the next call starts a fresh one
+        (``state_reset=True``). No thread is left running the agent's code.
+        """
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(
+            None, lambda: self.execute(code, globals_dict, return_globals, limits=limits))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            self.cancel()
+            try:
+                await asyncio.wait_for(asyncio.shield(future), timeout=10)
+            except BaseException:  # the call's own outcome no longer matters
+                pass
+            raise
+
+    def cancel(self) -> None:
+        """Stop the call running now (from another thread); its interpreter is lost."""
+        session = self._session
+        if session is not None:
+            session.cancel()
+
     def reset(self) -> None:
         """Throw away this agent's state: the next call runs on a fresh interpreter."""
         with self._lock:
             self._check_open()
             self._replace_session()
+
+    def release(self) -> bool:
+        """Free the interpreter but keep the executor usable (used to evict idle agents).
+
+        The next call starts a fresh interpreter and reports ``state_reset=True``.
+        Returns False (and does nothing) when a call is running.
+        """
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            session, self._session = self._session, None
+            self._holder[0] = None
+            if session is not None:
+                self._reset_pending = True
+                session.close()
+            return True
+        finally:
+            self._lock.release()
+
+    @property
+    def has_interpreter(self) -> bool:
+        """Whether a live interpreter is attached (False after ``release`` or a stop)."""
+        session = self._session
+        return session is not None and session.alive
+
+    @property
+    def last_used(self) -> float:
+        """``time.monotonic()`` of the end of the last call (or of creation)."""
+        return self._last_used
 
     def close(self) -> None:
         """End the interpreter. Later calls raise :class:`ExecutorClosedError`."""
@@ -247,6 +318,8 @@ class PythonExecExecutor:
         old = self._session
         if old is not None:
             self._discard(old)
+        if self.on_session_start is not None:
+            self.on_session_start(self)
         self._session = self._new_session()
         self._holder[0] = self._session
         return self._session

@@ -173,8 +173,8 @@ def _wasm_exec_boot():
                 elif op == "collect":
                     # which generations are due, as the automatic collector would decide
                     counts = _get_count()
-                    generation = -1
-                    for g in (0, 1, 2):
+                    generation = 0  # the young generation after every call: cheap
+                    for g in (1, 2):
                         if counts[g] >= _thresholds[g]:
                             generation = g
                     if loc.get("_full") is True:
@@ -673,7 +673,17 @@ def _wasm_exec_boot():
                 ns[k] = v
         reply = {"id": req["id"], "ok": True}
         try:
-            _exec(_compile(code_text, filename, "exec", dont_inherit=True), ns)
+            compiled = None
+            if req.get("display") is True:
+                # like the interactive interpreter: echo the value of an expression
+                try:
+                    compiled = _compile(code_text, filename, "single", dont_inherit=True)
+                except _SyntaxError:
+                    compiled = None
+            if compiled is None:
+                compiled = _compile(code_text, filename, "exec", dont_inherit=True)
+            _exec(compiled, ns)
+            del compiled
         except _BaseException as exc:
             if _isinstance(exc, _MemoryError):
                 reserve[0] = None
@@ -752,7 +762,7 @@ def _wasm_exec_boot():
             _full = reserve[0] is None
             _op = "collect"
             REQUEST.__code__
-            _box.pop()(_box.pop()) if _box[0] >= 0 else _box.clear()
+            _box.pop()(_box.pop())
             _payload = json_dumps(reply).encode("utf-8")
             del reply, req
             _op = "reply"

@@ -1,0 +1,150 @@
+"""One executor per agent: :class:`PythonExecExecutorResolver`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .config import Limits, Policy
+from .errors import ConfigurationError, ExecutorClosedError
+from .executor import PythonExecExecutor
+
+
+class PythonExecExecutorResolver:
+    """Hands each agent its own persistent sandboxed interpreter.
+
+    >>> resolver = PythonExecExecutorResolver(whitelisted_imports=["math"])
+    >>> resolver.resolve("agent-1").execute("import math\\nr = math.pi").success
+    True
+    >>> resolver.close()
+
+    The same agent id gets the same executor back (its state kept); different agents are
+    isolated. At most ``max_agents`` interpreters are alive at once: beyond that, the one
+    idle the longest is released, and so is any idle for ``idle_timeout_seconds``. A
+    released agent keeps its executor; its next call runs on a fresh interpreter and its
+    result says ``state_reset=True``. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        whitelisted_imports: Iterable[str] | None = None,
+        default_imports: Mapping[str, str] | None = None,
+        *,
+        max_agents: int = 64,
+        idle_timeout_seconds: float | None = 1800.0,
+        limits: Limits | Mapping[str, Any] | None = None,
+        **limit_overrides: Any,
+    ) -> None:
+        if max_agents < 1:
+            raise ConfigurationError("max_agents must be at least 1")
+        if idle_timeout_seconds is not None and idle_timeout_seconds <= 0:
+            raise ConfigurationError("idle_timeout_seconds must be positive (or None)")
+        try:
+            self.policy = Policy(whitelisted_imports=whitelisted_imports,  # type: ignore[arg-type]
+                                 default_imports=default_imports)  # type: ignore[arg-type]
+            base = limits if isinstance(limits, Limits) else Limits.model_validate(limits or {})
+            self.limits = base.merged(limit_overrides or None)
+        except ValueError as e:
+            raise ConfigurationError(str(e)) from e
+        self.max_agents = max_agents
+        self.idle_timeout_seconds = idle_timeout_seconds
+        self._executors: OrderedDict[str, PythonExecExecutor] = OrderedDict()
+        self._lock = threading.RLock()
+        self._closed = False
+        self._stop = threading.Event()
+        self._reaper: threading.Thread | None = None
+        if idle_timeout_seconds is not None:
+            self._reaper = threading.Thread(target=self._reap_loop, daemon=True,
+                                            name="wasm-exec-resolver-reaper")
+            self._reaper.start()
+
+    # ----------------------------------------------------------------- API
+    def resolve(self, agent_id: str, *scope: str) -> PythonExecExecutor:
+        """The executor of ``agent_id`` (created on first use).
+
+        Extra positional parts (e.g. ``resolve(org_id, guild_id, agent_id)``) are joined
+        into the key, so ids that repeat across guilds stay apart.
+        """
+        key = "/".join((agent_id, *scope)) if scope else agent_id
+        with self._lock:
+            if self._closed:
+                raise ExecutorClosedError("this resolver is closed")
+            executor = self._executors.get(key)
+            if executor is not None and not executor.closed:
+                self._executors.move_to_end(key)
+                return executor
+            self._make_room(exclude=None)
+            executor = PythonExecExecutor(
+                whitelisted_imports=self.policy.whitelisted_imports,
+                default_imports=self.policy.default_imports, limits=self.limits)
+            executor.on_session_start = self._on_session_start
+            self._executors[key] = executor
+            return executor
+
+    def agents(self) -> list[str]:
+        """Ids of the agents that have an executor (live interpreter or not)."""
+        with self._lock:
+            return list(self._executors)
+
+    def live_agents(self) -> list[str]:
+        """Ids of the agents whose interpreter is alive now."""
+        with self._lock:
+            return [k for k, e in self._executors.items() if e.has_interpreter]
+
+    def forget(self, agent_id: str) -> None:
+        """Close and drop one agent's executor."""
+        with self._lock:
+            executor = self._executors.pop(agent_id, None)
+        if executor is not None:
+            executor.close()
+
+    def close(self) -> None:
+        """End every interpreter. Later ``resolve`` calls raise ExecutorClosedError."""
+        with self._lock:
+            self._closed = True
+            executors = list(self._executors.values())
+            self._executors.clear()
+        self._stop.set()
+        for e in executors:
+            e.close()
+
+    def __enter__(self) -> PythonExecExecutorResolver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ internals
+    def _on_session_start(self, executor: PythonExecExecutor) -> None:
+        with self._lock:
+            for key, e in self._executors.items():
+                if e is executor:
+                    self._executors.move_to_end(key)
+                    break
+            self._make_room(exclude=executor)
+
+    def _make_room(self, exclude: PythonExecExecutor | None) -> None:
+        """Release the least recently used idle interpreters beyond ``max_agents - 1``."""
+        live = [e for e in self._executors.values() if e.has_interpreter and e is not exclude]
+        excess = len(live) - (self.max_agents - 1)
+        if excess <= 0:
+            return
+        for e in sorted(live, key=lambda e: e.last_used):
+            if excess <= 0:
+                break
+            if e.release():
+                excess -= 1
+
+    def _reap_loop(self) -> None:
+        assert self.idle_timeout_seconds is not None
+        period = min(30.0, max(0.05, self.idle_timeout_seconds / 4))
+        while not self._stop.wait(period):
+            deadline = time.monotonic() - self.idle_timeout_seconds
+            with self._lock:
+                idle = [e for e in self._executors.values()
+                        if e.has_interpreter and e.last_used < deadline]
+            for e in idle:
+                e.release()
