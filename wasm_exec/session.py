@@ -16,6 +16,7 @@ no environment and no arguments beyond the runner):
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import itertools
 import os
 import struct
@@ -45,8 +46,21 @@ BOOT_FUEL = 20_000_000_000
 BOOT_TIMEOUT = 60.0
 MARKER = "\n[output truncated: {what} exceeded {cap} bytes]\n"
 
-BOOTSTRAP = ("import sys\n"
-             "exec(compile(sys.argv.pop(1), '<wasm-exec-runner>', 'exec'))\n")
+# The runner arrives as source (compiled here, and the compiled form sent back with the
+# ready message) or, for later interpreters of the same process, as that compiled form.
+BOOTSTRAP = (
+    "import sys\n"
+    "_src = sys.argv.pop(1)\n"
+    "if _src.startswith('M:'):\n"
+    "    import binascii, marshal\n"
+    "    _wasm_exec_code = marshal.loads(binascii.a2b_base64(_src[2:]))\n"
+    "else:\n"
+    "    _wasm_exec_code = compile(_src, '<wasm-exec-runner>', 'exec')\n"
+    "del _src\n"
+    "exec(_wasm_exec_code)\n")
+
+# compiled runner per (runner source, runtime binary): filled by the first interpreter
+_runner_blobs: dict[tuple[str, str], str] = {}
 
 # modules CPython's own C code imports on the caller's behalf (never by a statement)
 IMPLICIT_IMPORTS = ("unicodedata", "_strptime", "encodings")
@@ -190,7 +204,10 @@ class Session:
 
         wasi = wasmtime.WasiConfig()
         # the runner gets its own file name, so tracebacks can leave its frames out
-        wasi.argv = ["python", "-S", "-c", BOOTSTRAP, runner_source()]
+        source = runner_source()
+        self._blob_key = (hashlib.sha256(source.encode()).hexdigest(), str(image.cwasm))
+        blob = _runner_blobs.get(self._blob_key)
+        wasi.argv = ["python", "-S", "-c", BOOTSTRAP, "M:" + blob if blob else source]
         self._store.set_wasi(wasi)
         linker = wasmtime.Linker(self._engine)
         linker.define_wasi()
@@ -235,6 +252,9 @@ class Session:
             raise RuntimeError(f"the sandbox interpreter failed to start: {detail}\n{boot_err}")
         assert self._boot.reply is not None
         self.default_import_errors = validate_ready(self._boot.reply)
+        blob = self._boot.reply.get("runner_blob")
+        if isinstance(blob, str) and blob and len(blob) < 4_000_000:
+            _runner_blobs.setdefault(self._blob_key, blob)
 
     # ------------------------------------------------------------ public
     @property

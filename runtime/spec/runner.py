@@ -31,12 +31,12 @@ def _wasm_exec_boot():
     import _imp
     import _json
     import _signal
+    import binascii
     import builtins
-    import functools
     import gc
     import importlib
+    import marshal
     import os
-    import signal
     import sys
     import types
 
@@ -491,10 +491,17 @@ def _wasm_exec_boot():
                          None, ("__name__",), level)
         return T[22](T, name, None, None, ("__name__",), 0)
 
-    def guard_builtin(REQUEST_, _op, arg):
+    def guard_create_builtin(REQUEST_, spec):
         _box = []
+        _op = "create"
         REQUEST_.__code__
-        return _box.pop()(arg)
+        return _box.pop()(spec)
+
+    def guard_exec_builtin(REQUEST_, module):
+        _box = []
+        _op = "exec"
+        REQUEST_.__code__
+        return _box.pop()(module)
 
     allowed = frozenset(init["allowed"])
     prefixes = tuple(a + "." for a in sorted(allowed))
@@ -570,6 +577,7 @@ def _wasm_exec_boot():
     sources = {}
     source_order = []
     reserve = [bytearray(4 << 20)]  # headroom to report a MemoryError and recover
+    runner_blob = []
 
     def no_default(o):
         raise _TypeError("Object of type " + _qualname(_type(o)) + " is not JSON serializable")
@@ -734,7 +742,9 @@ def _wasm_exec_boot():
         REQUEST.__code__
         _op = "boot_done"
         REQUEST.__code__
-        _payload = json_dumps({"id": 0, "ready": True, "errors": default_errors}).encode()
+        _payload = json_dumps({"id": 0, "ready": True, "errors": default_errors,
+                               "runner_blob": runner_blob[0] if runner_blob else None}).encode()
+        runner_blob.clear()
         _op = "reply"
         REQUEST.__code__
         cell_no = 0
@@ -769,7 +779,8 @@ def _wasm_exec_boot():
             REQUEST.__code__
 
     # ------------------------------------------------------- arm the hook and go
-    trusted = [guard_impl, guard_call, guard_import_module, guard_builtin, main, run_call,
+    trusted = [guard_impl, guard_call, guard_import_module, guard_create_builtin,
+               guard_exec_builtin, main, run_call,
                install_hook, read_exact, read_frame, json_loads, json_dumps, format_tb,
                describe, flush_streams, convert, no_default, _exit, _unavailable]
     trusted_codes = {id(f.__code__): f.__code__ for f in trusted}
@@ -777,30 +788,38 @@ def _wasm_exec_boot():
              id(guard_impl.__code__): (guard_impl.__code__, "guard"),
              id(guard_call.__code__): (guard_call.__code__, "entry"),
              id(guard_import_module.__code__): (guard_import_module.__code__, "entry"),
-             id(guard_builtin.__code__): (guard_builtin.__code__, "builtin")}
+             id(guard_create_builtin.__code__): (guard_create_builtin.__code__, "builtin"),
+             id(guard_exec_builtin.__code__): (guard_exec_builtin.__code__, "builtin")}
     builtin_types = frozenset(k for k, v in builtins.__dict__.items() if type(v) is type)
     install_hook(bytes.fromhex(init.pop("token")), allowed, prefixes, builtins.__import__,
                  _imp.create_builtin, _imp.exec_builtin, trusted_codes, roles, REQUEST, T,
                  builtin_types, (stdout, stderr))
     del trusted_codes, roles
 
-    _imp.create_builtin = functools.partial(guard_builtin, REQUEST, "create")
-    _imp.exec_builtin = functools.partial(guard_builtin, REQUEST, "exec")
+    _imp.create_builtin = types.MethodType(guard_create_builtin, REQUEST)
+    _imp.exec_builtin = types.MethodType(guard_exec_builtin, REQUEST)
     builtins.__import__ = guard
     sys.breakpointhook = _unavailable
     sys.modules["__main__"] = main_module
     # signal handlers receive frames and run at arbitrary points: none for the agent
-    signal.signal = _unavailable
-    _signal.signal = _unavailable
+    _signal.signal = _unavailable  # the signal module, if imported later, wraps this
     importlib.import_module = guard_import
     importlib.__import__ = guard
 
     # automatic collection stays off (see the top of this file); gc is not reachable
     gc.disable()
+    gc.collect()
+    gc.freeze()  # boot's objects live for good: later collections need not scan them
     del sys.modules["gc"]
 
-    # nothing of the runner stays in a namespace the agent could find
+    # the compiled runner, for the host to start later interpreters without compiling it
+    # again (sent with the ready message, before any agent code has run)
     g = sys._getframe(1).f_globals
+    own_code = g.get("_wasm_exec_code")
+    if type(own_code) is CodeType:
+        runner_blob.append(binascii.b2a_base64(marshal.dumps(own_code), newline=False)
+                           .decode("ascii"))
+    # nothing of the runner stays in a namespace the agent could find
     g.clear()
     g["__builtins__"] = builtins
     return main
