@@ -155,16 +155,29 @@ TAMPERING = {
         "codes = []\nwhile f is not None:\n    codes.append(f.f_code)\n    f = f.f_back\n"
         "got = codes"),
     "fake_reply_request": (
-        "REQ = __import__.__self__[21]\n_op = 'reply'\n_payload = b'{}'\n_box = []\n"
-        "REQ.__code__\ngot = 1"),
+        "REQ = __import__.__self__[21]\nREQ.__defaults__ = ('reply', [], b'{}')\ngot = 1"),
     "fake_read_request": (
-        "REQ = __import__.__self__[21]\n_op = 'read'\n_box = []\nREQ.__code__\ngot = _box[0]"),
+        "REQ = __import__.__self__[21]\nbox = []\nREQ.__defaults__ = ('read', box)\ngot = box[0]"),
     "fake_grant_request": (
-        "T = __import__.__self__\nREQ = T[21]\n_op = 'grant'\n_grant_name = 'os'\n"
-        "_library_statement = True\n_box = []\nREQ.__code__\ngot = _box[0]('os')"),
-    "fake_import_capability": (
-        "import json\nbox = []\njson.codecs.sys.audit('wasm_exec.import', box, 'os', None, None, (), 0)\n"
-        "got = box[0]"),
+        "T = __import__.__self__\nREQ = T[21]\nbox = []\n"
+        "REQ.__defaults__ = ('grant', box, T, 'os', True, True, True)\ngot = box[0]('os')"),
+    "forged_audit_event_hash": (
+        "import json\nsys = json.codecs.sys\nseen = []\nclass K:\n"
+        "    def __hash__(self):\n        seen.append(sys._getframe(1).f_code.co_name)\n        return 0\n"
+        "    def __eq__(self, o): return False\n"
+        "sys.audit('object.__getattr__', 0, K())\nsys.audit('open', K())\n"
+        "sys.audit('pickle.find_class', K(), K())\nsys.audit('compile', K(), K())\n"
+        "class E(str):\n    def __hash__(self):\n        seen.append(sys._getframe(1).f_code.co_name)\n        return 0\n"
+        "sys.audit(E('object.__getattr__'), 0, '__code__')\n"
+        "if seen: got = seen"),
+    "frame_locals_bomb": (
+        "import json\nsys = json.codecs.sys\nloot = []\nclass Bomb:\n    def __del__(self):\n"
+        "        f = sys._getframe(1)\n        while f is not None:\n"
+        "            if '_header' in f.f_locals or 'serve' in f.f_locals: loot.append(1)\n"
+        "            f = f.f_back\n"
+        "f = sys._getframe()\nwhile f is not None and 'cell_no' not in f.f_locals: f = f.f_back\n"
+        "if f is not None: f.f_locals['cell_no'] = Bomb()\n"
+        "__import__('json')\nif loot: got = loot"),
     "monitoring_callback": (
         "import json\nm = json.codecs.sys.monitoring\nm.use_tool_id(3, 'x')\n"
         "m.register_callback(3, m.events.PY_START, lambda *a: None)\ngot = 1"),
@@ -180,8 +193,10 @@ TAMPERING = {
 def test_tampering_fails(shared, name):
     r = run_attack(shared, TAMPERING[name])
     assert r.globals.get("got_repr") == "None", (name, r.globals)
-    assert r.globals.get("attack_error"), (name, r.globals)
     assert_still_works(shared)
+    # attacks that plant something for later (finalizers) must find nothing either
+    late = shared.execute("late = [x for x in globals().get('loot', [])]", return_globals=["late"])
+    assert late.globals.get("late", []) == [], (name, late.globals)
     # the guard still refuses
     r = shared.execute("import os")
     assert not r.success and r.error_type == "ImportError"
@@ -414,3 +429,35 @@ def test_finalizers_still_run(ex):
                    "    def __del__(self): log.append('finalized')\nD()\n")
     assert r.success
     assert ex.execute("n = len(log)", return_globals=["n"]).globals["n"] >= 1
+
+
+def test_meta_path_finder_gets_no_import_privileges(make_executor):
+    # agent code that runs during an import (here a sys.meta_path finder) must not inherit
+    # the import machinery's privileges
+    ex = make_executor(whitelisted_imports=["json"])
+    r = ex.execute(
+        "import json\nsys = json.codecs.sys\ngot = []\n"
+        "class Finder:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        for mod in ('posix', 'socket', 'os'):\n"
+        "            try:\n                got.append(__import__(mod).__name__)\n"
+        "            except ImportError:\n                pass\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Finder())\n"
+        "try:\n    __import__('encodings.nonexistent_xyz')\nexcept ImportError:\n    pass\n"
+        "try:\n    import base64_nonexistent\nexcept ImportError:\n    pass\n"
+        "sys.meta_path.pop(0)\n", return_globals=["got"])
+    assert r.globals.get("got") == [], r
+
+
+def test_sleeping_between_calls_cannot_stall_the_host(make_executor):
+    import time as _time
+    ex = make_executor(whitelisted_imports=["json", "time"], timeout_seconds=3)
+    # a finalizer that runs after the reply (between calls) and sleeps
+    ex.execute("import json, time\nclass Sleeper:\n    def __init__(self): self.me = self\n"
+               "    def __del__(self): time.sleep(10**6)\nSleeper()\n")
+    t = _time.monotonic()
+    r = ex.execute("y = 1", return_globals=["y"])
+    assert _time.monotonic() - t < 10
+    r = ex.execute("z = 1", return_globals=["z"])
+    assert r.success and r.globals == {"z": 1}

@@ -17,6 +17,7 @@ from .errors import (
     WasmExecError,
 )
 from .executor import ExecutionResult, PythonExecExecutor
+from .pool import SessionPool
 from .resolver import PythonExecExecutorResolver
 
 __all__ = [
@@ -30,5 +31,6 @@ __all__ = [
     "PythonExecExecutorResolver",
     "RuntimeNotFoundError",
     "RuntimeVerificationError",
+    "SessionPool",
     "WasmExecError",
 ]

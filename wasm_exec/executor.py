@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .config import Limits, Policy
 from .errors import ConfigurationError, ExecutorClosedError, InputError
+from .pool import SessionKey, SessionPool
 from .protocol import ProtocolError, check_json_value, validate_call_reply
 from .runtime import EngineSettings, get_image
 from .session import STOP_CANCELLED, CallLimits, Session, SessionDead
@@ -94,6 +95,7 @@ class PythonExecExecutor:
         timeout_seconds: float | None = None,
         memory_bytes: int | None = None,
         max_output_bytes: int | None = None,
+        pool: SessionPool | None = None,
     ) -> None:
         try:
             self.policy = Policy(
@@ -114,7 +116,12 @@ class PythonExecExecutor:
         except ValueError as e:
             raise ConfigurationError(str(e)) from e
         self._settings = EngineSettings(fuel=self.limits.fuel is not None)
-        self._image = get_image(self._settings)
+        get_image(self._settings)  # the runtime is found (or an error names the fix) now
+        self._key = SessionKey.of(self._settings, self.policy.allowed,
+                                  self.policy.default_imports, self.limits.memory_bytes)
+        self._pool = pool
+        self._spare: threading.Thread | None = None
+        self._spare_session: list[Session] = []
         self._lock = threading.RLock()
         self._closed = False
         self._last_used = time.monotonic()
@@ -186,6 +193,7 @@ class PythonExecExecutor:
             if outcome.died is not None:
                 self._reset_pending = True
                 self._discard(session)
+                self._prepare_spare()
                 return self._stopped(outcome.died, call_limits, common)
             assert outcome.reply is not None
             try:
@@ -285,6 +293,10 @@ class PythonExecExecutor:
             self._holder[0] = None
         if session is not None:
             session.close()
+        spare = self._spare
+        if spare is not None:
+            spare.join(60)
+        self._drop_spare()
         self._finalizer.detach()
 
     def __enter__(self) -> PythonExecExecutor:
@@ -303,9 +315,9 @@ class PythonExecExecutor:
             raise ExecutorClosedError("this executor is closed; create a new one")
 
     def _new_session(self) -> Session:
-        session = Session(self._image, allowed=self.policy.allowed,
-                          default_imports=self.policy.default_imports,
-                          memory_bytes=self.limits.memory_bytes)
+        session = self._take_spare()
+        if session is None:
+            session = self._pool.take(self._key) if self._pool is not None else self._key.start()
         if session.default_import_errors:
             session.close()
             problems = "; ".join(f"{alias!r} ({self.policy.default_imports[alias]!r}): {err}"
@@ -329,6 +341,38 @@ class PythonExecExecutor:
             self._session = None
         threading.Thread(target=session.close, daemon=True).start() \
             if session.alive else session.close()
+
+    def _prepare_spare(self) -> None:
+        """Boot the next interpreter in the background after a stop, so that the call
+        after a limit does not wait for it (with a pool, the pool does this)."""
+        if self._pool is not None or self._closed or self._spare is not None:
+            return
+
+        def boot() -> None:
+            try:
+                session = self._key.start()
+            except Exception:  # the next call boots (and reports) for itself
+                return
+            self._spare_session.append(session)
+            if self._closed:
+                self._drop_spare()
+
+        self._spare = threading.Thread(target=boot, daemon=True, name="wasm-exec-spare")
+        self._spare.start()
+
+    def _take_spare(self) -> Session | None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.join(60)
+        while self._spare_session:
+            session = self._spare_session.pop()
+            if session.alive:
+                return session
+        return None
+
+    def _drop_spare(self) -> None:
+        while self._spare_session:
+            self._spare_session.pop().close()
 
     def _call_limits(self, overrides: Mapping[str, Any] | None) -> Limits:
         try:

@@ -11,6 +11,7 @@ from typing import Any
 from .config import Limits, Policy
 from .errors import ConfigurationError, ExecutorClosedError
 from .executor import PythonExecExecutor
+from .pool import SessionPool
 
 
 class PythonExecExecutorResolver:
@@ -22,8 +23,10 @@ class PythonExecExecutorResolver:
     >>> resolver.close()
 
     The same agent id gets the same executor back (its state kept); different agents are
-    isolated. At most ``max_agents`` interpreters are alive at once: beyond that, the one
-    idle the longest is released, and so is any idle for ``idle_timeout_seconds``. A
+    isolated. ``pool_size`` interpreters are kept booted ahead of need, so a new agent
+    or a reset after a limit does not wait for a boot. At most ``max_agents``
+    interpreters are alive at once: beyond that, the one idle the longest is released,
+    and so is any idle for ``idle_timeout_seconds``. A
     released agent keeps its executor; its next call runs on a fresh interpreter and its
     result says ``state_reset=True``. Thread-safe.
     """
@@ -35,11 +38,14 @@ class PythonExecExecutorResolver:
         *,
         max_agents: int = 64,
         idle_timeout_seconds: float | None = 1800.0,
+        pool_size: int = 2,
         limits: Limits | Mapping[str, Any] | None = None,
         **limit_overrides: Any,
     ) -> None:
         if max_agents < 1:
             raise ConfigurationError("max_agents must be at least 1")
+        if pool_size < 0:
+            raise ConfigurationError("pool_size must be >= 0")
         if idle_timeout_seconds is not None and idle_timeout_seconds <= 0:
             raise ConfigurationError("idle_timeout_seconds must be positive (or None)")
         try:
@@ -50,6 +56,8 @@ class PythonExecExecutorResolver:
         except ValueError as e:
             raise ConfigurationError(str(e)) from e
         self.max_agents = max_agents
+        # interpreters booted ahead of need: new agents and resets start at once
+        self.pool = SessionPool(size=pool_size)
         self.idle_timeout_seconds = idle_timeout_seconds
         self._executors: OrderedDict[str, PythonExecExecutor] = OrderedDict()
         self._lock = threading.RLock()
@@ -79,7 +87,8 @@ class PythonExecExecutorResolver:
             self._make_room(exclude=None)
             executor = PythonExecExecutor(
                 whitelisted_imports=self.policy.whitelisted_imports,
-                default_imports=self.policy.default_imports, limits=self.limits)
+                default_imports=self.policy.default_imports, limits=self.limits,
+                pool=self.pool)
             executor.on_session_start = self._on_session_start
             self._executors[key] = executor
             return executor
@@ -110,6 +119,7 @@ class PythonExecExecutorResolver:
         self._stop.set()
         for e in executors:
             e.close()
+        self.pool.close()
 
     def __enter__(self) -> PythonExecExecutorResolver:
         return self

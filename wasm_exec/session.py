@@ -283,9 +283,10 @@ class Session:
                 self._requests.append(call.frame)
                 self._pending = call
                 self._cv.notify_all()
-            # the deadline is enforced inside wasm by the epoch; this wait only guards
-            # against a host-side failure to deliver anything at all
-            finished = call.done.wait(limits.timeout_seconds + 30)
+            # the deadline is enforced inside wasm by the epoch (it starts when the runner
+            # takes the request, at once when it is healthy); this wait only guards against
+            # an interpreter that never takes the request or never answers
+            finished = call.done.wait(limits.timeout_seconds + 2)
             if not finished:
                 self._abort(STOP_TIMEOUT)
                 call.done.wait(10)
@@ -587,6 +588,9 @@ class Session:
                 events.append(struct.pack("<QHBxxxxxQHxxxxxx", userdata, ERRNO_BADF, tag, 0, 0))
         if not events and wait_until is not None:
             call = self._call
+            if call is None:
+                # between calls only the runner runs, and it never sleeps
+                self._fail(STOP_PROTOCOL, "the interpreter tried to sleep between calls")
             limit = wait_until
             if call is not None:
                 limit = min(limit, time.monotonic() + max(0.0, call.deadline - time.perf_counter()))

@@ -17,11 +17,17 @@
 #   could otherwise run inside the hook and read its frame. The runner collects cyclic
 #   garbage itself at the end of each call, from its main loop, whose frame holds nothing
 #   secret.
-# - Trusted runner code asks the hook for a capability by reading `REQUEST.__code__` (an
-#   audited attribute access). The hook identifies the asking frame by the identity of
-#   its code object, reads the request from that frame's local variables, and answers
-#   through a list in those locals. The runner's own frames therefore hold no reference
-#   to `sys`, `os`, the reply channel or the real `__import__`.
+# - Trusted runner code asks the hook for a capability by assigning a request tuple to
+#   `REQUEST.__defaults__` (an audited assignment whose event carries the tuple). The hook
+#   identifies the asking frame by the identity of its code object, checks the exact type
+#   of every element before touching it (never hashing or comparing an object the agent
+#   could have made), and answers through a list in the tuple. It never reads a frame's
+#   f_locals. The runner's own frames therefore hold no reference to `sys`, `os`, the
+#   reply channel or the real `__import__`.
+# - Import-time privileges (compiling and running library code, marshal, loading built-in
+#   modules, a library's own imports) hold only for frames whose callers, back to the
+#   guard that granted the import, are all library or runner code: agent code that runs
+#   during an import (a patched function, a sys.meta_path finder) gets none of them.
 # - The import guard (`builtins.__import__`) is a bound method of a plain function over
 #   an immutable tuple; its code uses no global or builtin name, so editing dicts, cells
 #   or builtins cannot change what it decides, and the hook re-checks who calls it.
@@ -85,10 +91,11 @@ def _wasm_exec_boot():
     init = json_loads(read_frame().decode("utf-8"))
 
     # ------------------------------------------------------------------ the hook
-    REQUEST = lambda: None  # noqa: E731 - reading REQUEST.__code__ calls the hook
+    REQUEST = lambda: None  # noqa: E731 - assigning REQUEST.__defaults__ calls the hook
 
     def install_hook(token, allowed, prefixes, real_import, create_builtin, exec_builtin,
-                     trusted_codes, roles, REQUEST, guard_T, builtin_types, streams):
+                     trusted_codes, roles, REQUEST, guard_T, builtin_types, streams,
+                     impl_code):
         # Everything the hook uses is a local of this function (own cells, shared with
         # no other closure), bound before any agent code exists.
         _type = type
@@ -98,6 +105,8 @@ def _wasm_exec_boot():
         _id = id
         _bytes = bytes
         _list = list
+        _tuple = tuple
+        _bool = bool
         _PermissionError = PermissionError
         _FunctionType = FunctionType
         _FrameType = types.FrameType
@@ -111,7 +120,8 @@ def _wasm_exec_boot():
         _sys = sys
         _header = b"WXR1" + token
         _role = roles.get  # id(code) -> (code, role)
-        state = [True, 0, False]  # booting, imports in progress, inside the hook
+        _trusted = trusted_codes.get  # id(code) -> code
+        state = [True, False]  # booting, inside the hook
         code_attrs = frozenset(("__code__", "f_code", "gi_code", "cr_code", "ag_code"))
         always_deny = frozenset((
             "sys.addaudithook", "sys.settrace", "sys.setprofile", "sys._current_frames",
@@ -124,6 +134,26 @@ def _wasm_exec_boot():
             if entry is not None and entry[0] is code:
                 return entry[1]
             return None
+
+        def is_trusted(code):
+            return _trusted(_id(code)) is code
+
+        def library_file(code):
+            fn = code.co_filename
+            return _type(fn) is _str and (not fn.startswith("<") or fn.startswith("<frozen"))
+
+        def in_granted_import(frame):
+            """True when `frame` runs for an import the guard granted, with nothing but
+            library and runner frames between it and that guard."""
+            f = frame
+            while f is not None:
+                code = f.f_code
+                if code is impl_code:
+                    return True
+                if not (library_file(code) or is_trusted(code)):
+                    return False  # agent code in between: no privileges for it
+                f = f.f_back
+            return False
 
         def allowed_name(name):
             if name in allowed:
@@ -144,11 +174,12 @@ def _wasm_exec_boot():
                 got += _len(b)
             return b"".join(chunks)
 
-        def serve(frame, role):
-            """A trusted runner function asked for something; its locals say what."""
-            loc = frame.f_locals
-            op = loc.get("_op")
-            box = loc.get("_box")
+        def serve(frame, role, req):
+            """A trusted runner function asked for something; `req` says what."""
+            if _type(req) is not _tuple or _len(req) < 2:
+                raise _PermissionError("bad request")
+            op = req[0]
+            box = req[1]
             if _type(op) is not _str or _type(box) is not _list:
                 raise _PermissionError("bad request")
             if role == "main":
@@ -159,7 +190,7 @@ def _wasm_exec_boot():
                         return
                     box.append(read_exact(_int.from_bytes(header[4:8], "little")))
                 elif op == "reply":
-                    payload = loc.get("_payload")
+                    payload = req[2] if _len(req) > 2 else None
                     if _type(payload) is not _bytes:
                         raise _PermissionError("bad reply")
                     # one write: the host takes a single fd_write on fd 1 that starts with
@@ -177,7 +208,7 @@ def _wasm_exec_boot():
                     for g in (1, 2):
                         if counts[g] >= _thresholds[g]:
                             generation = g
-                    if loc.get("_full") is True:
+                    if _len(req) > 2 and req[2] is True:
                         generation = 2
                     box.append(generation)
                     box.append(_collect)
@@ -185,27 +216,29 @@ def _wasm_exec_boot():
                     raise _PermissionError("bad request")
                 return
             if role == "guard":
-                T = loc.get("T")
-                caller = frame.f_back
-                if T is not guard_T or caller is None or role_of(caller.f_code) != "entry":
+                # req: ("grant", box, T, name, library_statement, implicit, plumbing)
+                if _len(req) != 7 or req[2] is not guard_T or op != "grant":
                     raise _PermissionError("not allowed")
-                if op == "grant":
-                    name = loc.get("_grant_name")
-                    if _type(name) is not _str:
-                        raise _PermissionError("bad request")
-                    if not (loc.get("_library_statement") is True or allowed_name(name)
-                            or loc.get("_implicit") is True or state[1] > 0):
-                        return  # refused: the guard raises ImportError
-                    state[1] += 1
-                    box.append(real_import)
-                elif op == "done":
-                    if state[1] > 0:
-                        state[1] -= 1
-                else:
+                caller = frame.f_back
+                if caller is None or role_of(caller.f_code) != "entry":
+                    raise _PermissionError("not allowed")
+                name = req[3]
+                library_statement = req[4]
+                implicit = req[5]
+                plumbing = req[6]
+                if (_type(name) is not _str or _type(library_statement) is not _bool
+                        or _type(implicit) is not _bool or _type(plumbing) is not _bool):
                     raise _PermissionError("bad request")
-                return
+                if library_statement or implicit or allowed_name(name):
+                    box.append(real_import)
+                elif plumbing and in_granted_import(caller.f_back):
+                    # a library's own import while an allowed import runs (e.g. C code
+                    # importing _io for zipimport): granted only to library frames
+                    box.append(real_import)
+                return  # otherwise refused: the guard raises ImportError
             if role == "builtin":
-                if state[1] <= 0 and not state[0]:
+                # req: ("create" | "exec", box): only inside a granted import
+                if not (state[0] or in_granted_import(frame.f_back)):
                     raise _PermissionError(
                         "loading built-in modules outside an import is not allowed")
                 box.append(create_builtin if op == "create" else exec_builtin)
@@ -213,72 +246,68 @@ def _wasm_exec_boot():
             raise _PermissionError("not allowed")
 
         def check(event, args):
-            booting = state[0]
+            if event == "object.__setattr__" and _len(args) == 3 and args[0] is REQUEST:
+                if args[2] is None:
+                    return  # clearing the request slot
+                frame = _gf(2)  # 0: check, 1: hook, 2: the frame that assigned
+                role = role_of(frame.f_code)
+                if role is None:
+                    raise _PermissionError("not allowed")
+                serve(frame, role, args[2])
+                return
+            if state[0]:
+                return  # booting: nothing of the agent exists yet
             if event == "object.__getattr__":
-                obj = args[0]
-                if obj is REQUEST:
-                    frame = _gf(2)  # 0: check, 1: hook, 2: the frame that read the attribute
-                    role = role_of(frame.f_code)
-                    if role is None:
-                        raise _PermissionError("not allowed")
-                    serve(frame, role)
-                    return
-                if booting:
+                if _len(args) != 2 or _type(args[1]) is not _str:
                     return
                 if args[1] in code_attrs:
+                    obj = args[0]
                     t = _type(obj)
                     code = None
                     if t is _FunctionType:
                         code = obj.__code__
                     elif t is _FrameType:
                         code = obj.f_code
-                    if code is not None and _id(code) in trusted_codes \
-                            and trusted_codes[_id(code)] is code:
-                        asker = _gf(2).f_code
-                        if not (_id(asker) in trusted_codes and trusted_codes[_id(asker)] is asker):
-                            raise _PermissionError("the sandbox runner's code is not accessible")
-                return
-            if booting:
+                    if code is not None and is_trusted(code) and not is_trusted(_gf(2).f_code):
+                        raise _PermissionError("the sandbox runner's code is not accessible")
                 return
             if event in always_deny:
                 raise _PermissionError(event + " is not available in the sandbox")
             if event == "object.__setattr__" or event == "object.__delattr__":
-                obj = args[0]
-                if _type(obj) is _FunctionType:
-                    code = obj.__code__
-                    if _id(code) in trusted_codes and trusted_codes[_id(code)] is code:
-                        raise _PermissionError("the sandbox runner's functions are read-only")
+                obj = args[0] if _len(args) else None
+                if _type(obj) is _FunctionType and is_trusted(obj.__code__):
+                    raise _PermissionError("the sandbox runner's functions are read-only")
                 return
-            importing = state[1] > 0
             if event == "compile":
-                fn = args[1]
-                if importing:
-                    return
+                fn = args[1] if _len(args) > 1 else None
                 if _type(fn) is _str:
-                    if not fn.startswith("<") or fn.startswith("<frozen") or fn == RUNNER_FILE:
-                        raise _PermissionError(
-                            "compile() with a file name that is not '<...>' is not allowed")
-                elif fn is not None:
-                    raise _PermissionError("compile() file name must be a str")
+                    if fn.startswith("<") and not fn.startswith("<frozen") and fn != RUNNER_FILE:
+                        return
+                elif fn is None:
+                    return
+                if not in_granted_import(_gf(2)):
+                    raise _PermissionError(
+                        "compile() with a file name that is not '<...>' is not allowed")
                 return
             if event == "exec":
-                code = args[0]
-                if not importing and _type(code) is _CodeType:
-                    fn = code.co_filename
-                    if not fn.startswith("<") or fn.startswith("<frozen"):
-                        raise _PermissionError(
-                            "running library module code outside an import is not allowed")
+                code = args[0] if _len(args) else None
+                if _type(code) is _CodeType and library_file(code) \
+                        and not in_granted_import(_gf(2)):
+                    raise _PermissionError(
+                        "running library module code outside an import is not allowed")
                 return
             if event == "marshal.loads" or event == "marshal.load":
-                if not importing:
+                if not in_granted_import(_gf(2)):
                     raise _PermissionError("marshal is not available in the sandbox")
                 return
             if event == "open":
-                if _type(args[0]) is _int:
+                if _len(args) and _type(args[0]) is _int:
                     raise _PermissionError(
                         "opening file descriptors is not allowed in the sandbox")
                 return
             if event == "pickle.find_class":
+                if _len(args) != 2:
+                    raise _PermissionError("unpickling: bad global")
                 mod, attr = args
                 if _type(mod) is not _str or _type(attr) is not _str:
                     raise _PermissionError("unpickling: bad global")
@@ -294,13 +323,15 @@ def _wasm_exec_boot():
                 return
 
         def hook(event, args):
-            if state[2]:
-                return  # events raised by the hook's own work
-            state[2] = True
+            # sys.audit lets anyone raise any event with any arguments: only exact str
+            # events and exact tuples are looked at, and nothing the agent made is hashed
+            if state[1] or _type(event) is not _str or _type(args) is not _tuple:
+                return
+            state[1] = True  # events raised by the hook's own work pass straight through
             try:
                 check(event, args)
             finally:
-                state[2] = False
+                state[1] = False
 
         sys.addaudithook(hook)
 
@@ -392,11 +423,12 @@ def _wasm_exec_boot():
                         refused = names[i]
                         break
                     children.append(fl[i - 1])
-        _grant_name = absname if whole or refused is not None else names[1]
-        _box = list_()
-        _op = "grant"
-        REQUEST_.__code__
-        if not _box:
+        grant_name = absname if whole or refused is not None else names[1]
+        box = list_()
+        # plumbing: a library's own (non-statement) import, granted while an import runs
+        REQUEST_.__defaults__ = ("grant", box, T, grant_name, _library_statement, _implicit,
+                                 library and refused is not None)
+        if not box:
             raise ImportError_("Import of '" + refused + "' is not allowed. Allowed "
                                "imports: " + repr_(sorted_(allowed_set)), name=refused)
         if refused is not None:
@@ -408,23 +440,15 @@ def _wasm_exec_boot():
             args = (name, globals, locals, fl, level)
         else:
             args = (absname, None, None, fl, 0)
-        try:
-            top = _box.pop()(*args)
-            for item in children:
-                if not isinstance_(getattr_(top, item, None), ModuleType_):
-                    _op = "grant"
-                    _grant_name = absname + "." + item
-                    REQUEST_.__code__
-                    try:
-                        _box.pop()(_grant_name, None, None, ("__name__",), 0)
-                    except ImportError_:
-                        pass
-                    finally:
-                        _op = "done"
-                        REQUEST_.__code__
-        finally:
-            _op = "done"
-            REQUEST_.__code__
+        top = box.pop()(*args)
+        for item in children:
+            if not isinstance_(getattr_(top, item, None), ModuleType_):
+                REQUEST_.__defaults__ = ("grant", box, T, absname + "." + item, False, False,
+                                         False)
+                try:
+                    box.pop()(absname + "." + item, None, None, ("__name__",), 0)
+                except ImportError_:
+                    pass
         if not _library_statement and top_name == "importlib" and type_(top) is ModuleType_:
             # the agent sees importlib's public API only (not _bootstrap & co., whose
             # functions import without the guard); import_module and __import__ are guarded
@@ -492,16 +516,14 @@ def _wasm_exec_boot():
         return T[22](T, name, None, None, ("__name__",), 0)
 
     def guard_create_builtin(REQUEST_, spec):
-        _box = []
-        _op = "create"
-        REQUEST_.__code__
-        return _box.pop()(spec)
+        box = []
+        REQUEST_.__defaults__ = ("create", box)
+        return box.pop()(spec)
 
     def guard_exec_builtin(REQUEST_, module):
-        _box = []
-        _op = "exec"
-        REQUEST_.__code__
-        return _box.pop()(module)
+        box = []
+        REQUEST_.__defaults__ = ("exec", box)
+        return box.pop()(module)
 
     allowed = frozenset(init["allowed"])
     prefixes = tuple(a + "." for a in sorted(allowed))
@@ -737,21 +759,18 @@ def _wasm_exec_boot():
         return reply
 
     def main():
-        _box = []
-        _op = "restore"
-        REQUEST.__code__
-        _op = "boot_done"
-        REQUEST.__code__
-        _payload = json_dumps({"id": 0, "ready": True, "errors": default_errors,
-                               "runner_blob": runner_blob[0] if runner_blob else None}).encode()
+        REQUEST.__defaults__ = ("restore", [])
+        REQUEST.__defaults__ = ("boot_done", [])
+        ready = json_dumps({"id": 0, "ready": True, "errors": default_errors,
+                            "runner_blob": runner_blob[0] if runner_blob else None}).encode()
         runner_blob.clear()
-        _op = "reply"
-        REQUEST.__code__
+        REQUEST.__defaults__ = ("reply", [], ready)
+        del ready
         cell_no = 0
         while True:
-            _op = "read"
-            REQUEST.__code__
-            raw = _box.pop()
+            box = []
+            REQUEST.__defaults__ = ("read", box)
+            raw = box.pop()
             if raw is None:
                 return
             req = json_loads(raw.decode("utf-8"))
@@ -759,24 +778,22 @@ def _wasm_exec_boot():
             if req.get("op") == "exit":
                 return
             cell_no += 1
-            _op = "restore"
-            REQUEST.__code__
+            REQUEST.__defaults__ = ("restore", [])
             try:
                 reply = run_call(req, cell_no)
             except _BaseException as e:
                 reply = {"id": req["id"], "ok": False, "error_type": "RunnerError",
                          "error_message": "the sandbox runner failed: " + _qualname(_type(e)),
                          "traceback": "", "globals": {}, "globals_errors": {}}
-            _op = "restore"
-            REQUEST.__code__
-            _full = reserve[0] is None
-            _op = "collect"
-            REQUEST.__code__
-            _box.pop()(_box.pop())
-            _payload = json_dumps(reply).encode("utf-8")
+            REQUEST.__defaults__ = ("restore", [])
+            box = []
+            REQUEST.__defaults__ = ("collect", box, reserve[0] is None)
+            box.pop()(box.pop())
+            payload = json_dumps(reply).encode("utf-8")
             del reply, req
-            _op = "reply"
-            REQUEST.__code__
+            REQUEST.__defaults__ = ("reply", [], payload)
+            del payload
+            REQUEST.__defaults__ = None
 
     # ------------------------------------------------------- arm the hook and go
     trusted = [guard_impl, guard_call, guard_import_module, guard_create_builtin,
@@ -793,7 +810,7 @@ def _wasm_exec_boot():
     builtin_types = frozenset(k for k, v in builtins.__dict__.items() if type(v) is type)
     install_hook(bytes.fromhex(init.pop("token")), allowed, prefixes, builtins.__import__,
                  _imp.create_builtin, _imp.exec_builtin, trusted_codes, roles, REQUEST, T,
-                 builtin_types, (stdout, stderr))
+                 builtin_types, (stdout, stderr), guard_impl.__code__)
     del trusted_codes, roles
 
     _imp.create_builtin = types.MethodType(guard_create_builtin, REQUEST)

@@ -1,0 +1,486 @@
+"""Rustic AI integration: a sandboxed ``CodeExecutor`` and its dependency resolver.
+
+Name the resolver in a guild's dependency map and every agent that depends on
+``code_executor`` gets its own persistent interpreter in the WebAssembly sandbox::
+
+    DependencySpec(
+        class_name="wasm_exec.integrations.rustic.WasmExecExecutorResolver",
+        properties={"whitelisted_imports": ["math"], "default_imports": {"m": "math"}},
+    )
+
+The injected :class:`WasmCodeExecutor` is a Rustic
+``rustic_ai.core.guild.agent_ext.depends.code_execution.stateful.CodeExecutor``
+(``run(CodeSnippet)`` / ``run_async`` / ``shutdown``) and also offers wasm-exec's own
+``execute(code, globals_dict=None, return_globals=None)`` on the same interpreter.
+
+Differences from Rustic's in-process ``PythonExecExecutor``: there are no host files
+(``input_files`` / ``output_filenames`` are refused, not ignored), globals travel as JSON
+data, and with no allow-list an import fails with
+``Import of 'sys' is not allowed. Allowed imports: []`` rather than
+``__import__ not found``.
+
+This module needs Rustic AI (``pip install rusticai-core``, Python >= 3.13).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+try:
+    from rustic_ai.core.guild.agent_ext.depends.code_execution.stateful import (
+        CodeExecutor,
+        CodeSnippet,
+        CodeValidator,
+        DefaultCodeValidator,
+        ExecutionException,
+        ValidationError,
+    )
+    from rustic_ai.core.guild.agent_ext.depends.code_execution.stateful import (
+        ExecutionResult as RusticExecutionResult,
+    )
+    from rustic_ai.core.guild.agent_ext.depends.dependency_resolver import DependencyResolver
+except ImportError as _error:  # pragma: no cover - exercised in a subprocess by the tests
+    raise ImportError(
+        "wasm_exec.integrations.rustic needs Rustic AI: pip install rusticai-core "
+        f"(Python >= 3.13) [{type(_error).__name__}: {_error}]"
+    ) from _error
+
+from ..config import Limits, Policy
+from ..errors import ConfigurationError, ExecutorClosedError, WasmExecError
+from ..executor import ExecutionResult, PythonExecExecutor
+from ..resolver import PythonExecExecutorResolver
+
+__all__ = [
+    "WasmCodeExecutor",
+    "WasmExecExecutorResolver",
+    "close_shared_resolvers",
+]
+
+ExecutorFactory = Callable[[], PythonExecExecutor]
+
+_FILES_REFUSED = (
+    "File I/O is not supported: the wasm-exec sandbox shares no files with the host, so "
+    "{what} cannot be honoured and nothing was run. Pass data in through globals "
+    "(execute(code, globals_dict=...)) or in the code itself, and read results back with "
+    "return_globals or stdout."
+)
+
+
+class WasmCodeExecutor(CodeExecutor):
+    """A Rustic ``CodeExecutor`` that runs Python in a wasm-exec sandbox.
+
+    >>> ex = WasmCodeExecutor(whitelisted_imports=["math"])
+    >>> ex.run(CodeSnippet(language="python", code="import math; print(math.sqrt(9))")).stdout
+    '3.0\\n'
+
+    One persistent interpreter: variables live on between ``run`` (and ``execute``)
+    calls. Errors in the code come back as results (``exit_code`` -1 and ``exception``),
+    never as host exceptions; only an unsupported language raises Rustic's
+    ``ValidationError``. ``shutdown()`` ends the interpreter; a later call runs on a
+    fresh one with an empty state (default imports bound again).
+
+    ``timeout_seconds`` of ``run`` / ``run_async`` becomes the sandbox's own deadline for
+    that call, so a runaway snippet is stopped inside wasm, never left running on a
+    thread. A ``timeout_seconds`` given here (or in ``limits``) is a ceiling: a call
+    asking for more gets this value.
+    """
+
+    def __init__(
+        self,
+        *,
+        whitelisted_imports: Iterable[str] | None = None,
+        default_imports: Mapping[str, str] | None = None,
+        limits: Limits | Mapping[str, Any] | None = None,
+        timeout_seconds: float | None = None,
+        fuel: int | None | Literal["default"] = "default",
+        memory_bytes: int | None = None,
+        max_output_bytes: int | None = None,
+        validator: CodeValidator | None = None,
+    ) -> None:
+        executor = PythonExecExecutor(
+            whitelisted_imports=whitelisted_imports, default_imports=default_imports,
+            limits=limits, timeout_seconds=timeout_seconds, fuel=fuel,
+            memory_bytes=memory_bytes, max_output_bytes=max_output_bytes)
+        policy, call_limits = executor.policy, executor.limits
+
+        def fresh() -> PythonExecExecutor:
+            return PythonExecExecutor(whitelisted_imports=policy.whitelisted_imports,
+                                      default_imports=policy.default_imports,
+                                      limits=call_limits)
+
+        self._setup(fresh, executor, _configured_timeout(limits, timeout_seconds), validator)
+
+    @classmethod
+    def wrap(
+        cls,
+        source: PythonExecExecutor | ExecutorFactory,
+        *,
+        max_timeout_seconds: float | None = None,
+        validator: CodeValidator | None = None,
+    ) -> WasmCodeExecutor:
+        """A ``WasmCodeExecutor`` over an existing executor, or over a factory of them.
+
+        With a factory (e.g. ``lambda: pool.resolve(agent_id)``) the executor is asked for
+        on first use and again whenever the one in hand has been closed (after
+        ``shutdown()``); with an executor, a closed one is replaced by a new executor of
+        the same policy and limits. ``max_timeout_seconds`` caps the per-call timeout.
+        """
+        self = cls.__new__(cls)
+        if isinstance(source, PythonExecExecutor):
+            first = source
+
+            def fresh() -> PythonExecExecutor:
+                return PythonExecExecutor(
+                    whitelisted_imports=first.policy.whitelisted_imports,
+                    default_imports=first.policy.default_imports, limits=first.limits)
+
+            self._setup(fresh, first, max_timeout_seconds, validator)
+        else:
+            self._setup(source, None, max_timeout_seconds, validator)
+        return self
+
+    def _setup(self, factory: ExecutorFactory, executor: PythonExecExecutor | None,
+               max_timeout_seconds: float | None, validator: CodeValidator | None) -> None:
+        super().__init__(validator or DefaultCodeValidator(self.supported_languages))
+        self._factory = factory
+        self._executor = executor
+        self._max_timeout = max_timeout_seconds
+        self._swap_lock = threading.Lock()
+
+    # ------------------------------------------------------------ Rustic API
+    @property
+    def supported_languages(self) -> set[str]:
+        """Only ``"python"``."""
+        return {"python"}
+
+    @property
+    def executor(self) -> PythonExecExecutor:
+        """The wasm-exec executor in use now (a fresh one after ``shutdown()``)."""
+        with self._swap_lock:
+            current = self._executor
+            if current is None or current.closed:
+                current = self._executor = self._factory()
+            return current
+
+    def run(
+        self,
+        code: CodeSnippet,
+        timeout_seconds: float | None = 60,
+        input_files: dict[str, bytes] | None = None,
+        output_filenames: list[str] | None = None,
+    ) -> RusticExecutionResult:
+        """Run ``code`` in the sandbox and return Rustic's ``ExecutionResult``.
+
+        ``exit_code`` is 0 on success and -1 when the code raised or a limit stopped it
+        (``SystemExit(n)`` gives ``n``); ``timed_out`` is True when the deadline stopped
+        it. ``timeout_seconds=None`` uses the executor's configured deadline. Files are
+        not supported: ``input_files`` / ``output_filenames`` give an error result.
+        Raises Rustic's ``ValidationError`` for a language other than Python.
+        """
+        self._admit(code)
+        return self._do_run(code, timeout_seconds, input_files, output_filenames)
+
+    async def run_async(
+        self,
+        code: CodeSnippet,
+        timeout_seconds: float | None = 60,
+        input_files: dict[str, bytes] | None = None,
+        output_filenames: list[str] | None = None,
+    ) -> RusticExecutionResult:
+        """``run`` for event loops: the loop is never blocked.
+
+        The deadline is the sandbox's own (``timed_out=True`` when hit). Cancelling the
+        awaiting task stops the guest at once; the interpreter is then lost and the next
+        call starts a fresh one.
+        """
+        self._admit(code)
+        return await self._do_run_async(code, timeout_seconds, input_files, output_filenames)
+
+    def _do_run(
+        self,
+        code: CodeSnippet,
+        timeout_seconds: float | None,
+        input_files: dict[str, bytes] | None,
+        output_filenames: list[str] | None,
+    ) -> RusticExecutionResult:
+        refused = _refuse_files(code, input_files, output_filenames)
+        if refused is not None:
+            return refused
+        try:
+            result = self._with_executor(
+                lambda ex: ex.execute(code.code, limits=self._call_limits(timeout_seconds)))
+        except WasmExecError as e:
+            return _host_error(code, e)
+        return _to_rustic(code, result)
+
+    async def _do_run_async(
+        self,
+        code: CodeSnippet,
+        timeout_seconds: float | None,
+        input_files: dict[str, bytes] | None,
+        output_filenames: list[str] | None,
+    ) -> RusticExecutionResult:
+        refused = _refuse_files(code, input_files, output_filenames)
+        if refused is not None:
+            return refused
+        try:
+            limits = self._call_limits(timeout_seconds)
+            try:
+                result = await (await self._executor_async()).aexecute(code.code, limits=limits)
+            except ExecutorClosedError:  # closed by a shutdown() racing with us: once more
+                result = await (await self._executor_async()).aexecute(code.code, limits=limits)
+        except WasmExecError as e:
+            return _host_error(code, e)
+        return _to_rustic(code, result)
+
+    def _do_shutdown(self) -> None:
+        """End the interpreter now; the next call runs on a fresh one (empty state)."""
+        with self._swap_lock:
+            current, self._executor = self._executor, None
+        if current is not None:
+            current.close()
+
+    # ------------------------------------------------------- wasm-exec's API
+    def execute(
+        self,
+        code: str,
+        globals_dict: Mapping[str, Any] | None = None,
+        return_globals: Iterable[str] | None = None,
+        *,
+        limits: Mapping[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """wasm-exec's ``execute`` on the same interpreter as ``run``.
+
+        ``globals_dict`` values (JSON data) are bound before the code runs and the names
+        in ``return_globals`` come back in ``result.globals``. Returns
+        :class:`wasm_exec.ExecutionResult`; raises :class:`wasm_exec.InputError` for
+        globals that are not JSON data (nothing runs then).
+        """
+        self._rearm()
+        return self._with_executor(
+            lambda ex: ex.execute(code, globals_dict, return_globals, limits=limits))
+
+    async def aexecute(
+        self,
+        code: str,
+        globals_dict: Mapping[str, Any] | None = None,
+        return_globals: Iterable[str] | None = None,
+        *,
+        limits: Mapping[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """``execute`` for event loops (cancelling stops the guest)."""
+        self._rearm()
+        try:
+            executor = await self._executor_async()
+            return await executor.aexecute(code, globals_dict, return_globals, limits=limits)
+        except ExecutorClosedError:  # closed by a shutdown() racing with us: once more
+            executor = await self._executor_async()
+            return await executor.aexecute(code, globals_dict, return_globals, limits=limits)
+
+    # ------------------------------------------------------------ internals
+    def _admit(self, code: CodeSnippet) -> None:
+        validator = self._validator or DefaultCodeValidator(self.supported_languages)
+        if not validator.is_valid(code):
+            raise ValidationError(validator.explain(code)
+                                  or f"Unsupported language: {code.language}")
+        self._rearm()
+
+    def _rearm(self) -> None:
+        # Like Rustic's PythonExecExecutor, a call after shutdown() works on an empty state;
+        # it starts a new life, so a later shutdown() clears state again.
+        self._is_shutdown = False
+
+    def _with_executor(self, call: Callable[[PythonExecExecutor], ExecutionResult]) \
+            -> ExecutionResult:
+        try:
+            return call(self.executor)
+        except ExecutorClosedError:  # closed by a shutdown() racing with us: once more
+            return call(self.executor)
+
+    async def _executor_async(self) -> PythonExecExecutor:
+        current = self._executor
+        if current is not None and not current.closed:
+            return current
+        # starting an interpreter takes tens of milliseconds: keep it off the event loop
+        return await asyncio.to_thread(lambda: self.executor)
+
+    def _call_limits(self, timeout_seconds: float | None) -> dict[str, Any] | None:
+        if timeout_seconds is None:
+            return None
+        timeout = float(timeout_seconds)
+        if self._max_timeout is not None:
+            timeout = min(timeout, self._max_timeout)
+        return {"timeout_seconds": timeout}
+
+
+class WasmExecExecutorResolver(DependencyResolver[CodeExecutor]):
+    """Rustic dependency resolver handing each agent its own sandboxed interpreter.
+
+    Use it from a guild specification::
+
+        DependencySpec(
+            class_name="wasm_exec.integrations.rustic.WasmExecExecutorResolver",
+            properties={"whitelisted_imports": ["math"], "default_imports": {"m": "math"},
+                        "timeout_seconds": 10},
+        )
+
+    Rustic builds one resolver per agent from ``properties``; all resolvers with the same
+    configuration share one process-wide :class:`wasm_exec.PythonExecExecutorResolver`,
+    so every agent counts against the same ``max_agents`` bound. The same
+    org/guild/agent always gets the same interpreter (its state kept); different agents
+    are isolated.
+    """
+
+    memoize_resolution = True
+
+    def __init__(
+        self,
+        whitelisted_imports: Iterable[str] | None = None,
+        default_imports: Mapping[str, str] | None = None,
+        *,
+        timeout_seconds: float | None = None,
+        fuel: int | None | Literal["default"] = "default",
+        memory_bytes: int | None = None,
+        max_output_bytes: int | None = None,
+        limits: Mapping[str, Any] | None = None,
+        max_agents: int = 64,
+        idle_timeout_seconds: float | None = 1800.0,
+    ) -> None:
+        super().__init__()
+        overrides: dict[str, Any] = dict(limits or {})
+        if fuel != "default":
+            overrides["fuel"] = fuel
+        if timeout_seconds is not None:
+            overrides["timeout_seconds"] = timeout_seconds
+        if memory_bytes is not None:
+            overrides["memory_bytes"] = memory_bytes
+        if max_output_bytes is not None:
+            overrides["max_output_bytes"] = max_output_bytes
+        try:
+            policy = Policy(whitelisted_imports=whitelisted_imports,  # type: ignore[arg-type]
+                            default_imports=default_imports)  # type: ignore[arg-type]
+            call_limits = Limits().merged(overrides)
+        except ValueError as e:
+            raise ConfigurationError(f"WasmExecExecutorResolver: {e}") from e
+        # a configured deadline is a ceiling that a run(timeout_seconds=...) cannot lift
+        self.max_timeout_seconds: float | None = (
+            call_limits.timeout_seconds if "timeout_seconds" in overrides else None)
+        self.pool = _shared_pool(policy, call_limits, max_agents, idle_timeout_seconds)
+
+    def resolve(self, org_id: str, guild_id: str, agent_id: str) -> CodeExecutor:
+        """A :class:`WasmCodeExecutor` bound to this agent's interpreter in the shared pool."""
+        pool = self.pool
+
+        def agent_executor() -> PythonExecExecutor:
+            return pool.resolve(agent_id, guild_id, org_id)
+
+        return WasmCodeExecutor.wrap(agent_executor, max_timeout_seconds=self.max_timeout_seconds)
+
+
+# ------------------------------------------------------------ shared pools
+_PoolKey = tuple[frozenset[str], tuple[tuple[str, str], ...], Limits, int, float | None]
+_pools: dict[_PoolKey, PythonExecExecutorResolver] = {}
+_pools_lock = threading.Lock()
+
+
+def _shared_pool(policy: Policy, limits: Limits, max_agents: int,
+                 idle_timeout_seconds: float | None) -> PythonExecExecutorResolver:
+    key: _PoolKey = (policy.whitelisted_imports, tuple(sorted(policy.default_imports.items())),
+                     limits, max_agents, idle_timeout_seconds)
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None:
+            pool = PythonExecExecutorResolver(
+                policy.whitelisted_imports, policy.default_imports, max_agents=max_agents,
+                idle_timeout_seconds=idle_timeout_seconds, limits=limits)
+            _pools[key] = pool
+        return pool
+
+
+def close_shared_resolvers() -> None:
+    """End every interpreter that :class:`WasmExecExecutorResolver` started.
+
+    Executors already handed out start a fresh interpreter (in a new pool) on their next
+    call. Useful at the end of a test or when a process winds down a guild.
+    """
+    with _pools_lock:
+        pools = list(_pools.values())
+        _pools.clear()
+    for pool in pools:
+        pool.close()
+
+
+# ---------------------------------------------------------------- mapping
+def _configured_timeout(limits: Limits | Mapping[str, Any] | None,
+                        timeout_seconds: float | None) -> float | None:
+    if timeout_seconds is not None:
+        return float(timeout_seconds)
+    if isinstance(limits, Limits):
+        return limits.timeout_seconds if "timeout_seconds" in limits.model_fields_set else None
+    if limits and limits.get("timeout_seconds") is not None:
+        return float(limits["timeout_seconds"])
+    return None
+
+
+def _exit_code(result: ExecutionResult) -> int:
+    if result.success:
+        return 0
+    if result.error_type == "SystemExit" and result.limit is None:
+        message = (result.error_message or "").strip()
+        if message in ("", "None"):
+            return 0  # sys.exit() / sys.exit(None), as a process would
+        try:
+            return int(message)
+        except ValueError:
+            return 1  # sys.exit("text"), as a process would
+    return -1
+
+
+def _to_rustic(snippet: CodeSnippet, result: ExecutionResult) -> RusticExecutionResult:
+    exception = None
+    if not result.success:
+        exception = ExecutionException(
+            type=result.error_type or "Error",
+            message=result.error_message if result.error_message is not None
+            else (result.error or ""),
+            traceback=result.traceback)
+    return RusticExecutionResult(
+        input_snippet=snippet,
+        stdout=result.stdout,
+        stderr=result.stderr,
+        exit_code=_exit_code(result),
+        exception=exception,
+        timed_out=result.limit == "timeout",
+        duration_seconds=result.duration_seconds,
+        resources_used={
+            "fuel_used": result.fuel_used,
+            "memory_bytes": result.memory_bytes,
+            "limit": result.limit,
+            "state_reset": result.state_reset,
+            "interpreter_lost": result.interpreter_lost,
+        },
+    )
+
+
+def _host_error(snippet: CodeSnippet, error: Exception) -> RusticExecutionResult:
+    return RusticExecutionResult(
+        input_snippet=snippet, exit_code=-1,
+        exception=ExecutionException(type=type(error).__name__, message=str(error)))
+
+
+def _refuse_files(snippet: CodeSnippet, input_files: dict[str, bytes] | None,
+                  output_filenames: list[str] | None) -> RusticExecutionResult | None:
+    asked = []
+    if input_files:
+        asked.append(f"input_files {sorted(input_files)}")
+    if output_filenames:
+        asked.append(f"output_filenames {list(output_filenames)}")
+    if not asked:
+        return None
+    return RusticExecutionResult(
+        input_snippet=snippet, exit_code=-1,
+        exception=ExecutionException(type="NotImplementedError",
+                                     message=_FILES_REFUSED.format(what=" and ".join(asked))))
