@@ -181,6 +181,12 @@ def _info(args: argparse.Namespace) -> int:
     return 0 if info.get("runtime") and info.get("verified") else 1
 
 
+def _bench(rest: list[str]) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(rest)
+
+
 def _add_policy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow", action="append", metavar="MODULE",
                    help="a module the code may import (repeatable)")
@@ -218,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also precompile the fuel-off engine variant")
     b.set_defaults(func=_build_runtime)
 
+    sub.add_parser("bench", help="benchmark against native CPython (prints a table, writes "
+                   "JSON); see 'wasm-exec bench --help'")
+
     i = sub.add_parser("info", help="where the runtime is, whether it is verified and compiled")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=_info)
@@ -225,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        return _bench(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .config import Limits, Policy
 from .errors import ConfigurationError, ExecutorClosedError, InputError
 from .pool import SessionKey, SessionPool
-from .protocol import ProtocolError, check_json_value, validate_call_reply
+from .protocol import ProtocolError, check_json_value, is_plain_json, validate_call_reply
 from .runtime import EngineSettings, get_image
 from .session import STOP_CANCELLED, CallLimits, Session, SessionDead
 
@@ -158,7 +158,7 @@ class PythonExecExecutor:
         if len(encoded) > call_limits.max_code_bytes:
             raise InputError(f"code is {len(encoded)} bytes; the limit is "
                              f"{call_limits.max_code_bytes} (limits.max_code_bytes)")
-        values = self._check_globals(globals_dict, call_limits)
+        globals_json = self._check_globals(globals_dict, call_limits)
         names = self._check_names(return_globals)
         with self._lock:
             if self._closed:
@@ -169,8 +169,7 @@ class PythonExecExecutor:
                 session = self._replace_session()
                 reset = True
             self._reset_pending = False
-            payload = {"op": "exec", "code": code, "globals": values, "return": names,
-                       "display": bool(display)}
+            payload = {"op": "exec", "code": code, "return": names, "display": bool(display)}
             limits_for_call = CallLimits(
                 fuel=call_limits.fuel, timeout_seconds=call_limits.timeout_seconds,
                 max_output_bytes=call_limits.max_output_bytes,
@@ -178,11 +177,11 @@ class PythonExecExecutor:
                 max_globals_bytes=call_limits.max_globals_bytes)
             started = time.perf_counter()
             try:
-                outcome = session.call(payload, limits_for_call)
+                outcome = session.call(payload, limits_for_call, globals_json)
             except SessionDead:
                 session = self._replace_session()
                 reset = True
-                outcome = session.call(payload, limits_for_call)
+                outcome = session.call(payload, limits_for_call, globals_json)
             duration = outcome.duration or (time.perf_counter() - started)
             self._last_used = time.monotonic()
             common = dict(stdout=outcome.stdout, stderr=outcome.stderr,
@@ -388,9 +387,10 @@ class PythonExecExecutor:
         return merged
 
     @staticmethod
-    def _check_globals(globals_dict: Mapping[str, Any] | None, limits: Limits) -> dict[str, Any]:
+    def _check_globals(globals_dict: Mapping[str, Any] | None, limits: Limits) -> str:
+        """The globals as JSON text, or an InputError naming the key that is not JSON."""
         if globals_dict is None:
-            return {}
+            return "{}"
         if not isinstance(globals_dict, Mapping):
             raise InputError("globals_dict must be a mapping of names to JSON values")
         values: dict[str, Any] = {}
@@ -399,17 +399,22 @@ class PythonExecExecutor:
                 raise InputError(f"globals_dict key {key!r} is not a valid Python identifier")
             if key.startswith("__") and key.endswith("__"):
                 raise InputError(f"globals_dict key {key!r}: dunder names are reserved")
-            try:
-                check_json_value(value, f"globals_dict[{key!r}]")
-            except TypeError as e:
-                raise InputError(f"{e}; nothing was run and the agent's state is unchanged") \
-                    from None
             values[key] = value
-        size = len(json.dumps(values, allow_nan=True, ensure_ascii=False))
-        if size > limits.max_globals_bytes:
-            raise InputError(f"globals_dict is {size} bytes as JSON; the limit is "
+        if not is_plain_json(values):
+            for key, value in values.items():
+                try:
+                    check_json_value(value, f"globals_dict[{key!r}]")
+                except TypeError as e:
+                    raise InputError(f"{e}; nothing was run and the agent's state is "
+                                     "unchanged") from None
+        try:
+            text = json.dumps(values, allow_nan=True, ensure_ascii=False, separators=(",", ":"))
+        except (TypeError, ValueError, RecursionError) as e:
+            raise InputError(f"globals_dict cannot be sent as JSON: {e}") from None
+        if len(text) > limits.max_globals_bytes:
+            raise InputError(f"globals_dict is {len(text)} bytes as JSON; the limit is "
                              f"{limits.max_globals_bytes} (limits.max_globals_bytes)")
-        return values
+        return text
 
     @staticmethod
     def _check_names(names: Iterable[str] | None) -> list[str]:

@@ -44,10 +44,13 @@ class SessionPool:
     ready interpreter holds about 10-15 MB of memory.
     """
 
-    def __init__(self, size: int = 2) -> None:
+    def __init__(self, size: int = 2, *, refill_delay: float = 0.2) -> None:
         if size < 0:
             raise ValueError("pool size must be >= 0")
         self.size = size
+        # a refill boots an interpreter (a core for ~60 ms): wait a little, so that the
+        # agent that just took one gets its first result without competing for the CPU
+        self.refill_delay = refill_delay
         self._ready: dict[SessionKey, list[Session]] = {}
         self._lock = threading.Condition()
         self._closed = False
@@ -114,6 +117,11 @@ class SessionPool:
                             return
                     continue
             key = want[0]
+            if self.refill_delay:
+                with self._lock:
+                    self._lock.wait(self.refill_delay)
+                    if self._closed:
+                        return
             try:
                 session = key.start()
             except Exception:  # a config that cannot boot: leave it to the caller

@@ -114,6 +114,53 @@ def validate_call_reply(reply: dict[str, Any], call_id: int) -> dict[str, Any]:
     return out
 
 
+_SCALARS = (str, int, float, bool, type(None))
+_BIG = 10 ** 4000
+
+
+def is_plain_json(value: Any, max_depth: int = 500) -> bool:
+    """Fast check that ``value`` is plain JSON data (str keys, no huge ints, bounded depth).
+
+    On False, :func:`check_json_value` says exactly what and where.
+    """
+    stack = [(value, 0)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        v, depth = pop()
+        t = type(v)
+        if t is str or t is bool or t is float or v is None:
+            continue
+        if t is int:
+            if -_BIG < v < _BIG:
+                continue
+            return False
+        if depth >= max_depth:
+            return False
+        if t is dict:
+            for k, item in v.items():
+                if type(k) is not str:
+                    return False
+                if type(item) in _SCALARS and type(item) is not int:
+                    continue
+                push((item, depth + 1))
+            continue
+        if t is list or t is tuple:
+            for item in v:
+                if type(item) in _SCALARS and type(item) is not int:
+                    continue
+                push((item, depth + 1))
+            continue
+        return False
+    return True
+
+
+def encode_request_with_globals(payload: dict[str, Any], globals_json: str) -> bytes:
+    """Like :func:`encode_request`, with ``globals`` given as already encoded JSON text."""
+    head = json.dumps(payload, ensure_ascii=False, allow_nan=True, separators=(",", ":"))
+    body = (head[:-1] + ',"globals":' + globals_json + "}").encode("utf-8", "surrogatepass")
+    return REQUEST_MAGIC + len(body).to_bytes(4, "little") + body
+
+
 def check_json_value(value: Any, path: str, depth: int = 0) -> None:
     """Raise ``TypeError`` naming ``path`` when ``value`` is not plain JSON data."""
     if depth > 500:
@@ -121,7 +168,7 @@ def check_json_value(value: Any, path: str, depth: int = 0) -> None:
     if value is None or isinstance(value, (bool, str)):
         return
     if isinstance(value, int):
-        if abs(value) >= 10 ** 4000:
+        if abs(value) >= _BIG:
             raise TypeError(f"{path} is an integer with more than 4000 digits")
         return
     if isinstance(value, float):

@@ -28,7 +28,14 @@ from typing import Any
 
 import wasmtime
 
-from .protocol import REPLY_HEADER, ProtocolError, ReplyReader, encode_request, validate_ready
+from .protocol import (
+    REPLY_HEADER,
+    ProtocolError,
+    ReplyReader,
+    encode_request,
+    encode_request_with_globals,
+    validate_ready,
+)
 from .runtime import RuntimeImage, runner_source
 
 ERRNO_SUCCESS = 0
@@ -271,14 +278,18 @@ class Session:
         a Store is never touched from two threads at once)."""
         return self._memory_bytes
 
-    def call(self, payload: dict[str, Any], limits: CallLimits) -> CallOutcome:
-        """Run one request; returns its outcome, or ``died`` set when the interpreter died."""
+    def call(self, payload: dict[str, Any], limits: CallLimits,
+             globals_json: str = "{}") -> CallOutcome:
+        """Run one request; returns its outcome, or ``died`` set when the interpreter died.
+
+        ``globals_json`` is the request's globals, already encoded as a JSON object.
+        """
         with self._lock:
             if self._dead is not None:
                 raise self._dead
             call_id = next(self._ids)
             payload = dict(payload, id=call_id, max_globals_bytes=limits.max_globals_bytes)
-            call = _Call(call_id, encode_request(payload), limits)
+            call = _Call(call_id, encode_request_with_globals(payload, globals_json), limits)
             with self._cv:
                 self._requests.append(call.frame)
                 self._pending = call

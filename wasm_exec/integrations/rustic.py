@@ -368,14 +368,22 @@ class WasmExecExecutorResolver(DependencyResolver[CodeExecutor]):
         # a configured deadline is a ceiling that a run(timeout_seconds=...) cannot lift
         self.max_timeout_seconds: float | None = (
             call_limits.timeout_seconds if "timeout_seconds" in overrides else None)
-        self.pool = _shared_pool(policy, call_limits, max_agents, idle_timeout_seconds)
+        self._pool_key: _PoolKey = (
+            policy.whitelisted_imports, tuple(sorted(policy.default_imports.items())),
+            call_limits, max_agents, idle_timeout_seconds)
+        _shared_pool(self._pool_key)  # start the pool now, so every agent finds it
+
+    @property
+    def pool(self) -> PythonExecExecutorResolver:
+        """The process-wide pool shared by every resolver of this configuration."""
+        return _shared_pool(self._pool_key)
 
     def resolve(self, org_id: str, guild_id: str, agent_id: str) -> CodeExecutor:
         """A :class:`WasmCodeExecutor` bound to this agent's interpreter in the shared pool."""
-        pool = self.pool
+        key = self._pool_key
 
         def agent_executor() -> PythonExecExecutor:
-            return pool.resolve(agent_id, guild_id, org_id)
+            return _shared_pool(key).resolve(agent_id, guild_id, org_id)
 
         return WasmCodeExecutor.wrap(agent_executor, max_timeout_seconds=self.max_timeout_seconds)
 
@@ -386,15 +394,13 @@ _pools: dict[_PoolKey, PythonExecExecutorResolver] = {}
 _pools_lock = threading.Lock()
 
 
-def _shared_pool(policy: Policy, limits: Limits, max_agents: int,
-                 idle_timeout_seconds: float | None) -> PythonExecExecutorResolver:
-    key: _PoolKey = (policy.whitelisted_imports, tuple(sorted(policy.default_imports.items())),
-                     limits, max_agents, idle_timeout_seconds)
+def _shared_pool(key: _PoolKey) -> PythonExecExecutorResolver:
     with _pools_lock:
         pool = _pools.get(key)
         if pool is None:
+            allowed, defaults, limits, max_agents, idle_timeout_seconds = key
             pool = PythonExecExecutorResolver(
-                policy.whitelisted_imports, policy.default_imports, max_agents=max_agents,
+                allowed, dict(defaults), max_agents=max_agents,
                 idle_timeout_seconds=idle_timeout_seconds, limits=limits)
             _pools[key] = pool
         return pool
@@ -403,8 +409,9 @@ def _shared_pool(policy: Policy, limits: Limits, max_agents: int,
 def close_shared_resolvers() -> None:
     """End every interpreter that :class:`WasmExecExecutorResolver` started.
 
-    Executors already handed out start a fresh interpreter (in a new pool) on their next
-    call. Useful at the end of a test or when a process winds down a guild.
+    Their state is gone; executors already handed out keep working, each on a fresh
+    interpreter in a new pool. Useful at the end of a test or when a process winds down
+    its guilds.
     """
     with _pools_lock:
         pools = list(_pools.values())

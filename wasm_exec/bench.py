@@ -1,0 +1,286 @@
+"""Benchmark: wasm-exec against native CPython ``exec`` of the same code, in one run.
+
+``wasm-exec bench`` (or ``python -m wasm_exec bench``) prints a table and writes the same
+figures as JSON (``--json PATH``, default ``bench-results.json``). Every row gives the
+median and the spread (min-max) of several runs and, where it has one, the ratio to the
+native yardstick measured in the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+CPU_LOOP = "s = 0\nfor i in range(3_000_000):\n    s += i\n"
+TEN_GLOBALS = "\n".join(f"g{i} = {i} * 2" for i in range(10))
+
+
+@dataclass
+class Row:
+    name: str
+    unit: str
+    median: float
+    low: float
+    high: float
+    runs: int
+    native: float | None = None
+    target: str = ""
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.native:
+            return self.median / self.native
+        return None
+
+
+def _stats(samples: list[float]) -> tuple[float, float, float]:
+    return statistics.median(samples), min(samples), max(samples)
+
+
+def _time(fn: Callable[[], object], repeat: int) -> list[float]:
+    out = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def _native_exec(code: str, ns: dict[str, Any] | None = None) -> dict[str, Any]:
+    ns = {} if ns is None else ns
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(code, "<native>", "exec"), ns)
+    return ns
+
+
+def bench_new_agent(repeat: int) -> list[Row]:
+    from .executor import PythonExecExecutor
+    from .pool import SessionPool
+
+    native = _time(lambda: _native_exec("print(1)"), max(repeat, 20))
+    nat = statistics.median(native)
+    PythonExecExecutor().close()  # module load and compiled-runner cache: once per process
+
+    samples = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        ex = PythonExecExecutor()
+        ex.execute("print(1)")
+        samples.append(time.perf_counter() - t)
+        ex.close()
+    rows = [Row("new agent, cold (new executor to first result)", "ms",
+                *[v * 1000 for v in _stats(samples)], repeat, nat * 1000, "<= 60 ms")]
+    with SessionPool(size=2) as pool:
+        PythonExecExecutor(pool=pool).close()
+        pooled = []
+        for _ in range(repeat):
+            time.sleep(0.5)  # let the pool refill, as between agents arriving
+            t = time.perf_counter()
+            ex = PythonExecExecutor(pool=pool)
+            ex.execute("print(1)")
+            pooled.append(time.perf_counter() - t)
+            ex.close()
+    rows.append(Row("new agent, pre-started interpreter waiting (SessionPool)", "ms",
+                    *[v * 1000 for v in _stats(pooled)], repeat, nat * 1000, "<= 5 ms"))
+    return rows
+
+
+def bench_per_call(repeat: int) -> list[Row]:
+    from .executor import PythonExecExecutor
+
+    calls = max(200, repeat * 50)
+    rows = []
+    with PythonExecExecutor() as ex:
+        ex.execute("x = 0")
+        for _ in range(20):
+            ex.execute("x += 1")
+        samples = _time(lambda: ex.execute("x += 1"), calls)
+        ns = {"x": 0}
+        native = _time(lambda: _native_exec("x += 1", ns), calls)
+        rows.append(Row("per call: x += 1", "ms", *[v * 1000 for v in _stats(samples)], calls,
+                        statistics.median(native) * 1000, "<= 0.5 ms"))
+        names = [f"g{i}" for i in range(10)]
+        samples = _time(lambda: ex.execute(TEN_GLOBALS, return_globals=names), calls)
+
+        def native_globals() -> None:
+            out = _native_exec(TEN_GLOBALS)
+            json.loads(json.dumps({n: out[n] for n in names}))
+
+        native = _time(native_globals, calls)
+        rows.append(Row("per call: 10 small globals returned", "ms",
+                        *[v * 1000 for v in _stats(samples)], calls,
+                        statistics.median(native) * 1000))
+    return rows
+
+
+def bench_cpu(repeat: int) -> list[Row]:
+    from .executor import PythonExecExecutor
+
+    native = _time(lambda: _native_exec(CPU_LOOP), repeat)
+    nat = statistics.median(native)
+    rows = []
+    with PythonExecExecutor() as ex:
+        ex.execute("pass")
+        fuel = []
+        samples = []
+        for _ in range(repeat):
+            r = ex.execute(CPU_LOOP)
+            samples.append(r.duration_seconds)
+            fuel.append(r.fuel_used or 0)
+    rows.append(Row("CPU loop 3,000,000 steps, default limits (fuel + deadline)", "s",
+                    *_stats(samples), repeat, nat, "<= 8x native",
+                    extra={"fuel_per_run": statistics.median(fuel)}))
+    with PythonExecExecutor(fuel=None) as ex:
+        ex.execute("pass")
+        nofuel = [ex.execute(CPU_LOOP).duration_seconds for _ in range(repeat)]
+    rows.append(Row("CPU loop, fuel metering off (deadline only)", "s", *_stats(nofuel), repeat,
+                    nat))
+    with_fuel = statistics.median(samples)
+    share = (with_fuel - statistics.median(nofuel)) / with_fuel
+    rows[0].note = f"fuel metering is {share:.0%} of the time"
+    rows[0].extra["fuel_share"] = share
+    return rows
+
+
+def bench_marshal(repeat: int) -> list[Row]:
+    from .executor import PythonExecExecutor
+
+    data = [{"id": i, "name": f"item{i}", "value": i * 0.5, "ok": i % 2 == 0}
+            for i in range(10_000)]
+    code = "total = sum(d['value'] for d in items if d['ok'])\ncount = len(items)"
+
+    def native() -> None:
+        ns = {"items": json.loads(json.dumps(data))}
+        out = _native_exec(code, ns)
+        json.loads(json.dumps({"total": out["total"], "count": out["count"]}))
+
+    nat = statistics.median(_time(native, repeat))
+    with PythonExecExecutor() as ex:
+        ex.execute("pass")
+        samples = _time(lambda: ex.execute(code, globals_dict={"items": data},
+                                           return_globals=["total", "count"]), repeat)
+    return [Row("marshaling: 10,000 small dicts in, derived values out", "ms",
+                *[v * 1000 for v in _stats(samples)], repeat, nat * 1000)]
+
+
+_MEMORY_CHILD = r"""
+import gc, json, sys, time
+from wasm_exec import PythonExecExecutor
+def rss():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * 4096
+n = int(sys.argv[1])
+PythonExecExecutor().close(); gc.collect(); time.sleep(0.3)
+before = rss()
+agents = [PythonExecExecutor() for _ in range(n)]
+linear = [a.execute("x = 1").memory_bytes for a in agents]
+gc.collect(); time.sleep(0.3)
+after = rss()
+print(json.dumps({"per_agent_rss": (after - before) / n, "linear": sum(linear) / n}))
+for a in agents: a.close()
+"""
+
+
+def bench_memory(counts: tuple[int, ...]) -> list[Row]:
+    rows = []
+    for n in counts:
+        proc = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(n)],
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory benchmark failed: {proc.stderr[-2000:]}")
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+        mib = 1024 * 1024
+        rows.append(Row(f"memory per idle agent, {n} agent(s): resident (RSS)", "MiB",
+                        got["per_agent_rss"] / mib, got["per_agent_rss"] / mib,
+                        got["per_agent_rss"] / mib, 1, None, "<= 25 MB",
+                        note=f"guest linear memory {got['linear'] / mib:.1f} MiB per agent"))
+    return rows
+
+
+def bench_parallel(repeat: int) -> list[Row]:
+    from .executor import PythonExecExecutor
+
+    agents = [PythonExecExecutor(), PythonExecExecutor()]
+    try:
+        for a in agents:
+            a.execute("pass")
+        one = _time(lambda: agents[0].execute(CPU_LOOP), repeat)
+
+        def both() -> None:
+            threads = [threading.Thread(target=a.execute, args=(CPU_LOOP,)) for a in agents]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        two = _time(both, repeat)
+    finally:
+        for a in agents:
+            a.close()
+    t1, t2 = statistics.median(one), statistics.median(two)
+    speedup = 2 * t1 / t2
+    return [Row("parallel: 1 agent, CPU loop", "s", *_stats(one), repeat),
+            Row("parallel: 2 agents at once (2 cores), CPU loop each", "s", *_stats(two),
+                repeat, target=">= 1.6x throughput of one",
+                note=f"throughput {speedup:.2f}x of one agent", extra={"speedup": speedup})]
+
+
+def run(repeat: int = 5, memory_counts: tuple[int, ...] = (1, 10, 50)) -> dict[str, Any]:
+    rows: list[Row] = []
+    for part in (bench_new_agent, bench_per_call, bench_cpu, bench_marshal, bench_parallel):
+        rows.extend(part(repeat))
+    rows.extend(bench_memory(memory_counts))
+    return {
+        "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                    "cpus": os.cpu_count()},
+        "rows": [dict(asdict(r), ratio=r.ratio) for r in rows],
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [f"{'benchmark':62} {'median':>10} {'min-max':>19} {'native':>10} {'ratio':>8}"
+             f"  target / note"]
+    for r in result["rows"]:
+        unit = r["unit"]
+        native = f"{r['native']:.3f}" if r["native"] is not None else "-"
+        ratio = f"{r['ratio']:.1f}x" if r["ratio"] is not None else "-"
+        spread = f"{r['low']:.3f}-{r['high']:.3f}"
+        tail = "; ".join(x for x in (r["target"], r["note"]) if x)
+        lines.append(f"{r['name'][:62]:62} {r['median']:>7.3f} {unit:2} {spread:>19} "
+                     f"{native:>10} {ratio:>8}  {tail}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="wasm-exec bench", description=__doc__)
+    p.add_argument("--repeat", type=int, default=5, help="runs per row (default 5)")
+    p.add_argument("--json", default="bench-results.json", help="where to write the figures")
+    p.add_argument("--quick", action="store_true", help="3 runs, memory for 1 and 10 agents")
+    args = p.parse_args(argv)
+    repeat = 3 if args.quick else args.repeat
+    counts = (1, 10) if args.quick else (1, 10, 50)
+    result = run(repeat, counts)
+    print(format_table(result))
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"\nfigures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
