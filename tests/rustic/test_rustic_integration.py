@@ -571,3 +571,17 @@ def test_guild_code_execution_agents(guild_and_probe: tuple[ProbeAgent, Any]) ->
                                     default_imports={"m": "math"}).pool
     assert {"coder_a/wasm_exec_guild/wasm_exec_org",
             "coder_b/wasm_exec_guild/wasm_exec_org"} <= set(pool.live_agents())
+
+
+def test_readme_rustic_blocks_run():
+    import subprocess
+    import sys
+
+    from tests.readme_blocks import python_blocks
+
+    rustic_blocks = python_blocks(rustic=True)
+    assert rustic_blocks
+    for code in rustic_blocks:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr
