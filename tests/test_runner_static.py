@@ -8,8 +8,8 @@ import types
 from wasm_exec.runtime import runner_source
 
 # functions that run only while the interpreter boots, before any agent code exists
-BOOT_ONLY = {"read_exact", "read_frame", "_Ctx", "install_hook", "<dictcomp>", "<genexpr>",
-             "<listcomp>", "<setcomp>"}
+BOOT_ONLY = {"read_exact", "read_frame", "_Ctx", "_Bound", "install_hook", "<dictcomp>",
+             "<genexpr>", "<listcomp>", "<setcomp>"}
 
 
 def _boot_code() -> types.CodeType:
