@@ -229,3 +229,11 @@ def test_stdin_is_empty(ex):
 def test_unicode_output_and_surrogates(ex):
     r = ex.execute("print('é ✓ 😀')\nprint('\\udcff')")
     assert r.stdout.startswith("é ✓ 😀\n") and r.success
+
+
+def test_return_all_globals(make_executor):
+    ex = make_executor(default_imports={"js": "json"})
+    r = ex.execute("x = 1\ny = [1, 2]\ndef f(): pass\nclass C: pass\nb = b'bytes'\n_p = 3",
+                   globals_dict={"g": 5}, return_all=True)
+    assert r.globals == {"x": 1, "y": [1, 2], "g": 5, "_p": 3}
+    assert r.globals_errors == {}

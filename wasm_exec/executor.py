@@ -142,6 +142,7 @@ class PythonExecExecutor:
         *,
         limits: Mapping[str, Any] | None = None,
         display: bool = False,
+        return_all: bool = False,
     ) -> ExecutionResult:
         """Run ``code`` in this executor's interpreter.
 
@@ -149,7 +150,8 @@ class PythonExecExecutor:
         the names in ``return_globals`` come back in ``result.globals`` as JSON data.
         ``limits`` overrides this executor's limits for this call. With ``display=True``
         a single statement runs as at the interactive prompt (an expression's value is
-        printed).
+        printed). With ``return_all=True`` every global that converts to JSON comes back
+        (modules, functions, classes and other objects are left out without an error).
         """
         call_limits = self._call_limits(limits)
         if not isinstance(code, str):
@@ -169,7 +171,8 @@ class PythonExecExecutor:
                 session = self._replace_session()
                 reset = True
             self._reset_pending = False
-            payload = {"op": "exec", "code": code, "return": names, "display": bool(display)}
+            payload = {"op": "exec", "code": code, "return": names, "display": bool(display),
+                       "return_all": bool(return_all)}
             limits_for_call = CallLimits(
                 fuel=call_limits.fuel, timeout_seconds=call_limits.timeout_seconds,
                 max_output_bytes=call_limits.max_output_bytes,

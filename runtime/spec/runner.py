@@ -739,17 +739,27 @@ def _wasm_exec_boot():
         errs = {}
         max_bytes = req.get("max_globals_bytes", 10_000_000)
         used = 0
-        for name in req.get("return", ()):
+        names = req.get("return", ())
+        quiet = False
+        if req.get("return_all") is True:
+            # every global the code's namespace holds that converts to JSON (modules,
+            # functions, classes and other objects are left out without an error)
+            names = [k for k in ns if _type(k) is _str and k[:2] != "__"
+                     and _type(ns[k]) not in (ModuleType, FunctionType, _type)]
+            quiet = True
+        for name in names:
             if name not in ns:
                 errs[name] = "name '" + name + "' is not defined"
                 continue
             try:
                 text = convert(ns[name])
             except _ValueError as e:
-                errs[name] = _join((_str(e.args[0]) if e.args else "cannot convert",))
+                if not quiet:
+                    errs[name] = _join((_str(e.args[0]) if e.args else "cannot convert",))
                 continue
             except _BaseException:
-                errs[name] = "value cannot be converted to JSON"
+                if not quiet:
+                    errs[name] = "value cannot be converted to JSON"
                 continue
             if used + _len(text) > max_bytes:
                 errs[name] = ("value too large to return (returned globals are capped at "
