@@ -4,11 +4,11 @@ import importlib.util
 
 import pytest
 
+from wasm_exec import PythonExecExecutor
+
 # The Rustic AI suite needs Python >= 3.13 with rusticai-core: CI runs it on its own
 # (.ci/rustic.sh); elsewhere it is not collected at all (rather than reported skipped).
 collect_ignore = [] if importlib.util.find_spec("rustic_ai") else ["rustic"]
-
-from wasm_exec import PythonExecExecutor
 
 
 @pytest.fixture

@@ -92,29 +92,32 @@ def test_executors_are_isolated(make_executor):
     assert r.globals == {"v": "[1]"} and "secret" in r.globals_errors
 
 
-@pytest.mark.slow
-def test_two_executors_run_in_parallel():
-    code = "s = 0\nfor i in range(1_500_000): s += i"
-    a = PythonExecExecutor(fuel=None)
-    b = PythonExecExecutor(fuel=None)
+def test_wasm_execution_does_not_hold_the_gil():
+    # While one executor runs a CPU loop, Python threads of the host keep running: count how
+    # far a pure-Python loop gets in the same time with and without the guest running.
+    # (Throughput of 2 agents on 2 cores is measured by `wasm-exec bench`.)
+    def spin(seconds: float) -> int:
+        n = 0
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            n += 1
+        return n
+
+    baseline = spin(0.5)
+    ex = PythonExecExecutor(fuel=None, timeout_seconds=30)
     try:
-        a.execute("pass")
-        b.execute("pass")
-        t = time.perf_counter()
-        a.execute(code)
-        one = time.perf_counter() - t
-        t = time.perf_counter()
-        threads = [threading.Thread(target=e.execute, args=(code,)) for e in (a, b)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        both = time.perf_counter() - t
-        # wasm runs without the GIL: two loops take clearly less than twice one loop
-        assert both < 1.7 * one, (one, both)
+        ex.execute("pass")
+        t = threading.Thread(target=ex.execute, args=("s = 0\nfor i in range(6_000_000): s += i",))
+        t.start()
+        time.sleep(0.2)
+        during = spin(0.5)
+        guest_still_running = t.is_alive()
+        t.join()
     finally:
-        a.close()
-        b.close()
+        ex.close()
+    assert guest_still_running
+    # holding the GIL would leave the host thread almost nothing (a few switch intervals)
+    assert during > 0.3 * baseline, (baseline, during)
 
 
 EXIT_SCRIPT = """
