@@ -1,4 +1,4 @@
-"""Rustic AI integration: a sandboxed ``CodeExecutor`` and its dependency resolver.
+"""Rustic AI integration: sandboxed twins of Rustic's code executors and their resolvers.
 
 Name the resolver in a guild's dependency map and every agent that depends on
 ``code_executor`` gets its own persistent interpreter in the WebAssembly sandbox::
@@ -18,6 +18,16 @@ Differences from Rustic's in-process ``PythonExecExecutor``: there are no host f
 data, and with no allow-list an import fails with
 ``Import of 'sys' is not allowed. Allowed imports: []`` rather than
 ``__import__ not found``.
+
+The stateless twin of Rustic's ``InProcessCodeInterpreterResolver`` is
+:class:`WasmCodeInterpreterResolver`: the injected :class:`WasmCodeInterpreter` is a Rustic
+``CodeRunner`` (``run(CodeBlock)`` / ``validate_and_run``) that runs every block in a fresh
+interpreter, taken from a pool of pre-started ones::
+
+    DependencySpec(
+        class_name="wasm_exec.integrations.rustic.WasmCodeInterpreterResolver",
+        properties={"whitelisted_imports": ["math"], "timeout_seconds": 10},
+    )
 
 This module needs Rustic AI (``pip install rusticai-core``, Python >= 3.13).
 """
@@ -41,6 +51,12 @@ try:
     from rustic_ai.core.guild.agent_ext.depends.code_execution.stateful import (
         ExecutionResult as RusticExecutionResult,
     )
+    from rustic_ai.core.guild.agent_ext.depends.code_execution.stateless import (
+        CodeBlock,
+        CodeException,
+        CodeResult,
+        CodeRunner,
+    )
     from rustic_ai.core.guild.agent_ext.depends.dependency_resolver import DependencyResolver
 except ImportError as _error:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
@@ -51,10 +67,13 @@ except ImportError as _error:  # pragma: no cover - exercised in a subprocess by
 from ..config import Limits, Policy
 from ..errors import ConfigurationError, ExecutorClosedError, WasmExecError
 from ..executor import ExecutionResult, PythonExecExecutor
+from ..pool import SessionPool
 from ..resolver import PythonExecExecutorResolver
 
 __all__ = [
     "WasmCodeExecutor",
+    "WasmCodeInterpreter",
+    "WasmCodeInterpreterResolver",
     "WasmExecExecutorResolver",
     "close_shared_resolvers",
 ]
@@ -388,6 +407,149 @@ class WasmExecExecutorResolver(DependencyResolver[CodeExecutor]):
         return WasmCodeExecutor.wrap(agent_executor, max_timeout_seconds=self.max_timeout_seconds)
 
 
+class WasmCodeInterpreter(CodeRunner):
+    """A Rustic ``CodeRunner`` that runs each block in a fresh wasm-exec sandbox.
+
+    The sandboxed twin of Rustic's ``InProcessCodeInterpreter``:
+
+    >>> runner = WasmCodeInterpreter(whitelisted_imports=["math"])
+    >>> block = CodeBlock(language="python", code="import math\\nr = math.sqrt(y)",
+    ...                   globals={"y": 16}, locals={})
+    >>> runner.run(block).code.locals
+    {'r': 4.0}
+
+    Stateless: every ``run`` takes a fresh, pre-started interpreter from a
+    :class:`wasm_exec.SessionPool` (shared by every runner with the same ``pool_size``; it
+    keeps ``pool_size`` interpreters ready per boot configuration) and ends it afterwards,
+    so nothing carries over from one block to the next. Default imports are bound in each.
+
+    Results have Rustic's shape: ``output`` is stdout, ``error`` is stderr, ``exit_code``
+    is 1 when the code raised, a limit stopped it or it wrote to stderr (else 0), and
+    ``exception`` (a ``CodeException`` with the traceback as a list of lines) describes
+    what was raised or which limit stopped it. An unsupported language gives
+    ``exit_code`` 1 and ``error`` ``"Unsupported language: ..."``. Errors in the code never
+    raise on the host.
+
+    ``exec(code, globals, locals)`` is emulated in the sandbox's one namespace: the code
+    runs with ``globals`` and ``locals`` merged (``locals`` win), then ``code.globals`` and
+    ``code.locals`` of the block are updated in place: a name given in ``globals`` (and
+    not in ``locals``) goes back to ``globals`` with its new value, every other name the
+    code left behind goes to ``locals``. Only JSON data comes back: modules, functions,
+    classes and other objects are left out, as are names the code deleted. When a limit
+    stopped the code the block is left as it was.
+    """
+
+    supported_languages: list[str] = ["python"]
+
+    def __init__(
+        self,
+        *,
+        whitelisted_imports: Iterable[str] | None = None,
+        default_imports: Mapping[str, str] | None = None,
+        limits: Limits | Mapping[str, Any] | None = None,
+        timeout_seconds: float | None = None,
+        fuel: int | None | Literal["default"] = "default",
+        memory_bytes: int | None = None,
+        max_output_bytes: int | None = None,
+        pool_size: int = 2,
+        pool: SessionPool | None = None,
+    ) -> None:
+        self.policy, self.limits = _policy_and_limits(
+            "WasmCodeInterpreter", whitelisted_imports, default_imports, limits,
+            timeout_seconds, fuel, memory_bytes, max_output_bytes)
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 0:
+            raise ConfigurationError(
+                f"WasmCodeInterpreter: pool_size must be an int >= 0, not {pool_size!r}")
+        self.pool_size = pool_size
+        self._own_pool = pool
+
+    @property
+    def pool(self) -> SessionPool:
+        """The pool of pre-started interpreters each ``run`` takes one from."""
+        if self._own_pool is not None:
+            return self._own_pool
+        return _runner_pool(self.pool_size)
+
+    def run(self, code: CodeBlock) -> CodeResult:
+        """Run ``code`` in a fresh interpreter; ``result.code`` is ``code``, read back."""
+        block = code
+        if block.language not in self.supported_languages:
+            return CodeResult(code=block, output="",
+                              error=f"Unsupported language: {block.language}", exit_code=1)
+        namespace = {**block.globals, **block.locals}
+        try:
+            executor = PythonExecExecutor(
+                whitelisted_imports=self.policy.whitelisted_imports,
+                default_imports=self.policy.default_imports, limits=self.limits,
+                pool=self.pool)
+            try:
+                result = executor.execute(block.code, namespace, return_all=True)
+            finally:
+                executor.close()
+        except WasmExecError as e:  # globals that are not JSON, a runtime that cannot boot
+            return CodeResult(code=block, output="", error="", exit_code=1,
+                              exception=CodeException(etype=type(e).__name__, message=str(e),
+                                                      traceback=[]))
+        if result.limit is None:
+            _read_back(block, result.globals)
+        exception = None
+        if not result.success and not _clean_exit(result):
+            message = result.error_message if result.error_message is not None \
+                else (result.error or "")
+            exception = CodeException(
+                etype=result.error_type or "Error", message=message,
+                traceback=(result.traceback or "").splitlines(keepends=True))
+        failed = exception is not None or bool(result.stderr)
+        return CodeResult(code=block, output=result.stdout, error=result.stderr,
+                          exit_code=1 if failed else 0, exception=exception)
+
+
+class WasmCodeInterpreterResolver(DependencyResolver[CodeRunner]):
+    """Rustic dependency resolver for :class:`WasmCodeInterpreter` (stateless runs).
+
+    The sandboxed twin of Rustic's ``InProcessCodeInterpreterResolver``::
+
+        DependencySpec(
+            class_name="wasm_exec.integrations.rustic.WasmCodeInterpreterResolver",
+            properties={"whitelisted_imports": ["math"], "default_imports": {"m": "math"},
+                        "timeout_seconds": 10},
+        )
+
+    Not memoized, like Rustic's: each resolution gives a new runner, and each of its runs
+    uses a fresh interpreter from the pool shared by every runner with the same
+    ``pool_size``. Bad properties raise :class:`wasm_exec.ConfigurationError` here, when
+    the guild builds the resolver.
+    """
+
+    memoize_resolution = False
+
+    def __init__(
+        self,
+        whitelisted_imports: Iterable[str] | None = None,
+        default_imports: Mapping[str, str] | None = None,
+        *,
+        timeout_seconds: float | None = None,
+        fuel: int | None | Literal["default"] = "default",
+        memory_bytes: int | None = None,
+        max_output_bytes: int | None = None,
+        limits: Mapping[str, Any] | None = None,
+        pool_size: int = 2,
+    ) -> None:
+        super().__init__()
+        first = WasmCodeInterpreter(
+            whitelisted_imports=whitelisted_imports, default_imports=default_imports,
+            limits=limits, timeout_seconds=timeout_seconds, fuel=fuel,
+            memory_bytes=memory_bytes, max_output_bytes=max_output_bytes, pool_size=pool_size)
+        self.policy, self.limits, self.pool_size = first.policy, first.limits, pool_size
+
+    def resolve(self, org_id: str, guild_id: str, agent_id: str) -> CodeRunner:
+        """A new :class:`WasmCodeInterpreter` of this resolver's configuration."""
+        return WasmCodeInterpreter(
+            whitelisted_imports=self.policy.whitelisted_imports,
+            default_imports=self.policy.default_imports, limits=self.limits,
+            pool_size=self.pool_size)
+
+
 # ------------------------------------------------------------ shared pools
 _PoolKey = tuple[frozenset[str], tuple[tuple[str, str], ...], Limits, int, float | None]
 _pools: dict[_PoolKey, PythonExecExecutorResolver] = {}
@@ -406,21 +568,92 @@ def _shared_pool(key: _PoolKey) -> PythonExecExecutorResolver:
         return pool
 
 
-def close_shared_resolvers() -> None:
-    """End every interpreter that :class:`WasmExecExecutorResolver` started.
+_runner_pools: dict[int, SessionPool] = {}
 
-    Their state is gone; executors already handed out keep working, each on a fresh
-    interpreter in a new pool. Useful at the end of a test or when a process winds down
-    its guilds.
+
+def _runner_pool(size: int) -> SessionPool:
+    with _pools_lock:
+        pool = _runner_pools.get(size)
+        if pool is None:
+            pool = _runner_pools[size] = SessionPool(size=size)
+        return pool
+
+
+def close_shared_resolvers() -> None:
+    """End every interpreter that the resolvers of this module started.
+
+    That is the pools of :class:`WasmExecExecutorResolver` (agents' state is gone;
+    executors already handed out keep working, each on a fresh interpreter in a new pool)
+    and the ready interpreters of :class:`WasmCodeInterpreter` (later runs use a new
+    pool). Useful at the end of a test or when a process winds down its guilds.
     """
     with _pools_lock:
         pools = list(_pools.values())
         _pools.clear()
+        runner_pools = list(_runner_pools.values())
+        _runner_pools.clear()
     for pool in pools:
         pool.close()
+    for runner_pool in runner_pools:
+        runner_pool.close()
 
 
 # ---------------------------------------------------------------- mapping
+def _policy_and_limits(
+    owner: str,
+    whitelisted_imports: Iterable[str] | None,
+    default_imports: Mapping[str, str] | None,
+    limits: Limits | Mapping[str, Any] | None,
+    timeout_seconds: float | None,
+    fuel: int | None | Literal["default"],
+    memory_bytes: int | None,
+    max_output_bytes: int | None,
+) -> tuple[Policy, Limits]:
+    overrides: dict[str, Any] = {}
+    if fuel != "default":
+        overrides["fuel"] = fuel
+    if timeout_seconds is not None:
+        overrides["timeout_seconds"] = timeout_seconds
+    if memory_bytes is not None:
+        overrides["memory_bytes"] = memory_bytes
+    if max_output_bytes is not None:
+        overrides["max_output_bytes"] = max_output_bytes
+    try:
+        policy = Policy(whitelisted_imports=whitelisted_imports,  # type: ignore[arg-type]
+                        default_imports=default_imports)  # type: ignore[arg-type]
+        base = limits if isinstance(limits, Limits) else Limits().merged(dict(limits or {}))
+        return policy, base.merged(overrides)
+    except (TypeError, ValueError) as e:
+        raise ConfigurationError(f"{owner}: {e}") from e
+
+
+def _read_back(block: CodeBlock, values: Mapping[str, Any]) -> None:
+    """Split the namespace the code left into ``block.globals`` / ``block.locals``."""
+    if block.globals is block.locals:  # exec(code, d, d): one namespace, as here
+        block.globals.clear()
+        block.globals.update(values)
+        return
+    # a name given in both was seen (and updated) as the local one, as exec does
+    new_globals: dict[str, Any] = {}
+    for name, old in block.globals.items():
+        if name in block.locals:
+            new_globals[name] = old
+        elif name in values:
+            new_globals[name] = values[name]
+    new_locals = {name: value for name, value in values.items()
+                  if name in block.locals or name not in block.globals}
+    block.globals.clear()
+    block.globals.update(new_globals)
+    block.locals.clear()
+    block.locals.update(new_locals)
+
+
+def _clean_exit(result: ExecutionResult) -> bool:
+    """``sys.exit()`` / ``sys.exit(0)``: the code ended normally, as a process would."""
+    return (result.error_type == "SystemExit" and result.limit is None
+            and (result.error_message or "").strip() in ("", "None", "0"))
+
+
 def _configured_timeout(limits: Limits | Mapping[str, Any] | None,
                         timeout_seconds: float | None) -> float | None:
     if timeout_seconds is not None:
