@@ -461,3 +461,35 @@ def test_sleeping_between_calls_cannot_stall_the_host(make_executor):
     assert _time.monotonic() - t < 10
     r = ex.execute("z = 1", return_globals=["z"])
     assert r.success and r.globals == {"z": 1}
+
+
+SYS_BY_WALK = ("g = [c for c in ().__class__.__base__.__subclasses__() "
+               "if c.__name__ == 'BuiltinImporter'][0].find_spec.__func__.__globals__\n"
+               "sys = g['sys']\n")
+
+
+@pytest.mark.parametrize("name,code", [
+    # red-team round 3: a library function planted as a module's __getattr__ ran under a
+    # granted import (through the import machinery's fromlist handling)
+    ("getattr_builtin_from_name_gc",
+     "enc = sys.modules['encodings']\nenc.__getattr__ = g['_builtin_from_name']\n"
+     "try:\n    __import__('encodings', fromlist=['gc'])\nfinally:\n    del enc.__getattr__\n"
+     "got = sys.modules.get('gc')"),
+    ("getattr_gcd_import_socket",
+     "enc = sys.modules['encodings']\nenc.__getattr__ = g['_gcd_import']\n"
+     "try:\n    __import__('encodings', fromlist=['socket'])\nfinally:\n    del enc.__getattr__\n"
+     "got = sys.modules.get('socket')"),
+    ("create_builtin_gc_directly",
+     "imp = sys.modules['_imp']\ngot = imp.create_builtin(type(sys.implementation)(name='gc'))"),
+    ("create_builtin_spec_name_swap",
+     "imp = sys.modules['_imp']\nclass S:\n    n = 0\n    @property\n    def name(self):\n"
+     "        S.n += 1\n        return 'math' if S.n == 1 else 'gc'\n"
+     "got = imp.create_builtin(S())\nif got.__name__ != 'gc': got = None"),
+])
+def test_import_machinery_gadgets_fail(make_executor, name, code):
+    ex = make_executor(timeout_seconds=10)
+    r = run_attack(ex, SYS_BY_WALK + code)
+    assert r.globals.get("got_repr") == "None", (name, r.globals)
+    r = ex.execute(SYS_BY_WALK + "gc_loaded = 'gc' in sys.modules", return_globals=["gc_loaded"])
+    assert r.globals == {"gc_loaded": False}
+    assert_still_works(ex)

@@ -131,6 +131,9 @@ def _wasm_exec_boot():
         _trusted = trusted_codes.get  # id(code) -> code
         state = [True, False]  # booting, inside the hook
         code_attrs = frozenset(("__code__", "f_code", "gi_code", "cr_code", "ag_code"))
+        # built-in modules no one may create once booted: gc would let automatic collection
+        # (and so finalizers inside the hook) back in
+        reserved_builtins = frozenset(("gc", "_testcapi", "_testinternalcapi"))
         always_deny = frozenset((
             "sys.addaudithook", "sys.settrace", "sys.setprofile", "sys._current_frames",
             "gc.get_objects", "gc.get_referrers", "gc.get_referents", "code.__new__",
@@ -245,7 +248,12 @@ def _wasm_exec_boot():
                     box.append(real_import)
                 return  # otherwise refused: the guard raises ImportError
             if role == "builtin":
-                # req: ("create" | "exec", box): only inside a granted import
+                # req: ("create", box, name) | ("exec", box): only inside a granted import,
+                # and never the modules the runner keeps for itself
+                if op == "create":
+                    name = req[2] if _len(req) > 2 else None
+                    if _type(name) is not _str or name in reserved_builtins:
+                        raise _PermissionError("loading that built-in module is not allowed")
                 if not (state[0] or in_granted_import(frame.f_back)):
                     raise _PermissionError(
                         "loading built-in modules outside an import is not allowed")
@@ -442,41 +450,54 @@ def _wasm_exec_boot():
         if refused is not None:
             # granted only because an allowed import is in progress: that module's own
             # plumbing (e.g. C code importing _io), returned as is
-            _library_statement = True
-            children = list_()
+            return box.pop()(name, globals, locals, fl, level)
         if _library_statement:
-            args = (name, globals, locals, fl, level)
-        else:
-            args = (absname, None, None, fl, 0)
-        top = box.pop()(*args)
-        for item in children:
-            if not isinstance_(getattr_(top, item, None), ModuleType_):
-                REQUEST_.__defaults__ = ("grant", box, T, absname + "." + item, False, False,
+            return box.pop()(name, globals, locals, fl, level)
+        # The agent's import (or an implicit one): the import machinery gets no fromlist, so
+        # no module __getattr__ runs while the import is granted; children are read from
+        # the modules' own dicts and submodules imported by their full names.
+        top = box.pop()(absname, None, None, (), 0)
+        if type_(top) is not ModuleType_:
+            raise ImportError_("import of '" + absname + "' did not produce a module")
+        parts = absname.split(".")
+        leaf = top
+        for part in parts[1:]:
+            leaf = dict_.get(module_dict_(leaf), part)
+            if type_(leaf) is not ModuleType_:
+                raise ImportError_("import of '" + absname + "' did not produce a module")
+        if fl:
+            wanted = children if not whole else [i for i in fl if i != "*" and i[:2] != "__"]
+            for item in wanted:
+                if item in module_dict_(leaf):
+                    continue
+                sub = absname + "." + item
+                REQUEST_.__defaults__ = ("grant", box, T, sub, False, whole and _implicit,
                                          False)
-                try:
-                    box.pop()(absname + "." + item, None, None, ("__name__",), 0)
-                except ImportError_:
-                    pass
-        if not _library_statement and top_name == "importlib" and type_(top) is ModuleType_:
+                if box:
+                    try:
+                        box.pop()(sub, None, None, (), 0)
+                    except ImportError_:
+                        pass
+            if not whole:
+                view = ModuleType_("<restricted " + absname + ">")
+                d = module_dict_(view)
+                src = module_dict_(leaf)
+                for item in children:
+                    if item in src:
+                        d[item] = src[item]
+                return view
+        if top_name == "importlib":
             # the agent sees importlib's public API only (not _bootstrap & co., whose
             # functions import without the guard); import_module and __import__ are guarded
-            src = module_dict_(top)
+            src = module_dict_(leaf if fl else top)
             view = ModuleType_("importlib (sandbox view)")
             d = module_dict_(view)
             for key in list_(src):
-                if not key.startswith("_") or key == "__import__":
+                if type_(key) is str_ and (not key.startswith("_") or key == "__import__"):
                     d[key] = src[key]
             return view
-        if _library_statement or (fl and whole):
-            return top
-        if type_(top) is not ModuleType_:
-            raise ImportError_("import of '" + absname + "' did not produce a module")
         if fl:
-            view = ModuleType_("<restricted " + absname + ">")
-            d = module_dict_(view)
-            for item in children:
-                d[item] = getattr_(top, item)
-            return view
+            return leaf
         ok_first = top_name in allowed_set or (not statement and top_name in implicit_set)
         if ok_first:
             return top
@@ -484,10 +505,9 @@ def _wasm_exec_boot():
         view = ModuleType_("<restricted " + top_name + ">")
         cur = view
         obj = top
-        parts = absname.split(".")
         prefix = top_name
         for i in range_(1, len_(parts)):
-            obj = getattr_(obj, parts[i])
+            obj = dict_.get(module_dict_(obj), parts[i])
             prefix = prefix + "." + parts[i]
             ok = prefix in allowed_set
             if not ok:
@@ -495,7 +515,7 @@ def _wasm_exec_boot():
                     if prefix.startswith(p):
                         ok = True
                         break
-            if ok:
+            if ok or type_(obj) is not ModuleType_:
                 module_dict_(cur)[parts[i]] = obj
                 break
             nxt = ModuleType_("<restricted " + prefix + ">")
@@ -523,14 +543,20 @@ def _wasm_exec_boot():
                          None, ("__name__",), level)
         return T[22](T, name, None, None, ("__name__",), 0)
 
-    def guard_create_builtin(REQUEST_, spec):
+    def guard_create_builtin(B, spec):
+        # B: (REQUEST, SimpleNamespace, str, type, TypeError). The real loader gets a fresh
+        # spec holding only the checked name: what the hook allowed is what gets created.
+        REQUEST_, Spec, str_, type_, TypeError_ = B
+        name = spec.name
+        if type_(name) is not str_:
+            raise TypeError_("spec.name must be str")
         box = []
-        REQUEST_.__defaults__ = ("create", box)
-        return box.pop()(spec)
+        REQUEST_.__defaults__ = ("create", box, name)
+        return box.pop()(Spec(name=name))
 
-    def guard_exec_builtin(REQUEST_, module):
+    def guard_exec_builtin(B, module):
         box = []
-        REQUEST_.__defaults__ = ("exec", box)
+        B[0].__defaults__ = ("exec", box)
         return box.pop()(module)
 
     allowed = frozenset(init["allowed"])
@@ -831,8 +857,9 @@ def _wasm_exec_boot():
                  builtin_types, (stdout, stderr), guard_impl.__code__)
     del trusted_codes, roles
 
-    _imp.create_builtin = MethodType(guard_create_builtin, REQUEST)
-    _imp.exec_builtin = MethodType(guard_exec_builtin, REQUEST)
+    B = (REQUEST, type(sys.implementation), str, type, TypeError)
+    _imp.create_builtin = MethodType(guard_create_builtin, B)
+    _imp.exec_builtin = MethodType(guard_exec_builtin, B)
     builtins.__import__ = guard
     sys.breakpointhook = _unavailable
     sys.modules["__main__"] = main_module
