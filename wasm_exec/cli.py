@@ -42,7 +42,7 @@ def _executor(args: argparse.Namespace):  # noqa: ANN202 - lazy import keeps --h
             raise SystemExit(f"--default-import expects ALIAS=MODULE, got {item!r}")
         defaults[alias] = module
     return PythonExecExecutor(whitelisted_imports=args.allow or [], default_imports=defaults,
-                              limits=_limits(args))
+                              limits=_limits(args), runtime=args.runtime)
 
 
 def _read_code(args: argparse.Namespace) -> str:
@@ -141,7 +141,7 @@ def _repl(args: argparse.Namespace) -> int:
 
 def _build_runtime(args: argparse.Namespace) -> int:
     try:
-        runtime.install(Path(args.dest) if args.dest else None,
+        runtime.install(Path(args.dest) if args.dest else None, profile=args.profile,
                         precompile_all=args.all_variants,
                         log=lambda m: print(f"[build-runtime] {m}", flush=True))
     except WasmExecError as e:
@@ -151,7 +151,7 @@ def _build_runtime(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    pin = runtime.load_pin()
+    pin = runtime.load_pin(args.profile)
     info: dict[str, Any] = {"wasmtime": runtime.wasmtime_version(), "profile": pin.profile,
                             "pinned_file": pin.file, "pinned_sha256": pin.sha256,
                             "search_dirs": [str(d) for d in runtime.search_dirs()]}
@@ -195,6 +195,7 @@ def _add_policy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fuel", help="fuel budget per call, or 'none' to turn metering off")
     p.add_argument("--timeout", type=float, help="wall-clock seconds per call")
     p.add_argument("--memory", help="memory cap, e.g. 256M or 1G")
+    p.add_argument("--runtime", default="minimal", help="runtime profile: minimal or scientific")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build-runtime", help="fetch, verify and precompile the runtime")
     b.add_argument("--dest", help="install directory (default: see 'wasm-exec info')")
+    b.add_argument("--profile", default="minimal", choices=runtime.profiles(),
+                   help="which runtime: minimal (default, 26 MB) or scientific (numpy, "
+                   "pandas, matplotlib...; 160 MB download, 1-2 min to precompile)")
     b.add_argument("--all-variants", action="store_true",
                    help="also precompile the fuel-off engine variant")
     b.set_defaults(func=_build_runtime)
@@ -229,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="where the runtime is, whether it is verified and compiled")
     i.add_argument("--json", action="store_true")
+    i.add_argument("--profile", default="minimal", choices=runtime.profiles())
     i.set_defaults(func=_info)
     return p
 

@@ -16,7 +16,7 @@ from .config import Limits, Policy
 from .errors import ConfigurationError, ExecutorClosedError, InputError
 from .pool import SessionKey, SessionPool
 from .protocol import ProtocolError, check_json_value, is_plain_json, validate_call_reply
-from .runtime import EngineSettings, get_image
+from .runtime import EngineSettings, get_image, profiles
 from .session import STOP_CANCELLED, CallLimits, Session, SessionDead
 
 LimitName = Literal["fuel", "timeout", "memory", "stack_overflow", "exit", "crash",
@@ -96,6 +96,7 @@ class PythonExecExecutor:
         memory_bytes: int | None = None,
         max_output_bytes: int | None = None,
         pool: SessionPool | None = None,
+        runtime: str = "minimal",
     ) -> None:
         try:
             self.policy = Policy(
@@ -116,9 +117,13 @@ class PythonExecExecutor:
         except ValueError as e:
             raise ConfigurationError(str(e)) from e
         self._settings = EngineSettings(fuel=self.limits.fuel is not None)
-        get_image(self._settings)  # the runtime is found (or an error names the fix) now
+        if runtime not in profiles():
+            raise ConfigurationError(f"unknown runtime {runtime!r}; known: {profiles()}")
+        self.runtime = runtime
+        get_image(self._settings, runtime)  # the runtime is found (or an error names the fix)
         self._key = SessionKey.of(self._settings, self.policy.allowed,
-                                  self.policy.default_imports, self.limits.memory_bytes)
+                                  self.policy.default_imports, self.limits.memory_bytes,
+                                  runtime)
         self._pool = pool
         self._spare: threading.Thread | None = None
         self._spare_session: list[Session] = []

@@ -15,18 +15,20 @@ class SessionKey:
     """Everything that is fixed when an interpreter boots."""
 
     settings: EngineSettings
+    profile: str
     allowed: frozenset[str]
     default_imports: tuple[tuple[str, str], ...]
     memory_bytes: int
 
     @classmethod
     def of(cls, settings: EngineSettings, allowed: frozenset[str],
-           default_imports: Mapping[str, str], memory_bytes: int) -> SessionKey:
-        return cls(settings, frozenset(allowed), tuple(sorted(default_imports.items())),
+           default_imports: Mapping[str, str], memory_bytes: int,
+           profile: str = "minimal") -> SessionKey:
+        return cls(settings, profile, frozenset(allowed), tuple(sorted(default_imports.items())),
                    memory_bytes)
 
     def start(self) -> Session:
-        return Session(get_image(self.settings), allowed=self.allowed,
+        return Session(get_image(self.settings, self.profile), allowed=self.allowed,
                        default_imports=dict(self.default_imports),
                        memory_bytes=self.memory_bytes)
 

@@ -31,15 +31,45 @@ BUILD_COMMAND = "bash build_runtime.sh   (or: python -m wasm_exec build-runtime)
 
 
 @dataclass(frozen=True)
-class Pin:
-    """The pinned identity of one runtime binary."""
+class PinnedFile:
+    """One file of a runtime: its name, where it sits in the wheel, its size and SHA-256."""
 
-    profile: str
     file: str
+    member: str
     size: int
     sha256: str
-    requirement: str
-    member: str
+
+
+@dataclass(frozen=True)
+class Pin:
+    """The pinned identity of one runtime profile."""
+
+    profile: str
+    kind: str  # "command" (the runner runs as _start) or "reactor" (it runs in turn())
+    subdir: str  # folder of the profile's files inside a runtime directory
+    requirement: str  # the package-index requirement that ships the files
+    files: tuple[PinnedFile, ...]  # the first one is the WebAssembly module
+    licenses_under: str
+    download_mb: int
+    compile_hint: str
+    description: str
+
+    @property
+    def file(self) -> str:
+        return self.files[0].file
+
+    @property
+    def size(self) -> int:
+        return self.files[0].size
+
+    @property
+    def sha256(self) -> str:
+        return self.files[0].sha256
+
+
+def profiles() -> list[str]:
+    data = json.loads(resources.files("wasm_exec._spec").joinpath("pins.json").read_text())
+    return sorted(data)
 
 
 def load_pin(profile: str = PROFILE) -> Pin:
@@ -47,8 +77,9 @@ def load_pin(profile: str = PROFILE) -> Pin:
     if profile not in data:
         raise RuntimeNotFoundError(f"unknown runtime profile {profile!r}; known: {sorted(data)}")
     p = data[profile]
-    return Pin(profile, p["file"], p["size"], p["sha256"], p["source"]["requirement"],
-               p["source"]["member"])
+    files = tuple(PinnedFile(f["file"], f["member"], f["size"], f["sha256"]) for f in p["files"])
+    return Pin(profile, p["kind"], p["subdir"], p["requirement"], files, p["licenses_under"],
+               p["download_mb"], p["compile_hint"], p["description"])
 
 
 def runner_source() -> str:
@@ -88,19 +119,31 @@ def default_install_dir() -> Path:
     return checkout_dir() or user_cache_dir()
 
 
+def build_command(profile: str) -> str:
+    if profile == PROFILE:
+        return BUILD_COMMAND
+    return (f"bash build_runtime.sh --profile {profile}   "
+            f"(or: python -m wasm_exec build-runtime --profile {profile})")
+
+
 def find_runtime(pin: Pin | None = None) -> Path:
-    """Path of the installed runtime binary, or a :class:`RuntimeNotFoundError`."""
+    """Path of the installed runtime module, or a :class:`RuntimeNotFoundError`."""
     pin = pin or load_pin()
     looked = []
     for d in search_dirs():
-        path = d / pin.file
+        path = d / pin.subdir / pin.file if pin.subdir else d / pin.file
         looked.append(str(path))
         if path.is_file():
             return path
     raise RuntimeNotFoundError(
-        f"the CPython WASI runtime ({pin.file}) is not installed. Looked in: "
-        f"{', '.join(looked)}. Install it with: {BUILD_COMMAND}"
+        f"the {pin.profile} runtime ({pin.file}) is not installed. Looked in: "
+        f"{', '.join(looked)}. Install it with: {build_command(pin.profile)}"
     )
+
+
+def runtime_file(pin: Pin, name: str) -> Path:
+    """Another pinned file of an installed profile (next to its module)."""
+    return find_runtime(pin).parent / name
 
 
 def sha256_of(path: Path) -> str:
@@ -111,17 +154,30 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def verify(path: Path, pin: Pin) -> None:
+def verify(path: Path, pin: Pin | PinnedFile) -> None:
+    """Check a file's size and SHA-256 against its pin (a Pin checks its module)."""
+    entry = pin.files[0] if isinstance(pin, Pin) else pin
+    command = build_command(pin.profile) if isinstance(pin, Pin) else BUILD_COMMAND
     size = path.stat().st_size
-    if size != pin.size:
+    if size != entry.size:
         raise RuntimeVerificationError(
-            f"{path} has {size} bytes, the pin says {pin.size}: the file is not the pinned "
-            f"runtime. Delete it and run: {BUILD_COMMAND}")
+            f"{path} has {size} bytes, the pin says {entry.size}: the file is not the pinned "
+            f"runtime. Delete it and run: {command}")
     digest = sha256_of(path)
-    if digest != pin.sha256:
+    if digest != entry.sha256:
         raise RuntimeVerificationError(
-            f"{path} has SHA-256 {digest}, the pin says {pin.sha256}: the file is not the "
-            f"pinned runtime. Delete it and run: {BUILD_COMMAND}")
+            f"{path} has SHA-256 {digest}, the pin says {entry.sha256}: the file is not the "
+            f"pinned runtime. Delete it and run: {command}")
+
+
+def verify_all(pin: Pin) -> None:
+    """Check every pinned file of an installed profile."""
+    module = find_runtime(pin)
+    for entry in pin.files:
+        path = module.parent / entry.file
+        if not path.is_file():
+            raise RuntimeNotFoundError(f"{path} is missing; run: {build_command(pin.profile)}")
+        verify(path, entry)
 
 
 # ------------------------------------------------------------------ engine & cache
@@ -157,18 +213,18 @@ def compiled_path(wasm: Path, settings: EngineSettings, pin: Pin) -> Path:
 
 
 _compile_lock = threading.Lock()
-_loaded: dict[tuple[str, EngineSettings], tuple[Path, Path]] = {}
 
 
-def precompile(settings: EngineSettings, *, pin: Pin | None = None,
+def precompile(settings: EngineSettings, *, pin: Pin | None = None, wasm: Path | None = None,
                log: Callable[[str], None] | None = None) -> Path:
     """Make sure a precompiled module for ``settings`` exists; return its path.
 
     A missing or stale one (other wasmtime, other settings, other binary) is rebuilt
-    (a few seconds, once). The binary is verified against its pin before compiling.
+    (seconds for the minimal runtime, a minute or two for the scientific one; once). The
+    binary is verified against its pin before compiling.
     """
     pin = pin or load_pin()
-    wasm = find_runtime(pin)
+    wasm = wasm or find_runtime(pin)
     out = compiled_path(wasm, settings, pin)
     with _compile_lock:
         if out.is_file():
@@ -176,10 +232,12 @@ def precompile(settings: EngineSettings, *, pin: Pin | None = None,
         verify(wasm, pin)
         if log:
             log(f"precompiling {wasm.name} for wasmtime {wasmtime_version()} "
-                f"(fuel={'on' if settings.fuel else 'off'}); this takes a few seconds, once")
+                f"(fuel={'on' if settings.fuel else 'off'}); this takes {pin.compile_hint}, "
+                "once")
         engine = wasmtime.Engine(settings.config())
         module = wasmtime.Module.from_file(engine, str(wasm))
         data = module.serialize()
+        del module, engine
         fd, tmp = tempfile.mkstemp(dir=str(out.parent), prefix=".cwasm-")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -200,9 +258,19 @@ class RuntimeImage:
     stop exactly that interpreter, without touching any other.
     """
 
-    def __init__(self, settings: EngineSettings, cwasm: Path) -> None:
+    def __init__(self, settings: EngineSettings, cwasm: Path, pin: Pin, wasm: Path) -> None:
         self.settings = settings
         self.cwasm = cwasm
+        self.pin = pin
+        self.wasm = wasm
+
+    @property
+    def kind(self) -> str:
+        return self.pin.kind
+
+    def file(self, name: str) -> Path:
+        """Another pinned file of this runtime (e.g. the scientific stdlib zip)."""
+        return self.wasm.parent / name
 
     def new_engine(self) -> tuple[wasmtime.Engine, wasmtime.Module]:
         engine = wasmtime.Engine(self.settings.config())
@@ -215,43 +283,57 @@ class RuntimeImage:
                     os.unlink(self.cwasm)
                 except FileNotFoundError:
                     pass
-            self.cwasm = precompile(self.settings)
+            self.cwasm = precompile(self.settings, pin=self.pin, wasm=self.wasm)
             module = wasmtime.Module.deserialize_file(engine, str(self.cwasm))
         return engine, module
 
 
-_images: dict[EngineSettings, RuntimeImage] = {}
+_images: dict[tuple[str, EngineSettings], RuntimeImage] = {}
 _images_lock = threading.Lock()
 
 
-def get_image(settings: EngineSettings) -> RuntimeImage:
+def get_image(settings: EngineSettings, profile: str = PROFILE) -> RuntimeImage:
+    """The process-wide image of ``profile`` for ``settings`` (precompiled if needed)."""
     with _images_lock:
-        image = _images.get(settings)
+        image = _images.get((profile, settings))
         if image is None or not image.cwasm.is_file():
-            image = RuntimeImage(settings, precompile(settings))
-            _images[settings] = image
+            pin = load_pin(profile)
+            wasm = find_runtime(pin)
+            for entry in pin.files[1:]:  # cheap presence and size checks (sums: at install)
+                other = wasm.parent / entry.file
+                if not other.is_file() or other.stat().st_size != entry.size:
+                    raise RuntimeNotFoundError(
+                        f"{other} is missing or damaged; run: {build_command(profile)}")
+            image = RuntimeImage(settings, precompile(settings, pin=pin, wasm=wasm), pin, wasm)
+            _images[(profile, settings)] = image
         return image
 
 
 # ------------------------------------------------------------------ install
 
-def install(dest: Path | None = None, *, log: Callable[[str], None] = print,
-            precompile_all: bool = False) -> Path:
-    """Fetch the pinned runtime through the package index, verify it, precompile it."""
-    pin = load_pin()
-    dest = Path(dest) if dest else default_install_dir()
-    dest.mkdir(parents=True, exist_ok=True)
-    target = dest / pin.file
-    if target.is_file():
-        try:
-            verify(target, pin)
-            log(f"runtime {pin.file} is present and verified in {dest}")
-        except RuntimeVerificationError as e:
-            log(f"existing file does not match the pin ({e}); fetching it again")
-            target.unlink()
-    if not target.is_file():
-        log(f"fetching {pin.requirement} from the package index (about 12 MB)")
-        with tempfile.TemporaryDirectory() as tmp:
+def install(dest: Path | None = None, *, profile: str = PROFILE,
+            log: Callable[[str], None] = print, precompile_all: bool = False) -> Path:
+    """Fetch a pinned runtime profile through the package index, verify, precompile it."""
+    pin = load_pin(profile)
+    base = Path(dest) if dest else default_install_dir()
+    folder = base / pin.subdir if pin.subdir else base
+    folder.mkdir(parents=True, exist_ok=True)
+    missing = []
+    for entry in pin.files:
+        target = folder / entry.file
+        if target.is_file():
+            try:
+                verify(target, entry)
+                continue
+            except RuntimeVerificationError as e:
+                log(f"{entry.file} does not match its pin ({e}); fetching it again")
+                target.unlink()
+        missing.append(entry)
+    if not missing:
+        log(f"{pin.profile} runtime is present and verified in {folder}")
+    else:
+        log(f"fetching {pin.requirement} from the package index (about {pin.download_mb} MB)")
+        with tempfile.TemporaryDirectory(dir=str(folder)) as tmp:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary",
                    ":all:", "--disable-pip-version-check", "-q", "-d", tmp, pin.requirement]
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -261,73 +343,52 @@ def install(dest: Path | None = None, *, log: Callable[[str], None] = print,
             wheels = list(Path(tmp).glob("*.whl"))
             if len(wheels) != 1:
                 raise RuntimeNotFoundError(f"expected one wheel from pip, got {wheels}")
+            staged: list[tuple[Path, PinnedFile]] = []
             with zipfile.ZipFile(wheels[0]) as z:
-                try:
-                    info = z.getinfo(pin.member)
-                except KeyError:
-                    raise RuntimeNotFoundError(
-                        f"{wheels[0].name} has no {pin.member}") from None
-                if info.file_size != pin.size:
-                    raise RuntimeVerificationError(
-                        f"{pin.member} in {wheels[0].name} has {info.file_size} bytes, the pin "
-                        f"says {pin.size}; nothing was installed")
-                staged = Path(tmp) / pin.file
-                with z.open(info) as src, open(staged, "wb") as out:
-                    while chunk := src.read(1 << 20):
-                        out.write(chunk)
-                licences = dest / "licenses"
+                for entry in missing:
+                    try:
+                        info = z.getinfo(entry.member)
+                    except KeyError:
+                        raise RuntimeNotFoundError(
+                            f"{wheels[0].name} has no {entry.member}; nothing was installed"
+                        ) from None
+                    if info.file_size != entry.size:
+                        raise RuntimeVerificationError(
+                            f"{entry.member} in {wheels[0].name} has {info.file_size} bytes, "
+                            f"the pin says {entry.size}; nothing was installed")
+                    out_path = Path(tmp) / entry.file
+                    with z.open(info) as src, open(out_path, "wb") as out:
+                        while chunk := src.read(1 << 20):
+                            out.write(chunk)
+                    staged.append((out_path, entry))
+                licences = folder / "licenses"
                 for member in z.namelist():
-                    if "/licenses/" in member and not member.endswith("/"):
+                    if member.startswith(pin.licenses_under) and not member.endswith("/"):
                         licences.mkdir(exist_ok=True)
                         (licences / Path(member).name).write_bytes(z.read(member))
-            log("verifying size and SHA-256")
-            verify(staged, pin)
-            os.replace(staged, target) if _same_fs(staged, dest) else _copy(staged, target)
-        log(f"installed {target}")
+            log("verifying sizes and SHA-256 sums")
+            for out_path, entry in staged:
+                verify(out_path, entry)  # a mismatch raises: nothing is moved into place
+            for out_path, entry in staged:
+                os.replace(out_path, folder / entry.file)
+        log(f"installed {', '.join(e.file for e in missing)} in {folder}")
+    module = folder / pin.file
     settings = [EngineSettings(fuel=True)]
     if precompile_all:
         settings.append(EngineSettings(fuel=False))
     for s in settings:
-        existing = compiled_path(target, s, pin)
+        existing = compiled_path(module, s, pin)
         if existing.is_file():
             log(f"precompiled module up to date: {existing.name}")
             continue
-        path = _precompile_at(target, s, pin, log)
+        path = precompile(s, pin=pin, wasm=module, log=log)
         log(f"precompiled module: {path.name}")
-    return target
+    return module
 
 
-def _precompile_at(wasm: Path, settings: EngineSettings, pin: Pin,
-                   log: Callable[[str], None]) -> Path:
-    old = os.environ.get(ENV_DIR)
-    os.environ[ENV_DIR] = str(wasm.parent)
-    try:
-        return precompile(settings, pin=pin, log=log)
-    finally:
-        if old is None:
-            del os.environ[ENV_DIR]
-        else:
-            os.environ[ENV_DIR] = old
-
-
-def _same_fs(a: Path, b: Path) -> bool:
-    try:
-        return os.stat(a).st_dev == os.stat(b).st_dev
-    except OSError:
-        return False
-
-
-def _copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name("." + dst.name + ".part")
-    with open(src, "rb") as i, open(tmp, "wb") as o:
-        while chunk := i.read(1 << 20):
-            o.write(chunk)
-    os.replace(tmp, dst)
-
-
-def stale_compiled(dest: Path | None = None) -> list[Path]:
+def stale_compiled(profile: str = PROFILE) -> list[Path]:
     """Precompiled files that no longer match any current setting (safe to delete)."""
-    pin = load_pin()
+    pin = load_pin(profile)
     try:
         wasm = find_runtime(pin)
     except RuntimeNotFoundError:
