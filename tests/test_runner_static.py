@@ -42,3 +42,33 @@ def test_runner_functions_look_up_no_global_or_builtin_names():
 def test_hook_and_guard_exist():
     names = {c.co_name for c in _nested(_boot_code())}
     assert {"hook", "check", "serve", "guard_impl", "guard_call", "main", "run_call"} <= names
+
+
+def test_hook_shares_no_closure_cell_with_other_functions():
+    # closure cells are writable from Python: the hook's functions must read only their own
+    # (install_hook's) variables, never a variable of the boot function other code shares
+    import ast
+
+    tree = ast.parse(runner_source())
+    boot = next(n for n in tree.body
+                if isinstance(n, ast.FunctionDef) and n.name == "_wasm_exec_boot")
+    boot_names: set[str] = set()
+    for n in ast.walk(boot):
+        if isinstance(n, (ast.FunctionDef, ast.ClassDef)):
+            boot_names.add(n.name)
+        elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+            boot_names.add(n.id)
+        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+            boot_names.update((a.asname or a.name).split(".")[0] for a in n.names)
+    hook = next(n for n in ast.walk(boot)
+                if isinstance(n, ast.FunctionDef) and n.name == "install_hook")
+    own = {a.arg for a in hook.args.args}
+    for n in ast.walk(hook):
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+            own.add(n.id)
+        elif isinstance(n, ast.FunctionDef):
+            own.add(n.name)
+            own.update(a.arg for a in n.args.args)
+    read = {m.id for f in ast.walk(hook) if isinstance(f, ast.FunctionDef) and f is not hook
+            for m in ast.walk(f) if isinstance(m, ast.Name) and isinstance(m.ctx, ast.Load)}
+    assert (read & boot_names) - own == set()

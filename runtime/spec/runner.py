@@ -42,10 +42,13 @@ def _wasm_exec_boot():
     import gc
     import importlib
     import marshal
+    import opcode
     import posix  # not os: importing os costs a cold start 7 ms
     import sys
 
     RUNNER_FILE = "<wasm-exec-runner>"
+    IMPORT_NAME = opcode.opmap["IMPORT_NAME"]
+    EXTENDED_ARG = opcode.opmap["EXTENDED_ARG"]
     # the types module costs a cold start 2 ms: take the types from objects instead
     FunctionType = type(lambda: None)
     CodeType = type((lambda: None).__code__)
@@ -103,7 +106,7 @@ def _wasm_exec_boot():
 
     def install_hook(token, allowed, prefixes, real_import, create_builtin, exec_builtin,
                      trusted_codes, roles, REQUEST, guard_T, builtin_types, streams,
-                     impl_code):
+                     impl_code, implicit_names):
         # Everything the hook uses is a local of this function (own cells, shared with
         # no other closure), bound before any agent code exists.
         _type = type
@@ -126,6 +129,11 @@ def _wasm_exec_boot():
         _get_count = gc.get_count
         _thresholds = gc.get_threshold()
         _sys = sys
+        # copies into this function's own cells: the hook shares no cell with any function
+        # the agent can reach (cells are writable from Python)
+        _IMPORT_NAME = IMPORT_NAME
+        _EXTENDED_ARG = EXTENDED_ARG
+        _RUNNER_FILE = RUNNER_FILE
         _header = b"WXR1" + token
         _role = roles.get  # id(code) -> (code, role)
         _trusted = trusted_codes.get  # id(code) -> code
@@ -227,26 +235,63 @@ def _wasm_exec_boot():
                     raise _PermissionError("bad request")
                 return
             if role == "guard":
-                # req: ("grant", box, T, name, library_statement, implicit, plumbing)
-                if _len(req) != 7 or req[2] is not guard_T or op != "grant":
+                # req: ("grant", box, T, absname, name, children)
+                if _len(req) != 6 or req[2] is not guard_T or op != "grant":
                     raise _PermissionError("not allowed")
-                caller = frame.f_back
-                if caller is None or role_of(caller.f_code) != "entry":
+                entry = frame.f_back
+                if entry is None or role_of(entry.f_code) != "entry":
                     raise _PermissionError("not allowed")
-                name = req[3]
-                library_statement = req[4]
-                implicit = req[5]
-                plumbing = req[6]
-                if (_type(name) is not _str or _type(library_statement) is not _bool
-                        or _type(implicit) is not _bool or _type(plumbing) is not _bool):
+                requester = entry.f_back
+                absname = req[3]
+                name = req[4]
+                children = req[5]
+                if (_type(absname) is not _str or _type(name) is not _str
+                        or _type(children) is not _tuple or requester is None):
                     raise _PermissionError("bad request")
-                if library_statement or implicit or allowed_name(name):
+                for child in children:
+                    if _type(child) is not _str:
+                        raise _PermissionError("bad request")
+                code = requester.f_code
+                lasti = requester.f_lasti
+                raw = code.co_code
+                statement = 0 <= lasti < _len(raw) - 1 and raw[lasti] == _IMPORT_NAME
+                library = library_file(code)
+                top = absname.partition(".")[0]
+                if library and statement:
+                    # a library's own import statement: the name is the one in its code,
+                    # and a relative one stays inside the file's own package
+                    oparg = raw[lasti + 1]
+                    if lasti >= 2 and raw[lasti - 2] == _EXTENDED_ARG:
+                        oparg |= raw[lasti - 1] << 8
+                    names_ = code.co_names
+                    stmt_name = names_[oparg] if oparg < _len(names_) else None
+                    fn = code.co_filename
+                    if (_type(stmt_name) is _str and stmt_name == name
+                            and (absname == name or ("/" + top + "/") in fn
+                                 or fn.startswith("<frozen " + top))):
+                        box.append(real_import)
+                        box.append("raw")
+                        return
+                if allowed_name(absname):
+                    ok = True
+                elif not statement and (absname in implicit_names or top in implicit_names):
+                    ok = True  # imports CPython's C code makes for the caller
+                elif children:
+                    ok = True  # `from a import b` under an entry `a.b`
+                    for child in children:
+                        if not allowed_name(absname + "." + child):
+                            ok = False
+                else:
+                    ok = False
+                if ok:
                     box.append(real_import)
-                elif plumbing and in_granted_import(caller.f_back):
-                    # a library's own import while an allowed import runs (e.g. C code
-                    # importing _io for zipimport): granted only to library frames
+                    box.append("policy")
+                elif library and not statement and in_granted_import(requester):
+                    # a library's own (non-statement) import while a granted import runs,
+                    # e.g. C code importing _io for zipimport
                     box.append(real_import)
-                return  # otherwise refused: the guard raises ImportError
+                    box.append("raw")
+                return  # refused: the guard raises ImportError
             if role == "builtin":
                 # req: ("create", box, name) | ("exec", box): only inside a granted import,
                 # and never the modules the runner keeps for itself
@@ -297,7 +342,7 @@ def _wasm_exec_boot():
             if event == "compile":
                 fn = args[1] if _len(args) > 1 else None
                 if _type(fn) is _str:
-                    if fn.startswith("<") and not fn.startswith("<frozen") and fn != RUNNER_FILE:
+                    if fn.startswith("<") and not fn.startswith("<frozen") and fn != _RUNNER_FILE:
                         return
                 elif fn is None:
                     return
@@ -355,15 +400,10 @@ def _wasm_exec_boot():
     def guard_impl(T, name, globals, locals, fromlist, level):
         (allowed_set, prefixes, implicit_set, ModuleType_, module_dict_, type_, str_, int_,
          tuple_, list_, dict_, len_, isinstance_, getattr_, sorted_, repr_, ImportError_,
-         TypeError_, ValueError_, range_, BaseException_, REQUEST_, impl) = T
-        if type_(name) is not str_:
-            if not isinstance_(name, str_):
-                raise TypeError_("module name must be str")
-            name = str_.__str__(name)
-        if type_(level) is not int_:
-            if not isinstance_(level, int_):
-                raise TypeError_("level must be an int")
-            level = int_.__index__(level)
+         TypeError_, ValueError_, range_, BaseException_, REQUEST_, impl, import_name_op) = T
+        # The fromlist is read first: it may be an iterable the agent wrote, and no code of
+        # the agent's may run in this frame once the decisions below are being made (on
+        # Python 3.13+ such code could rewrite this frame's local variables).
         items = list_()
         if fromlist is not None:
             for item in fromlist:
@@ -373,6 +413,14 @@ def _wasm_exec_boot():
                     item = str_.__str__(item)
                 items.append(item)
         fl = tuple_(items)
+        if type_(name) is not str_:
+            if not isinstance_(name, str_):
+                raise TypeError_("module name must be str")
+            name = str_.__str__(name)
+        if type_(level) is not int_:
+            if not isinstance_(level, int_):
+                raise TypeError_("level must be an int")
+            level = int_.__index__(level)
         try:
             raise ImportError_
         except BaseException_ as e:
@@ -382,19 +430,29 @@ def _wasm_exec_boot():
         code = requester.f_code
         filename = code.co_filename
         lasti = requester.f_lasti
-        statement = lasti >= 0 and code.co_code[lasti] == 108  # IMPORT_NAME
+        statement = lasti >= 0 and code.co_code[lasti] == import_name_op
         library = type_(filename) is str_ and (not filename.startswith("<")
                                                or filename.startswith("<frozen"))
         absname = name
         if level > 0:
             package = None
             if type_(globals) is dict_:
-                pkg = dict_.get(globals, "__package__")
-                modname = dict_.get(globals, "__name__")
+                # read by iterating: a lookup would compare keys, and a key the agent
+                # planted could run its own __eq__ here
+                pkg = modname = None
+                has_path = False
+                for key, value in dict_.items(globals):
+                    if type_(key) is str_:
+                        if key == "__package__":
+                            pkg = value
+                        elif key == "__name__":
+                            modname = value
+                        elif key == "__path__":
+                            has_path = True
                 if type_(pkg) is str_ and pkg:
                     package = pkg
                 elif pkg is None and type_(modname) is str_:
-                    package = modname if "__path__" in globals else modname.rpartition(".")[0]
+                    package = modname if has_path else modname.rpartition(".")[0]
             if not package:
                 raise ImportError_("attempted relative import with no known parent package")
             bits = package.rsplit(".", level - 1)
@@ -439,19 +497,17 @@ def _wasm_exec_boot():
                         refused = names[i]
                         break
                     children.append(fl[i - 1])
-        grant_name = absname if whole or refused is not None else names[1]
+        # The audit hook decides, from the frames and names themselves (this frame's own
+        # conclusions above only shape the answer): it hands back the real import and
+        # whether to call it as asked ("raw": a library's own import) or as policed.
         box = list_()
-        # plumbing: a library's own (non-statement) import, granted while an import runs
-        REQUEST_.__defaults__ = ("grant", box, T, grant_name, _library_statement, _implicit,
-                                 library and refused is not None)
+        REQUEST_.__defaults__ = ("grant", box, T, absname, name, tuple_(children))
         if not box:
-            raise ImportError_("Import of '" + refused + "' is not allowed. Allowed "
-                               "imports: " + repr_(sorted_(allowed_set)), name=refused)
-        if refused is not None:
-            # granted only because an allowed import is in progress: that module's own
-            # plumbing (e.g. C code importing _io), returned as is
-            return box.pop()(name, globals, locals, fl, level)
-        if _library_statement:
+            shown = refused if refused is not None else absname
+            raise ImportError_("Import of '" + shown + "' is not allowed. Allowed "
+                               "imports: " + repr_(sorted_(allowed_set)), name=shown)
+        mode = box.pop()
+        if mode == "raw":
             return box.pop()(name, globals, locals, fl, level)
         # The agent's import (or an implicit one): the import machinery gets no fromlist, so
         # no module __getattr__ runs while the import is granted; children are read from
@@ -471,9 +527,9 @@ def _wasm_exec_boot():
                 if item in module_dict_(leaf):
                     continue
                 sub = absname + "." + item
-                REQUEST_.__defaults__ = ("grant", box, T, sub, False, whole and _implicit,
-                                         False)
+                REQUEST_.__defaults__ = ("grant", box, T, sub, sub, ())
                 if box:
+                    box.pop()  # the mode: a submodule by its full name is always policed
                     try:
                         box.pop()(sub, None, None, (), 0)
                     except ImportError_:
@@ -565,7 +621,7 @@ def _wasm_exec_boot():
     implicit = frozenset(init.get("implicit", ()))
     T = (allowed, prefixes, implicit, ModuleType, module_dict, type, str, int, tuple, list,
          dict, len, isinstance, getattr, sorted, repr, ImportError, TypeError, ValueError,
-         range, BaseException, REQUEST, guard_impl)
+         range, BaseException, REQUEST, guard_impl, IMPORT_NAME)
     guard = MethodType(guard_call, T)
     guard_import = MethodType(guard_import_module, T)
 
@@ -854,7 +910,7 @@ def _wasm_exec_boot():
     builtin_types = frozenset(k for k, v in builtins.__dict__.items() if type(v) is type)
     install_hook(bytes.fromhex(init.pop("token")), allowed, prefixes, builtins.__import__,
                  _imp.create_builtin, _imp.exec_builtin, trusted_codes, roles, REQUEST, T,
-                 builtin_types, (stdout, stderr), guard_impl.__code__)
+                 builtin_types, (stdout, stderr), guard_impl.__code__, implicit)
     del trusted_codes, roles
 
     B = (REQUEST, type(sys.implementation), str, type, TypeError)
