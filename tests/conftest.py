@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 
@@ -9,6 +10,19 @@ from wasm_exec import PythonExecExecutor
 # The Rustic AI suite needs Python >= 3.13 with rusticai-core: CI runs it on its own
 # (.ci/rustic.sh); elsewhere it is not collected at all (rather than reported skipped).
 collect_ignore = [] if importlib.util.find_spec("rustic_ai") else ["rustic"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """CI builds the scientific runtime and sets WASM_EXEC_REQUIRE_SCIENTIFIC=1: there a
+    scientific test must run, never skip (without the runtime it would skip elsewhere)."""
+    if os.environ.get("WASM_EXEC_REQUIRE_SCIENTIFIC") != "1":
+        return
+    for item in items:
+        if item.get_closest_marker("scientific"):
+            for mark in item.iter_markers("skipif"):
+                if mark.args and mark.args[0]:
+                    pytest.fail(f"{item.nodeid}: the scientific runtime is required here "
+                                f"({mark.kwargs.get('reason')})", pytrace=False)
 
 
 @pytest.fixture

@@ -398,12 +398,21 @@ def test_guest_clocks_reveal_nothing_of_the_host(make_executor):
 
 
 def test_gc_is_not_reachable(make_executor):
+    # sys.modules["gc"] is the runner's inert stand-in (libraries such as timeit import gc)
     ex = make_executor(whitelisted_imports=["json"])
-    r = ex.execute("import json\nmods = json.codecs.sys.modules\nin_modules = 'gc' in mods\n"
+    r = ex.execute("import json\nmods = json.codecs.sys.modules\ng = mods['gc']\ng.enable()\n"
+                   "enabled = g.isenabled()\n"
+                   "try:\n    g.get_objects()\n    walked = True\nexcept RuntimeError:\n    walked = False\n"
                    "try:\n    import gc\n    imported = True\nexcept ImportError:\n    imported = False\n"
                    "try:\n    __import__('gc')\n    dunder = True\nexcept ImportError:\n    dunder = False\n",
-                   return_globals=["in_modules", "imported", "dunder"])
-    assert r.globals == {"in_modules": False, "imported": False, "dunder": False}
+                   return_globals=["enabled", "walked", "imported", "dunder"])
+    assert r.globals == {"enabled": False, "walked": False, "imported": False, "dunder": False}
+    # a library's own `import gc` gets the stand-in, and nothing can make the real one
+    r = ex.execute("import json\nsys = json.codecs.sys\ndel sys.modules['gc']\n"
+                   "imp = sys.modules['_imp']\n"
+                   "try:\n    imp.create_builtin(type(sys.implementation)(name='gc'))\n    made = True\n"
+                   "except PermissionError:\n    made = False\n", return_globals=["made"])
+    assert r.globals == {"made": False}
 
 
 def test_gc_cannot_be_allowed():
@@ -474,7 +483,8 @@ SYS_BY_WALK = ("g = [c for c in ().__class__.__base__.__subclasses__() "
     ("getattr_builtin_from_name_gc",
      "enc = sys.modules['encodings']\nenc.__getattr__ = g['_builtin_from_name']\n"
      "try:\n    __import__('encodings', fromlist=['gc'])\nfinally:\n    del enc.__getattr__\n"
-     "got = sys.modules.get('gc')"),
+     "g = sys.modules.get('gc')\n"
+     "got = g if g is not None and 'stand-in' not in (g.__doc__ or '') else None"),
     ("getattr_gcd_import_socket",
      "enc = sys.modules['encodings']\nenc.__getattr__ = g['_gcd_import']\n"
      "try:\n    __import__('encodings', fromlist=['socket'])\nfinally:\n    del enc.__getattr__\n"
@@ -490,6 +500,8 @@ def test_import_machinery_gadgets_fail(make_executor, name, code):
     ex = make_executor(timeout_seconds=10)
     r = run_attack(ex, SYS_BY_WALK + code)
     assert r.globals.get("got_repr") == "None", (name, r.globals)
-    r = ex.execute(SYS_BY_WALK + "gc_loaded = 'gc' in sys.modules", return_globals=["gc_loaded"])
-    assert r.globals == {"gc_loaded": False}
+    r = ex.execute(SYS_BY_WALK + "g = sys.modules.get('gc')\n"
+                   "real = g is not None and getattr(g, '__doc__', '').find('stand-in') < 0",
+                   return_globals=["real"])
+    assert r.globals == {"real": False}
     assert_still_works(ex)

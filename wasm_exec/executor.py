@@ -19,6 +19,25 @@ from .protocol import ProtocolError, check_json_value, is_plain_json, validate_c
 from .runtime import EngineSettings, get_image, profiles
 from .session import STOP_CANCELLED, CallLimits, Session, SessionDead
 
+# top-level packages the scientific runtime has and the minimal one lacks
+SCIENTIFIC_PACKAGES = frozenset({
+    "numpy", "pandas", "scipy", "sklearn", "statsmodels", "matplotlib", "PIL", "lxml",
+    "openpyxl", "xlsxwriter", "xlrd", "pypdf", "bs4", "html5lib", "xmltodict", "dateutil",
+    "sympy", "networkx", "seaborn", "regex", "yaml", "jinja2", "tabulate", "tqdm", "patsy",
+    "kiwisolver", "contourpy", "fontTools", "cycler", "pyparsing", "mpmath", "joblib",
+    "threadpoolctl", "markupsafe", "soupsieve", "defusedxml", "tzdata", "six", "packaging",
+    "reportlab", "narwhals", "toolz", "more_itertools", "charset_normalizer", "cloudpickle",
+    "formulaic", "wrapt", "typing_extensions", "attrs", "tomli_w"})
+
+
+def _runtime_hint(module: str, runtime: str) -> str:
+    top = module.split(".")[0]
+    if runtime == "minimal" and top in SCIENTIFIC_PACKAGES:
+        return (f" ({top} is not in the minimal runtime; the scientific runtime has it: "
+                "PythonExecExecutor(runtime=\"scientific\"))")
+    return ""
+
+
 LimitName = Literal["fuel", "timeout", "memory", "stack_overflow", "exit", "crash",
                     "protocol", "cancelled"]
 
@@ -71,6 +90,10 @@ class ExecutionResult(BaseModel):
     memory_bytes: int = Field(default=0, description="Guest linear memory after the call.")
     stdout_truncated: bool = False
     stderr_truncated: bool = False
+    figures: list[bytes] = Field(
+        default_factory=list,
+        description="PNG images of the matplotlib figures the call left open (scientific "
+        "runtime); they are closed afterwards. Counted against max_globals_bytes.")
 
 
 class PythonExecExecutor:
@@ -177,7 +200,7 @@ class PythonExecExecutor:
                 reset = True
             self._reset_pending = False
             payload = {"op": "exec", "code": code, "return": names, "display": bool(display),
-                       "return_all": bool(return_all)}
+                       "return_all": bool(return_all), "figures": self.runtime != "minimal"}
             limits_for_call = CallLimits(
                 fuel=call_limits.fuel, timeout_seconds=call_limits.timeout_seconds,
                 max_output_bytes=call_limits.max_output_bytes,
@@ -209,10 +232,14 @@ class PythonExecExecutor:
                 self._reset_pending = True
                 self._discard(session)
                 return self._stopped(SessionDead("protocol", str(e)), call_limits, common)
+            common["figures"] = reply.get("figures", [])
             if reply["ok"]:
                 return ExecutionResult(success=True, globals=reply["globals"],
                                        globals_errors=reply["globals_errors"], **common)
             etype, emsg = reply["error_type"], reply["error_message"]
+            if etype == "ModuleNotFoundError" and emsg.startswith("No module named '"):
+                emsg += _runtime_hint(emsg[len("No module named '"):].rstrip("'"),
+                                      self.runtime)
             return ExecutionResult(
                 success=False, error=f"{etype}: {emsg}" if emsg else etype,
                 error_type=etype, error_message=emsg, traceback=reply["traceback"],
@@ -327,8 +354,10 @@ class PythonExecExecutor:
             session = self._pool.take(self._key) if self._pool is not None else self._key.start()
         if session.default_import_errors:
             session.close()
-            problems = "; ".join(f"{alias!r} ({self.policy.default_imports[alias]!r}): {err}"
-                                 for alias, err in session.default_import_errors.items())
+            problems = "; ".join(
+                f"{alias!r} ({self.policy.default_imports[alias]!r}): {err}"
+                + _runtime_hint(self.policy.default_imports[alias], self.runtime)
+                for alias, err in session.default_import_errors.items())
             raise ConfigurationError(f"default imports that the runtime cannot provide: "
                                      f"{problems}")
         return session

@@ -17,6 +17,8 @@ violation: the interpreter is treated as crashed and replaced.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from typing import Any
@@ -111,6 +113,16 @@ def validate_call_reply(reply: dict[str, Any], call_id: int) -> dict[str, Any]:
     out["globals"] = values
     out["globals_errors"] = {_str(k, "name", 1000): _str(v, "error", 2000)
                              for k, v in raw_errors.items()}
+    figures = reply.get("figures", [])
+    if not isinstance(figures, list):
+        raise ProtocolError("reply figures are not a list")
+    out["figures"] = []
+    for item in figures:
+        try:
+            out["figures"].append(base64.b64decode(_str(item, "figure", 1 << 40),
+                                                   validate=True))
+        except (ValueError, binascii.Error):
+            raise ProtocolError("a figure is not base64") from None
     return out
 
 

@@ -66,6 +66,18 @@ BOOTSTRAP = (
     "del _src\n"
     "exec(_wasm_exec_code)\n")
 
+# the same for a reactor runtime: the runner arrives as the source of one `turn`
+REACTOR_BOOTSTRAP = (
+    "def _wasm_exec_bootstrap(_src):\n"
+    "    import sys\n"
+    "    if _src.startswith('M:'):\n"
+    "        import binascii, marshal\n"
+    "        return marshal.loads(binascii.a2b_base64(_src[2:]))\n"
+    "    return compile(_src, '<wasm-exec-runner>', 'exec')\n"
+    "_wasm_exec_code = _wasm_exec_bootstrap({runner})\n"
+    "del _wasm_exec_bootstrap\n"
+    "exec(_wasm_exec_code)\n")
+
 # compiled runner per (runner source, runtime binary): filled by the first interpreter
 _runner_blobs: dict[tuple[str, str], str] = {}
 
@@ -209,23 +221,40 @@ class Session:
         self.default_import_errors: dict[str, str] = {}
         self.calls = 0
 
+        self._reactor = image.kind == "reactor"
         wasi = wasmtime.WasiConfig()
         # the runner gets its own file name, so tracebacks can leave its frames out
         source = runner_source()
         self._blob_key = (hashlib.sha256(source.encode()).hexdigest(), str(image.cwasm))
         blob = _runner_blobs.get(self._blob_key)
-        wasi.argv = ["python", "-S", "-c", BOOTSTRAP, "M:" + blob if blob else source]
+        runner_arg = "M:" + blob if blob else source
+        if not self._reactor:
+            wasi.argv = ["python", "-S", "-c", BOOTSTRAP, runner_arg]
         self._store.set_wasi(wasi)
         linker = wasmtime.Linker(self._engine)
         linker.define_wasi()
         linker.allow_shadowing = True
         i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
-        linker.define_func("wasi_snapshot_preview1", "fd_read",
-                           wasmtime.FuncType([i32, i32, i32, i32], [i32]), self._fd_read,
-                           access_caller=True)
-        linker.define_func("wasi_snapshot_preview1", "fd_write",
-                           wasmtime.FuncType([i32, i32, i32, i32], [i32]), self._fd_write,
-                           access_caller=True)
+        self._fs = None
+        if self._reactor:
+            from .vfs import MemoryFS, shared_zip
+
+            # the standard library zip, read-only from host memory; a scratch area in
+            # host memory for writes (never the host's files)
+            self._fs = MemoryFS(shared_zip(image.file("python-stdlib.zip")),
+                                scratch_bytes=max(16 << 20, memory_bytes // 4))
+            self._fs.install(linker, lambda: self._memory, stdio_read=self._fd_read,
+                             stdio_write=self._fd_write)
+            # the reactor's own host door (`_host.call`) is not used: refused
+            linker.define_func("host", "call", wasmtime.FuncType([i32, i32, i32, i32], [i32]),
+                               lambda *args: -1)
+        if self._fs is None:
+            linker.define_func("wasi_snapshot_preview1", "fd_read",
+                               wasmtime.FuncType([i32, i32, i32, i32], [i32]), self._fd_read,
+                               access_caller=True)
+            linker.define_func("wasi_snapshot_preview1", "fd_write",
+                               wasmtime.FuncType([i32, i32, i32, i32], [i32]), self._fd_write,
+                               access_caller=True)
         linker.define_func("wasi_snapshot_preview1", "poll_oneoff",
                            wasmtime.FuncType([i32, i32, i32, i32], [i32]), self._poll_oneoff,
                            access_caller=True)
@@ -236,9 +265,29 @@ class Session:
         mem = self._instance.exports(self._store)["memory"]
         assert isinstance(mem, wasmtime.Memory)
         self._memory = mem
-        start = self._instance.exports(self._store)["_start"]
-        assert isinstance(start, wasmtime.Func)
-        self._start_func = start
+        exports = self._instance.exports(self._store)
+        if self._reactor:
+            # a pre-started interpreter: its runner arrives as the source of one `turn`,
+            # which (like `_start` for the command module) runs until the session ends
+            from .vfs import setup_source
+
+            turn_source = (setup_source() + REACTOR_BOOTSTRAP.format(runner=repr(runner_arg))
+                           ).encode("utf-8")
+            if self._fuel_enabled:
+                self._store.set_fuel(BOOT_FUEL)
+            self._store.set_epoch_deadline(1 << 40)  # no ticking yet: _arm sets the real one
+            host_alloc = exports["host_alloc"]
+            assert isinstance(host_alloc, wasmtime.Func)
+            ptr = host_alloc(self._store, len(turn_source))
+            assert isinstance(ptr, int) and ptr > 0
+            mem.write(self._store, turn_source, ptr)
+            turn = exports["turn"]
+            assert isinstance(turn, wasmtime.Func)
+            self._start_func = lambda store: turn(store, ptr, len(turn_source))
+        else:
+            start = exports["_start"]
+            assert isinstance(start, wasmtime.Func)
+            self._start_func = start
 
         init = {"token": self._token.hex(), "allowed": sorted(allowed),
                 "implicit": list(IMPLICIT_IMPORTS), "default_imports": dict(default_imports)}

@@ -35,6 +35,7 @@
 
 def _wasm_exec_boot():
     import _imp
+    import _io
     import _json
     import _signal
     import binascii
@@ -49,6 +50,15 @@ def _wasm_exec_boot():
     RUNNER_FILE = "<wasm-exec-runner>"
     IMPORT_NAME = opcode.opmap["IMPORT_NAME"]
     EXTENDED_ARG = opcode.opmap["EXTENDED_ARG"]
+    # how IMPORT_NAME's argument names its module: co_names[arg >> IMPORT_SHIFT] (the
+    # shift is 0 up to Python 3.14 and 2 from 3.15, whose low bits carry flags)
+    _probe = compile("x = 1\nimport zz", "<probe>", "exec")
+    _raw = _probe.co_code
+    IMPORT_SHIFT = 0
+    for _i in range(0, len(_raw), 2):
+        if _raw[_i] == IMPORT_NAME:
+            IMPORT_SHIFT = 0 if _raw[_i + 1] == 1 else 2
+    del _probe, _raw, _i
     # the types module costs a cold start 2 ms: take the types from objects instead
     FunctionType = type(lambda: None)
     CodeType = type((lambda: None).__code__)
@@ -85,6 +95,7 @@ def _wasm_exec_boot():
         strict = True
         object_hook = None
         object_pairs_hook = None
+        array_hook = None  # Python 3.15+
         parse_float = float
         parse_int = int
         parse_constant = {"NaN": float("nan"), "Infinity": float("inf"),
@@ -133,6 +144,7 @@ def _wasm_exec_boot():
         # the agent can reach (cells are writable from Python)
         _IMPORT_NAME = IMPORT_NAME
         _EXTENDED_ARG = EXTENDED_ARG
+        _IMPORT_SHIFT = IMPORT_SHIFT
         _RUNNER_FILE = RUNNER_FILE
         _header = b"WXR1" + token
         _role = roles.get  # id(code) -> (code, role)
@@ -172,6 +184,26 @@ def _wasm_exec_boot():
                 if not (library_file(code) or is_trusted(code)):
                     return False  # agent code in between: no privileges for it
                 f = f.f_back
+            return False
+
+        def is_loaded(name):
+            # sys.modules is walked, not looked up: a lookup would compare the keys, and
+            # the agent may have planted one with its own __eq__
+            for key in _sys.modules:
+                if _type(key) is _str and key == name:
+                    return True
+            return False
+
+        def allowed_top(top):
+            """Whether the allow-list names ``top`` or one of its submodules."""
+            if top in allowed:
+                return True
+            for p in prefixes:
+                if p.startswith(top + "."):
+                    return True
+            for a in allowed:
+                if a.startswith(top + "."):
+                    return True
             return False
 
         def allowed_name(name):
@@ -234,6 +266,17 @@ def _wasm_exec_boot():
                 else:
                     raise _PermissionError("bad request")
                 return
+            if role == "figures":
+                if op != "pyplot":
+                    raise _PermissionError("bad request")
+                # matplotlib.pyplot, if the code has loaded it (sys.modules is walked, not
+                # looked up: a lookup would compare keys the agent may have planted)
+                found = None
+                for key, value in _sys.modules.items():
+                    if _type(key) is _str and key == "matplotlib.pyplot":
+                        found = value
+                box.append(found)
+                return
             if role == "guard":
                 # req: ("grant", box, T, absname, name, children)
                 if _len(req) != 6 or req[2] is not guard_T or op != "grant":
@@ -255,7 +298,10 @@ def _wasm_exec_boot():
                 lasti = requester.f_lasti
                 raw = code.co_code
                 statement = 0 <= lasti < _len(raw) - 1 and raw[lasti] == _IMPORT_NAME
-                library = library_file(code)
+                # C code of a built-in module being loaded (through the runner's loader
+                # wrapper) imports on behalf of the library code that asked for it
+                # (or of the real import a guard called, when no Python frame came between)
+                library = library_file(code) or role_of(code) in ("builtin", "guard")
                 top = absname.partition(".")[0]
                 if library and statement:
                     # a library's own import statement: the name is the one in its code,
@@ -263,6 +309,7 @@ def _wasm_exec_boot():
                     oparg = raw[lasti + 1]
                     if lasti >= 2 and raw[lasti - 2] == _EXTENDED_ARG:
                         oparg |= raw[lasti - 1] << 8
+                    oparg >>= _IMPORT_SHIFT
                     names_ = code.co_names
                     stmt_name = names_[oparg] if oparg < _len(names_) else None
                     fn = code.co_filename
@@ -286,9 +333,22 @@ def _wasm_exec_boot():
                 if ok:
                     box.append(real_import)
                     box.append("policy")
-                elif library and not statement and in_granted_import(requester):
-                    # a library's own (non-statement) import while a granted import runs,
-                    # e.g. C code importing _io for zipimport
+                elif (library and not statement and ("/" + top + "/") in code.co_filename
+                      and (allowed_top(top) or is_loaded(top))):
+                    # a package importing its own submodule by name at run time: matplotlib
+                    # loading its backend, or (Python 3.15) a lazy import of the package's
+                    # own module taking effect where the name is first used
+                    box.append(real_import)
+                    box.append("raw")
+                elif library and not statement and is_loaded(absname):
+                    # library code at run time asking, by name, for a module that is loaded
+                    # already (C code of a package getting `os`, say): it gains nothing new
+                    box.append(real_import)
+                    box.append("raw")
+                elif library and in_granted_import(requester):
+                    # a library's own import while a granted import runs, e.g. C code
+                    # importing _io for zipimport or datetime for numpy (the frame is then
+                    # at an import statement of another name, or at a call)
                     box.append(real_import)
                     box.append("raw")
                 return  # refused: the guard raises ImportError
@@ -462,8 +522,9 @@ def _wasm_exec_boot():
         if not absname:
             raise ValueError_("Empty module name")
         top_name = absname.partition(".")[0]
-        if top_name == "gc":
-            # the runner alone drives the garbage collector (see the top of this file)
+        if top_name == "gc" and not (library and statement):
+            # the runner alone drives the garbage collector (see the top of this file);
+            # library code that imports gc gets the runner's inert stand-in
             raise ImportError_("Import of 'gc' is not allowed: the sandbox manages garbage "
                                "collection", name="gc")
         # An import statement in standard-library code imports for the library itself
@@ -512,15 +573,16 @@ def _wasm_exec_boot():
         # The agent's import (or an implicit one): the import machinery gets no fromlist, so
         # no module __getattr__ runs while the import is granted; children are read from
         # the modules' own dicts and submodules imported by their full names.
-        top = box.pop()(absname, None, None, (), 0)
+        parts = absname.split(".")
+        if fl or len_(parts) == 1:
+            # the module itself (a fromlist of "__name__" makes the import machinery return
+            # it; every module has that attribute, so no module __getattr__ is consulted)
+            leaf = top = box.pop()(absname, None, None, ("__name__",), 0)
+        else:
+            top = box.pop()(absname, None, None, (), 0)
+            leaf = None
         if type_(top) is not ModuleType_:
             raise ImportError_("import of '" + absname + "' did not produce a module")
-        parts = absname.split(".")
-        leaf = top
-        for part in parts[1:]:
-            leaf = dict_.get(module_dict_(leaf), part)
-            if type_(leaf) is not ModuleType_:
-                raise ImportError_("import of '" + absname + "' did not produce a module")
         if fl:
             wanted = children if not whole else [i for i in fl if i != "*" and i[:2] != "__"]
             for item in wanted:
@@ -626,6 +688,24 @@ def _wasm_exec_boot():
     guard_import = MethodType(guard_import_module, T)
 
     # ------------------------------------------------------------- agent's world
+    def _gc_nothing(*args, **kwargs):
+        return None
+
+    def _gc_false(*args):
+        return False
+
+    def _gc_zero():
+        return 0
+
+    def _gc_collect(generation=2):
+        return 0
+
+    def _gc_counts():
+        return (0, 0, 0)
+
+    def _gc_list():
+        return []
+
     def _exit(code=None, _SystemExit=SystemExit):
         raise _SystemExit(code)
 
@@ -686,6 +766,8 @@ def _wasm_exec_boot():
     _SystemExit = SystemExit
     _RuntimeError = RuntimeError
     _bytearray = bytearray
+    _BytesIO = _io.BytesIO
+    _b64 = binascii.b2a_base64
     sources = {}
     source_order = []
     reserve = [bytearray(1 << 20)]  # headroom to report a MemoryError and recover
@@ -780,6 +862,29 @@ def _wasm_exec_boot():
                                  "int, float, bool, None)") from None
             raise _ValueError("value cannot be converted to JSON") from None
 
+    def collect_figures(budget):
+        """Open matplotlib figures as PNG (base64), then closed: the call's charts."""
+        box = []
+        REQUEST.__defaults__ = ("pyplot", box)
+        plt = box.pop()
+        if plt is None:
+            return []
+        out = []
+        try:
+            numbers = plt.get_fignums()
+            for number in numbers:
+                buf = _BytesIO()
+                plt.figure(number).savefig(buf, format="png")
+                data = _b64(buf.getvalue(), newline=False).decode("ascii")
+                if _len(data) > budget:
+                    break
+                budget -= _len(data)
+                out.append(data)
+            plt.close("all")
+        except _BaseException:
+            pass
+        return out
+
     def run_call(req, cell_no):
         code_text = req["code"]
         filename = "<cell-" + _str(cell_no) + ">"
@@ -851,6 +956,8 @@ def _wasm_exec_boot():
             out[name] = text
         reply["globals"] = out
         reply["globals_errors"] = errs
+        if req.get("figures") is True:
+            reply["figures"] = collect_figures(max_bytes - used)
         if reserve[0] is None and reply["ok"]:
             try:
                 reserve[0] = _bytearray(1 << 20)
@@ -897,12 +1004,14 @@ def _wasm_exec_boot():
 
     # ------------------------------------------------------- arm the hook and go
     trusted = [guard_impl, guard_call, guard_import_module, guard_create_builtin,
-               guard_exec_builtin, main, run_call,
+               guard_exec_builtin, main, run_call, collect_figures,
                install_hook, read_exact, read_frame, json_loads, json_dumps, format_tb,
-               describe, flush_streams, convert, no_default, _exit, _unavailable]
+               describe, flush_streams, convert, no_default, _exit, _unavailable, _gc_nothing,
+               _gc_false, _gc_zero, _gc_collect, _gc_counts, _gc_list]
     trusted_codes = {id(f.__code__): f.__code__ for f in trusted}
     roles = {id(main.__code__): (main.__code__, "main"),
              id(guard_impl.__code__): (guard_impl.__code__, "guard"),
+             id(collect_figures.__code__): (collect_figures.__code__, "figures"),
              id(guard_call.__code__): (guard_call.__code__, "entry"),
              id(guard_import_module.__code__): (guard_import_module.__code__, "entry"),
              id(guard_create_builtin.__code__): (guard_create_builtin.__code__, "builtin"),
@@ -931,7 +1040,21 @@ def _wasm_exec_boot():
     gc.disable()
     gc.collect()
     gc.freeze()  # boot's objects live for good: later collections need not scan them
-    del sys.modules["gc"]
+    # libraries that import gc (timeit, for one) get an inert stand-in; the real module is
+    # reachable only from the hook
+    gc_standin = ModuleType("gc")
+    gd = module_dict(gc_standin)
+    gd.update({"enable": _gc_nothing, "disable": _gc_nothing, "isenabled": _gc_false,
+               "collect": _gc_collect, "get_count": _gc_counts, "get_threshold": _gc_counts,
+               "set_threshold": _gc_nothing, "freeze": _gc_nothing, "unfreeze": _gc_nothing,
+               "get_freeze_count": _gc_zero, "get_debug": _gc_zero, "set_debug": _gc_nothing,
+               "get_stats": _gc_list, "is_tracked": _gc_false, "is_finalized": _gc_false,
+               "get_objects": _unavailable, "get_referrers": _unavailable,
+               "get_referents": _unavailable, "callbacks": [], "garbage": [],
+               "DEBUG_STATS": 1, "DEBUG_COLLECTABLE": 2, "DEBUG_UNCOLLECTABLE": 4,
+               "DEBUG_SAVEALL": 32, "DEBUG_LEAK": 38,
+               "__doc__": "The sandbox's stand-in: the runner collects garbage itself."})
+    sys.modules["gc"] = gc_standin
 
     # the compiled runner, for the host to start later interpreters without compiling it
     # again (sent with the ready message, before any agent code has run)

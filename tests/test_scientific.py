@@ -1,0 +1,132 @@
+"""The scientific runtime: numpy, pandas, matplotlib in the sandbox (issue 6)."""
+
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+
+import pytest
+
+from wasm_exec import PythonExecExecutor
+from wasm_exec.errors import WasmExecError
+from wasm_exec.runtime import EngineSettings, get_image
+
+
+def _installed() -> bool:
+    try:
+        get_image(EngineSettings(fuel=True), "scientific")
+        return True
+    except WasmExecError:
+        return False
+
+
+pytestmark = [
+    pytest.mark.scientific,
+    pytest.mark.skipif(not _installed(), reason="the scientific runtime is not installed "
+                       "(bash build_runtime.sh --profile scientific)"),
+]
+
+SEED = dict(whitelisted_imports=["numpy", "pandas", "matplotlib.pyplot"],
+            default_imports={"np": "numpy", "pd": "pandas", "plt": "matplotlib.pyplot"})
+
+
+@pytest.fixture(scope="module")
+def sci():
+    ex = PythonExecExecutor(runtime="scientific", timeout_seconds=60, **SEED)
+    yield ex
+    ex.close()
+
+
+def test_seed_data_analysis_example(sci):
+    data = {"a": [1, 2, 3, 4], "b": [2, 4, 6, 9]}
+    r = sci.execute("df = pd.DataFrame(input_data)\noutput = {'summary': df.describe().to_dict(), "
+                    "'correlation': df.corr().to_dict()}",
+                    globals_dict={"input_data": data}, return_globals=["output"])
+    assert r.success, r.error
+    out = r.globals["output"]
+    assert out["summary"]["a"]["mean"] == 2.5 and out["summary"]["b"]["max"] == 9.0
+    assert out["summary"]["a"]["std"] == pytest.approx(1.2909944487358056)
+    assert out["correlation"]["a"]["b"] == pytest.approx(0.9943767)  # native pandas gives this
+    assert out["correlation"]["a"]["a"] == 1.0
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat = 8, b""
+    width = height = 0
+    while pos < len(png):
+        length, kind = struct.unpack(">I4s", png[pos:pos + 8])
+        body = png[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            width, height = struct.unpack(">II", body[:8])
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    zlib.decompress(idat)  # the image data decodes
+    return width, height
+
+
+def test_matplotlib_chart_comes_back_as_png(sci):
+    r = sci.execute("fig, ax = plt.subplots()\nax.plot([1, 2, 3], [4, 1, 9])\nax.set_title('t')")
+    assert r.success, r.error
+    assert len(r.figures) == 1
+    assert _png_size(r.figures[0]) == (640, 480)
+    # figures are closed after they are returned
+    assert sci.execute("n = len(plt.get_fignums())", return_globals=["n"]).globals == {"n": 0}
+
+
+def test_dataframe_persists_across_calls(sci):
+    sci.execute("df2 = pd.DataFrame({'x': np.arange(5)})")
+    r = sci.execute("df2['y'] = df2.x * 2\ntotal = int(df2.y.sum())", return_globals=["total"])
+    assert r.globals == {"total": 20}
+
+
+def test_allow_list_holds_in_the_scientific_runtime(sci):
+    r = sci.execute("import os")
+    assert r.error_type == "ImportError" and "Import of 'os' is not allowed" in r.error
+    r = sci.execute("import matplotlib")
+    assert r.error_type == "ImportError"
+    r = sci.execute("import scipy")
+    assert r.error_type == "ImportError"
+
+
+def test_files_stay_in_the_sandbox(sci):
+    r = sci.execute("df = pd.DataFrame({'a': [1]})\ndf.to_csv('/tmp/work/x.csv')\n"
+                    "back = pd.read_csv('/tmp/work/x.csv').to_dict()", return_globals=["back"])
+    assert r.success and r.globals["back"] == {"Unnamed: 0": {"0": 0}, "a": {"0": 1}}
+    import os
+    assert not os.path.exists("/tmp/work/x.csv")
+
+
+def test_limits_in_the_scientific_runtime():
+    with PythonExecExecutor(runtime="scientific", timeout_seconds=1, fuel=2_000_000_000,
+                            memory_bytes=256 * 1024 * 1024, max_output_bytes=10_000,
+                            **SEED) as ex:
+        ex.execute("keep = np.arange(3)")
+        r = ex.execute("while True: pass")
+        assert r.limit in ("fuel", "timeout")
+        r = ex.execute("x = 1", return_globals=["x"])
+        assert r.success and r.state_reset
+        r = ex.execute("import time\nt = time.sleep", return_globals=[])
+        assert r.error_type == "ImportError"  # time is not allowed here
+        r = ex.execute("big = np.ones(100_000_000)")
+        assert r.error_type in ("MemoryError", "_ArrayMemoryError") or "MemoryError" in r.error
+        r = ex.execute("print('x' * 100_000)")
+        assert r.stdout_truncated
+        assert ex.execute("y = 2", return_globals=["y"]).globals == {"y": 2}
+
+
+def test_sleep_ends_at_the_deadline():
+    with PythonExecExecutor(runtime="scientific", timeout_seconds=0.5,
+                            whitelisted_imports=["time"]) as ex:
+        t = time.monotonic()
+        r = ex.execute("import time\ntime.sleep(3600)")
+        assert r.limit == "timeout" and time.monotonic() - t < 5
+
+
+def test_minimal_runtime_says_where_numpy_is():
+    with PythonExecExecutor(whitelisted_imports=["numpy"]) as ex:
+        r = ex.execute("import numpy")
+        assert not r.success
+        assert "scientific runtime" in r.error

@@ -1,0 +1,1377 @@
+"""An in-memory WASI preview-1 file system, served by host functions.
+
+Used by the scientific profile (a pre-initialised CPython reactor): every WASI file-system
+import is shadowed by a method of one :class:`MemoryFS`, one per interpreter. Nothing here
+touches the host file system on the guest's behalf.
+
+The guest sees one preopened directory, ``/`` on fd 3 (the snapshot's libc finds it by
+asking ``fd_prestat_get`` for fds 3, 4, ... on its first path call), holding:
+
+- the stdlib zip at ``/usr/local/lib/python315.zip``: read-only, served from one bytes-like
+  object (an mmap) shared by every interpreter of the process (see :func:`shared_zip`);
+- ``/tmp``: a writable scratch area in host memory, limited to ``scratch_bytes`` (file
+  contents plus ``NODE_COST`` per file or directory), with ``/tmp/work`` (the working
+  directory), ``/tmp/home`` (HOME) and ``/tmp/mpl`` (MPLCONFIGDIR) made at start;
+- ``/dev/null``.
+
+The rest (``/``, ``/usr``, ...) is a read-only skeleton: creating or changing anything
+there fails with EROFS, missing names with ENOENT. There are no symbolic or hard links.
+
+fds 0, 1 and 2 stay with the caller: ``fd_read``/``fd_write`` on them go to the
+``stdio_read``/``stdio_write`` callbacks given to :meth:`MemoryFS.install` (same signature
+as the WASI call plus the caller first); the other calls answer for them as wasmtime does
+for a non-terminal stream (file type unknown, not seekable).
+
+The snapshot's ``os.environ`` and working directory were fixed when it was made (empty,
+``/``), so the guest learns its places from :func:`setup_source`, run as the first turn.
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import io
+import itertools
+import mmap
+import os
+import struct
+import threading
+import time
+import zipfile
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import wasmtime
+
+# ------------------------------------------------------------------ WASI constants
+ESUCCESS = 0
+EACCES = 2
+EBADF = 8
+EEXIST = 20
+EFAULT = 21
+EFBIG = 22
+EILSEQ = 25
+EINVAL = 28
+EIO = 29
+EISDIR = 31
+EMFILE = 33
+ENAMETOOLONG = 37
+ENOENT = 44
+ENOSPC = 51
+ENOTDIR = 54
+ENOTEMPTY = 55
+ENOTSUP = 58
+EOVERFLOW = 61
+EPERM = 63
+EROFS = 69
+ESPIPE = 70
+ENOTCAPABLE = 76
+
+FT_UNKNOWN = 0
+FT_CHARACTER_DEVICE = 2
+FT_DIRECTORY = 3
+FT_REGULAR_FILE = 4
+
+O_CREAT = 1
+O_DIRECTORY = 2
+O_EXCL = 4
+O_TRUNC = 8
+
+FDFLAG_APPEND = 1
+FDFLAGS_ALL = 0x1F
+
+FST_ATIM = 1
+FST_ATIM_NOW = 2
+FST_MTIM = 4
+FST_MTIM_NOW = 8
+
+R_FD_DATASYNC = 1 << 0
+R_FD_READ = 1 << 1
+R_FD_SEEK = 1 << 2
+R_FD_FDSTAT_SET_FLAGS = 1 << 3
+R_FD_SYNC = 1 << 4
+R_FD_TELL = 1 << 5
+R_FD_WRITE = 1 << 6
+R_FD_ADVISE = 1 << 7
+R_FD_ALLOCATE = 1 << 8
+R_PATH_CREATE_DIRECTORY = 1 << 9
+R_PATH_CREATE_FILE = 1 << 10
+R_PATH_LINK_SOURCE = 1 << 11
+R_PATH_LINK_TARGET = 1 << 12
+R_PATH_OPEN = 1 << 13
+R_FD_READDIR = 1 << 14
+R_PATH_READLINK = 1 << 15
+R_PATH_RENAME_SOURCE = 1 << 16
+R_PATH_RENAME_TARGET = 1 << 17
+R_PATH_FILESTAT_GET = 1 << 18
+R_PATH_FILESTAT_SET_SIZE = 1 << 19
+R_PATH_FILESTAT_SET_TIMES = 1 << 20
+R_FD_FILESTAT_GET = 1 << 21
+R_FD_FILESTAT_SET_SIZE = 1 << 22
+R_FD_FILESTAT_SET_TIMES = 1 << 23
+R_PATH_SYMLINK = 1 << 24
+R_PATH_REMOVE_DIRECTORY = 1 << 25
+R_PATH_UNLINK_FILE = 1 << 26
+R_POLL_FD_READWRITE = 1 << 27
+RIGHTS_ALL = (1 << 30) - 1
+
+FILE_RIGHTS = (R_FD_DATASYNC | R_FD_READ | R_FD_SEEK | R_FD_FDSTAT_SET_FLAGS | R_FD_SYNC
+               | R_FD_TELL | R_FD_WRITE | R_FD_ADVISE | R_FD_ALLOCATE | R_FD_FILESTAT_GET
+               | R_FD_FILESTAT_SET_SIZE | R_FD_FILESTAT_SET_TIMES | R_POLL_FD_READWRITE)
+DIR_RIGHTS = (R_FD_FDSTAT_SET_FLAGS | R_FD_SYNC | R_FD_ADVISE | R_PATH_CREATE_DIRECTORY
+              | R_PATH_CREATE_FILE | R_PATH_LINK_SOURCE | R_PATH_LINK_TARGET | R_PATH_OPEN
+              | R_FD_READDIR | R_PATH_READLINK | R_PATH_RENAME_SOURCE | R_PATH_RENAME_TARGET
+              | R_PATH_FILESTAT_GET | R_PATH_FILESTAT_SET_SIZE | R_PATH_FILESTAT_SET_TIMES
+              | R_FD_FILESTAT_GET | R_FD_FILESTAT_SET_TIMES | R_PATH_SYMLINK
+              | R_PATH_REMOVE_DIRECTORY | R_PATH_UNLINK_FILE)
+WRITE_RIGHTS = R_FD_WRITE | R_FD_ALLOCATE | R_FD_FILESTAT_SET_SIZE
+
+# struct layouts of wasi_snapshot_preview1 (little-endian, natural alignment)
+FILESTAT = struct.Struct("<QQB7xQQQQQ")  # dev ino filetype nlink size atim mtim ctim: 64
+FDSTAT = struct.Struct("<BxH4xQQ")  # filetype flags rights_base rights_inheriting: 24
+PRESTAT = struct.Struct("<B3xI")  # tag (0 = dir) name_len: 8
+DIRENT = struct.Struct("<QQIB3x")  # d_next d_ino d_namlen d_type: 24, then the name
+U32 = struct.Struct("<I")
+U64 = struct.Struct("<Q")
+IOVEC = struct.Struct("<II")
+assert (FILESTAT.size, FDSTAT.size, PRESTAT.size, DIRENT.size) == (64, 24, 8, 24)
+
+# ------------------------------------------------------------------ layout and limits
+ZIP_PATH = "/usr/local/lib/python315.zip"
+SCRATCH_ROOT = "/tmp"
+GUEST_CWD = "/tmp/work"
+GUEST_HOME = "/tmp/home"
+GUEST_MPLCONFIGDIR = "/tmp/mpl"
+GUEST_DIRS = (GUEST_CWD, GUEST_HOME, GUEST_MPLCONFIGDIR)
+# archives inside the stdlib zip served as read-only folders under the zip's own path,
+# where the packages look for their data (matplotlib: Path(__file__).with_name("mpl-data"))
+ZIP_OVERLAYS = (("matplotlib/mpl-data.zip", "matplotlib/mpl-data"),)
+GUEST_ENV = {"HOME": GUEST_HOME, "MPLCONFIGDIR": GUEST_MPLCONFIGDIR, "TMPDIR": SCRATCH_ROOT,
+             "PWD": GUEST_CWD}
+
+PREOPEN_FD = 3  # the one preopened directory, "/"
+FIRST_FD = 4  # fds the guest opens start here
+STDIO_FDS = 3  # 0, 1, 2 belong to the caller
+MAX_IOVS = 1024
+MAX_IO_BYTES = (1 << 31) - 1
+PATH_MAX = 4096
+NAME_MAX = 255
+NODE_COST = 512  # budget charged per scratch file or directory (names, metadata)
+DEFAULT_SCRATCH_BYTES = 256 << 20
+DEFAULT_MAX_FDS = 1024
+CONSOLE_CAP = 1 << 20
+FIXED_TIME_NS = 1_767_225_600 * 10**9  # 2026-01-01: times of the read-only part
+DEV_RO, DEV_SCRATCH, DEV_DEVICES = 1, 2, 3
+_M32 = 0xFFFFFFFF
+_M64 = (1 << 64) - 1
+
+_memmove = ctypes.memmove
+_string_at = ctypes.string_at
+_c_char = ctypes.c_char
+_addressof = ctypes.addressof
+
+
+def guest_env() -> dict[str, str]:
+    """Environment variables the guest should see (set by :func:`setup_source`)."""
+    return dict(GUEST_ENV)
+
+
+def setup_source() -> str:
+    """Python source to run as the interpreter's first turn: environment and cwd.
+
+    The snapshot was made with an empty environment and ``/`` as working directory, and
+    CPython read both into ``os`` then, so they are set from inside.
+    """
+    return ("import os as _os\n"
+            f"_os.environ.update({GUEST_ENV!r})\n"
+            f"_os.chdir({GUEST_CWD!r})\n"
+            "del _os\n")
+
+
+# ------------------------------------------------------------------ shared zip bytes
+_zip_lock = threading.Lock()
+_zips: dict[str, Any] = {}
+
+
+def shared_zip(path: str | os.PathLike[str]) -> Any:
+    """The stdlib zip at ``path`` as a read-only mmap, mapped once per process."""
+    key = os.path.realpath(os.fspath(path))
+    with _zip_lock:
+        data = _zips.get(key)
+        if data is None:
+            with open(key, "rb") as f:
+                data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            _zips[key] = data
+        return data
+
+
+# ------------------------------------------------------------------ nodes
+class _Node:
+    __slots__ = ("ino", "dev", "writable", "atim", "mtim", "ctim", "shared")
+
+    def __init__(self, ino: int, dev: int, writable: bool, now: int) -> None:
+        self.ino = ino
+        self.dev = dev
+        self.writable = writable
+        self.atim = self.mtim = self.ctim = now
+        self.shared = False  # part of a process-wide read-only tree: never copied
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Node:
+        if self.shared:
+            return self
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        for cls in type(self).__mro__:
+            for slot in getattr(cls, "__slots__", ()):
+                setattr(new, slot, copy.deepcopy(getattr(self, slot), memo))
+        return new
+
+
+class _File(_Node):
+    """A regular file: ``data`` a bytearray (scratch) or bytes-like (read-only), or None
+    for /dev/null or a member of an overlay archive not loaded yet (``member`` set)."""
+
+    __slots__ = ("data", "opens", "linked", "member")
+
+    def __init__(self, ino: int, dev: int, writable: bool, now: int, data: Any,
+                 member: tuple[Any, int, int, int, int] | None = None) -> None:
+        super().__init__(ino, dev, writable, now)
+        self.data = data
+        self.opens = 0  # open fds (kept for scratch files only)
+        self.linked = True
+        self.member = member  # (archive, data offset, compressed size, size, method)
+
+
+class _Dir(_Node):
+    __slots__ = ("entries", "parent", "removed", "hidden")
+
+    def __init__(self, ino: int, dev: int, writable: bool, now: int,
+                 parent: _Dir | None) -> None:
+        super().__init__(ino, dev, writable, now)
+        self.entries: dict[str, _Node] = {}
+        self.parent = parent if parent is not None else self
+        self.removed = False
+        self.hidden = False  # can be walked through, but does not exist itself
+
+
+class _Fd:
+    __slots__ = ("node", "pos", "flags", "base", "inh", "preopen")
+
+    def __init__(self, node: _Node, flags: int, base: int, inh: int,
+                 preopen: str | None = None) -> None:
+        self.node = node
+        self.pos = 0
+        self.flags = flags
+        self.base = base
+        self.inh = inh
+        self.preopen = preopen
+
+
+class FSState:
+    """An opaque copy of a :class:`MemoryFS` (tree, fd table, usage); see ``snapshot``."""
+
+    __slots__ = ("root", "fds", "used", "next_ino", "zip_data")
+
+    def __init__(self, root: _Dir, fds: dict[int, _Fd], used: int, next_ino: int,
+                 zip_data: Any) -> None:
+        self.root = root
+        self.fds = fds
+        self.used = used
+        self.next_ino = next_ino
+        self.zip_data = zip_data
+
+
+def _filetype(node: _Node) -> int:
+    if type(node) is _Dir:
+        return FT_DIRECTORY
+    if node.data is None and node.member is None:  # type: ignore[attr-defined]
+        return FT_CHARACTER_DEVICE
+    return FT_REGULAR_FILE
+
+
+# ------------------------------------------------------------------ the file system
+MemGetter = Callable[[Any], tuple[int, int]]
+StdioFunc = Callable[[Any, int, int, int, int], int]
+
+
+class MemoryFS:
+    """One interpreter's file system: the shared read-only zip and a private scratch area."""
+
+    def __init__(self, stdlib_zip: Any, *, zip_path: str = ZIP_PATH,
+                 scratch_bytes: int = DEFAULT_SCRATCH_BYTES,
+                 scratch_root: str = SCRATCH_ROOT,
+                 dirs: tuple[str, ...] = GUEST_DIRS,
+                 overlays: tuple[tuple[str, str], ...] = ZIP_OVERLAYS,
+                 max_fds: int = DEFAULT_MAX_FDS) -> None:
+        if isinstance(stdlib_zip, (str, os.PathLike)):
+            stdlib_zip = shared_zip(stdlib_zip)
+        elif not isinstance(stdlib_zip, (bytes, mmap.mmap)):
+            stdlib_zip = bytes(stdlib_zip)  # slices must be bytes
+        self._zip = stdlib_zip
+        self._overlays = tuple(overlays)
+        self.scratch_bytes = int(scratch_bytes)
+        self.max_fds = int(max_fds)
+        self._used = 0
+        self._next_ino = 1
+        self._mem: MemGetter = _no_memory
+        self._stdio_read: StdioFunc = self._default_stdio_read
+        self._stdio_write: StdioFunc = self._default_stdio_write
+        self.console: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
+
+        now = FIXED_TIME_NS
+        self._root = _Dir(self._ino(), DEV_RO, False, now, None)
+        zip_dir = self._mkdirs(zip_path.rsplit("/", 1)[0], False, DEV_RO, now)
+        name = zip_path.rsplit("/", 1)[1]
+        zip_dir.entries[name] = _File(self._ino(), DEV_RO, False, now, self._zip)
+        dev = self._mkdirs("/dev", False, DEV_DEVICES, now)
+        dev.entries["null"] = _File(self._ino(), DEV_DEVICES, True, now, None)
+        scratch = self._mkdirs(scratch_root, False, DEV_RO, now)
+        scratch.writable = True
+        scratch.dev = DEV_SCRATCH
+        for d in dirs:
+            self._mkdirs(d, True, DEV_SCRATCH, time.time_ns(), charge=True)
+        self._fds: dict[int, _Fd] = {
+            PREOPEN_FD: _Fd(self._root, 0, DIR_RIGHTS, RIGHTS_ALL, "/")}
+
+    # -------------------------------------------------------------- setup helpers
+    def _ino(self) -> int:
+        n = self._next_ino
+        self._next_ino = n + 1
+        return n
+
+    def _mkdirs(self, path: str, writable: bool, dev: int, now: int,
+                charge: bool = False) -> _Dir:
+        node = self._root
+        for part in path.strip("/").split("/"):
+            if not part:
+                continue
+            child = node.entries.get(part)
+            if child is None:
+                child = _Dir(self._ino(), dev, writable, now, node)
+                node.entries[part] = child
+                if charge:
+                    self._used += NODE_COST
+            if type(child) is not _Dir:
+                raise ValueError(f"{path}: {part} is not a directory")
+            node = child  # type: ignore[assignment]
+        return node
+
+    @property
+    def used_bytes(self) -> int:
+        """Scratch bytes in use (file contents plus NODE_COST per node)."""
+        return self._used
+
+    def bind_memory(self, getter: MemGetter) -> None:
+        """Set how to find guest memory: ``getter(caller) -> (base address, size)``."""
+        self._mem = getter
+
+    def install(self, linker: wasmtime.Linker, memory: Any = None, *,
+                stdio_read: StdioFunc | None = None,
+                stdio_write: StdioFunc | None = None) -> None:
+        """Define every WASI file-system call on ``linker`` (after ``define_wasi()``).
+
+        ``memory``: the guest's ``wasmtime.Memory``, a callable returning it (the instance
+        does not exist yet when the linker is filled), or None to look up the ``memory``
+        export through the caller. ``stdio_read``/``stdio_write(caller, fd, iovs, iovs_len,
+        out_ptr) -> errno`` serve ``fd_read``/``fd_write`` on fds 0-2; without them stdin
+        reads as end-of-file and output is kept in ``self.console`` (capped).
+        """
+        if stdio_read is not None:
+            self._stdio_read = stdio_read
+        if stdio_write is not None:
+            self._stdio_write = stdio_write
+        self.bind_memory(_memory_getter(memory))
+        linker.allow_shadowing = True
+        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+        for name, params in _SIGNATURES.items():
+            ty = wasmtime.FuncType([i64 if p == "I" else i32 for p in params], [i32])
+            linker.define_func("wasi_snapshot_preview1", name, ty, getattr(self, name),
+                               access_caller=True)
+
+    # -------------------------------------------------------------- snapshot
+    def snapshot(self) -> FSState:
+        """A deep copy of the tree and fd table (the zip bytes are shared, not copied).
+
+        Take it between turns (no wasm frame live)."""
+        memo: dict[int, Any] = {id(self._zip): self._zip}
+        root, fds = copy.deepcopy((self._root, self._fds), memo)
+        return FSState(root, fds, self._used, self._next_ino, self._zip)
+
+    def restore(self, state: FSState) -> None:
+        """Replace the tree and fd table by a copy of ``state`` (reusable many times)."""
+        if state.used > self.scratch_bytes:
+            raise ValueError(f"the saved file system uses {state.used} bytes, more than "
+                             f"this one's scratch budget of {self.scratch_bytes}")
+        memo: dict[int, Any] = {id(state.zip_data): self._zip}
+        root, fds = copy.deepcopy((state.root, state.fds), memo)
+        self._root, self._fds = root, fds
+        self._used = state.used
+        self._next_ino = state.next_ino
+
+    # -------------------------------------------------------------- stdio defaults
+    def _default_stdio_read(self, caller: Any, fd: int, iovs: int, iovs_len: int,
+                            nread_ptr: int) -> int:
+        if fd != 0:
+            return EBADF
+        return self._put_u32(caller, nread_ptr, 0)
+
+    def _default_stdio_write(self, caller: Any, fd: int, iovs: int, iovs_len: int,
+                             nwritten_ptr: int) -> int:
+        if fd == 0:
+            return EBADF
+        base, size = self._mem(caller)
+        vecs = _iovecs(base, size, iovs & _M32, iovs_len & _M32)
+        if type(vecs) is int:
+            return vecs
+        out = self.console[fd]
+        total = 0
+        for p, n in vecs:  # type: ignore[union-attr]
+            total += n
+            take = min(n, CONSOLE_CAP - len(out))
+            if take > 0:
+                out += _string_at(base + p, take)
+        return self._put_u32(caller, nwritten_ptr, total)
+
+    # -------------------------------------------------------------- small helpers
+    def _put_u32(self, caller: Any, ptr: int, value: int) -> int:
+        base, size = self._mem(caller)
+        ptr &= _M32
+        if ptr + 4 > size:
+            return EFAULT
+        _memmove(base + ptr, U32.pack(value), 4)
+        return ESUCCESS
+
+    def _put(self, caller: Any, ptr: int, blob: bytes) -> int:
+        base, size = self._mem(caller)
+        ptr &= _M32
+        if ptr + len(blob) > size:
+            return EFAULT
+        _memmove(base + ptr, blob, len(blob))
+        return ESUCCESS
+
+    def _path(self, caller: Any, ptr: int, length: int) -> str | int:
+        ptr &= _M32
+        length &= _M32
+        if length > PATH_MAX:
+            return ENAMETOOLONG
+        base, size = self._mem(caller)
+        if ptr + length > size:
+            return EFAULT
+        raw = _string_at(base + ptr, length)
+        if b"\0" in raw:
+            return EINVAL
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return EILSEQ
+
+    def _dirfd(self, fd: int) -> _Dir | int:
+        e = self._fds.get(fd)
+        if e is None:
+            return EBADF if fd >= STDIO_FDS or fd < 0 else ENOTDIR
+        node = e.node
+        if type(node) is not _Dir:
+            return ENOTDIR
+        return node  # type: ignore[return-value]
+
+    def _resolve(self, start: _Dir, path: str) -> tuple[_Dir | None, str | None, Any,
+                                                         bool] | int:
+        """(parent, name, node or None, trailing slash) for ``path`` relative to ``start``.
+
+        ``name`` is None when the path names a directory through ``.`` or ``..``.
+        """
+        if not path:
+            return ENOENT
+        if path[0] == "/":
+            return ENOTCAPABLE
+        slash = path[-1] == "/"
+        parts = path.rstrip("/").split("/")
+        last = parts.pop()
+        stack = [start]
+        for p in parts:
+            if not p or p == ".":
+                continue
+            if p == "..":
+                if len(stack) > 1:
+                    stack.pop()
+                elif start is not self._root:
+                    return ENOTCAPABLE
+                continue
+            child = stack[-1].entries.get(p)
+            if child is None:
+                return ENOENT
+            if type(child) is not _Dir:
+                if child.data is not self._zip:  # type: ignore[attr-defined]
+                    return ENOTDIR
+                child = _overlay(self._zip, self._overlays)  # the zip's data folders
+                if child is None:
+                    return ENOTDIR
+            stack.append(child)  # type: ignore[arg-type]
+        if last == "." or last == "..":
+            if last == "..":
+                if len(stack) > 1:
+                    stack.pop()
+                elif start is not self._root:
+                    return ENOTCAPABLE
+            node = stack[-1]
+            return None, None, None if node.hidden else node, True
+        if len(last) > NAME_MAX // 4 and len(last.encode()) > NAME_MAX:
+            return ENAMETOOLONG
+        parent = stack[-1]
+        node = parent.entries.get(last)
+        if node is not None and node.shared and type(node) is _Dir and node.hidden:
+            node = None
+        return parent, last, node, slash
+
+    def _lookup(self, caller: Any, fd: int, path_ptr: int, path_len: int) -> Any:
+        d = self._dirfd(fd)
+        if type(d) is int:
+            return d
+        path = self._path(caller, path_ptr, path_len)
+        if type(path) is int:
+            return path
+        return self._resolve(d, path)  # type: ignore[arg-type]
+
+    def _charge(self, nbytes: int) -> bool:
+        if self._used + nbytes > self.scratch_bytes:
+            return False
+        self._used += nbytes
+        return True
+
+    def _drop(self, node: _Node) -> None:
+        """``node`` left the tree: give back its budget unless an fd still holds it."""
+        if type(node) is _Dir:
+            node.removed = True  # type: ignore[attr-defined]
+            if node.writable:
+                self._used -= NODE_COST
+            return
+        node.linked = False  # type: ignore[attr-defined]
+        if node.opens == 0 and node.writable and node.dev == DEV_SCRATCH:  # type: ignore
+            self._used -= NODE_COST + len(node.data)  # type: ignore[attr-defined]
+
+    def _resize(self, node: _File, new_size: int) -> int:
+        data = node.data
+        old = len(data)
+        if new_size > old:
+            if not self._charge(new_size - old):
+                return ENOSPC
+            data.extend(bytes(new_size - old))
+        elif new_size < old:
+            del data[new_size:]
+            self._used -= old - new_size
+        return ESUCCESS
+
+    def _filestat(self, node: _Node) -> bytes:
+        if type(node) is _Dir:
+            return FILESTAT.pack(node.dev, node.ino, FT_DIRECTORY, 1 + sum(
+                1 for c in node.entries.values() if type(c) is _Dir), 0,  # type: ignore
+                node.atim, node.mtim, node.ctim)
+        data = node.data  # type: ignore[attr-defined]
+        if data is None:
+            member = node.member  # type: ignore[attr-defined]
+            if member is not None:
+                return FILESTAT.pack(node.dev, node.ino, FT_REGULAR_FILE, 1, member[3],
+                                     node.atim, node.mtim, node.ctim)
+            return FILESTAT.pack(node.dev, node.ino, FT_CHARACTER_DEVICE, 1, 0,
+                                 node.atim, node.mtim, node.ctim)
+        return FILESTAT.pack(node.dev, node.ino, FT_REGULAR_FILE,
+                             1 if node.linked else 0, len(data),  # type: ignore
+                             node.atim, node.mtim, node.ctim)
+
+    def _new_fd(self, entry: _Fd) -> int:
+        fds = self._fds
+        if len(fds) >= self.max_fds:
+            return -EMFILE
+        fd = FIRST_FD
+        while fd in fds:
+            fd += 1
+        fds[fd] = entry
+        return fd
+
+    # ============================================================== WASI calls: fds
+    def fd_prestat_get(self, caller: Any, fd: int, buf: int) -> int:
+        e = self._fds.get(fd)
+        if e is None or e.preopen is None:
+            return EBADF
+        return self._put(caller, buf, PRESTAT.pack(0, len(e.preopen.encode())))
+
+    def fd_prestat_dir_name(self, caller: Any, fd: int, path: int, path_len: int) -> int:
+        e = self._fds.get(fd)
+        if e is None or e.preopen is None:
+            return EBADF
+        name = e.preopen.encode()
+        if (path_len & _M32) < len(name):
+            return ENAMETOOLONG
+        return self._put(caller, path, name)
+
+    def fd_fdstat_get(self, caller: Any, fd: int, buf: int) -> int:
+        e = self._fds.get(fd)
+        if e is None:
+            if 0 <= fd < STDIO_FDS:
+                rights = (R_FD_READ if fd == 0 else R_FD_WRITE) | R_POLL_FD_READWRITE
+                return self._put(caller, buf, FDSTAT.pack(FT_UNKNOWN, 0, rights, 0))
+            return EBADF
+        return self._put(caller, buf, FDSTAT.pack(_filetype(e.node), e.flags, e.base, e.inh))
+
+    def fd_fdstat_set_flags(self, caller: Any, fd: int, flags: int) -> int:
+        e = self._fds.get(fd)
+        if e is None:
+            return ESUCCESS if 0 <= fd < STDIO_FDS else EBADF
+        flags &= _M32
+        if flags & ~FDFLAGS_ALL:
+            return EINVAL
+        e.flags = flags
+        return ESUCCESS
+
+    def fd_filestat_get(self, caller: Any, fd: int, buf: int) -> int:
+        e = self._fds.get(fd)
+        if e is None:
+            if 0 <= fd < STDIO_FDS:
+                return self._put(caller, buf, FILESTAT.pack(0, 0, FT_UNKNOWN, 0, 0, 0, 0, 0))
+            return EBADF
+        return self._put(caller, buf, self._filestat(e.node))
+
+    def fd_filestat_set_size(self, caller: Any, fd: int, size: int) -> int:
+        e = self._fds.get(fd)
+        if e is None:
+            return EINVAL if 0 <= fd < STDIO_FDS else EBADF
+        node = e.node
+        if type(node) is _Dir:
+            return EISDIR
+        if not e.base & R_FD_WRITE:
+            return EBADF
+        if size < 0:
+            return EINVAL
+        if node.data is None:  # type: ignore[attr-defined]
+            return ESUCCESS
+        err = self._resize(node, size)  # type: ignore[arg-type]
+        if err == ESUCCESS:
+            node.mtim = node.ctim = time.time_ns()
+        return err
+
+    def fd_filestat_set_times(self, caller: Any, fd: int, atim: int, mtim: int,
+                              fst_flags: int) -> int:
+        e = self._fds.get(fd)
+        if e is None:
+            return EINVAL if 0 <= fd < STDIO_FDS else EBADF
+        return self._set_times(e.node, atim, mtim, fst_flags)
+
+    def _set_times(self, node: _Node, atim: int, mtim: int, fst_flags: int) -> int:
+        f = fst_flags & _M32
+        if f & ~0xF or (f & FST_ATIM and f & FST_ATIM_NOW) or (f & FST_MTIM and
+                                                                 f & FST_MTIM_NOW):
+            return EINVAL
+        if not node.writable or node.dev != DEV_SCRATCH:
+            return EROFS if node.dev != DEV_DEVICES else ESUCCESS
+        now = time.time_ns()
+        if f & FST_ATIM:
+            node.atim = atim & _M64
+        elif f & FST_ATIM_NOW:
+            node.atim = now
+        if f & FST_MTIM:
+            node.mtim = mtim & _M64
+        elif f & FST_MTIM_NOW:
+            node.mtim = now
+        node.ctim = now
+        return ESUCCESS
+
+    def fd_read(self, caller: Any, fd: int, iovs: int, iovs_len: int, nread_ptr: int) -> int:
+        e = self._fds.get(fd)
+        if e is None:
+            if 0 <= fd < STDIO_FDS:
+                return self._stdio_read(caller, fd, iovs, iovs_len, nread_ptr)
+            return EBADF
+        base, size = self._mem(caller)
+        err, total = self._read(base, size, e, iovs, iovs_len, e.pos)
+        if err:
+            return err
+        e.pos += total
+        nread_ptr &= _M32
+        if nread_ptr + 4 > size:
+            return EFAULT
+        _memmove(base + nread_ptr, U32.pack(total), 4)
+        return ESUCCESS
+
+    def fd_pread(self, caller: Any, fd: int, iovs: int, iovs_len: int, offset: int,
+                 nread_ptr: int) -> int:
+        e = self._fds.get(fd)
+        if e is None:
+            return ESPIPE if 0 <= fd < STDIO_FDS else EBADF
+        if offset < 0:
+            return EINVAL
+        base, size = self._mem(caller)
+        err, total = self._read(base, size, e, iovs, iovs_len, offset)
+        if err:
+            return err
+        nread_ptr &= _M32
+        if nread_ptr + 4 > size:
+            return EFAULT
+        _memmove(base + nread_ptr, U32.pack(total), 4)
+        return ESUCCESS
+
+    def _read(self, base: int, size: int, e: _Fd, iovs: int, iovs_len: int,
+              pos: int) -> tuple[int, int]:
+        node = e.node
+        if type(node) is _Dir:
+            return EISDIR, 0
+        if not e.base & R_FD_READ:
+            return EBADF, 0
+        vecs = _iovecs(base, size, iovs & _M32, iovs_len & _M32)
+        if type(vecs) is int:
+            return vecs, 0  # type: ignore[return-value]
+        data = node.data  # type: ignore[attr-defined]
+        if data is None:  # /dev/null
+            return ESUCCESS, 0
+        end = len(data)
+        total = 0
+        if type(data) is bytearray:
+            for p, n in vecs:  # type: ignore[union-attr]
+                k = min(n, end - pos)
+                if k <= 0:
+                    break
+                _memmove(base + p, _addressof(_c_char.from_buffer(data, pos)), k)
+                pos += k
+                total += k
+                if k < n:
+                    break
+        else:
+            for p, n in vecs:  # type: ignore[union-attr]
+                k = min(n, end - pos)
+                if k <= 0:
+                    break
+                _memmove(base + p, data[pos:pos + k], k)
+                pos += k
+                total += k
+                if k < n:
+                    break
+        return ESUCCESS, total
+
+    def fd_write(self, caller: Any, fd: int, iovs: int, iovs_len: int,
+                 nwritten_ptr: int) -> int:
+        e = self._fds.get(fd)
+        if e is None:
+            if 0 <= fd < STDIO_FDS:
+                return self._stdio_write(caller, fd, iovs, iovs_len, nwritten_ptr)
+            return EBADF
+        base, size = self._mem(caller)
+        err, total = self._write(base, size, e, iovs, iovs_len, None)
+        if err:
+            return err
+        nwritten_ptr &= _M32
+        if nwritten_ptr + 4 > size:
+            return EFAULT
+        _memmove(base + nwritten_ptr, U32.pack(total), 4)
+        return ESUCCESS
+
+    def fd_pwrite(self, caller: Any, fd: int, iovs: int, iovs_len: int, offset: int,
+                  nwritten_ptr: int) -> int:
+        e = self._fds.get(fd)
+        if e is None:
+            return ESPIPE if 0 <= fd < STDIO_FDS else EBADF
+        if offset < 0:
+            return EINVAL
+        base, size = self._mem(caller)
+        err, total = self._write(base, size, e, iovs, iovs_len, offset)
+        if err:
+            return err
+        nwritten_ptr &= _M32
+        if nwritten_ptr + 4 > size:
+            return EFAULT
+        _memmove(base + nwritten_ptr, U32.pack(total), 4)
+        return ESUCCESS
+
+    def _write(self, base: int, size: int, e: _Fd, iovs: int, iovs_len: int,
+               offset: int | None) -> tuple[int, int]:
+        """Write the iovecs at ``offset`` (None: at the fd's position, which moves)."""
+        node = e.node
+        if type(node) is _Dir:
+            return EISDIR, 0
+        if not e.base & R_FD_WRITE:
+            return EBADF, 0
+        vecs = _iovecs(base, size, iovs & _M32, iovs_len & _M32)
+        if type(vecs) is int:
+            return vecs, 0  # type: ignore[return-value]
+        want = sum(n for _, n in vecs)  # type: ignore[union-attr]
+        if want > MAX_IO_BYTES:
+            return EINVAL, 0
+        data = node.data  # type: ignore[attr-defined]
+        if data is None:  # /dev/null
+            return ESUCCESS, want
+        if want == 0:
+            return ESUCCESS, 0
+        pos = len(data) if e.flags & FDFLAG_APPEND else (e.pos if offset is None else offset)
+        end = pos + want
+        old = len(data)
+        if end > old:
+            # write what fits in the budget (a short write), ENOSPC when nothing does
+            end = min(end, old + max(0, self.scratch_bytes - self._used))
+            if end <= pos:
+                return ENOSPC, 0
+            self._used += end - old
+            data.extend(bytes(end - old))
+        total = 0
+        for p, n in vecs:  # type: ignore[union-attr]
+            k = min(n, end - pos)
+            if k <= 0:
+                break
+            _memmove(_addressof(_c_char.from_buffer(data, pos)), base + p, k)
+            pos += k
+            total += k
+        if offset is None:
+            e.pos = pos
+        node.mtim = node.ctim = time.time_ns()
+        return ESUCCESS, total
+
+    def fd_seek(self, caller: Any, fd: int, offset: int, whence: int, newoffset_ptr: int) -> int:
+        e = self._fds.get(fd)
+        if e is None:
+            return ESPIPE if 0 <= fd < STDIO_FDS else EBADF
+        node = e.node
+        if type(node) is _Dir:
+            return ESPIPE
+        if whence == 0:
+            new = offset
+        elif whence == 1:
+            new = e.pos + offset
+        elif whence == 2:
+            data = node.data  # type: ignore[attr-defined]
+            new = (len(data) if data is not None else 0) + offset
+        else:
+            return EINVAL
+        if new < 0:
+            return EINVAL
+        if new > 0x7FFFFFFFFFFFFFFF:
+            return EOVERFLOW
+        base, size = self._mem(caller)
+        newoffset_ptr &= _M32
+        if newoffset_ptr + 8 > size:
+            return EFAULT
+        e.pos = new
+        _memmove(base + newoffset_ptr, U64.pack(new), 8)
+        return ESUCCESS
+
+    def fd_tell(self, caller: Any, fd: int, offset_ptr: int) -> int:
+        e = self._fds.get(fd)
+        if e is None:
+            return ESPIPE if 0 <= fd < STDIO_FDS else EBADF
+        if type(e.node) is _Dir:
+            return ESPIPE
+        return self._put(caller, offset_ptr, U64.pack(e.pos))
+
+    def fd_close(self, caller: Any, fd: int) -> int:
+        e = self._fds.pop(fd, None)
+        if e is None:
+            # fds 0-2 belong to the caller: closing them is a no-op
+            return ESUCCESS if 0 <= fd < STDIO_FDS else EBADF
+        self._release(e)
+        return ESUCCESS
+
+    def _release(self, e: _Fd) -> None:
+        node = e.node
+        if type(node) is _File and node.dev == DEV_SCRATCH:
+            node.opens -= 1
+            if node.opens == 0 and not node.linked and node.dev == DEV_SCRATCH:
+                self._used -= NODE_COST + len(node.data)
+
+    def fd_readdir(self, caller: Any, fd: int, buf: int, buf_len: int, cookie: int,
+                   bufused_ptr: int) -> int:
+        e = self._fds.get(fd)
+        if e is None:
+            return ENOTDIR if 0 <= fd < STDIO_FDS else EBADF
+        node = e.node
+        if type(node) is not _Dir:
+            return ENOTDIR
+        buf &= _M32
+        buf_len &= _M32
+        base, size = self._mem(caller)
+        if buf + buf_len > size:
+            return EFAULT
+        cookie &= _M64
+        items: list[tuple[str, _Node]] = [(".", node), ("..", node.parent)]  # type: ignore
+        items.extend(node.entries.items())  # type: ignore[attr-defined]
+        parts = []
+        have = 0
+        for i in range(cookie, len(items)):
+            name, child = items[i]
+            raw = name.encode()
+            parts.append(DIRENT.pack(i + 1, child.ino, len(raw), _filetype(child)))
+            parts.append(raw)
+            have += DIRENT.size + len(raw)
+            if have >= buf_len:
+                break
+        blob = b"".join(parts)[:buf_len]
+        if blob:
+            _memmove(base + buf, blob, len(blob))
+        return self._put_u32(caller, bufused_ptr, len(blob))
+
+    def fd_sync(self, caller: Any, fd: int) -> int:
+        return ESUCCESS if fd in self._fds or 0 <= fd < STDIO_FDS else EBADF
+
+    def fd_datasync(self, caller: Any, fd: int) -> int:
+        return ESUCCESS if fd in self._fds or 0 <= fd < STDIO_FDS else EBADF
+
+    def fd_advise(self, caller: Any, fd: int, offset: int, length: int, advice: int) -> int:
+        e = self._fds.get(fd)
+        if e is None:
+            return ESPIPE if 0 <= fd < STDIO_FDS else EBADF
+        if offset < 0 or length < 0 or not 0 <= advice <= 5:
+            return EINVAL
+        return EBADF if type(e.node) is _Dir else ESUCCESS
+
+    def fd_allocate(self, caller: Any, fd: int, offset: int, length: int) -> int:
+        e = self._fds.get(fd)
+        if e is None:
+            return ESPIPE if 0 <= fd < STDIO_FDS else EBADF
+        node = e.node
+        if type(node) is _Dir:
+            return EISDIR
+        if not e.base & R_FD_WRITE:
+            return EBADF
+        if offset < 0 or length <= 0:
+            return EINVAL
+        if node.data is None:  # type: ignore[attr-defined]
+            return ESUCCESS
+        if offset + length > len(node.data):  # type: ignore[attr-defined]
+            if offset + length > MAX_IO_BYTES * 2:
+                return EFBIG
+            return self._resize(node, offset + length)  # type: ignore[arg-type]
+        return ESUCCESS
+
+    def fd_renumber(self, caller: Any, fd: int, to: int) -> int:
+        fds = self._fds
+        src = fds.get(fd)
+        dst = fds.get(to)
+        if src is None or dst is None:
+            return ENOTSUP if (0 <= fd < STDIO_FDS or 0 <= to < STDIO_FDS) else EBADF
+        if src.preopen is not None or dst.preopen is not None:
+            return ENOTSUP
+        if fd != to:
+            self._release(dst)
+            fds[to] = fds.pop(fd)
+        return ESUCCESS
+
+    # ============================================================== WASI calls: paths
+    def path_open(self, caller: Any, dirfd: int, dirflags: int, path_ptr: int, path_len: int,
+                  oflags: int, rights_base: int, rights_inh: int, fdflags: int,
+                  fd_ptr: int) -> int:
+        d = self._dirfd(dirfd)
+        if type(d) is int:
+            return d
+        path = self._path(caller, path_ptr, path_len)
+        if type(path) is int:
+            return path
+        r = self._resolve(d, path)  # type: ignore[arg-type]
+        if type(r) is int:
+            return r
+        parent, name, node, slash = r  # type: ignore[misc]
+        oflags &= 0xFFFF
+        fdflags &= 0xFFFF
+        rights_base &= _M64
+        if oflags & ~0xF or fdflags & ~FDFLAGS_ALL:
+            return EINVAL
+        want_write = bool(rights_base & WRITE_RIGHTS or fdflags & FDFLAG_APPEND
+                          or oflags & O_TRUNC)
+        if node is None:
+            if not oflags & O_CREAT:
+                return ENOENT
+            if slash or oflags & O_DIRECTORY:
+                return EISDIR
+            if parent.removed:
+                return ENOENT
+            if not parent.writable:
+                return EROFS
+            if len(self._fds) >= self.max_fds:
+                return EMFILE
+            if not self._charge(NODE_COST):
+                return ENOSPC
+            now = time.time_ns()
+            node = _File(self._ino(), DEV_SCRATCH, True, now, bytearray())
+            parent.entries[name] = node
+            parent.mtim = parent.ctim = now
+        elif oflags & O_CREAT and oflags & O_EXCL:
+            return EEXIST
+        is_dir = type(node) is _Dir
+        if is_dir:
+            if want_write or oflags & O_CREAT:
+                return EISDIR
+            base = rights_base & DIR_RIGHTS
+            inh = rights_inh & _M64 & self._fds[dirfd].inh
+        else:
+            if slash or oflags & O_DIRECTORY:
+                return ENOTDIR
+            if want_write and not node.writable:
+                return EROFS
+            if node.data is None and node.member is not None:
+                data = _inflate(node.member)
+                if data is None:
+                    return EIO
+                node.data = data  # shared by every interpreter from now on
+            base = rights_base & FILE_RIGHTS
+            if not node.writable:
+                base &= ~(R_FD_WRITE | R_FD_ALLOCATE | R_FD_FILESTAT_SET_SIZE)
+            inh = 0
+            if oflags & O_TRUNC and node.data is not None and node.data:
+                self._used -= len(node.data)
+                node.data = bytearray()
+                node.mtim = node.ctim = time.time_ns()
+        fd = self._new_fd(_Fd(node, fdflags, base, inh))
+        if fd < 0:
+            return -fd
+        if node.dev == DEV_SCRATCH and not is_dir:
+            node.opens += 1
+        err = self._put_u32(caller, fd_ptr, fd)
+        if err:
+            self._release(self._fds.pop(fd))
+        return err
+
+    def path_filestat_get(self, caller: Any, fd: int, flags: int, path_ptr: int,
+                          path_len: int, buf: int) -> int:
+        r = self._lookup(caller, fd, path_ptr, path_len)
+        if type(r) is int:
+            return r
+        node, slash = r[2], r[3]
+        if node is None:
+            return ENOENT
+        if slash and type(node) is not _Dir:
+            return ENOTDIR
+        return self._put(caller, buf, self._filestat(node))
+
+    def path_filestat_set_times(self, caller: Any, fd: int, flags: int, path_ptr: int,
+                                path_len: int, atim: int, mtim: int, fst_flags: int) -> int:
+        r = self._lookup(caller, fd, path_ptr, path_len)
+        if type(r) is int:
+            return r
+        node, slash = r[2], r[3]
+        if node is None:
+            return ENOENT
+        if slash and type(node) is not _Dir:
+            return ENOTDIR
+        return self._set_times(node, atim, mtim, fst_flags)
+
+    def path_create_directory(self, caller: Any, fd: int, path_ptr: int, path_len: int) -> int:
+        r = self._lookup(caller, fd, path_ptr, path_len)
+        if type(r) is int:
+            return r
+        parent, name, node, _slash = r
+        if node is not None or name is None:
+            return EEXIST
+        if parent.removed:
+            return ENOENT
+        if not parent.writable:
+            return EROFS
+        if not self._charge(NODE_COST):
+            return ENOSPC
+        now = time.time_ns()
+        parent.entries[name] = _Dir(self._ino(), DEV_SCRATCH, True, now, parent)
+        parent.mtim = parent.ctim = now
+        return ESUCCESS
+
+    def path_remove_directory(self, caller: Any, fd: int, path_ptr: int, path_len: int) -> int:
+        r = self._lookup(caller, fd, path_ptr, path_len)
+        if type(r) is int:
+            return r
+        parent, name, node, _slash = r
+        if node is None:
+            return ENOENT
+        if name is None:
+            return EINVAL
+        if type(node) is not _Dir:
+            return ENOTDIR
+        if not parent.writable or not node.writable:
+            return EROFS
+        if node.entries:
+            return ENOTEMPTY
+        del parent.entries[name]
+        parent.mtim = parent.ctim = time.time_ns()
+        self._drop(node)
+        return ESUCCESS
+
+    def path_unlink_file(self, caller: Any, fd: int, path_ptr: int, path_len: int) -> int:
+        r = self._lookup(caller, fd, path_ptr, path_len)
+        if type(r) is int:
+            return r
+        parent, name, node, slash = r
+        if node is None:
+            return ENOENT
+        if name is None or type(node) is _Dir:
+            return EISDIR
+        if slash:
+            return ENOTDIR
+        if not parent.writable or node.dev != DEV_SCRATCH:
+            return EROFS
+        del parent.entries[name]
+        parent.mtim = parent.ctim = time.time_ns()
+        self._drop(node)
+        return ESUCCESS
+
+    def path_rename(self, caller: Any, fd: int, old_ptr: int, old_len: int, new_fd: int,
+                    new_ptr: int, new_len: int) -> int:
+        src = self._lookup(caller, fd, old_ptr, old_len)
+        if type(src) is int:
+            return src
+        dst = self._lookup(caller, new_fd, new_ptr, new_len)
+        if type(dst) is int:
+            return dst
+        sp, sn, snode, sslash = src
+        dp, dn, dnode, dslash = dst
+        if snode is None:
+            return ENOENT
+        if sn is None or dn is None:
+            return EINVAL  # renaming "." or ".."
+        s_dir = type(snode) is _Dir
+        if (sslash or dslash) and not s_dir:
+            return ENOTDIR
+        if not sp.writable or not dp.writable or snode.dev != DEV_SCRATCH:
+            return EROFS
+        if dp.removed:
+            return ENOENT
+        if snode is dnode:
+            return ESUCCESS
+        if s_dir:
+            walk = dp
+            while True:
+                if walk is snode:
+                    return EINVAL
+                if walk.parent is walk:
+                    break
+                walk = walk.parent
+        if dnode is not None:
+            if type(dnode) is _Dir:
+                if not s_dir:
+                    return EISDIR
+                if dnode.entries:
+                    return ENOTEMPTY
+            elif s_dir:
+                return ENOTDIR
+            del dp.entries[dn]
+            self._drop(dnode)
+        del sp.entries[sn]
+        dp.entries[dn] = snode
+        if s_dir:
+            snode.parent = dp
+        now = time.time_ns()
+        sp.mtim = sp.ctim = dp.mtim = dp.ctim = snode.ctim = now
+        return ESUCCESS
+
+    def path_readlink(self, caller: Any, fd: int, path_ptr: int, path_len: int, buf: int,
+                      buf_len: int, bufused_ptr: int) -> int:
+        r = self._lookup(caller, fd, path_ptr, path_len)
+        if type(r) is int:
+            return r
+        return ENOENT if r[2] is None else EINVAL  # nothing here is a symbolic link
+
+    def path_symlink(self, caller: Any, old_ptr: int, old_len: int, fd: int, new_ptr: int,
+                     new_len: int) -> int:
+        d = self._dirfd(fd)
+        return d if type(d) is int else ENOTSUP  # type: ignore[return-value]
+
+    def path_link(self, caller: Any, old_fd: int, old_flags: int, old_ptr: int, old_len: int,
+                  new_fd: int, new_ptr: int, new_len: int) -> int:
+        for fd in (old_fd, new_fd):
+            d = self._dirfd(fd)
+            if type(d) is int:
+                return d  # type: ignore[return-value]
+        return EPERM
+
+
+# parameter kinds of each call after the caller: "i" i32, "I" i64 (results are one i32)
+_SIGNATURES = {
+    "fd_prestat_get": "ii",
+    "fd_prestat_dir_name": "iii",
+    "fd_fdstat_get": "ii",
+    "fd_fdstat_set_flags": "ii",
+    "fd_filestat_get": "ii",
+    "fd_filestat_set_size": "iI",
+    "fd_filestat_set_times": "iIIi",
+    "fd_read": "iiii",
+    "fd_pread": "iiiIi",
+    "fd_write": "iiii",
+    "fd_pwrite": "iiiIi",
+    "fd_seek": "iIii",
+    "fd_tell": "ii",
+    "fd_close": "i",
+    "fd_readdir": "iiiIi",
+    "fd_sync": "i",
+    "fd_datasync": "i",
+    "fd_advise": "iIIi",
+    "fd_allocate": "iII",
+    "fd_renumber": "ii",
+    "path_open": "iiiiiIIii",
+    "path_filestat_get": "iiiii",
+    "path_filestat_set_times": "iiiiIIi",
+    "path_create_directory": "iii",
+    "path_remove_directory": "iii",
+    "path_unlink_file": "iii",
+    "path_rename": "iiiiii",
+    "path_readlink": "iiiiii",
+    "path_symlink": "iiiii",
+    "path_link": "iiiiiii",
+}
+WASI_FS_CALLS = tuple(_SIGNATURES)
+
+
+def install(linker: wasmtime.Linker, fs: MemoryFS, memory: Any = None, *,
+            stdio_read: StdioFunc | None = None,
+            stdio_write: StdioFunc | None = None) -> MemoryFS:
+    """Shadow the WASI file-system calls of ``linker`` with ``fs`` (see MemoryFS.install)."""
+    fs.install(linker, memory, stdio_read=stdio_read, stdio_write=stdio_write)
+    return fs
+
+
+# ------------------------------------------------------------------ memory access
+def _no_memory(caller: Any) -> tuple[int, int]:
+    raise RuntimeError("MemoryFS has no guest memory bound (call install or bind_memory)")
+
+
+def _memory_getter(memory: Any) -> MemGetter:
+    cache: list[wasmtime.Memory] = []
+    if isinstance(memory, wasmtime.Memory):
+        cache.append(memory)
+
+    def get(caller: Any) -> tuple[int, int]:
+        if cache:
+            m = cache[0]
+        else:
+            if memory is None:
+                found = caller.get("memory")
+            else:
+                found = memory()
+            if not isinstance(found, wasmtime.Memory):
+                raise RuntimeError("the guest exports no memory")
+            cache.append(found)
+            m = found
+        return _addressof(m.data_ptr(caller).contents), m.data_len(caller)
+
+    return get
+
+
+def _iovecs(base: int, size: int, iovs: int, count: int) -> list[tuple[int, int]] | int:
+    """The (pointer, length) pairs of an iovec array, every one inside guest memory."""
+    if count > MAX_IOVS:
+        return EINVAL
+    if iovs + 8 * count > size:
+        return EFAULT
+    if count == 0:
+        return []
+    vecs = list(IOVEC.iter_unpack(_string_at(base + iovs, 8 * count)))
+    for p, n in vecs:
+        if p + n > size:
+            return EFAULT
+    return vecs
+
+
+# ------------------------------------------------------------------ archive overlays
+_overlay_lock = threading.Lock()
+_overlay_cache: dict[tuple[int, tuple[tuple[str, str], ...]], tuple[Any, _Dir | None]] = {}
+_overlay_ino = itertools.count(1 << 40)  # apart from every MemoryFS's own numbers
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... name length, extra length
+
+
+def _member(archive: Any, info: zipfile.ZipInfo) -> tuple[Any, int, int, int, int] | None:
+    """Where ``info``'s bytes start in ``archive`` (after its local header)."""
+    off = info.header_offset
+    if off + _LOCAL_HEADER.size > len(archive):
+        return None
+    sig, nlen, xlen = _LOCAL_HEADER.unpack(archive[off:off + _LOCAL_HEADER.size])
+    if sig != b"PK\x03\x04" or info.compress_type not in (zipfile.ZIP_STORED,
+                                                            zipfile.ZIP_DEFLATED):
+        return None
+    start = off + _LOCAL_HEADER.size + nlen + xlen
+    if start + info.compress_size > len(archive):
+        return None
+    return archive, start, info.compress_size, info.file_size, info.compress_type
+
+
+def _inflate(member: tuple[Any, int, int, int, int]) -> bytes | None:
+    archive, start, csize, size, method = member
+    raw = archive[start:start + csize]
+    if method == zipfile.ZIP_STORED:
+        data = bytes(raw)
+    else:
+        try:
+            data = zlib.decompress(raw, -15)
+        except zlib.error:
+            return None
+    return data if len(data) == size else None
+
+
+def _overlay(zip_data: Any, overlays: tuple[tuple[str, str], ...]) -> _Dir | None:
+    """The read-only folders served under the zip's path (built once per process)."""
+    key = (id(zip_data), overlays)
+    hit = _overlay_cache.get(key)
+    if hit is not None and hit[0] is zip_data:
+        return hit[1]
+    with _overlay_lock:
+        hit = _overlay_cache.get(key)
+        if hit is not None and hit[0] is zip_data:
+            return hit[1]
+        root = _build_overlay(zip_data, overlays)
+        _overlay_cache[key] = (zip_data, root)
+        return root
+
+
+def _shared_dir(parent: _Dir | None, hidden: bool) -> _Dir:
+    d = _Dir(next(_overlay_ino), DEV_RO, False, FIXED_TIME_NS, parent)
+    d.shared = True
+    d.hidden = hidden
+    return d
+
+
+def _build_overlay(zip_data: Any, overlays: tuple[tuple[str, str], ...]) -> _Dir | None:
+    if not overlays:
+        return None
+    try:
+        outer = zipfile.ZipFile(io.BytesIO(zip_data) if isinstance(zip_data, bytes)
+                                else zip_data)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+    root = _shared_dir(None, True)
+    with outer:
+        for inner_name, guest_path in overlays:
+            try:
+                info = outer.getinfo(inner_name)
+            except KeyError:
+                continue
+            where = _member(zip_data, info)
+            inner = _inflate(where) if where is not None else None
+            if inner is None:
+                continue
+            try:
+                members = zipfile.ZipFile(io.BytesIO(inner)).infolist()
+            except zipfile.BadZipFile:
+                continue
+            top = _shared_path(root, guest_path.strip("/").split("/"), True)
+            if top is None:
+                continue
+            top.hidden = False
+            for m in members:
+                if m.is_dir():
+                    continue
+                parts = [p for p in m.filename.split("/") if p]
+                if not parts or any(p in (".", "..") for p in parts):
+                    continue
+                folder = _shared_path(top, parts[:-1], False)
+                found = _member(inner, m)
+                if folder is None or found is None or parts[-1] in folder.entries:
+                    continue
+                f = _File(next(_overlay_ino), DEV_RO, False, FIXED_TIME_NS, None, found)
+                f.shared = True
+                folder.entries[parts[-1]] = f
+                if m.file_size == 0:
+                    f.data = b""
+    return root
+
+
+def _shared_path(start: _Dir, parts: list[str], hidden: bool) -> _Dir | None:
+    """Walk down from ``start``, making the missing folders."""
+    node = start
+    for p in parts:
+        child = node.entries.get(p)
+        if child is None:
+            child = _shared_dir(node, hidden)
+            node.entries[p] = child
+        if type(child) is not _Dir:
+            return None
+        node = child  # type: ignore[assignment]
+    return node
