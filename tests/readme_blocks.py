@@ -13,5 +13,13 @@ def blocks(lang: str) -> list[str]:
     return [body for kind, body in _BLOCK.findall(README.read_text()) if kind == lang]
 
 
-def python_blocks(*, rustic: bool) -> list[str]:
-    return [b for b in blocks("python") if b.startswith("# requires: rustic") == rustic]
+def python_blocks(*, rustic: bool = False, scientific: bool = False) -> list[str]:
+    """Python blocks; those that need Rustic AI or the scientific runtime say so on their
+    first line (``# requires: rustic`` / ``# requires: scientific``)."""
+    out = []
+    for b in blocks("python"):
+        is_rustic = b.startswith("# requires: rustic")
+        is_scientific = b.startswith("# requires: scientific")
+        if is_rustic == rustic and is_scientific == scientific:
+            out.append(b)
+    return out

@@ -15,9 +15,25 @@ from .readme_blocks import README, blocks, python_blocks
 ROOT = README.parent
 
 
-@pytest.mark.parametrize("index", range(len(python_blocks(rustic=False))))
+@pytest.mark.parametrize("index", range(len(python_blocks())))
 def test_python_block_runs(index):
-    code = python_blocks(rustic=False)[index]
+    code = python_blocks()[index]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.scientific
+@pytest.mark.parametrize("index", range(len(python_blocks(scientific=True))))
+def test_scientific_python_block_runs(index):
+    from wasm_exec.errors import WasmExecError
+    from wasm_exec.runtime import EngineSettings, get_image
+
+    try:
+        get_image(EngineSettings(fuel=True), "scientific")
+    except WasmExecError as e:
+        pytest.skip(f"the scientific runtime is not installed: {e}")
+    code = python_blocks(scientific=True)[index]
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr

@@ -39,6 +39,7 @@ class PythonExecExecutorResolver:
         max_agents: int = 64,
         idle_timeout_seconds: float | None = 1800.0,
         pool_size: int = 2,
+        runtime: str = "minimal",
         limits: Limits | Mapping[str, Any] | None = None,
         **limit_overrides: Any,
     ) -> None:
@@ -56,6 +57,7 @@ class PythonExecExecutorResolver:
         except ValueError as e:
             raise ConfigurationError(str(e)) from e
         self.max_agents = max_agents
+        self.runtime = runtime
         # interpreters booted ahead of need: new agents and resets start at once
         self.pool = SessionPool(size=pool_size)
         self.idle_timeout_seconds = idle_timeout_seconds
@@ -88,7 +90,7 @@ class PythonExecExecutorResolver:
             executor = PythonExecExecutor(
                 whitelisted_imports=self.policy.whitelisted_imports,
                 default_imports=self.policy.default_imports, limits=self.limits,
-                pool=self.pool)
+                pool=self.pool, runtime=self.runtime)
             executor.on_session_start = self._on_session_start
             self._executors[key] = executor
             return executor
