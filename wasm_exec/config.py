@@ -46,6 +46,24 @@ class Limits(BaseModel):
                                    description="Cap on globals passed in and on globals "
                                    "returned, each, as JSON.")
 
+    @classmethod
+    def build(cls, limits: Limits | dict[str, Any] | None = None, *,
+              fuel: int | None | str = "default", timeout_seconds: float | None = None,
+              memory_bytes: int | None = None,
+              max_output_bytes: int | None = None) -> Limits:
+        """``limits`` (a Limits, a mapping or None) with the keyword shortcuts applied."""
+        base = limits if isinstance(limits, Limits) else cls.model_validate(limits or {})
+        overrides: dict[str, Any] = {}
+        if fuel != "default":
+            overrides["fuel"] = fuel
+        if timeout_seconds is not None:
+            overrides["timeout_seconds"] = timeout_seconds
+        if memory_bytes is not None:
+            overrides["memory_bytes"] = memory_bytes
+        if max_output_bytes is not None:
+            overrides["max_output_bytes"] = max_output_bytes
+        return base.merged(overrides)
+
     def merged(self, overrides: dict[str, Any] | None) -> Limits:
         """These limits with ``overrides`` applied (validated)."""
         if not overrides:

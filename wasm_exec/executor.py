@@ -126,17 +126,10 @@ class PythonExecExecutor:
                 whitelisted_imports=whitelisted_imports,  # type: ignore[arg-type]
                 default_imports=default_imports,  # type: ignore[arg-type]
             )
-            base = limits if isinstance(limits, Limits) else Limits.model_validate(limits or {})
-            overrides: dict[str, Any] = {}
-            if fuel != "default":
-                overrides["fuel"] = fuel
-            if timeout_seconds is not None:
-                overrides["timeout_seconds"] = timeout_seconds
-            if memory_bytes is not None:
-                overrides["memory_bytes"] = memory_bytes
-            if max_output_bytes is not None:
-                overrides["max_output_bytes"] = max_output_bytes
-            self.limits = base.merged(overrides)
+            self.limits = Limits.build(
+                limits if isinstance(limits, Limits) else dict(limits or {}), fuel=fuel,
+                timeout_seconds=timeout_seconds, memory_bytes=memory_bytes,
+                max_output_bytes=max_output_bytes)
         except ValueError as e:
             raise ConfigurationError(str(e)) from e
         self._settings = EngineSettings(fuel=self.limits.fuel is not None)

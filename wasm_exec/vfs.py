@@ -687,11 +687,7 @@ class MemoryFS:
         if err:
             return err
         e.pos += total
-        nread_ptr &= _M32
-        if nread_ptr + 4 > size:
-            return EFAULT
-        _memmove(base + nread_ptr, U32.pack(total), 4)
-        return ESUCCESS
+        return _put_u32(base, size, nread_ptr, total)
 
     def fd_pread(self, caller: Any, fd: int, iovs: int, iovs_len: int, offset: int,
                  nread_ptr: int) -> int:
@@ -704,11 +700,7 @@ class MemoryFS:
         err, total = self._read(base, size, e, iovs, iovs_len, offset)
         if err:
             return err
-        nread_ptr &= _M32
-        if nread_ptr + 4 > size:
-            return EFAULT
-        _memmove(base + nread_ptr, U32.pack(total), 4)
-        return ESUCCESS
+        return _put_u32(base, size, nread_ptr, total)
 
     def _read(self, base: int, size: int, e: _Fd, iovs: int, iovs_len: int,
               pos: int) -> tuple[int, int]:
@@ -758,11 +750,7 @@ class MemoryFS:
         err, total = self._write(base, size, e, iovs, iovs_len, None)
         if err:
             return err
-        nwritten_ptr &= _M32
-        if nwritten_ptr + 4 > size:
-            return EFAULT
-        _memmove(base + nwritten_ptr, U32.pack(total), 4)
-        return ESUCCESS
+        return _put_u32(base, size, nwritten_ptr, total)
 
     def fd_pwrite(self, caller: Any, fd: int, iovs: int, iovs_len: int, offset: int,
                   nwritten_ptr: int) -> int:
@@ -775,11 +763,7 @@ class MemoryFS:
         err, total = self._write(base, size, e, iovs, iovs_len, offset)
         if err:
             return err
-        nwritten_ptr &= _M32
-        if nwritten_ptr + 4 > size:
-            return EFAULT
-        _memmove(base + nwritten_ptr, U32.pack(total), 4)
-        return ESUCCESS
+        return _put_u32(base, size, nwritten_ptr, total)
 
     def _write(self, base: int, size: int, e: _Fd, iovs: int, iovs_len: int,
                offset: int | None) -> tuple[int, int]:
@@ -1220,6 +1204,15 @@ def install(linker: wasmtime.Linker, fs: MemoryFS, memory: Any = None, *,
 
 
 # ------------------------------------------------------------------ memory access
+def _put_u32(base: int, size: int, ptr: int, value: int) -> int:
+    """Store a u32 result at a guest pointer (EFAULT outside the memory)."""
+    ptr &= _M32
+    if ptr + 4 > size:
+        return EFAULT
+    _memmove(base + ptr, U32.pack(value), 4)
+    return ESUCCESS
+
+
 def _no_memory(caller: Any) -> tuple[int, int]:
     raise RuntimeError("MemoryFS has no guest memory bound (call install or bind_memory)")
 
