@@ -29,12 +29,24 @@ interpreter, taken from a pool of pre-started ones::
         properties={"whitelisted_imports": ["math"], "timeout_seconds": 10},
     )
 
+Every class here takes ``runtime``: ``"minimal"`` (the default) or ``"scientific"``
+(numpy, pandas, matplotlib; ``bash build_runtime.sh --profile scientific``)::
+
+    DependencySpec(
+        class_name="wasm_exec.integrations.rustic.WasmExecExecutorResolver",
+        properties={"whitelisted_imports": ["numpy", "pandas", "matplotlib.pyplot"],
+                    "default_imports": {"np": "numpy", "pd": "pandas",
+                                        "plt": "matplotlib.pyplot"},
+                    "runtime": "scientific"},
+    )
+
 This module needs Rustic AI (``pip install rusticai-core``, Python >= 3.13).
 """
 
 from __future__ import annotations
 
 import asyncio
+import textwrap
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
@@ -69,6 +81,7 @@ from ..errors import ConfigurationError, ExecutorClosedError, WasmExecError
 from ..executor import ExecutionResult, PythonExecExecutor
 from ..pool import SessionPool
 from ..resolver import PythonExecExecutorResolver
+from ..runtime import profiles
 
 __all__ = [
     "WasmCodeExecutor",
@@ -105,6 +118,9 @@ class WasmCodeExecutor(CodeExecutor):
     that call, so a runaway snippet is stopped inside wasm, never left running on a
     thread. A ``timeout_seconds`` given here (or in ``limits``) is a ceiling: a call
     asking for more gets this value.
+
+    ``runtime`` is the runtime profile: ``"minimal"`` (the default) or ``"scientific"``
+    (numpy, pandas, matplotlib; figures come back in ``execute``'s ``result.figures``).
     """
 
     def __init__(
@@ -118,19 +134,22 @@ class WasmCodeExecutor(CodeExecutor):
         memory_bytes: int | None = None,
         max_output_bytes: int | None = None,
         validator: CodeValidator | None = None,
+        runtime: str = "minimal",
     ) -> None:
+        runtime = _check_runtime("WasmCodeExecutor", runtime)
         executor = PythonExecExecutor(
             whitelisted_imports=whitelisted_imports, default_imports=default_imports,
             limits=limits, timeout_seconds=timeout_seconds, fuel=fuel,
-            memory_bytes=memory_bytes, max_output_bytes=max_output_bytes)
+            memory_bytes=memory_bytes, max_output_bytes=max_output_bytes, runtime=runtime)
         policy, call_limits = executor.policy, executor.limits
 
         def fresh() -> PythonExecExecutor:
             return PythonExecExecutor(whitelisted_imports=policy.whitelisted_imports,
                                       default_imports=policy.default_imports,
-                                      limits=call_limits)
+                                      limits=call_limits, runtime=runtime)
 
-        self._setup(fresh, executor, _configured_timeout(limits, timeout_seconds), validator)
+        self._setup(fresh, executor, _configured_timeout(limits, timeout_seconds), validator,
+                    runtime)
 
     @classmethod
     def wrap(
@@ -139,13 +158,17 @@ class WasmCodeExecutor(CodeExecutor):
         *,
         max_timeout_seconds: float | None = None,
         validator: CodeValidator | None = None,
+        runtime: str | None = None,
     ) -> WasmCodeExecutor:
         """A ``WasmCodeExecutor`` over an existing executor, or over a factory of them.
 
         With a factory (e.g. ``lambda: pool.resolve(agent_id)``) the executor is asked for
         on first use and again whenever the one in hand has been closed (after
         ``shutdown()``); with an executor, a closed one is replaced by a new executor of
-        the same policy and limits. ``max_timeout_seconds`` caps the per-call timeout.
+        the same policy, limits and runtime. ``max_timeout_seconds`` caps the per-call
+        timeout. ``runtime`` names the factory's runtime profile for the ``runtime``
+        property (an executor's own is used when it is given; without either, the
+        property asks the factory).
         """
         self = cls.__new__(cls)
         if isinstance(source, PythonExecExecutor):
@@ -154,19 +177,24 @@ class WasmCodeExecutor(CodeExecutor):
             def fresh() -> PythonExecExecutor:
                 return PythonExecExecutor(
                     whitelisted_imports=first.policy.whitelisted_imports,
-                    default_imports=first.policy.default_imports, limits=first.limits)
+                    default_imports=first.policy.default_imports, limits=first.limits,
+                    runtime=first.runtime)
 
-            self._setup(fresh, first, max_timeout_seconds, validator)
+            self._setup(fresh, first, max_timeout_seconds, validator, first.runtime)
         else:
-            self._setup(source, None, max_timeout_seconds, validator)
+            if runtime is not None:
+                runtime = _check_runtime("WasmCodeExecutor", runtime)
+            self._setup(source, None, max_timeout_seconds, validator, runtime)
         return self
 
     def _setup(self, factory: ExecutorFactory, executor: PythonExecExecutor | None,
-               max_timeout_seconds: float | None, validator: CodeValidator | None) -> None:
+               max_timeout_seconds: float | None, validator: CodeValidator | None,
+               runtime: str | None) -> None:
         super().__init__(validator or DefaultCodeValidator(self.supported_languages))
         self._factory = factory
         self._executor = executor
         self._max_timeout = max_timeout_seconds
+        self._runtime = runtime
         self._swap_lock = threading.Lock()
 
     # ------------------------------------------------------------ Rustic API
@@ -174,6 +202,13 @@ class WasmCodeExecutor(CodeExecutor):
     def supported_languages(self) -> set[str]:
         """Only ``"python"``."""
         return {"python"}
+
+    @property
+    def runtime(self) -> str:
+        """The runtime profile the code runs on: ``"minimal"`` or ``"scientific"``."""
+        if self._runtime is None:
+            self._runtime = self.executor.runtime
+        return self._runtime
 
     @property
     def executor(self) -> PythonExecExecutor:
@@ -277,8 +312,15 @@ class WasmCodeExecutor(CodeExecutor):
         in ``return_globals`` come back in ``result.globals``. Returns
         :class:`wasm_exec.ExecutionResult`; raises :class:`wasm_exec.InputError` for
         globals that are not JSON data (nothing runs then).
+
+        Code indented as a whole is dedented first (``textwrap.dedent``), so a
+        triple-quoted string written inside a method body, as Rustic's docs write it,
+        runs as its author meant. Only here and in ``aexecute``: ``run`` passes its
+        snippet on as given, as Rustic's executors do. Code without such a common margin
+        is passed on unchanged; line numbers in tracebacks stay those of ``code``.
         """
         self._rearm()
+        code = _dedent(code)
         return self._with_executor(
             lambda ex: ex.execute(code, globals_dict, return_globals, limits=limits))
 
@@ -292,6 +334,7 @@ class WasmCodeExecutor(CodeExecutor):
     ) -> ExecutionResult:
         """``execute`` for event loops (cancelling stops the guest)."""
         self._rearm()
+        code = _dedent(code)
         try:
             executor = await self._executor_async()
             return await executor.aexecute(code, globals_dict, return_globals, limits=limits)
@@ -346,8 +389,9 @@ class WasmExecExecutorResolver(DependencyResolver[CodeExecutor]):
                         "timeout_seconds": 10},
         )
 
-    Rustic builds one resolver per agent from ``properties``; all resolvers with the same
-    configuration share one process-wide :class:`wasm_exec.PythonExecExecutorResolver`,
+    ``runtime`` is ``"minimal"`` (the default) or ``"scientific"`` (numpy, pandas,
+    matplotlib). Rustic builds one resolver per agent from ``properties``; all resolvers with
+    the same configuration share one process-wide :class:`wasm_exec.PythonExecExecutorResolver`,
     so every agent counts against the same ``max_agents`` bound. The same
     org/guild/agent always gets the same interpreter (its state kept); different agents
     are isolated.
@@ -367,8 +411,10 @@ class WasmExecExecutorResolver(DependencyResolver[CodeExecutor]):
         limits: Mapping[str, Any] | None = None,
         max_agents: int = 64,
         idle_timeout_seconds: float | None = 1800.0,
+        runtime: str = "minimal",
     ) -> None:
         super().__init__()
+        self.runtime: str = _check_runtime("WasmExecExecutorResolver", runtime)
         overrides: dict[str, Any] = dict(limits or {})
         if fuel != "default":
             overrides["fuel"] = fuel
@@ -389,7 +435,7 @@ class WasmExecExecutorResolver(DependencyResolver[CodeExecutor]):
             call_limits.timeout_seconds if "timeout_seconds" in overrides else None)
         self._pool_key: _PoolKey = (
             policy.whitelisted_imports, tuple(sorted(policy.default_imports.items())),
-            call_limits, max_agents, idle_timeout_seconds)
+            call_limits, max_agents, idle_timeout_seconds, self.runtime)
         _shared_pool(self._pool_key)  # start the pool now, so every agent finds it
 
     @property
@@ -404,7 +450,8 @@ class WasmExecExecutorResolver(DependencyResolver[CodeExecutor]):
         def agent_executor() -> PythonExecExecutor:
             return _shared_pool(key).resolve(agent_id, guild_id, org_id)
 
-        return WasmCodeExecutor.wrap(agent_executor, max_timeout_seconds=self.max_timeout_seconds)
+        return WasmCodeExecutor.wrap(agent_executor, max_timeout_seconds=self.max_timeout_seconds,
+                                     runtime=self.runtime)
 
 
 class WasmCodeInterpreter(CodeRunner):
@@ -437,6 +484,9 @@ class WasmCodeInterpreter(CodeRunner):
     code left behind goes to ``locals``. Only JSON data comes back: modules, functions,
     classes and other objects are left out, as are names the code deleted. When a limit
     stopped the code the block is left as it was.
+
+    ``runtime`` is ``"minimal"`` (the default) or ``"scientific"`` (numpy, pandas,
+    matplotlib); a missing runtime comes back from ``run`` as an error result.
     """
 
     supported_languages: list[str] = ["python"]
@@ -453,7 +503,9 @@ class WasmCodeInterpreter(CodeRunner):
         max_output_bytes: int | None = None,
         pool_size: int = 2,
         pool: SessionPool | None = None,
+        runtime: str = "minimal",
     ) -> None:
+        self.runtime: str = _check_runtime("WasmCodeInterpreter", runtime)
         self.policy, self.limits = _policy_and_limits(
             "WasmCodeInterpreter", whitelisted_imports, default_imports, limits,
             timeout_seconds, fuel, memory_bytes, max_output_bytes)
@@ -481,7 +533,7 @@ class WasmCodeInterpreter(CodeRunner):
             executor = PythonExecExecutor(
                 whitelisted_imports=self.policy.whitelisted_imports,
                 default_imports=self.policy.default_imports, limits=self.limits,
-                pool=self.pool)
+                pool=self.pool, runtime=self.runtime)
             try:
                 result = executor.execute(block.code, namespace, return_all=True)
             finally:
@@ -517,7 +569,8 @@ class WasmCodeInterpreterResolver(DependencyResolver[CodeRunner]):
 
     Not memoized, like Rustic's: each resolution gives a new runner, and each of its runs
     uses a fresh interpreter from the pool shared by every runner with the same
-    ``pool_size``. Bad properties raise :class:`wasm_exec.ConfigurationError` here, when
+    ``pool_size``. ``runtime`` is ``"minimal"`` (the default) or ``"scientific"``. Bad
+    properties raise :class:`wasm_exec.ConfigurationError` here, when
     the guild builds the resolver.
     """
 
@@ -534,24 +587,29 @@ class WasmCodeInterpreterResolver(DependencyResolver[CodeRunner]):
         max_output_bytes: int | None = None,
         limits: Mapping[str, Any] | None = None,
         pool_size: int = 2,
+        runtime: str = "minimal",
     ) -> None:
         super().__init__()
+        runtime = _check_runtime("WasmCodeInterpreterResolver", runtime)
         first = WasmCodeInterpreter(
             whitelisted_imports=whitelisted_imports, default_imports=default_imports,
             limits=limits, timeout_seconds=timeout_seconds, fuel=fuel,
-            memory_bytes=memory_bytes, max_output_bytes=max_output_bytes, pool_size=pool_size)
+            memory_bytes=memory_bytes, max_output_bytes=max_output_bytes, pool_size=pool_size,
+            runtime=runtime)
         self.policy, self.limits, self.pool_size = first.policy, first.limits, pool_size
+        self.runtime: str = runtime
 
     def resolve(self, org_id: str, guild_id: str, agent_id: str) -> CodeRunner:
         """A new :class:`WasmCodeInterpreter` of this resolver's configuration."""
         return WasmCodeInterpreter(
             whitelisted_imports=self.policy.whitelisted_imports,
             default_imports=self.policy.default_imports, limits=self.limits,
-            pool_size=self.pool_size)
+            pool_size=self.pool_size, runtime=self.runtime)
 
 
 # ------------------------------------------------------------ shared pools
-_PoolKey = tuple[frozenset[str], tuple[tuple[str, str], ...], Limits, int, float | None]
+# allow-list, default imports, limits, max_agents, idle_timeout_seconds, runtime
+_PoolKey = tuple[frozenset[str], tuple[tuple[str, str], ...], Limits, int, float | None, str]
 _pools: dict[_PoolKey, PythonExecExecutorResolver] = {}
 _pools_lock = threading.Lock()
 
@@ -560,10 +618,10 @@ def _shared_pool(key: _PoolKey) -> PythonExecExecutorResolver:
     with _pools_lock:
         pool = _pools.get(key)
         if pool is None:
-            allowed, defaults, limits, max_agents, idle_timeout_seconds = key
+            allowed, defaults, limits, max_agents, idle_timeout_seconds, runtime = key
             pool = PythonExecExecutorResolver(
                 allowed, dict(defaults), max_agents=max_agents,
-                idle_timeout_seconds=idle_timeout_seconds, limits=limits)
+                idle_timeout_seconds=idle_timeout_seconds, limits=limits, runtime=runtime)
             _pools[key] = pool
         return pool
 
@@ -599,6 +657,31 @@ def close_shared_resolvers() -> None:
 
 
 # ---------------------------------------------------------------- mapping
+def _check_runtime(owner: str, runtime: Any) -> str:
+    known = profiles()
+    if not isinstance(runtime, str) or runtime not in known:
+        raise ConfigurationError(f"{owner}: unknown runtime {runtime!r}; known: {known}")
+    return runtime
+
+
+def _dedent(code: Any) -> Any:
+    """``code`` without the margin common to all its lines, when it has one.
+
+    Only code that would fail with ``IndentationError`` ("unexpected indent") has such a
+    margin (or code that is only comments): anything else comes back as it is,
+    whitespace-only lines included, and so does a value that is not a ``str`` (``execute``
+    reports that). Lines are kept, so line numbers in tracebacks do not move.
+    """
+    if not isinstance(code, str):
+        return code
+    first = next((line for line in code.splitlines() if line.strip()), "")
+    if not first[:1].isspace():
+        return code
+    dedented = textwrap.dedent(code)
+    first_after = next((line for line in dedented.splitlines() if line.strip()), "")
+    return dedented if len(first_after) < len(first) else code
+
+
 def _policy_and_limits(
     owner: str,
     whitelisted_imports: Iterable[str] | None,
