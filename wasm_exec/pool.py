@@ -68,8 +68,15 @@ class SessionPool:
                 if candidate.alive:
                     session = candidate
                     break
+            if session is not None:
+                self._wake()
+                return session
+        # none waiting: boot one for the caller first, then refill (two boots at once
+        # would only slow each other down)
+        session = key.start()
+        with self._lock:
             self._wake()
-        return session if session is not None else key.start()
+        return session
 
     def warm(self, key: SessionKey) -> None:
         """Start filling the pool for ``key`` now (without taking anything)."""
