@@ -505,3 +505,53 @@ def test_import_machinery_gadgets_fail(make_executor, name, code):
                    return_globals=["real"])
     assert r.globals == {"real": False}
     assert_still_works(ex)
+
+
+# ------------------------------------------------- red-team round 4 (runner parts)
+def test_sys_modules_replaced_by_a_dict_subclass_runs_nothing_in_the_hook(make_executor):
+    ex = make_executor(whitelisted_imports=["json"])
+    code = (SYS_BY_WALK + "loot = []\nclass Evil(dict):\n"
+            "    def items(self):\n        loot.append(1)\n        return dict.items(self)\n"
+            "    def __iter__(self):\n        loot.append(1)\n        return dict.__iter__(self)\n"
+            "sys.modules = Evil(sys.modules)\n")
+    r = run_attack(ex, code)
+    assert r.success, r.error
+    ex.execute("import json\nx = json.dumps([1])")  # the hook walks the module table here
+    r = ex.execute("found = list(loot)", return_globals=["found"])
+    assert r.globals == {"found": []}
+    assert_still_works(ex)
+
+
+def test_replaced_stdout_with_finalizer_is_dropped_outside_the_hook(make_executor):
+    ex = make_executor(whitelisted_imports=["json"])
+    code = (SYS_BY_WALK + "seen = []\nclass Out:\n"
+            "    def write(self, s): return len(s)\n    def flush(self): pass\n"
+            "    def __del__(self):\n        f = sys._getframe(1)\n"
+            "        while f is not None:\n"
+            "            if 'check' in f.f_locals or 'serve' in f.f_locals: seen.append(1)\n"
+            "            f = f.f_back\n"
+            "sys.stdout = Out()\n")
+    run_attack(ex, code)
+    r = ex.execute("print('visible')\nfound = list(seen)", return_globals=["found"])
+    assert r.globals == {"found": []} and r.stdout == "visible\n"
+
+
+def test_planted_str_subclass_key_in_sys_dict(make_executor):
+    ex = make_executor()
+    code = (SYS_BY_WALK + "hits = []\nclass K(str):\n"
+            "    def __hash__(self): return hash('stdout')\n"
+            "    def __eq__(self, o):\n        f = sys._getframe(1)\n"
+            "        while f is not None:\n"
+            "            if 'check' in f.f_locals or 'serve' in f.f_locals: hits.append(1)\n"
+            "            f = f.f_back\n        return False\n"
+            "sys.__dict__[K('x')] = 1\n")
+    run_attack(ex, code)
+    r = ex.execute("print('still printed')\nn = len(hits)", return_globals=["n"])
+    assert r.stdout == "still printed\n" and r.globals == {"n": 0}
+
+
+def test_closing_the_preopen_fd_is_refused():
+    pytest.importorskip("wasm_exec.vfs")
+    from wasm_exec.vfs import ENOTSUP, PREOPEN_FD, MemoryFS
+    fs = MemoryFS(b"PK\x05\x06" + b"\x00" * 18, scratch_bytes=1 << 20)
+    assert fs.fd_close(None, PREOPEN_FD) == ENOTSUP

@@ -130,3 +130,17 @@ def test_minimal_runtime_says_where_numpy_is():
         r = ex.execute("import numpy")
         assert not r.success
         assert "scientific runtime" in r.error
+
+
+def test_libraries_hold_only_the_gc_stand_in(sci):
+    # timeit was imported when the snapshot was made: its `gc` must be the stand-in too
+    r = sci.execute(
+        "sys = [c for c in ().__class__.__base__.__subclasses__() "
+        "if c.__name__ == 'BuiltinImporter'][0].find_spec.__func__.__globals__['sys']\n"
+        "real = [n for n, m in list(sys.modules.items()) if type(m).__name__ == 'module' "
+        "and any(type(v).__name__ == 'module' and v.__name__ == 'gc' and "
+        "'stand-in' not in (v.__doc__ or '') for v in list(vars(m).values()))]",
+        return_globals=["real"])
+    assert r.success, r.error
+    assert r.globals == {"real": []}
+

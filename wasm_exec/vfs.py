@@ -256,7 +256,7 @@ class _Dir(_Node):
 
 
 class _Fd:
-    __slots__ = ("node", "pos", "flags", "base", "inh", "preopen")
+    __slots__ = ("node", "pos", "flags", "base", "inh", "preopen", "listing")
 
     def __init__(self, node: _Node, flags: int, base: int, inh: int,
                  preopen: str | None = None) -> None:
@@ -266,6 +266,9 @@ class _Fd:
         self.base = base
         self.inh = inh
         self.preopen = preopen
+        # a directory's entries as of the read that started at cookie 0: later reads
+        # continue that listing instead of building it again (a listing is linear work)
+        self.listing: list[tuple[str, _Node]] | None = None
 
 
 class FSState:
@@ -564,9 +567,10 @@ class MemoryFS:
 
     def _filestat(self, node: _Node) -> bytes:
         if type(node) is _Dir:
-            return FILESTAT.pack(node.dev, node.ino, FT_DIRECTORY, 1 + sum(
-                1 for c in node.entries.values() if type(c) is _Dir), 0,  # type: ignore
-                node.atim, node.mtim, node.ctim)
+            # nlink 1 (no hard links here): counting subdirectories on every stat would
+            # make a stat of a large directory linear work for the host
+            return FILESTAT.pack(node.dev, node.ino, FT_DIRECTORY, 1, 0,
+                                 node.atim, node.mtim, node.ctim)
         data = node.data  # type: ignore[attr-defined]
         if data is None:
             member = node.member  # type: ignore[attr-defined]
@@ -844,6 +848,8 @@ class MemoryFS:
         return self._put(caller, offset_ptr, U64.pack(e.pos))
 
     def fd_close(self, caller: Any, fd: int) -> int:
+        if fd == PREOPEN_FD:
+            return ENOTSUP  # the preopened root stays: without it no path would resolve
         e = self._fds.pop(fd, None)
         if e is None:
             # fds 0-2 belong to the caller: closing them is a no-op
@@ -872,8 +878,11 @@ class MemoryFS:
         if buf + buf_len > size:
             return EFAULT
         cookie &= _M64
-        items: list[tuple[str, _Node]] = [(".", node), ("..", node.parent)]  # type: ignore
-        items.extend(node.entries.items())  # type: ignore[attr-defined]
+        items = e.listing
+        if cookie == 0 or items is None:
+            items = [(".", node), ("..", node.parent)]  # type: ignore
+            items.extend(node.entries.items())  # type: ignore[attr-defined]
+            e.listing = items
         parts = []
         have = 0
         for i in range(cookie, len(items)):

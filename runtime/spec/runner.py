@@ -139,7 +139,13 @@ def _wasm_exec_boot():
         _collect = gc.collect
         _get_count = gc.get_count
         _thresholds = gc.get_threshold()
-        _sys = sys
+        # the interpreter's own module table and sys's own dict, captured now: the agent
+        # can rebind sys.modules or swap sys's class, never these objects themselves
+        _modules = sys.modules
+        _sys_dict = sys.__dict__
+        _dict_items = dict.items
+        _dict_iter = dict.__iter__
+        _dict_get = dict.get
         # copies into this function's own cells: the hook shares no cell with any function
         # the agent can reach (cells are writable from Python)
         _IMPORT_NAME = IMPORT_NAME
@@ -189,7 +195,7 @@ def _wasm_exec_boot():
         def is_loaded(name):
             # sys.modules is walked, not looked up: a lookup would compare the keys, and
             # the agent may have planted one with its own __eq__
-            for key in _sys.modules:
+            for key in _dict_iter(_modules):
                 if _type(key) is _str and key == name:
                     return True
             return False
@@ -248,8 +254,18 @@ def _wasm_exec_boot():
                     # the magic and the session token as the reply
                     _write(1, _header + _len(payload).to_bytes(4, "little") + payload)
                 elif op == "restore":
-                    _sys.stdout, _sys.stderr = streams
-                    _sys.stdin = None
+                    # Only when every key of sys's dict is an exact str: then looking keys
+                    # up compares nothing the agent wrote. The objects replaced go to the
+                    # caller, which drops them: no finalizer of the agent's runs in here.
+                    clean = True
+                    for key in _dict_iter(_sys_dict):
+                        if _type(key) is not _str:
+                            clean = False
+                    if clean:
+                        for key, value in (("stdout", streams[0]), ("stderr", streams[1]),
+                                           ("stdin", None)):
+                            box.append(_dict_get(_sys_dict, key))
+                            _sys_dict[key] = value
                 elif op == "boot_done":
                     state[0] = False
                 elif op == "collect":
@@ -272,7 +288,7 @@ def _wasm_exec_boot():
                 # matplotlib.pyplot, if the code has loaded it (sys.modules is walked, not
                 # looked up: a lookup would compare keys the agent may have planted)
                 found = None
-                for key, value in _sys.modules.items():
+                for key, value in _dict_items(_modules):
                     if _type(key) is _str and key == "matplotlib.pyplot":
                         found = value
                 box.append(found)
@@ -966,7 +982,7 @@ def _wasm_exec_boot():
         return reply
 
     def main():
-        REQUEST.__defaults__ = ("restore", [])
+        REQUEST.__defaults__ = ("restore", [])  # replaced streams dropped here, in main
         REQUEST.__defaults__ = ("boot_done", [])
         ready = json_dumps({"id": 0, "ready": True, "errors": default_errors,
                             "runner_blob": runner_blob[0] if runner_blob else None}).encode()
@@ -985,14 +1001,14 @@ def _wasm_exec_boot():
             if req.get("op") == "exit":
                 return
             cell_no += 1
-            REQUEST.__defaults__ = ("restore", [])
+            REQUEST.__defaults__ = ("restore", [])  # replaced streams dropped here, in main
             try:
                 reply = run_call(req, cell_no)
             except _BaseException as e:
                 reply = {"id": req["id"], "ok": False, "error_type": "RunnerError",
                          "error_message": "the sandbox runner failed: " + _qualname(_type(e)),
                          "traceback": "", "globals": {}, "globals_errors": {}}
-            REQUEST.__defaults__ = ("restore", [])
+            REQUEST.__defaults__ = ("restore", [])  # replaced streams dropped here, in main
             box = []
             REQUEST.__defaults__ = ("collect", box, reserve[0] is None)
             box.pop()(box.pop())
@@ -1055,6 +1071,19 @@ def _wasm_exec_boot():
                "DEBUG_SAVEALL": 32, "DEBUG_LEAK": 38,
                "__doc__": "The sandbox's stand-in: the runner collects garbage itself."})
     sys.modules["gc"] = gc_standin
+    # modules imported before now (the scientific snapshot's timeit, for one) may hold the
+    # real gc or its functions: they get the stand-in's
+    for mod in list(sys.modules.values()):
+        if type(mod) is not ModuleType:
+            continue
+        md = module_dict(mod)
+        for k, v in list(md.items()):
+            # (type() and identity only: touching other attributes could set off a
+            # Python 3.15 lazy import)
+            if v is gc:
+                md[k] = gc_standin
+            elif type(v) is type(len) and v.__self__ is gc:
+                md[k] = gd.get(v.__name__, _unavailable)
 
     # the compiled runner, for the host to start later interpreters without compiling it
     # again (sent with the ready message, before any agent code has run)
