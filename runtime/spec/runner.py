@@ -231,6 +231,19 @@ def _wasm_exec_boot():
                 got += _len(b)
             return b"".join(chunks)
 
+        def restore_streams(box):
+            """Give sys back the runner's stdout/stderr (and no stdin), when every key of
+            sys's dict is an exact str: then looking keys up compares nothing the agent
+            wrote. The objects replaced go into ``box``, for the caller to drop: no
+            finalizer of the agent's runs in here."""
+            for key in _dict_iter(_sys_dict):
+                if _type(key) is not _str:
+                    return
+            for key, value in (("stdout", streams[0]), ("stderr", streams[1]),
+                               ("stdin", None)):
+                box.append(_dict_get(_sys_dict, key))
+                _sys_dict[key] = value
+
         def serve(frame, role, req):
             """A trusted runner function asked for something; `req` says what."""
             if _type(req) is not _tuple or _len(req) < 2:
@@ -246,6 +259,7 @@ def _wasm_exec_boot():
                         box.append(None)
                         return
                     box.append(read_exact(_int.from_bytes(header[4:8], "little")))
+                    restore_streams(box)
                 elif op == "reply":
                     payload = req[2] if _len(req) > 2 else None
                     if _type(payload) is not _bytes:
@@ -254,31 +268,21 @@ def _wasm_exec_boot():
                     # the magic and the session token as the reply
                     _write(1, _header + _len(payload).to_bytes(4, "little") + payload)
                 elif op == "restore":
-                    # Only when every key of sys's dict is an exact str: then looking keys
-                    # up compares nothing the agent wrote. The objects replaced go to the
-                    # caller, which drops them: no finalizer of the agent's runs in here.
-                    clean = True
-                    for key in _dict_iter(_sys_dict):
-                        if _type(key) is not _str:
-                            clean = False
-                    if clean:
-                        for key, value in (("stdout", streams[0]), ("stderr", streams[1]),
-                                           ("stdin", None)):
-                            box.append(_dict_get(_sys_dict, key))
-                            _sys_dict[key] = value
+                    restore_streams(box)
                 elif op == "boot_done":
                     state[0] = False
                 elif op == "collect":
                     # which generations are due, as the automatic collector would decide
                     counts = _get_count()
-                    generation = 0  # the young generation after every call: cheap
+                    generation = 0 if counts[0] >= 100 else -1  # young objects to look at
                     for g in (1, 2):
                         if counts[g] >= _thresholds[g]:
                             generation = g
                     if _len(req) > 2 and req[2] is True:
                         generation = 2
-                    box.append(generation)
-                    box.append(_collect)
+                    if generation >= 0:
+                        box.append(generation)
+                        box.append(_collect)
                 else:
                     raise _PermissionError("bad request")
                 return
@@ -992,8 +996,9 @@ def _wasm_exec_boot():
         cell_no = 0
         while True:
             box = []
-            REQUEST.__defaults__ = ("read", box)
-            raw = box.pop()
+            REQUEST.__defaults__ = ("read", box)  # also restores the standard streams
+            raw = box[0]
+            box = None  # the streams the agent had set are dropped here, in main
             if raw is None:
                 return
             req = json_loads(raw.decode("utf-8"))
@@ -1001,22 +1006,20 @@ def _wasm_exec_boot():
             if req.get("op") == "exit":
                 return
             cell_no += 1
-            REQUEST.__defaults__ = ("restore", [])  # replaced streams dropped here, in main
             try:
                 reply = run_call(req, cell_no)
             except _BaseException as e:
                 reply = {"id": req["id"], "ok": False, "error_type": "RunnerError",
                          "error_message": "the sandbox runner failed: " + _qualname(_type(e)),
                          "traceback": "", "globals": {}, "globals_errors": {}}
-            REQUEST.__defaults__ = ("restore", [])  # replaced streams dropped here, in main
             box = []
             REQUEST.__defaults__ = ("collect", box, reserve[0] is None)
-            box.pop()(box.pop())
+            if box:
+                box.pop()(box.pop())
             payload = json_dumps(reply).encode("utf-8")
             del reply, req
             REQUEST.__defaults__ = ("reply", [], payload)
             del payload
-            REQUEST.__defaults__ = None
 
     # ------------------------------------------------------- arm the hook and go
     trusted = [guard_impl, guard_call, guard_import_module, guard_create_builtin,
