@@ -144,3 +144,16 @@ def test_libraries_hold_only_the_gc_stand_in(sci):
     assert r.success, r.error
     assert r.globals == {"real": []}
 
+
+
+def test_process_exits_cleanly_with_a_scientific_interpreter():
+    import subprocess
+    import sys
+
+    script = ("from wasm_exec import PythonExecExecutor\n"
+              "ex = PythonExecExecutor(runtime='scientific', whitelisted_imports=['numpy'])\n"
+              "ex.execute('import numpy as np\\nx = int(np.arange(5).sum())')\n")
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
