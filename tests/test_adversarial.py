@@ -555,3 +555,31 @@ def test_closing_the_preopen_fd_is_refused():
     from wasm_exec.vfs import ENOTSUP, PREOPEN_FD, MemoryFS
     fs = MemoryFS(b"PK\x05\x06" + b"\x00" * 18, scratch_bytes=1 << 20)
     assert fs.fd_close(None, PREOPEN_FD) == ENOTSUP
+
+
+def test_c_callback_chain_cannot_pass_for_the_runner(make_executor):
+    # red-team round 5: a weakref callback made only of C callables, set off while the
+    # runner's main loop drops or collects the agent's objects, adds no Python frame of
+    # its own; the hook must not take its request for the runner's
+    ex = make_executor(whitelisted_imports=["json", "functools"])
+    r = ex.execute(
+        SYS_BY_WALK
+        + "import functools\nREQUEST = __import__.__self__[21]\nloot = []\n"
+        "cb = sys.modules['functools'].partial(dict.fromkeys, map(setattr, [REQUEST], "
+        "['__defaults__'], [('collect', loot, True)]))\n"
+        "class Cyc:\n    def __init__(self): self.me = self\n"
+        "wr = sys.modules['_weakref'].ref(Cyc(), cb)\npad = [[] for _ in range(500)]\n")
+    assert r.success, r.error
+    r = ex.execute("got = len(loot)", return_globals=["got"])
+    assert r.globals == {"got": 0}
+    r = ex.execute(
+        SYS_BY_WALK
+        + "REQUEST = __import__.__self__[21]\nimport json\n"
+        "payload = json.dumps({'id': 999, 'ok': True, 'globals': {}, 'globals_errors': {}}).encode()\n"
+        "cb2 = sys.modules['functools'].partial(dict.fromkeys, map(setattr, [REQUEST], "
+        "['__defaults__'], [('reply', [], payload)]))\n"
+        "class Cyc2:\n    def __init__(self): self.me = self\n"
+        "wr2 = sys.modules['_weakref'].ref(Cyc2(), cb2)\npad = [[] for _ in range(500)]\n"
+        "marker = 'ran'", return_globals=["marker"])
+    assert r.globals == {"marker": "ran"}
+    assert_still_works(ex)

@@ -58,6 +58,12 @@ def _wasm_exec_boot():
     for _i in range(0, len(_raw), 2):
         if _raw[_i] == IMPORT_NAME:
             IMPORT_SHIFT = 0 if _raw[_i + 1] == 1 else 2
+    _probe = compile("x = 1\nx.zz = 1", "<probe>", "exec")
+    _raw = _probe.co_code
+    STORE_ATTR_SHIFT = 0
+    for _i in range(0, len(_raw), 2):
+        if _raw[_i] == opcode.opmap["STORE_ATTR"]:
+            STORE_ATTR_SHIFT = 0 if _raw[_i + 1] == 1 else 2
     del _probe, _raw, _i
     # the types module costs a cold start 2 ms: take the types from objects instead
     FunctionType = type(lambda: None)
@@ -117,7 +123,7 @@ def _wasm_exec_boot():
 
     def install_hook(token, allowed, prefixes, real_import, create_builtin, exec_builtin,
                      trusted_codes, roles, REQUEST, guard_T, builtin_types, streams,
-                     impl_code, implicit_names):
+                     impl_code, implicit_names, request_sites):
         # Everything the hook uses is a local of this function (own cells, shared with
         # no other closure), bound before any agent code exists.
         _type = type
@@ -154,6 +160,7 @@ def _wasm_exec_boot():
         _RUNNER_FILE = RUNNER_FILE
         _header = b"WXR1" + token
         _role = roles.get  # id(code) -> (code, role)
+        _sites = request_sites.get  # id(code) -> offsets of its STORE_ATTR __defaults__
         _trusted = trusted_codes.get  # id(code) -> code
         state = [True, False]  # booting, inside the hook
         code_attrs = frozenset(("__code__", "f_code", "gi_code", "cr_code", "ag_code"))
@@ -392,7 +399,11 @@ def _wasm_exec_boot():
                     return  # clearing the request slot
                 frame = _gf(2)  # 0: check, 1: hook, 2: the frame that assigned
                 role = role_of(frame.f_code)
-                if role is None:
+                # ... and only by its own `REQUEST.__defaults__ = ...` instructions: a
+                # chain of C callables (a weakref callback, say) set off while a role's
+                # frame runs something else adds no frame of its own
+                sites = _sites(_id(frame.f_code))
+                if role is None or sites is None or frame.f_lasti not in sites:
                     raise _PermissionError("not allowed")
                 serve(frame, role, args[2])
                 return
@@ -476,11 +487,18 @@ def _wasm_exec_boot():
 
         sys.addaudithook(hook)
 
+    def clear(R):
+        """Empty the request slot. A request tuple is dropped here, in a frame with no
+        role, so that a finalizer or weakref callback it sets off can never pass for
+        the runner: the hook accepts a request only from a role's own assignment."""
+        R.__defaults__ = None
+
     # ------------------------------------------------------------------ the guard
     def guard_impl(T, name, globals, locals, fromlist, level):
         (allowed_set, prefixes, implicit_set, ModuleType_, module_dict_, type_, str_, int_,
          tuple_, list_, dict_, len_, isinstance_, getattr_, sorted_, repr_, ImportError_,
-         TypeError_, ValueError_, range_, BaseException_, REQUEST_, impl, import_name_op) = T
+         TypeError_, ValueError_, range_, BaseException_, REQUEST_, impl, import_name_op,
+         clear) = T
         # The fromlist is read first: it may be an iterable the agent wrote, and no code of
         # the agent's may run in this frame once the decisions below are being made (on
         # Python 3.13+ such code could rewrite this frame's local variables).
@@ -583,6 +601,7 @@ def _wasm_exec_boot():
         # whether to call it as asked ("raw": a library's own import) or as policed.
         box = list_()
         REQUEST_.__defaults__ = ("grant", box, T, absname, name, tuple_(children))
+        clear(REQUEST_)
         if not box:
             shown = refused if refused is not None else absname
             raise ImportError_("Import of '" + shown + "' is not allowed. Allowed "
@@ -610,6 +629,7 @@ def _wasm_exec_boot():
                     continue
                 sub = absname + "." + item
                 REQUEST_.__defaults__ = ("grant", box, T, sub, sub, ())
+                clear(REQUEST_)
                 if box:
                     box.pop()  # the mode: a submodule by its full name is always policed
                     try:
@@ -682,19 +702,21 @@ def _wasm_exec_boot():
         return T[22](T, name, None, None, ("__name__",), 0)
 
     def guard_create_builtin(B, spec):
-        # B: (REQUEST, SimpleNamespace, str, type, TypeError). The real loader gets a fresh
-        # spec holding only the checked name: what the hook allowed is what gets created.
-        REQUEST_, Spec, str_, type_, TypeError_ = B
+        # B: (REQUEST, SimpleNamespace, str, type, TypeError, clear). The real loader gets a
+        # fresh spec holding only the checked name: what the hook allowed is created.
+        REQUEST_, Spec, str_, type_, TypeError_, _clear = B
         name = spec.name
         if type_(name) is not str_:
             raise TypeError_("spec.name must be str")
         box = []
         REQUEST_.__defaults__ = ("create", box, name)
+        _clear(REQUEST_)
         return box.pop()(Spec(name=name))
 
     def guard_exec_builtin(B, module):
         box = []
         B[0].__defaults__ = ("exec", box)
+        B[5](B[0])
         return box.pop()(module)
 
     allowed = frozenset(init["allowed"])
@@ -703,7 +725,7 @@ def _wasm_exec_boot():
     implicit = frozenset(init.get("implicit", ()))
     T = (allowed, prefixes, implicit, ModuleType, module_dict, type, str, int, tuple, list,
          dict, len, isinstance, getattr, sorted, repr, ImportError, TypeError, ValueError,
-         range, BaseException, REQUEST, guard_impl, IMPORT_NAME)
+         range, BaseException, REQUEST, guard_impl, IMPORT_NAME, clear)
     guard = MethodType(guard_call, T)
     guard_import = MethodType(guard_import_module, T)
 
@@ -886,6 +908,7 @@ def _wasm_exec_boot():
         """Open matplotlib figures as PNG (base64), then closed: the call's charts."""
         box = []
         REQUEST.__defaults__ = ("pyplot", box)
+        clear(REQUEST)
         plt = box.pop()
         if plt is None:
             return []
@@ -986,17 +1009,21 @@ def _wasm_exec_boot():
         return reply
 
     def main():
-        REQUEST.__defaults__ = ("restore", [])  # replaced streams dropped here, in main
+        REQUEST.__defaults__ = ("restore", [])
+        clear(REQUEST)  # (the replaced streams are dropped in there: it has no role)
         REQUEST.__defaults__ = ("boot_done", [])
+        clear(REQUEST)
         ready = json_dumps({"id": 0, "ready": True, "errors": default_errors,
                             "runner_blob": runner_blob[0] if runner_blob else None}).encode()
         runner_blob.clear()
         REQUEST.__defaults__ = ("reply", [], ready)
+        clear(REQUEST)
         del ready
         cell_no = 0
         while True:
             box = []
             REQUEST.__defaults__ = ("read", box)  # also restores the standard streams
+            clear(REQUEST)
             raw = box[0]
             box = None  # the streams the agent had set are dropped here, in main
             if raw is None:
@@ -1014,16 +1041,18 @@ def _wasm_exec_boot():
                          "traceback": "", "globals": {}, "globals_errors": {}}
             box = []
             REQUEST.__defaults__ = ("collect", box, reserve[0] is None)
+            clear(REQUEST)
             if box:
                 box.pop()(box.pop())
             payload = json_dumps(reply).encode("utf-8")
             del reply, req
             REQUEST.__defaults__ = ("reply", [], payload)
+            clear(REQUEST)
             del payload
 
     # ------------------------------------------------------- arm the hook and go
     trusted = [guard_impl, guard_call, guard_import_module, guard_create_builtin,
-               guard_exec_builtin, main, run_call, collect_figures,
+               guard_exec_builtin, main, run_call, collect_figures, clear,
                install_hook, read_exact, read_frame, json_loads, json_dumps, format_tb,
                describe, flush_streams, convert, no_default, _exit, _unavailable, _gc_nothing,
                _gc_false, _gc_zero, _gc_collect, _gc_counts, _gc_list]
@@ -1036,12 +1065,25 @@ def _wasm_exec_boot():
              id(guard_create_builtin.__code__): (guard_create_builtin.__code__, "builtin"),
              id(guard_exec_builtin.__code__): (guard_exec_builtin.__code__, "builtin")}
     builtin_types = frozenset(k for k, v in builtins.__dict__.items() if type(v) is type)
+    # where each role's code assigns the request slot: its STORE_ATTR __defaults__
+    store_attr = opcode.opmap["STORE_ATTR"]
+    request_sites = {}
+    for code, _role_name in roles.values():
+        raw, sites, ext = code.co_code, set(), 0
+        for i in range(0, len(raw), 2):
+            op, arg = raw[i], raw[i + 1] | ext
+            ext = arg << 8 if op == EXTENDED_ARG else 0
+            if op == store_attr and (arg >> STORE_ATTR_SHIFT) < len(code.co_names) \
+                    and code.co_names[arg >> STORE_ATTR_SHIFT] == "__defaults__":
+                sites.add(i)
+        request_sites[id(code)] = frozenset(sites)
     install_hook(bytes.fromhex(init.pop("token")), allowed, prefixes, builtins.__import__,
                  _imp.create_builtin, _imp.exec_builtin, trusted_codes, roles, REQUEST, T,
-                 builtin_types, (stdout, stderr), guard_impl.__code__, implicit)
+                 builtin_types, (stdout, stderr), guard_impl.__code__, implicit,
+                 request_sites)
     del trusted_codes, roles
 
-    B = (REQUEST, type(sys.implementation), str, type, TypeError)
+    B = (REQUEST, type(sys.implementation), str, type, TypeError, clear)
     _imp.create_builtin = MethodType(guard_create_builtin, B)
     _imp.exec_builtin = MethodType(guard_exec_builtin, B)
     builtins.__import__ = guard
