@@ -583,3 +583,85 @@ def test_c_callback_chain_cannot_pass_for_the_runner(make_executor):
         "marker = 'ran'", return_globals=["marker"])
     assert r.globals == {"marker": "ran"}
     assert_still_works(ex)
+
+
+# red-team round 6: rebinding _imp.create_builtin over a tool tuple of the agent's
+FORGED_B = SYS_BY_WALK + '''
+imp = sys.modules['_imp']
+orig = imp.create_builtin
+B = orig.__self__
+NS = type(sys.implementation)
+loot = []
+def evil_clear(R):
+    R.__defaults__ = None
+    loot.append(list(sys._getframe(1).f_locals.get('box') or ()))
+def spec(name):
+    return NS(name='gc' if name == TARGET else name)
+outcomes = []
+for tools in [tuple(B[:5]) + (evil_clear,), (B[0], spec) + tuple(B[2:])]:
+    imp.create_builtin = type(orig)(orig.__func__, tools)
+    sys.modules.pop(TARGET, None)
+    sys.modules.pop(TOP, None)
+    try:
+        __import__(TOP)
+        outcomes.append('imported')
+    except BaseException as e:
+        outcomes.append(type(e).__name__)
+    finally:
+        imp.create_builtin = orig
+got_gc = [(k, repr(getattr(m, 'get_referrers'))) for k, m in list(sys.modules.items()) if hasattr(m, 'get_referrers')]
+leaked = [repr(x) for x in loot if x]
+'''
+# f_locals write-through (Python 3.13+): a sys.meta_path finder that runs during a
+# granted import rewrites the guard's variables, hoping a later request answers into a
+# list it holds
+FLOCALS = SYS_BY_WALK + '''
+mine = []
+seen = []
+class Finder:
+    def find_spec(self, name, path=None, target=None):
+        f = sys._getframe(1)
+        while f is not None:
+            loc = f.f_locals
+            if 'verdicts' in loc and 'box' in loc:
+                seen.append(name)
+                try:
+                    loc['box'] = mine
+                    loc['clear'] = lambda R: mine.append(list(sys._getframe(1).f_locals.get('box') or ()))
+                except Exception as e:
+                    seen.append(repr(e))
+            f = f.f_back
+        return None
+sys.meta_path.insert(0, Finder())
+try:
+    from PKG import SUB
+except ImportError as e:
+    seen.append(repr(e))
+finally:
+    sys.meta_path.pop(0)
+leaked = [repr(x) for x in mine if x]
+'''
+
+
+def run_round6_attacks(ex, target="_functools", top="functools", pkg="xml", sub="dom"):
+    """The round-6 attacks, asserting the real loader, gc and answer lists stay out of reach."""
+    r = ex.execute(f"TARGET = {target!r}\nTOP = {top!r}\n" + FORGED_B,
+                   return_globals=["outcomes", "got_gc", "leaked"])
+    assert r.success, r.error
+    assert r.globals["outcomes"] == ["PermissionError", "PermissionError"]
+    assert r.globals["leaked"] == []
+    # only the runner's inert gc stand-in, never the real module under any name
+    assert all("built-in" not in shown for _name, shown in r.globals["got_gc"]), r.globals
+    r = ex.execute(FLOCALS.replace("PKG", pkg).replace("SUB", sub),
+                   return_globals=["seen", "leaked"])
+    assert r.success, r.error
+    assert r.globals["leaked"] == []
+    assert sub in "".join(r.globals["seen"])  # the finder did run inside the import
+    assert_still_works(ex)
+
+
+def test_forged_loader_tools_and_rewritten_guard_locals_fail(make_executor):
+    # red-team round 6: the built-in loader method rebound over a tool tuple of the
+    # agent's (a `clear` that reads the answer, a spec factory that names gc); and, for
+    # Python 3.13+ where f_locals writes through, a finder rewriting the guard's variables
+    run_round6_attacks(make_executor(whitelisted_imports=["json", "functools", "xml"]))

@@ -157,3 +157,12 @@ def test_process_exits_cleanly_with_a_scientific_interpreter():
         proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                               timeout=120)
         assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_round6_attacks_fail_in_the_scientific_runtime():
+    # CPython 3.15: frame.f_locals writes through, so this is where rewriting the
+    # guard's variables would bite
+    from tests.test_adversarial import run_round6_attacks
+    with PythonExecExecutor(runtime="scientific", timeout_seconds=60,
+                            whitelisted_imports=["json", "functools", "xml"]) as ex:
+        run_round6_attacks(ex)

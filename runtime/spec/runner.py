@@ -24,6 +24,12 @@
 #   could have made), and answers through a list in the tuple. It never reads a frame's
 #   f_locals. The runner's own frames therefore hold no reference to `sys`, `os`, the
 #   reply channel or the real `__import__`.
+# - From Python 3.13 any code can rewrite the local (and free) variables of a frame on
+#   the stack through `frame.f_locals`. So a role frame trusts no variable that agent
+#   code could have rewritten: each answer list is a fresh `[]` made just before its
+#   request, the tuple of tools a request names is checked by identity in the hook, and
+#   the request slot is emptied with `del REQUEST.__defaults__` (an instruction, not a
+#   call, and not a request site) right after the hook answers.
 # - Import-time privileges (compiling and running library code, marshal, loading built-in
 #   modules, a library's own imports) hold only for frames whose callers, back to the
 #   guard that granted the import, are all library or runner code: agent code that runs
@@ -123,7 +129,7 @@ def _wasm_exec_boot():
 
     def install_hook(token, allowed, prefixes, real_import, create_builtin, exec_builtin,
                      trusted_codes, roles, REQUEST, guard_T, builtin_types, streams,
-                     impl_code, implicit_names, request_sites):
+                     impl_code, implicit_names, request_sites, builtin_B):
         # Everything the hook uses is a local of this function (own cells, shared with
         # no other closure), bound before any agent code exists.
         _type = type
@@ -380,12 +386,17 @@ def _wasm_exec_boot():
                     box.append("raw")
                 return  # refused: the guard raises ImportError
             if role == "builtin":
-                # req: ("create", box, name) | ("exec", box): only inside a granted import,
-                # and never the modules the runner keeps for itself
+                # req: ("create", box, name, B) | ("exec", box, B): only inside a granted
+                # import, never the modules the runner keeps for itself, and only with the
+                # runner's own tool tuple B (the agent can rebind the method over another)
                 if op == "create":
-                    name = req[2] if _len(req) > 2 else None
+                    if _len(req) != 4 or req[3] is not builtin_B:
+                        raise _PermissionError("not allowed")
+                    name = req[2]
                     if _type(name) is not _str or name in reserved_builtins:
                         raise _PermissionError("loading that built-in module is not allowed")
+                elif op != "exec" or _len(req) != 3 or req[2] is not builtin_B:
+                    raise _PermissionError("not allowed")
                 if not (state[0] or in_granted_import(frame.f_back)):
                     raise _PermissionError(
                         "loading built-in modules outside an import is not allowed")
@@ -487,18 +498,12 @@ def _wasm_exec_boot():
 
         sys.addaudithook(hook)
 
-    def clear(R):
-        """Empty the request slot. A request tuple is dropped here, in a frame with no
-        role, so that a finalizer or weakref callback it sets off can never pass for
-        the runner: the hook accepts a request only from a role's own assignment."""
-        R.__defaults__ = None
-
     # ------------------------------------------------------------------ the guard
     def guard_impl(T, name, globals, locals, fromlist, level):
         (allowed_set, prefixes, implicit_set, ModuleType_, module_dict_, type_, str_, int_,
          tuple_, list_, dict_, len_, isinstance_, getattr_, sorted_, repr_, ImportError_,
-         TypeError_, ValueError_, range_, BaseException_, REQUEST_, impl, import_name_op,
-         clear) = T
+         TypeError_, ValueError_, range_, BaseException_, REQUEST_, impl,
+         import_name_op) = T
         # The fromlist is read first: it may be an iterable the agent wrote, and no code of
         # the agent's may run in this frame once the decisions below are being made (on
         # Python 3.13+ such code could rewrite this frame's local variables).
@@ -599,9 +604,11 @@ def _wasm_exec_boot():
         # The audit hook decides, from the frames and names themselves (this frame's own
         # conclusions above only shape the answer): it hands back the real import and
         # whether to call it as asked ("raw": a library's own import) or as policed.
-        box = list_()
-        REQUEST_.__defaults__ = ("grant", box, T, absname, name, tuple_(children))
-        clear(REQUEST_)
+        kids = tuple_(children)
+        # (nothing is called between making the answer list and asking: see the top)
+        box = []
+        REQUEST_.__defaults__ = ("grant", box, T, absname, name, kids)
+        del REQUEST_.__defaults__
         if not box:
             shown = refused if refused is not None else absname
             raise ImportError_("Import of '" + shown + "' is not allowed. Allowed "
@@ -628,8 +635,9 @@ def _wasm_exec_boot():
                 if item in module_dict_(leaf):
                     continue
                 sub = absname + "." + item
+                box = []  # fresh: the import above may have run the agent's code
                 REQUEST_.__defaults__ = ("grant", box, T, sub, sub, ())
-                clear(REQUEST_)
+                del REQUEST_.__defaults__
                 if box:
                     box.pop()  # the mode: a submodule by its full name is always policed
                     try:
@@ -702,21 +710,24 @@ def _wasm_exec_boot():
         return T[22](T, name, None, None, ("__name__",), 0)
 
     def guard_create_builtin(B, spec):
-        # B: (REQUEST, SimpleNamespace, str, type, TypeError, clear). The real loader gets a
-        # fresh spec holding only the checked name: what the hook allowed is created.
-        REQUEST_, Spec, str_, type_, TypeError_, _clear = B
+        # B: (REQUEST, SimpleNamespace, str, type, TypeError), named in the request and
+        # checked by identity in the hook. The agent's spec is read before anything is
+        # taken from B (its code could rewrite this frame's variables). The real loader
+        # gets a fresh spec holding only the checked name: what the hook allowed is made.
         name = spec.name
+        REQUEST_, Spec, str_, type_, TypeError_ = B[0], B[1], B[2], B[3], B[4]
         if type_(name) is not str_:
             raise TypeError_("spec.name must be str")
         box = []
-        REQUEST_.__defaults__ = ("create", box, name)
-        _clear(REQUEST_)
+        REQUEST_.__defaults__ = ("create", box, name, B)
+        del REQUEST_.__defaults__
         return box.pop()(Spec(name=name))
 
     def guard_exec_builtin(B, module):
+        REQUEST_ = B[0]
         box = []
-        B[0].__defaults__ = ("exec", box)
-        B[5](B[0])
+        REQUEST_.__defaults__ = ("exec", box, B)
+        del REQUEST_.__defaults__
         return box.pop()(module)
 
     allowed = frozenset(init["allowed"])
@@ -725,7 +736,7 @@ def _wasm_exec_boot():
     implicit = frozenset(init.get("implicit", ()))
     T = (allowed, prefixes, implicit, ModuleType, module_dict, type, str, int, tuple, list,
          dict, len, isinstance, getattr, sorted, repr, ImportError, TypeError, ValueError,
-         range, BaseException, REQUEST, guard_impl, IMPORT_NAME, clear)
+         range, BaseException, REQUEST, guard_impl, IMPORT_NAME)
     guard = MethodType(guard_call, T)
     guard_import = MethodType(guard_import_module, T)
 
@@ -908,7 +919,7 @@ def _wasm_exec_boot():
         """Open matplotlib figures as PNG (base64), then closed: the call's charts."""
         box = []
         REQUEST.__defaults__ = ("pyplot", box)
-        clear(REQUEST)
+        del REQUEST.__defaults__
         plt = box.pop()
         if plt is None:
             return []
@@ -1010,20 +1021,20 @@ def _wasm_exec_boot():
 
     def main():
         REQUEST.__defaults__ = ("restore", [])
-        clear(REQUEST)  # (the replaced streams are dropped in there: it has no role)
+        del REQUEST.__defaults__
         REQUEST.__defaults__ = ("boot_done", [])
-        clear(REQUEST)
+        del REQUEST.__defaults__
         ready = json_dumps({"id": 0, "ready": True, "errors": default_errors,
                             "runner_blob": runner_blob[0] if runner_blob else None}).encode()
         runner_blob.clear()
         REQUEST.__defaults__ = ("reply", [], ready)
-        clear(REQUEST)
+        del REQUEST.__defaults__
         del ready
         cell_no = 0
         while True:
             box = []
             REQUEST.__defaults__ = ("read", box)  # also restores the standard streams
-            clear(REQUEST)
+            del REQUEST.__defaults__
             raw = box[0]
             box = None  # the streams the agent had set are dropped here, in main
             if raw is None:
@@ -1041,18 +1052,18 @@ def _wasm_exec_boot():
                          "traceback": "", "globals": {}, "globals_errors": {}}
             box = []
             REQUEST.__defaults__ = ("collect", box, reserve[0] is None)
-            clear(REQUEST)
+            del REQUEST.__defaults__
             if box:
                 box.pop()(box.pop())
             payload = json_dumps(reply).encode("utf-8")
             del reply, req
             REQUEST.__defaults__ = ("reply", [], payload)
-            clear(REQUEST)
+            del REQUEST.__defaults__
             del payload
 
     # ------------------------------------------------------- arm the hook and go
     trusted = [guard_impl, guard_call, guard_import_module, guard_create_builtin,
-               guard_exec_builtin, main, run_call, collect_figures, clear,
+               guard_exec_builtin, main, run_call, collect_figures,
                install_hook, read_exact, read_frame, json_loads, json_dumps, format_tb,
                describe, flush_streams, convert, no_default, _exit, _unavailable, _gc_nothing,
                _gc_false, _gc_zero, _gc_collect, _gc_counts, _gc_list]
@@ -1077,13 +1088,13 @@ def _wasm_exec_boot():
                     and code.co_names[arg >> STORE_ATTR_SHIFT] == "__defaults__":
                 sites.add(i)
         request_sites[id(code)] = frozenset(sites)
+    B = (REQUEST, type(sys.implementation), str, type, TypeError)
     install_hook(bytes.fromhex(init.pop("token")), allowed, prefixes, builtins.__import__,
                  _imp.create_builtin, _imp.exec_builtin, trusted_codes, roles, REQUEST, T,
                  builtin_types, (stdout, stderr), guard_impl.__code__, implicit,
-                 request_sites)
+                 request_sites, B)
     del trusted_codes, roles
 
-    B = (REQUEST, type(sys.implementation), str, type, TypeError, clear)
     _imp.create_builtin = MethodType(guard_create_builtin, B)
     _imp.exec_builtin = MethodType(guard_exec_builtin, B)
     builtins.__import__ = guard
