@@ -665,3 +665,72 @@ def test_forged_loader_tools_and_rewritten_guard_locals_fail(make_executor):
     # agent's (a `clear` that reads the answer, a spec factory that names gc); and, for
     # Python 3.13+ where f_locals writes through, a finder rewriting the guard's variables
     run_round6_attacks(make_executor(whitelisted_imports=["json", "functools", "xml"]))
+
+
+# red-team round 7 (Python 3.13+, where f_locals writes through, cells included): the
+# runner's main loop is made to run the agent's code between building a request and
+# reading the answer (a rewritten `reserve` cell), or to assign the request to an object
+# of the agent's whose __setattr__ is a chain of C callables that forges a request from
+# main's own request site (a rewritten `REQUEST` cell; the union then fails on the
+# answer list, but the agent's code has already run at the request site)
+MAIN_RESERVE = SYS_BY_WALK + '''
+import json
+functools = sys.modules['functools']
+stash = []
+loot = []
+class Reserve:
+    def __getitem__(self, i):
+        loc = sys._getframe(1).f_locals
+        if 'box' in loc and 'cell_no' in loc:
+            stash.append(loc['box'])
+            loc['box'] = []
+            return None
+        return bytearray(1)
+    def __setitem__(self, i, v):
+        pass
+f = sys._getframe()
+call_id = None
+while f is not None:
+    loc = f.f_locals
+    if 'req' in loc and type(loc['req']) is dict:
+        call_id = loc['req'].get('id')
+    if 'reserve' in loc:
+        loc['reserve'] = Reserve()
+    f = f.f_back
+'''
+MAIN_FAKE_SLOT = SYS_BY_WALK + '''
+import json
+functools = sys.modules['functools']
+stash = []
+REAL = __import__.__self__[21]
+loot = []
+f = sys._getframe()
+while f is not None:
+    loc = f.f_locals
+    if 'cell_no' in loc and 'REQUEST' in loc:
+        # forge a collect request from main's own request site, then put the real
+        # slot back so that main carries on as if nothing happened
+        forge = map(setattr, [REAL], ['__defaults__'], [('collect', loot, True)])
+        undo = map(loc.__setitem__, ['REQUEST'], [REAL])
+        class Fake(list):
+            __setattr__ = functools.partial(set().union, forge, undo)
+        loc['REQUEST'] = Fake()
+    f = f.f_back
+'''
+MAIN_REWRITE_CHECK = "got = [repr(x) for x in stash if x] + [repr(x) for x in loot]"
+
+
+def run_round7_attacks(make):
+    """Rewriting the main loop's variables: the answer list stays out of reach."""
+    for code in (MAIN_RESERVE, MAIN_FAKE_SLOT):
+        ex = make()
+        r = ex.execute(code)
+        assert r.success, r.error
+        r = ex.execute(MAIN_REWRITE_CHECK, return_globals=["got"])
+        assert r.success and r.globals == {"got": []}, (r.error, r.globals)
+        assert_still_works(ex)
+
+
+def test_rewritten_main_loop_variables_leak_nothing(make_executor):
+    # red-team round 7 (bites on Python 3.13+; the minimal runtime must hold as well)
+    run_round7_attacks(lambda: make_executor(whitelisted_imports=["json", "functools"]))

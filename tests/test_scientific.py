@@ -166,3 +166,18 @@ def test_round6_attacks_fail_in_the_scientific_runtime():
     with PythonExecExecutor(runtime="scientific", timeout_seconds=60,
                             whitelisted_imports=["json", "functools", "xml"]) as ex:
         run_round6_attacks(ex)
+
+
+def test_round7_attacks_fail_in_the_scientific_runtime():
+    from tests.test_adversarial import run_round7_attacks
+    made = []
+
+    def make():
+        made.append(PythonExecExecutor(runtime="scientific", timeout_seconds=60,
+                                       whitelisted_imports=["json", "functools"]))
+        return made[-1]
+    try:
+        run_round7_attacks(make)
+    finally:
+        for ex in made:
+            ex.close()

@@ -27,9 +27,11 @@
 # - From Python 3.13 any code can rewrite the local (and free) variables of a frame on
 #   the stack through `frame.f_locals`. So a role frame trusts no variable that agent
 #   code could have rewritten: each answer list is a fresh `[]` made just before its
-#   request, the tuple of tools a request names is checked by identity in the hook, and
-#   the request slot is emptied with `del REQUEST.__defaults__` (an instruction, not a
-#   call, and not a request site) right after the hook answers.
+#   request, the tuple of tools a request names is checked by identity in the hook, the
+#   slot itself is a constant of the role's code (bound to REQUEST at boot: a variable
+#   could be swapped for an object whose __setattr__ forges a request from the role's own
+#   request site), and it is emptied with `del <slot>.__defaults__` (an instruction, not
+#   a call, and not a request site) right after the hook answers.
 # - Import-time privileges (compiling and running library code, marshal, loading built-in
 #   modules, a library's own imports) hold only for frames whose callers, back to the
 #   guard that granted the import, are all library or runner code: agent code that runs
@@ -502,7 +504,7 @@ def _wasm_exec_boot():
     def guard_impl(T, name, globals, locals, fromlist, level):
         (allowed_set, prefixes, implicit_set, ModuleType_, module_dict_, type_, str_, int_,
          tuple_, list_, dict_, len_, isinstance_, getattr_, sorted_, repr_, ImportError_,
-         TypeError_, ValueError_, range_, BaseException_, REQUEST_, impl,
+         TypeError_, ValueError_, range_, BaseException_, _request, impl,
          import_name_op) = T
         # The fromlist is read first: it may be an iterable the agent wrote, and no code of
         # the agent's may run in this frame once the decisions below are being made (on
@@ -607,8 +609,8 @@ def _wasm_exec_boot():
         kids = tuple_(children)
         # (nothing is called between making the answer list and asking: see the top)
         box = []
-        REQUEST_.__defaults__ = ("grant", box, T, absname, name, kids)
-        del REQUEST_.__defaults__
+        "<wasm-exec request slot>".__defaults__ = ("grant", box, T, absname, name, kids)
+        del "<wasm-exec request slot>".__defaults__
         if not box:
             shown = refused if refused is not None else absname
             raise ImportError_("Import of '" + shown + "' is not allowed. Allowed "
@@ -636,8 +638,8 @@ def _wasm_exec_boot():
                     continue
                 sub = absname + "." + item
                 box = []  # fresh: the import above may have run the agent's code
-                REQUEST_.__defaults__ = ("grant", box, T, sub, sub, ())
-                del REQUEST_.__defaults__
+                "<wasm-exec request slot>".__defaults__ = ("grant", box, T, sub, sub, ())
+                del "<wasm-exec request slot>".__defaults__
                 if box:
                     box.pop()  # the mode: a submodule by its full name is always policed
                     try:
@@ -715,19 +717,18 @@ def _wasm_exec_boot():
         # taken from B (its code could rewrite this frame's variables). The real loader
         # gets a fresh spec holding only the checked name: what the hook allowed is made.
         name = spec.name
-        REQUEST_, Spec, str_, type_, TypeError_ = B[0], B[1], B[2], B[3], B[4]
+        Spec, str_, type_, TypeError_ = B[1], B[2], B[3], B[4]
         if type_(name) is not str_:
             raise TypeError_("spec.name must be str")
         box = []
-        REQUEST_.__defaults__ = ("create", box, name, B)
-        del REQUEST_.__defaults__
+        "<wasm-exec request slot>".__defaults__ = ("create", box, name, B)
+        del "<wasm-exec request slot>".__defaults__
         return box.pop()(Spec(name=name))
 
     def guard_exec_builtin(B, module):
-        REQUEST_ = B[0]
         box = []
-        REQUEST_.__defaults__ = ("exec", box, B)
-        del REQUEST_.__defaults__
+        "<wasm-exec request slot>".__defaults__ = ("exec", box, B)
+        del "<wasm-exec request slot>".__defaults__
         return box.pop()(module)
 
     allowed = frozenset(init["allowed"])
@@ -918,8 +919,8 @@ def _wasm_exec_boot():
     def collect_figures(budget):
         """Open matplotlib figures as PNG (base64), then closed: the call's charts."""
         box = []
-        REQUEST.__defaults__ = ("pyplot", box)
-        del REQUEST.__defaults__
+        "<wasm-exec request slot>".__defaults__ = ("pyplot", box)
+        del "<wasm-exec request slot>".__defaults__
         plt = box.pop()
         if plt is None:
             return []
@@ -1020,21 +1021,22 @@ def _wasm_exec_boot():
         return reply
 
     def main():
-        REQUEST.__defaults__ = ("restore", [])
-        del REQUEST.__defaults__
-        REQUEST.__defaults__ = ("boot_done", [])
-        del REQUEST.__defaults__
+        "<wasm-exec request slot>".__defaults__ = ("restore", [])
+        del "<wasm-exec request slot>".__defaults__
+        "<wasm-exec request slot>".__defaults__ = ("boot_done", [])
+        del "<wasm-exec request slot>".__defaults__
         ready = json_dumps({"id": 0, "ready": True, "errors": default_errors,
                             "runner_blob": runner_blob[0] if runner_blob else None}).encode()
         runner_blob.clear()
-        REQUEST.__defaults__ = ("reply", [], ready)
-        del REQUEST.__defaults__
+        "<wasm-exec request slot>".__defaults__ = ("reply", [], ready)
+        del "<wasm-exec request slot>".__defaults__
         del ready
         cell_no = 0
         while True:
             box = []
-            REQUEST.__defaults__ = ("read", box)  # also restores the standard streams
-            del REQUEST.__defaults__
+            # (the read also restores the standard streams)
+            "<wasm-exec request slot>".__defaults__ = ("read", box)
+            del "<wasm-exec request slot>".__defaults__
             raw = box[0]
             box = None  # the streams the agent had set are dropped here, in main
             if raw is None:
@@ -1050,18 +1052,31 @@ def _wasm_exec_boot():
                 reply = {"id": req["id"], "ok": False, "error_type": "RunnerError",
                          "error_message": "the sandbox runner failed: " + _qualname(_type(e)),
                          "traceback": "", "globals": {}, "globals_errors": {}}
+            full = reserve[0] is None  # (before the answer list exists: see the top)
             box = []
-            REQUEST.__defaults__ = ("collect", box, reserve[0] is None)
-            del REQUEST.__defaults__
+            "<wasm-exec request slot>".__defaults__ = ("collect", box, full)
+            del "<wasm-exec request slot>".__defaults__
             if box:
                 box.pop()(box.pop())
             payload = json_dumps(reply).encode("utf-8")
             del reply, req
-            REQUEST.__defaults__ = ("reply", [], payload)
-            del REQUEST.__defaults__
+            "<wasm-exec request slot>".__defaults__ = ("reply", [], payload)
+            del "<wasm-exec request slot>".__defaults__
             del payload
 
     # ------------------------------------------------------- arm the hook and go
+    # Each role names the request slot by a constant of its own code, bound here to
+    # REQUEST: a frame's variables can be rewritten (Python 3.13+), its constants cannot,
+    # so the object a role's STORE_ATTR assigns to is always the slot itself, and no
+    # object of the agent's (with a __setattr__ made of C callables) runs at a request site
+    slot = "<wasm-exec request slot>"
+    for fn in (guard_impl, guard_create_builtin, guard_exec_builtin, collect_figures, main):
+        consts = fn.__code__.co_consts
+        bound = tuple(REQUEST if type(c) is str and c == slot else c for c in consts)
+        if sum(1 for c in bound if c is REQUEST) != 1:
+            raise RuntimeError("runner: request slot constant missing in " + fn.__name__)
+        fn.__code__ = fn.__code__.replace(co_consts=bound)
+    del slot, consts, bound
     trusted = [guard_impl, guard_call, guard_import_module, guard_create_builtin,
                guard_exec_builtin, main, run_call, collect_figures,
                install_hook, read_exact, read_frame, json_loads, json_dumps, format_tb,
