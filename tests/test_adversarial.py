@@ -635,7 +635,7 @@ class Finder:
 sys.meta_path.insert(0, Finder())
 try:
     from PKG import SUB
-except ImportError as e:
+except BaseException as e:  # since the finder is an import-machinery change: refused
     seen.append(repr(e))
 finally:
     sys.meta_path.pop(0)
@@ -656,7 +656,8 @@ def run_round6_attacks(ex, target="_functools", top="functools", pkg="xml", sub=
                    return_globals=["seen", "leaked"])
     assert r.success, r.error
     assert r.globals["leaked"] == []
-    assert sub in "".join(r.globals["seen"])  # the finder did run inside the import
+    # the finder ran inside the import (which is then refused: the machinery was changed)
+    assert r.globals["seen"], r.globals
     assert_still_works(ex)
 
 
@@ -734,3 +735,81 @@ def run_round7_attacks(make):
 def test_rewritten_main_loop_variables_leak_nothing(make_executor):
     # red-team round 7 (bites on Python 3.13+; the minimal runtime must hold as well)
     run_round7_attacks(lambda: make_executor(whitelisted_imports=["json", "functools"]))
+
+
+# red-team round 8: a finder made only of C callables (no agent frame on the stack) planted
+# in sys.path_importer_cache, compiling and then running code under a library-looking file
+# name inside a granted import; and (scientific runtime, which has a writable /tmp) a
+# finder that hands importlib's own loader a file the agent wrote
+C_FINDER = SYS_BY_WALK + """
+import functools
+import xml
+src = 'def grab():\\n    import subprocess\\n    return subprocess\\n'
+ns = {'__builtins__': __builtins__, '__name__': 'evil'}
+codes = []
+errors = []
+class Fnd:
+    pass
+fnd = Fnd()
+def run_in_import(find_spec):
+    fnd.find_spec = find_spec
+    target = [m for m in ('xml.sax', 'xml.sax.saxutils', 'xml.dom.pulldom', 'xml.dom.expatbuilder',
+                          'xml.sax.handler', 'xml.etree.cElementTree') if m not in sys.modules][0]
+    entry = list(sys.modules[target.rpartition('.')[0]].__path__)[0]
+    saved = sys.path_importer_cache.get(entry)
+    sys.path_importer_cache[entry] = fnd
+    try:
+        __import__(target)
+    except BaseException as e:
+        errors.append(type(e).__name__)
+    finally:
+        if saved is None:
+            sys.path_importer_cache.pop(entry, None)
+        else:
+            sys.path_importer_cache[entry] = saved
+run_in_import(functools.partial(set().union, map(codes.append,
+              map(compile, [src], ['/usr/lib/evil/x.py'], ['exec']))))
+run_in_import(functools.partial(set().union, map(exec, codes, [ns])))
+try:
+    got = repr(ns['grab']())
+except BaseException as e:
+    got = type(e).__name__
+"""
+
+TMP_FILE_LOADER = SYS_BY_WALK + """
+ext = sys.modules['importlib._bootstrap_external']
+boot = sys.modules['importlib._bootstrap']
+with open('/tmp/evil_mod.py', 'w') as fh:
+    fh.write('import subprocess\\nloaded = subprocess.__name__\\n')
+class Finder:
+    def find_spec(self, name, path=None, target=None):
+        if name == 'xml.dom.minidom':
+            loader = ext.SourceFileLoader(name, '/tmp/evil_mod.py')
+            return boot.spec_from_loader(name, loader, origin='/tmp/evil_mod.py')
+        return None
+sys.meta_path.insert(0, Finder())
+try:
+    import xml.dom.minidom as m
+    got = m.loaded
+except BaseException as e:
+    got = type(e).__name__
+finally:
+    sys.meta_path.pop(0)
+"""
+
+
+def run_round8_attacks(ex, with_tmp=False):
+    r = ex.execute(C_FINDER, return_globals=["got", "codes", "errors"])
+    assert r.success, r.error
+    assert r.globals["got"] == "KeyError" and r.globals["codes"] == [], r.globals
+    if with_tmp:
+        r = ex.execute(TMP_FILE_LOADER, return_globals=["got"])
+        assert r.success, r.error
+        assert r.globals["got"] == "PermissionError", r.globals
+    assert_still_works(ex)
+    r = ex.execute("from xml.dom import minidom\nok = minidom.__name__", return_globals=["ok"])
+    assert r.globals == {"ok": "xml.dom.minidom"}, r.error
+
+
+def test_c_callable_finder_gets_no_import_privileges(make_executor):
+    run_round8_attacks(make_executor(whitelisted_imports=["json", "functools", "xml"]))

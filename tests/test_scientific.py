@@ -181,3 +181,10 @@ def test_round7_attacks_fail_in_the_scientific_runtime():
     finally:
         for ex in made:
             ex.close()
+
+
+def test_round8_attacks_fail_in_the_scientific_runtime():
+    from tests.test_adversarial import run_round8_attacks
+    with PythonExecExecutor(runtime="scientific", timeout_seconds=60,
+                            whitelisted_imports=["json", "functools", "xml"]) as ex:
+        run_round8_attacks(ex, with_tmp=True)

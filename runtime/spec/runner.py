@@ -145,6 +145,8 @@ def _wasm_exec_boot():
         _bool = bool
         _PermissionError = PermissionError
         _FunctionType = FunctionType
+        _staticmethod = staticmethod
+        _classmethod = classmethod
         _FrameType = FrameType
         _CodeType = CodeType
         _gf = sys._getframe
@@ -180,6 +182,113 @@ def _wasm_exec_boot():
             "gc.get_objects", "gc.get_referrers", "gc.get_referents", "code.__new__",
             "sys.monitoring.register_callback", "cpython._PySys_ClearAuditHooks",
             "sys._setprofileallthreads", "sys._settraceallthreads"))
+
+        # The import machinery as boot left it. Library frames of a granted import may
+        # compile and unmarshal code; the agent can rewrite the globals those frames use
+        # (importlib's, zipimport's, _io's, builtins') to feed them bytes of its own, with
+        # no frame of its own on the stack. So each time such code is made, these module
+        # dicts and sys's import lists must still hold exactly what they held at boot.
+        machinery = []  # (dict, its items at boot)
+        import_lists = []  # (name in sys, the list, its items at boot)
+        library_roots = []  # where the import machinery may read files from
+        machinery_modules = ("builtins", "importlib._bootstrap", "importlib._bootstrap_external",
+                             "zipimport", "_io", "marshal", "_imp", "posix", "zlib")
+
+        # the only frames that may make or run a library module's code, each at its own
+        # call of marshal.loads / compile / exec (code objects are unforgeable; a chain of
+        # C callables the agent sets off from some other machinery frame is refused)
+        pinned = {"marshal": [], "compile": [], "exec": [], "trampoline": []}
+        pins = (("importlib._bootstrap", None, "_call_with_frames_removed", "trampoline"),
+                ("importlib._bootstrap_external", None, "_compile_bytecode", "marshal"),
+                ("importlib._bootstrap_external", "SourceLoader", "source_to_code", "compile"),
+                ("importlib._bootstrap_external", "_LoaderBasics", "exec_module", "exec"),
+                ("importlib._bootstrap", "FrozenImporter", "exec_module", "exec"),
+                ("zipimport", None, "_unmarshal_code", "marshal"),
+                ("zipimport", None, "_compile_source", "compile"),
+                ("zipimport", "zipimporter", "exec_module", "exec"),
+                ("zipimport", "zipimporter", "load_module", "exec"))
+
+        def snapshot_machinery():
+            for key, mod in _dict_items(_modules):
+                if _type(key) is _str and key in machinery_modules:
+                    d = mod.__dict__
+                    machinery.append((d, _tuple(_dict_items(d))))
+                    for modname, clsname, fname, kind in pins:
+                        if key != modname:
+                            continue
+                        owner = d if clsname is None else _dict_get(d, clsname).__dict__
+                        fn = owner.get(fname)
+                        if _type(fn) is _staticmethod or _type(fn) is _classmethod:
+                            fn = fn.__func__
+                        if _type(fn) is _FunctionType:
+                            pinned[kind].append(fn.__code__)
+            for key, value in _dict_items(_sys_dict):
+                if _type(key) is _str and key in ("meta_path", "path_hooks", "path") \
+                        and _type(value) is _list:
+                    import_lists.append((key, value, _tuple(value)))
+                    if key == "path":
+                        for entry in value:
+                            if _type(entry) is _str and entry.startswith("/") \
+                                    and not entry.startswith("/tmp"):
+                                library_roots.append(entry)
+
+        def same_items(now, then):
+            if _len(now) != _len(then):
+                return False
+            i = 0
+            for item in now:
+                if item is not then[i]:
+                    return False
+                i += 1
+            return True
+
+        def machinery_intact():
+            for d, items in machinery:
+                now = _tuple(_dict_items(d))
+                if _len(now) != _len(items):
+                    return False
+                i = 0
+                for key, value in now:
+                    if key is not items[i][0] or value is not items[i][1]:
+                        return False
+                    i += 1
+            seen = 0
+            for key, value in _dict_items(_sys_dict):
+                if _type(key) is not _str:
+                    return False
+                for name, lst, items in import_lists:
+                    if key == name:
+                        if value is not lst or not same_items(_tuple(lst), items):
+                            return False
+                        seen += 1
+            return seen == _len(import_lists)
+
+        def require_machinery():
+            if not machinery_intact():
+                raise _PermissionError(
+                    "the import machinery was modified (importlib, zipimport, _io or builtins "
+                    "globals, or sys.meta_path / sys.path_hooks / sys.path): imports that "
+                    "load code are refused until the agent is reset")
+
+        def is_pinned(kind, frame):
+            for code in pinned[kind]:
+                if frame.f_code is code:
+                    return True
+            return False
+
+        def called_from(kind, frame):
+            """Whether `frame` (the caller of marshal.loads, compile or exec) is one of the
+            machinery's own calls of it, directly or through importlib's trampoline."""
+            if is_pinned(kind, frame):
+                return True
+            if is_pinned("trampoline", frame) and frame.f_back is not None:
+                return is_pinned(kind, frame.f_back)
+            return False
+
+        def machinery_frame(code):
+            fn = code.co_filename
+            return _type(fn) is _str and (fn.startswith("<frozen importlib._bootstrap")
+                                          or fn == "<frozen zipimport>")
 
         def role_of(code):
             entry = _role(_id(code))
@@ -285,6 +394,7 @@ def _wasm_exec_boot():
                 elif op == "restore":
                     restore_streams(box)
                 elif op == "boot_done":
+                    snapshot_machinery()
                     state[0] = False
                 elif op == "collect":
                     # which generations are due, as the automatic collector would decide
@@ -450,9 +560,10 @@ def _wasm_exec_boot():
                         return
                 elif fn is None:
                     return
-                if not in_granted_import(_gf(2)):
+                if not in_granted_import(_gf(2)) or not called_from("compile", _gf(2)):
                     raise _PermissionError(
                         "compile() with a file name that is not '<...>' is not allowed")
+                require_machinery()
                 return
             if event == "exec":
                 code = args[0] if _len(args) else None
@@ -460,15 +571,32 @@ def _wasm_exec_boot():
                         and not in_granted_import(_gf(2)):
                     raise _PermissionError(
                         "running library module code outside an import is not allowed")
+                if _type(code) is _CodeType and library_file(code):
+                    if not called_from("exec", _gf(2)):
+                        raise _PermissionError(
+                            "running library module code outside an import is not allowed")
+                    require_machinery()
                 return
             if event == "marshal.loads" or event == "marshal.load":
-                if not in_granted_import(_gf(2)):
+                if not in_granted_import(_gf(2)) or not called_from("marshal", _gf(2)):
                     raise _PermissionError("marshal is not available in the sandbox")
+                require_machinery()
                 return
             if event == "open":
                 if _len(args) and _type(args[0]) is _int:
                     raise _PermissionError(
                         "opening file descriptors is not allowed in the sandbox")
+                if _len(args) and machinery_frame(_gf(2).f_code):
+                    # the import machinery reads code only from where the library lives
+                    path = args[0]
+                    ok = False
+                    if _type(path) is _str:
+                        for root in library_roots:
+                            if path == root or path.startswith(root + "/"):
+                                ok = True
+                    if not ok:
+                        raise _PermissionError(
+                            "importing code from outside the library is not allowed")
                 return
             if event == "pickle.find_class":
                 if _len(args) != 2:
