@@ -188,3 +188,13 @@ def test_round8_attacks_fail_in_the_scientific_runtime():
     with PythonExecExecutor(runtime="scientific", timeout_seconds=60,
                             whitelisted_imports=["json", "functools", "xml"]) as ex:
         run_round8_attacks(ex, with_tmp=True)
+
+
+def test_call_time_imports_load_library_code():
+    # no default imports: numpy (frozen modules on 3.15), pandas (six adds a meta_path
+    # finder) and matplotlib are loaded by the agent's own import statements
+    with PythonExecExecutor(runtime="scientific", timeout_seconds=120,
+                            whitelisted_imports=["numpy", "pandas", "matplotlib.pyplot"]) as ex:
+        r = ex.execute("import numpy as np\nimport pandas as pd\nimport matplotlib.pyplot as plt\n"
+                       "total = int(pd.Series(np.arange(5)).sum())", return_globals=["total"])
+        assert r.success and r.globals == {"total": 10}, r.error

@@ -203,6 +203,8 @@ def _wasm_exec_boot():
                 ("importlib._bootstrap_external", "SourceLoader", "source_to_code", "compile"),
                 ("importlib._bootstrap_external", "_LoaderBasics", "exec_module", "exec"),
                 ("importlib._bootstrap", "FrozenImporter", "exec_module", "exec"),
+                # (3.15 audits the unmarshalling of a frozen module's code, fetched by name)
+                ("importlib._bootstrap", "FrozenImporter", "exec_module", "marshal"),
                 ("zipimport", None, "_unmarshal_code", "marshal"),
                 ("zipimport", None, "_compile_source", "compile"),
                 ("zipimport", "zipimporter", "exec_module", "exec"),
@@ -223,14 +225,17 @@ def _wasm_exec_boot():
                         if _type(fn) is _FunctionType:
                             pinned[kind].append(fn.__code__)
             for key, value in _dict_items(_sys_dict):
-                if _type(key) is _str and key in ("meta_path", "path_hooks", "path") \
+                # (not meta_path or path: libraries add to those, six for one; agent finders
+                # gain nothing there, as only the pinned calls make library code, and the
+                # machinery reads files only under the library roots)
+                if _type(key) is _str and key == "path_hooks" \
                         and _type(value) is _list:
                     import_lists.append((key, value, _tuple(value)))
-                    if key == "path":
-                        for entry in value:
-                            if _type(entry) is _str and entry.startswith("/") \
-                                    and not entry.startswith("/tmp"):
-                                library_roots.append(entry)
+                if _type(key) is _str and key == "path" and _type(value) is _list:
+                    for entry in value:
+                        if _type(entry) is _str and entry.startswith("/") \
+                                and not entry.startswith("/tmp"):
+                            library_roots.append(entry)
 
         def same_items(now, then):
             if _len(now) != _len(then):
@@ -242,33 +247,35 @@ def _wasm_exec_boot():
                 i += 1
             return True
 
-        def machinery_intact():
+        def machinery_change():
+            """What differs from boot (a short description), or None."""
             for d, items in machinery:
                 now = _tuple(_dict_items(d))
                 if _len(now) != _len(items):
-                    return False
+                    return "names were added to or removed from a module's globals"
                 i = 0
                 for key, value in now:
                     if key is not items[i][0] or value is not items[i][1]:
-                        return False
+                        return ("a module global was replaced: " + key
+                                if _type(key) is _str else "a module global was replaced")
                     i += 1
             seen = 0
             for key, value in _dict_items(_sys_dict):
                 if _type(key) is not _str:
-                    return False
+                    return "sys has a key that is not a str"
                 for name, lst, items in import_lists:
                     if key == name:
                         if value is not lst or not same_items(_tuple(lst), items):
-                            return False
+                            return "sys." + name + " was changed"
                         seen += 1
-            return seen == _len(import_lists)
+            return None if seen == _len(import_lists) else "sys lost one of its import lists"
 
         def require_machinery():
-            if not machinery_intact():
+            change = machinery_change()
+            if change is not None:
                 raise _PermissionError(
-                    "the import machinery was modified (importlib, zipimport, _io or builtins "
-                    "globals, or sys.meta_path / sys.path_hooks / sys.path): imports that "
-                    "load code are refused until the agent is reset")
+                    "the import machinery was modified (" + change + "): imports that load "
+                    "code are refused until the agent is reset")
 
         def is_pinned(kind, frame):
             for code in pinned[kind]:
