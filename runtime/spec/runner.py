@@ -162,6 +162,7 @@ def _wasm_exec_boot():
         _dict_items = dict.items
         _dict_iter = dict.__iter__
         _dict_get = dict.get
+        _dict_values = dict.values
         # copies into this function's own cells: the hook shares no cell with any function
         # the agent can reach (cells are writable from Python)
         _IMPORT_NAME = IMPORT_NAME
@@ -188,11 +189,11 @@ def _wasm_exec_boot():
         # (importlib's, zipimport's, _io's, builtins') to feed them bytes of its own, with
         # no frame of its own on the stack. So each time such code is made, these module
         # dicts and sys's import lists must still hold exactly what they held at boot.
-        machinery = []  # (dict, its items at boot)
+        machinery = []  # (dict, its keys at boot, its values at boot)
         import_lists = []  # (name in sys, the list, its items at boot)
         library_roots = []  # where the import machinery may read files from
         machinery_modules = ("builtins", "importlib._bootstrap", "importlib._bootstrap_external",
-                             "zipimport", "_io", "marshal", "_imp", "posix", "zlib")
+                             "zipimport", "_io", "marshal", "_imp", "zlib")
 
         # the only frames that may make or run a library module's code, each at its own
         # call of marshal.loads / compile / exec (code objects are unforgeable; a chain of
@@ -214,7 +215,7 @@ def _wasm_exec_boot():
             for key, mod in _dict_items(_modules):
                 if _type(key) is _str and key in machinery_modules:
                     d = mod.__dict__
-                    machinery.append((d, _tuple(_dict_items(d))))
+                    machinery.append((d, _tuple(d), _tuple(_dict_values(d))))
                     for modname, clsname, fname, kind in pins:
                         if key != modname:
                             continue
@@ -249,16 +250,13 @@ def _wasm_exec_boot():
 
         def machinery_change():
             """What differs from boot (a short description), or None."""
-            for d, items in machinery:
-                now = _tuple(_dict_items(d))
-                if _len(now) != _len(items):
+            for d, keys, values in machinery:
+                if _len(d) != _len(keys):
                     return "names were added to or removed from a module's globals"
-                i = 0
-                for key, value in now:
-                    if key is not items[i][0] or value is not items[i][1]:
-                        return ("a module global was replaced: " + key
-                                if _type(key) is _str else "a module global was replaced")
-                    i += 1
+                if not same_items(_tuple(_dict_values(d)), values):
+                    return "a module global was replaced"
+                if not same_items(_tuple(d), keys):
+                    return "a module global was renamed"
             seen = 0
             for key, value in _dict_items(_sys_dict):
                 if _type(key) is not _str:
