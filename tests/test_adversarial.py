@@ -813,3 +813,18 @@ def run_round8_attacks(ex, with_tmp=False):
 
 def test_c_callable_finder_gets_no_import_privileges(make_executor):
     run_round8_attacks(make_executor(whitelisted_imports=["json", "functools", "xml"]))
+
+
+def test_package_path_pointed_elsewhere_loads_nothing(make_executor):
+    # a package's __path__ pointed at the stdlib's root would load, say, subprocess under
+    # an allowed name (xml.dom.subprocess)
+    ex = make_executor(whitelisted_imports=["xml"])
+    r = ex.execute(
+        "import xml.dom\nroot = xml.dom.__path__[0].rsplit('/xml/', 1)[0]\n"
+        "xml.dom.__path__.append(root)\n"
+        "try:\n    import xml.dom.subprocess as sp\n    got = repr(sp)\n"
+        "except BaseException as e:\n    got = type(e).__name__\n"
+        "xml.dom.__path__.pop()\n", return_globals=["got"])
+    assert r.success and r.globals == {"got": "PermissionError"}, (r.error, r.globals)
+    r = ex.execute("from xml.dom import minidom\nok = minidom.__name__", return_globals=["ok"])
+    assert r.globals == {"ok": "xml.dom.minidom"}, r.error

@@ -146,6 +146,7 @@ def _wasm_exec_boot():
         _PermissionError = PermissionError
         _FunctionType = FunctionType
         _staticmethod = staticmethod
+        _ModuleType = type(sys)
         _classmethod = classmethod
         _FrameType = FrameType
         _CodeType = CodeType
@@ -192,6 +193,7 @@ def _wasm_exec_boot():
         machinery = []  # (dict, its keys at boot, its values at boot)
         import_lists = []  # (name in sys, the list, its items at boot)
         library_roots = []  # where the import machinery may read files from
+        namespace_path = []  # importlib's _NamespacePath class
         machinery_modules = ("builtins", "importlib._bootstrap", "importlib._bootstrap_external",
                              "zipimport", "_io", "marshal", "_imp", "zlib")
 
@@ -216,6 +218,10 @@ def _wasm_exec_boot():
                 if _type(key) is _str and key in machinery_modules:
                     d = mod.__dict__
                     machinery.append((d, _tuple(d), _tuple(_dict_values(d))))
+                    if key == "importlib._bootstrap_external":
+                        ns_type = _dict_get(d, "_NamespacePath")
+                        if _type(ns_type) is _type:
+                            namespace_path.append(ns_type)
                     for modname, clsname, fname, kind in pins:
                         if key != modname:
                             continue
@@ -289,6 +295,43 @@ def _wasm_exec_boot():
             if is_pinned("trampoline", frame) and frame.f_back is not None:
                 return is_pinned(kind, frame.f_back)
             return False
+
+        def module_named(name):
+            for key, value in _dict_items(_modules):
+                if _type(key) is _str and key == name:
+                    return value
+            return None
+
+        def package_paths_intact(absname):
+            """Whether each loaded package above `absname` still searches only its own
+            directory: a `__path__` pointed elsewhere would load another module (say the
+            stdlib's subprocess) under an allowed name."""
+            parent = absname.rpartition(".")[0]
+            while parent:
+                mod = module_named(parent)
+                if mod is not None:
+                    if _type(mod) is not _ModuleType:
+                        return False
+                    path = None
+                    for key, value in _dict_items(mod.__dict__):
+                        if _type(key) is _str and key == "__path__":
+                            path = value
+                    if namespace_path and _type(path) is namespace_path[0]:
+                        # a namespace package: its directories are in the object's _path
+                        found = None
+                        for key, value in _dict_items(path.__dict__):
+                            if _type(key) is _str and key == "_path":
+                                found = value
+                        path = found if found is not None else 0
+                    suffix = "/" + parent.replace(".", "/")
+                    if path is not None:
+                        if _type(path) is not _list and _type(path) is not _tuple:
+                            return False
+                        for entry in path:
+                            if _type(entry) is not _str or not entry.endswith(suffix):
+                                return False
+                parent = parent.rpartition(".")[0]
+            return True
 
         def machinery_frame(code):
             fn = code.co_filename
@@ -481,6 +524,10 @@ def _wasm_exec_boot():
                 else:
                     ok = False
                 if ok:
+                    if not package_paths_intact(absname):
+                        raise _PermissionError(
+                            "Import of '" + absname + "' refused: the __path__ of a package it "
+                            "belongs to was changed to point outside the package")
                     box.append(real_import)
                     box.append("policy")
                 elif (library and not statement and ("/" + top + "/") in code.co_filename
