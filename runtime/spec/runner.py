@@ -296,12 +296,6 @@ def _wasm_exec_boot():
                 return is_pinned(kind, frame.f_back)
             return False
 
-        def module_named(name):
-            for key, value in _dict_items(_modules):
-                if _type(key) is _str and key == name:
-                    return value
-            return None
-
         def package_paths_intact(absname):
             """Whether each loaded package above `absname` still searches only its own
             directory: a `__path__` pointed elsewhere would load another module (say the
@@ -309,7 +303,7 @@ def _wasm_exec_boot():
             parent = absname.rpartition(".")[0]
             while parent:
                 mod = module_named(parent)
-                if mod is not None:
+                if mod is not absent and mod is not None:
                     if _type(mod) is not _ModuleType:
                         return False
                     path = None
@@ -364,13 +358,18 @@ def _wasm_exec_boot():
                 f = f.f_back
             return False
 
-        def is_loaded(name):
-            # sys.modules is walked, not looked up: a lookup would compare the keys, and
-            # the agent may have planted one with its own __eq__
-            for key in _dict_iter(_modules):
+        absent = object()
+
+        def module_named(name):
+            """sys.modules[name], or `absent`. The table is walked, not looked up: a lookup
+            would compare the keys, and the agent may have planted one with its own __eq__."""
+            for key, value in _dict_items(_modules):
                 if _type(key) is _str and key == name:
-                    return True
-            return False
+                    return value
+            return absent
+
+        def is_loaded(name):
+            return module_named(name) is not absent
 
         def allowed_top(top):
             """Whether the allow-list names ``top`` or one of its submodules."""
@@ -462,13 +461,9 @@ def _wasm_exec_boot():
             if role == "figures":
                 if op != "pyplot":
                     raise _PermissionError("bad request")
-                # matplotlib.pyplot, if the code has loaded it (sys.modules is walked, not
-                # looked up: a lookup would compare keys the agent may have planted)
-                found = None
-                for key, value in _dict_items(_modules):
-                    if _type(key) is _str and key == "matplotlib.pyplot":
-                        found = value
-                box.append(found)
+                # matplotlib.pyplot, if the code has loaded it
+                found = module_named("matplotlib.pyplot")
+                box.append(None if found is absent else found)
                 return
             if role == "guard":
                 # req: ("grant", box, T, absname, name, children)

@@ -692,20 +692,13 @@ def _policy_and_limits(
     memory_bytes: int | None,
     max_output_bytes: int | None,
 ) -> tuple[Policy, Limits]:
-    overrides: dict[str, Any] = {}
-    if fuel != "default":
-        overrides["fuel"] = fuel
-    if timeout_seconds is not None:
-        overrides["timeout_seconds"] = timeout_seconds
-    if memory_bytes is not None:
-        overrides["memory_bytes"] = memory_bytes
-    if max_output_bytes is not None:
-        overrides["max_output_bytes"] = max_output_bytes
     try:
         policy = Policy(whitelisted_imports=whitelisted_imports,  # type: ignore[arg-type]
                         default_imports=default_imports)  # type: ignore[arg-type]
-        base = limits if isinstance(limits, Limits) else Limits().merged(dict(limits or {}))
-        return policy, base.merged(overrides)
+        base = limits if isinstance(limits, Limits) or limits is None else dict(limits)
+        return policy, Limits.build(base, fuel=fuel, timeout_seconds=timeout_seconds,
+                                    memory_bytes=memory_bytes,
+                                    max_output_bytes=max_output_bytes)
     except (TypeError, ValueError) as e:
         raise ConfigurationError(f"{owner}: {e}") from e
 
