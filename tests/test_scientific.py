@@ -8,24 +8,10 @@ import zlib
 
 import pytest
 
+from tests.scientific_support import needs_scientific
 from wasm_exec import PythonExecExecutor
-from wasm_exec.errors import WasmExecError
-from wasm_exec.runtime import EngineSettings, get_image
 
-
-def _installed() -> bool:
-    try:
-        get_image(EngineSettings(fuel=True), "scientific")
-        return True
-    except WasmExecError:
-        return False
-
-
-pytestmark = [
-    pytest.mark.scientific,
-    pytest.mark.skipif(not _installed(), reason="the scientific runtime is not installed "
-                       "(bash build_runtime.sh --profile scientific)"),
-]
+pytestmark = [pytest.mark.scientific, needs_scientific]
 
 SEED = dict(whitelisted_imports=["numpy", "pandas", "matplotlib.pyplot"],
             default_imports={"np": "numpy", "pd": "pandas", "plt": "matplotlib.pyplot"})

@@ -40,9 +40,7 @@ from rustic_ai.core.guild.agent_ext.depends.code_execution.stateless import (  #
 from rustic_ai.core.guild.builders import AgentBuilder, GuildBuilder  # noqa: E402
 from rustic_ai.core.guild.dsl import DependencySpec  # noqa: E402
 
-from wasm_exec.errors import WasmExecError  # noqa: E402
 from wasm_exec.integrations.rustic import close_shared_resolvers  # noqa: E402
-from wasm_exec.runtime import EngineSettings, get_image  # noqa: E402
 
 STATEFUL = "wasm_exec.integrations.rustic.WasmExecExecutorResolver"
 STATELESS = "wasm_exec.integrations.rustic.WasmCodeInterpreterResolver"
@@ -51,19 +49,7 @@ Ask = Callable[..., dict[str, Any]]
 Send = Callable[[str, BaseModel], dict[str, Any]]
 
 
-def _scientific_installed() -> bool:
-    try:
-        get_image(EngineSettings(fuel=True), "scientific")
-        return True
-    except WasmExecError:
-        return False
-
-
-# tests/conftest.py fails (rather than skips) a test with both marks when
-# WASM_EXEC_REQUIRE_SCIENTIFIC=1, as CI sets
-needs_scientific = pytest.mark.skipif(
-    not _scientific_installed(),
-    reason="the scientific runtime is not installed (bash build_runtime.sh --profile scientific)")
+from tests.scientific_support import needs_scientific  # noqa: E402
 
 
 # ------------------------------------------------------ the documented agents

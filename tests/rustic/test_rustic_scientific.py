@@ -28,7 +28,6 @@ from rustic_ai.core.guild.agent_ext.depends.code_execution.stateless import (  #
 from rustic_ai.core.guild.dsl import DependencySpec  # noqa: E402
 
 from wasm_exec import ConfigurationError, PythonExecExecutor  # noqa: E402
-from wasm_exec.errors import WasmExecError  # noqa: E402
 from wasm_exec.integrations.rustic import (  # noqa: E402
     WasmCodeExecutor,
     WasmCodeInterpreter,
@@ -36,25 +35,13 @@ from wasm_exec.integrations.rustic import (  # noqa: E402
     WasmExecExecutorResolver,
     close_shared_resolvers,
 )
-from wasm_exec.runtime import EngineSettings, get_image, profiles  # noqa: E402
+from wasm_exec.runtime import profiles  # noqa: E402
 
 STATEFUL = "wasm_exec.integrations.rustic.WasmExecExecutorResolver"
 STATELESS = "wasm_exec.integrations.rustic.WasmCodeInterpreterResolver"
 
 
-def _scientific_installed() -> bool:
-    try:
-        get_image(EngineSettings(fuel=True), "scientific")
-        return True
-    except WasmExecError:
-        return False
-
-
-# tests/conftest.py fails (rather than skips) a test with both marks when
-# WASM_EXEC_REQUIRE_SCIENTIFIC=1, as CI sets
-needs_scientific = pytest.mark.skipif(
-    not _scientific_installed(),
-    reason="the scientific runtime is not installed (bash build_runtime.sh --profile scientific)")
+from tests.scientific_support import needs_scientific  # noqa: E402
 
 
 def py(code: str) -> CodeSnippet:
