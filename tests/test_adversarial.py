@@ -828,3 +828,182 @@ def test_package_path_pointed_elsewhere_loads_nothing(make_executor):
     assert r.success and r.globals == {"got": "PermissionError"}, (r.error, r.globals)
     r = ex.execute("from xml.dom import minidom\nok = minidom.__name__", return_globals=["ok"])
     assert r.globals == {"ok": "xml.dom.minidom"}, r.error
+
+
+# Round 9: what the import machinery loads must be the genuine code of the module it was
+# asked for. Each attack below got a module that is not allowed (or code of the agent's
+# own, run as "library" code) before the runner bound every load to the requested name
+# and to the runtime's own .pyc files (by SHA-256).
+ROUND9_PRELUDE = SYS_BY_WALK + """
+before = set(sys.modules)
+boot = sys.modules['importlib._bootstrap']
+zmod = sys.modules['zipimport']
+root = [e for e in sys.path if e.endswith('.zip')][0]
+zi = zmod.zipimporter(root)
+ModuleSpec = boot.ModuleSpec
+def attempt(fn):
+    try:
+        return repr(fn())
+    except BaseException as e:
+        return type(e).__name__
+"""
+
+ROUND9_ATTACKS = {
+    # a finder answers an allowed name with the stdlib root's zipimporter: its prefix makes
+    # it read <root>/subprocess.pyc for "json.subprocess"
+    "zip_root_loader_under_allowed_name": """
+class F:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == 'json.subprocess':
+            return ModuleSpec(name, zi, origin='x')
+sys.meta_path.insert(0, F)
+def go():
+    import json.subprocess as sp
+    return sp.Popen
+got = attempt(go)
+sys.meta_path.remove(F)
+""",
+    # a finder answers with a spec of ANOTHER name (frozen os, stdlib subprocess, a
+    # built-in module): the machinery loads that module and binds it as json.x
+    "spec_of_another_name_frozen": """
+class F:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == 'json.x':
+            return ModuleSpec('os', boot.FrozenImporter, origin='frozen')
+sys.meta_path.insert(0, F)
+def go():
+    import json.x as m
+    return m.system
+got = attempt(go)
+sys.meta_path.remove(F)
+""",
+    "spec_of_another_name_zip": """
+class F:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == 'json.y':
+            return ModuleSpec('subprocess', zi, origin='x')
+sys.meta_path.insert(0, F)
+def go():
+    import json.y as m
+    return m.Popen
+got = attempt(go)
+sys.meta_path.remove(F)
+""",
+    "spec_of_another_name_builtin": """
+class F:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == 'json.z':
+            return ModuleSpec('_posixsubprocess' if '_posixsubprocess' in
+                              sys.builtin_module_names else 'posix',
+                              boot.BuiltinImporter, origin='built-in')
+sys.meta_path.insert(0, F)
+def go():
+    import json.z as m
+    return m
+got = attempt(go)
+sys.meta_path.remove(F)
+""",
+    # a fromlist made of C callables, iterated by the import guard itself (no frame of the
+    # agent's on the stack) loading subprocess through importlib's own _gcd_import
+    "fromlist_of_c_callables": """
+def go():
+    __import__('json', fromlist=map(boot._gcd_import, ['subprocess']))
+got = attempt(go)
+""",
+    # importlib's loaders called by a C-callable finder during a granted import
+    "c_callable_finder_loads_by_name": """
+import functools
+class Fnd:
+    pass
+fnd = Fnd()
+fnd.find_spec = functools.partial(set().union, map(boot._gcd_import, ['subprocess']))
+import xml
+entry = list(sys.modules['xml'].__path__)[0]
+saved = sys.path_importer_cache.get(entry)
+sys.path_importer_cache[entry] = fnd
+def go():
+    import xml.sax.saxutils
+    return sys.modules.get('subprocess')
+got = attempt(go)
+if saved is None:
+    sys.path_importer_cache.pop(entry, None)
+else:
+    sys.path_importer_cache[entry] = saved
+""",
+    # a self-restoring stand-in for _io.open_code hands zipimport a .pyc of the agent's
+    # own making (code compiled by the agent, relabelled as a library file): its import
+    # statements would pass as the library's own
+    "crafted_pyc_through_open_code": """
+import json
+marshal = sys.modules['marshal']
+zlib = sys.modules['zlib']
+io_mod = sys.modules['_io']
+ext = sys.modules['importlib._bootstrap_external']
+toc = zmod._zip_directory_cache[root]['json/tool.pyc']
+compress, data_size, file_offset = toc[1], toc[2], toc[4]
+real_name = root + '/json/tool.py'
+fake_name = '<' + 'x' * (len(real_name) - 2) + '>'
+code = compile('import subprocess\\nstolen = subprocess.Popen\\n', fake_name, 'exec')
+pyc = ext.MAGIC_NUMBER + bytes(12) + marshal.dumps(code).replace(fake_name.encode(),
+                                                                   real_name.encode())
+if compress:
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    pyc = c.compress(pyc) + c.flush()
+payload = pyc + bytes(data_size - len(pyc))
+header = b'PK\\x03\\x04' + bytes(26)
+class Fake:
+    pos = 0
+    def seek(self, pos, whence=0):
+        self.pos = pos
+    def read(self, n=-1):
+        data = header if self.pos == file_offset else payload
+        return data[:n]
+    def __enter__(self):
+        return self
+    def __exit__(self, *a):
+        return False
+real_open = io_mod.open_code
+opened = []
+def fake_open(path):
+    # (zipimport reads the module once to find it, once to load it)
+    opened.append(path)
+    if len(opened) == 1:
+        return real_open(path)
+    io_mod.open_code = real_open  # gone again before zipimport unmarshals the bytes
+    return Fake()
+io_mod.open_code = fake_open
+def go():
+    import json.tool as t
+    return sorted(t.__dict__)
+got = attempt(go)
+io_mod.open_code = real_open
+""",
+}
+
+
+def run_round9_attacks(ex, only=None):
+    for name, attack in ROUND9_ATTACKS.items():
+        if only is not None and name not in only:
+            continue
+        r = ex.execute(ROUND9_PRELUDE + attack + "\nleaked = [m for m in ('subprocess', "
+                       "'os', '_posixsubprocess') if m in sys.modules and m not in before]\n",
+                       return_globals=["got", "leaked"])
+        assert r.success, (name, r.error)
+        # (a fromlist or finder of C callables fails with a TypeError once it has run)
+        assert r.globals["leaked"] == [], (name, r.globals)
+        assert r.globals["got"] in ("None", "PermissionError", "ImportError", "TypeError",
+                                    "ModuleNotFoundError", "ZipImportError"), (name, r.globals)
+        assert_still_works(ex)
+    r = ex.execute("import json.tool, xml.sax.saxutils\nok = json.tool.__name__",
+                   return_globals=["ok"])
+    assert r.globals == {"ok": "json.tool"}, r.error
+
+
+@pytest.mark.parametrize("attack", sorted(ROUND9_ATTACKS))
+def test_loads_are_bound_to_the_requested_module_and_genuine_code(make_executor, attack):
+    ex = make_executor(whitelisted_imports=["json", "functools", "xml"])
+    run_round9_attacks(ex, only={attack})

@@ -176,6 +176,13 @@ def test_round8_attacks_fail_in_the_scientific_runtime():
         run_round8_attacks(ex, with_tmp=True)
 
 
+def test_round9_attacks_fail_in_the_scientific_runtime():
+    from tests.test_adversarial import run_round9_attacks
+    with PythonExecExecutor(runtime="scientific", timeout_seconds=60,
+                            whitelisted_imports=["json", "functools", "xml"]) as ex:
+        run_round9_attacks(ex)
+
+
 def test_call_time_imports_load_library_code():
     # no default imports: numpy (frozen modules on 3.15), pandas (six adds a meta_path
     # finder) and matplotlib are loaded by the agent's own import statements

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import wasmtime
 
+from . import codeindex
 from .errors import RuntimeNotFoundError, RuntimeVerificationError
 
 ENV_DIR = "WASM_EXEC_RUNTIME_DIR"
@@ -263,6 +264,7 @@ class RuntimeImage:
         self.cwasm = cwasm
         self.pin = pin
         self.wasm = wasm
+        self._code_index: dict[str, object] | None = None
 
     @property
     def kind(self) -> str:
@@ -271,6 +273,18 @@ class RuntimeImage:
     def file(self, name: str) -> Path:
         """Another pinned file of this runtime (e.g. the scientific stdlib zip)."""
         return self.wasm.parent / name
+
+    def code_index(self) -> dict[str, object]:
+        """The runtime's genuine compiled modules by SHA-256 (see ``codeindex``): built
+        once per runtime build and cached next to the binary."""
+        if self._code_index is None:
+            with _index_lock:
+                if self._code_index is None:
+                    zips = [self.wasm.parent / f.file for f in self.pin.files[1:]
+                            if f.file.endswith(".zip")]
+                    self._code_index = codeindex.load_or_build(self.wasm, zips,
+                                                               self.pin.sha256)
+        return self._code_index
 
     def new_engine(self) -> tuple[wasmtime.Engine, wasmtime.Module]:
         engine = wasmtime.Engine(self.settings.config())
@@ -288,6 +302,7 @@ class RuntimeImage:
         return engine, module
 
 
+_index_lock = threading.Lock()
 _images: dict[tuple[str, EngineSettings], RuntimeImage] = {}
 _images_lock = threading.Lock()
 

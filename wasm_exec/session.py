@@ -290,7 +290,9 @@ class Session:
             self._start_func = start
 
         init = {"token": self._token.hex(), "allowed": sorted(allowed),
-                "implicit": list(IMPLICIT_IMPORTS), "default_imports": dict(default_imports)}
+                "implicit": list(IMPLICIT_IMPORTS), "default_imports": dict(default_imports),
+                # the runtime's genuine compiled modules: all the import machinery may load
+                "code_index": image.code_index()}
         self._inbuf = encode_request(init)
         self._deadline_ticks = 0
         self._arm(self._boot)

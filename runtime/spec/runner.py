@@ -42,6 +42,7 @@
 
 
 def _wasm_exec_boot():
+    import _blake2
     import _imp
     import _io
     import _json
@@ -131,7 +132,8 @@ def _wasm_exec_boot():
 
     def install_hook(token, allowed, prefixes, real_import, create_builtin, exec_builtin,
                      trusted_codes, roles, REQUEST, guard_T, builtin_types, streams,
-                     impl_code, implicit_names, request_sites, builtin_B):
+                     impl_code, implicit_names, request_sites, builtin_B, import_calls,
+                     load_code, real_find_and_load, code_index, blake2b, a2b_base64):
         # Everything the hook uses is a local of this function (own cells, shared with
         # no other closure), bound before any agent code exists.
         _type = type
@@ -144,6 +146,10 @@ def _wasm_exec_boot():
         _tuple = tuple
         _bool = bool
         _PermissionError = PermissionError
+        _ModuleNotFoundError = ModuleNotFoundError
+        _blake2b = blake2b
+        code_names = {}  # BLAKE2b-128 of a genuine .pyc -> its module (built when needed)
+        _import_calls = import_calls  # offsets of the guard's calls of the real import
         _FunctionType = FunctionType
         _staticmethod = staticmethod
         _ModuleType = type(sys)
@@ -200,18 +206,20 @@ def _wasm_exec_boot():
         # the only frames that may make or run a library module's code, each at its own
         # call of marshal.loads / compile / exec (code objects are unforgeable; a chain of
         # C callables the agent sets off from some other machinery frame is refused)
-        pinned = {"marshal": [], "compile": [], "exec": [], "trampoline": []}
+        pinned = {"marshal": [], "marshal_frozen": [], "compile": [], "exec": [],
+                  "trampoline": []}
         pins = (("importlib._bootstrap", None, "_call_with_frames_removed", "trampoline"),
                 ("importlib._bootstrap_external", None, "_compile_bytecode", "marshal"),
                 ("importlib._bootstrap_external", "SourceLoader", "source_to_code", "compile"),
                 ("importlib._bootstrap_external", "_LoaderBasics", "exec_module", "exec"),
                 ("importlib._bootstrap", "FrozenImporter", "exec_module", "exec"),
                 # (3.15 audits the unmarshalling of a frozen module's code, fetched by name)
-                ("importlib._bootstrap", "FrozenImporter", "exec_module", "marshal"),
+                ("importlib._bootstrap", "FrozenImporter", "exec_module", "marshal_frozen"),
                 ("zipimport", None, "_unmarshal_code", "marshal"),
                 ("zipimport", None, "_compile_source", "compile"),
-                ("zipimport", "zipimporter", "exec_module", "exec"),
-                ("zipimport", "zipimporter", "load_module", "exec"))
+                ("zipimport", "zipimporter", "exec_module", "exec"))
+        # (zipimporter.load_module, the legacy API, is not pinned: it loads whatever name
+        # it is given, and the machinery itself never calls it)
 
         def snapshot_machinery():
             for key, mod in _dict_items(_modules):
@@ -345,18 +353,77 @@ def _wasm_exec_boot():
             fn = code.co_filename
             return _type(fn) is _str and (not fn.startswith("<") or fn.startswith("<frozen"))
 
-        def in_granted_import(frame):
-            """True when `frame` runs for an import the guard granted, with nothing but
-            library and runner frames between it and that guard."""
+        def granting_guard(frame):
+            """The guard frame whose granted import `frame` runs for, with nothing but
+            library and runner frames between them; or None. The guard must be inside one
+            of its calls of the real import (not, say, reading the agent's fromlist,
+            whose iterator could be made of C callables that import by themselves)."""
             f = frame
             while f is not None:
                 code = f.f_code
                 if code is impl_code:
-                    return True
+                    return f if f.f_lasti in _import_calls else None
                 if not (library_file(code) or is_trusted(code)):
-                    return False  # agent code in between: no privileges for it
+                    return None  # agent code in between: no privileges for it
                 f = f.f_back
-            return False
+            return None
+
+        def in_granted_import(frame):
+            return granting_guard(frame) is not None
+
+        # what each guard frame was granted last (id(frame) -> (name, mode)) and what each
+        # call of the runner's _find_and_load is loading (id(frame) -> name); a frame on the
+        # stack has written its own entry before anything can depend on it
+        grants = {}
+        loads = {}
+
+        def loading_name(frame):
+            """The module the innermost _find_and_load above `frame` is loading, or None."""
+            f = frame
+            while f is not None:
+                if f.f_code is load_code:
+                    return loads.get(_id(f))
+                f = f.f_back
+            return None
+
+        def not_genuine(data, frame):
+            """None when `data` (bytes the machinery unmarshals or compiles) is the
+            runtime's own file of the module being loaded; else what is wrong."""
+            if _type(data) is not _bytes:
+                return "not bytes"
+            if not code_names:
+                digests = a2b_base64(code_index[0])
+                i = 0
+                for name in code_index[1].split("\n"):
+                    code_names[digests[i:i + 16]] = name
+                    i += 16
+            name = _dict_get(code_names, _blake2b(data, digest_size=16).digest())
+            loading = loading_name(frame)
+            if name is not None and name == loading:
+                return None
+            return ("code that is not the runtime's own" if name is None else
+                    "the code of " + name) + " for " + (
+                        loading if _type(loading) is _str else "no module")
+
+        def module_code_of(code, name):
+            """Whether `code` is the top-level code of module `name`'s own file."""
+            if code.co_name != "<module>" or _type(name) is not _str:
+                return False
+            fn = code.co_filename
+            if _type(fn) is not _str:
+                return False
+            rel = "/" + name.replace(".", "/")
+            return (fn == "<frozen " + name + ">" or fn.endswith(rel + ".py")
+                    or fn.endswith(rel + "/__init__.py"))
+
+        def may_load(name, grant):
+            """Whether a granted import of grant[0] may load module `name`: the module
+            itself, a package above it, or (for a library's own import statement) a
+            submodule its `from ... import` names."""
+            absname, mode = grant
+            if name == absname or absname.startswith(name + "."):
+                return True
+            return mode == "raw" and name.rpartition(".")[0] == absname
 
         absent = object()
 
@@ -415,6 +482,12 @@ def _wasm_exec_boot():
                 box.append(_dict_get(_sys_dict, key))
                 _sys_dict[key] = value
 
+        def give(frame, box, absname, mode):
+            """Grant guard `frame` the real import of `absname`, called as `mode`."""
+            grants[_id(frame)] = (absname, mode)
+            box.append(real_import)
+            box.append(mode)
+
         def serve(frame, role, req):
             """A trusted runner function asked for something; `req` says what."""
             if _type(req) is not _tuple or _len(req) < 2:
@@ -431,6 +504,8 @@ def _wasm_exec_boot():
                         return
                     box.append(read_exact(_int.from_bytes(header[4:8], "little")))
                     restore_streams(box)
+                    grants.clear()  # (between calls no import is under way)
+                    loads.clear()
                 elif op == "reply":
                     payload = req[2] if _len(req) > 2 else None
                     if _type(payload) is not _bytes:
@@ -442,6 +517,8 @@ def _wasm_exec_boot():
                     restore_streams(box)
                 elif op == "boot_done":
                     snapshot_machinery()
+                    grants.clear()
+                    loads.clear()
                     state[0] = False
                 elif op == "collect":
                     # which generations are due, as the automatic collector would decide
@@ -504,8 +581,7 @@ def _wasm_exec_boot():
                     if (_type(stmt_name) is _str and stmt_name == name
                             and (absname == name or ("/" + top + "/") in fn
                                  or fn.startswith("<frozen " + top))):
-                        box.append(real_import)
-                        box.append("raw")
+                        give(frame, box, absname, "raw")
                         return
                 if allowed_name(absname):
                     ok = True
@@ -523,27 +599,46 @@ def _wasm_exec_boot():
                         raise _PermissionError(
                             "Import of '" + absname + "' refused: the __path__ of a package it "
                             "belongs to was changed to point outside the package")
-                    box.append(real_import)
-                    box.append("policy")
+                    give(frame, box, absname, "policy")
                 elif (library and not statement and ("/" + top + "/") in code.co_filename
                       and (allowed_top(top) or is_loaded(top))):
                     # a package importing its own submodule by name at run time: matplotlib
                     # loading its backend, or (Python 3.15) a lazy import of the package's
                     # own module taking effect where the name is first used
-                    box.append(real_import)
-                    box.append("raw")
+                    give(frame, box, absname, "raw")
                 elif library and not statement and is_loaded(absname):
                     # library code at run time asking, by name, for a module that is loaded
                     # already (C code of a package getting `os`, say): it gains nothing new
-                    box.append(real_import)
-                    box.append("raw")
+                    give(frame, box, absname, "raw")
                 elif library and in_granted_import(requester):
                     # a library's own import while a granted import runs, e.g. C code
                     # importing _io for zipimport or datetime for numpy (the frame is then
                     # at an import statement of another name, or at a call)
-                    box.append(real_import)
-                    box.append("raw")
+                    give(frame, box, absname, "raw")
                 return  # refused: the guard raises ImportError
+            if role == "load":
+                # req: ("load", box, name): the runner's _find_and_load is about to load
+                # `name`. Inside a granted import it may load only what was granted (a C
+                # callable the agent planted in the machinery's path could ask for anything)
+                if op != "load" or _len(req) != 3 or _type(req[2]) is not _str:
+                    raise _PermissionError("bad request")
+                name = req[2]
+                caller = frame.f_back
+                if not state[0] and caller is not None:
+                    guard_frame = granting_guard(caller)
+                    # (C code of a library, a Cython module say, imports by name without
+                    # the guard: the frame below is then that library's code, not the
+                    # import machinery's or the guard's own call of the real import)
+                    if guard_frame is not None and (caller is guard_frame
+                                                    or machinery_frame(caller.f_code)):
+                        grant = grants.get(_id(guard_frame))
+                        if grant is None or not may_load(name, grant):
+                            raise _ModuleNotFoundError(
+                                "Import of '" + name + "' is not allowed here (the import "
+                                "under way may load only the module it names)", name=name)
+                loads[_id(frame)] = name
+                box.append(real_find_and_load)
+                return
             if role == "builtin":
                 # req: ("create", box, name, B) | ("exec", box, B): only inside a granted
                 # import, never the modules the runner keeps for itself, and only with the
@@ -554,6 +649,9 @@ def _wasm_exec_boot():
                     name = req[2]
                     if _type(name) is not _str or name in reserved_builtins:
                         raise _PermissionError("loading that built-in module is not allowed")
+                    if not state[0] and name != loading_name(frame.f_back):
+                        raise _PermissionError(
+                            "a built-in module may be created only by the import of its name")
                 elif op != "exec" or _len(req) != 3 or req[2] is not builtin_B:
                     raise _PermissionError("not allowed")
                 if not (state[0] or in_granted_import(frame.f_back)):
@@ -611,6 +709,11 @@ def _wasm_exec_boot():
                     raise _PermissionError(
                         "compile() with a file name that is not '<...>' is not allowed")
                 require_machinery()
+                wrong = not_genuine(args[0], _gf(2))
+                if wrong is not None:
+                    raise _PermissionError(
+                        "the import machinery may compile only the library's own source of "
+                        "the module being imported (got " + wrong + ")")
                 return
             if event == "exec":
                 code = args[0] if _len(args) else None
@@ -623,11 +726,29 @@ def _wasm_exec_boot():
                         raise _PermissionError(
                             "running library module code outside an import is not allowed")
                     require_machinery()
+                    if not module_code_of(code, loading_name(_gf(2))):
+                        raise _PermissionError(
+                            "an import may run only the code of the module it loads")
                 return
             if event == "marshal.loads" or event == "marshal.load":
-                if not in_granted_import(_gf(2)) or not called_from("marshal", _gf(2)):
+                frame = _gf(2)
+                if not in_granted_import(frame):
+                    raise _PermissionError("marshal is not available in the sandbox")
+                if called_from("marshal_frozen", frame):
+                    # a frozen module's code, fetched by its name (bound to the module
+                    # loaded when it runs: see "exec")
+                    require_machinery()
+                    return
+                if not called_from("marshal", frame):
                     raise _PermissionError("marshal is not available in the sandbox")
                 require_machinery()
+                # the bytes come through functions the agent could have swapped for one
+                # call (and back): only the runtime's own .pyc of the module being loaded
+                wrong = not_genuine(args[0], frame) if _len(args) == 1 else "bad arguments"
+                if wrong is not None:
+                    raise _PermissionError(
+                        "the import machinery may load only the library's own compiled code "
+                        "of the module being imported (got " + wrong + ")")
                 return
             if event == "open":
                 if _len(args) and _type(args[0]) is _int:
@@ -885,6 +1006,15 @@ def _wasm_exec_boot():
             return T[22](T, name[level:], {"__package__": package, "__name__": package},
                          None, ("__name__",), level)
         return T[22](T, name, None, None, ("__name__",), 0)
+
+    def load_named(name, import_):
+        """importlib's _find_and_load, through the hook: it records the module about to
+        be loaded (what the machinery may unmarshal and run is bound to it) and, inside a
+        granted import, refuses a module that import did not name."""
+        box = []
+        "<wasm-exec request slot>".__defaults__ = ("load", box, name)
+        del "<wasm-exec request slot>".__defaults__
+        return box.pop()(name, import_)
 
     def guard_create_builtin(B, spec):
         # B: (REQUEST, SimpleNamespace, str, type, TypeError), named in the request and
@@ -1245,14 +1375,15 @@ def _wasm_exec_boot():
     # so the object a role's STORE_ATTR assigns to is always the slot itself, and no
     # object of the agent's (with a __setattr__ made of C callables) runs at a request site
     slot = "<wasm-exec request slot>"
-    for fn in (guard_impl, guard_create_builtin, guard_exec_builtin, collect_figures, main):
+    for fn in (guard_impl, guard_create_builtin, guard_exec_builtin, collect_figures, main,
+               load_named):
         consts = fn.__code__.co_consts
         bound = tuple(REQUEST if type(c) is str and c == slot else c for c in consts)
         if sum(1 for c in bound if c is REQUEST) != 1:
             raise RuntimeError("runner: request slot constant missing in " + fn.__name__)
         fn.__code__ = fn.__code__.replace(co_consts=bound)
     del slot, consts, bound
-    trusted = [guard_impl, guard_call, guard_import_module, guard_create_builtin,
+    trusted = [guard_impl, guard_call, guard_import_module, guard_create_builtin, load_named,
                guard_exec_builtin, main, run_call, collect_figures,
                install_hook, read_exact, read_frame, json_loads, json_dumps, format_tb,
                describe, flush_streams, convert, no_default, _exit, _unavailable, _gc_nothing,
@@ -1264,7 +1395,8 @@ def _wasm_exec_boot():
              id(guard_call.__code__): (guard_call.__code__, "entry"),
              id(guard_import_module.__code__): (guard_import_module.__code__, "entry"),
              id(guard_create_builtin.__code__): (guard_create_builtin.__code__, "builtin"),
-             id(guard_exec_builtin.__code__): (guard_exec_builtin.__code__, "builtin")}
+             id(guard_exec_builtin.__code__): (guard_exec_builtin.__code__, "builtin"),
+             id(load_named.__code__): (load_named.__code__, "load")}
     builtin_types = frozenset(k for k, v in builtins.__dict__.items() if type(v) is type)
     # where each role's code assigns the request slot: its STORE_ATTR __defaults__
     store_attr = opcode.opmap["STORE_ATTR"]
@@ -1279,10 +1411,26 @@ def _wasm_exec_boot():
                 sites.add(i)
         request_sites[id(code)] = frozenset(sites)
     B = (REQUEST, type(sys.implementation), str, type, TypeError)
+    # where the guard calls the real import: its only calls with five positional arguments
+    call_op = opcode.opmap["CALL"]
+    raw = guard_impl.__code__.co_code
+    import_calls = frozenset(i for i in range(0, len(raw), 2)
+                             if raw[i] == call_op and raw[i + 1] == 5)
+    if len(import_calls) != 4:
+        raise RuntimeError("runner: the guard's calls of the real import were not found")
+    # the runtime's own compiled modules (BLAKE2b-128 digests, with their names; the
+    # table is built when first needed, off the cold start)
+    index = init.pop("code_index")
+    code_index = (index["digests"], index["names"])
+    del index, raw
+    bootstrap = sys.modules["importlib._bootstrap"]
     install_hook(bytes.fromhex(init.pop("token")), allowed, prefixes, builtins.__import__,
                  _imp.create_builtin, _imp.exec_builtin, trusted_codes, roles, REQUEST, T,
                  builtin_types, (stdout, stderr), guard_impl.__code__, implicit,
-                 request_sites, B)
+                 request_sites, B, import_calls, load_named.__code__,
+                 bootstrap._find_and_load, code_index, _blake2.blake2b, binascii.a2b_base64)
+    bootstrap._find_and_load = load_named  # (C's imports look it up there by name too)
+    del bootstrap, code_index
     del trusted_codes, roles
 
     _imp.create_builtin = MethodType(guard_create_builtin, B)

@@ -1,0 +1,201 @@
+"""The runtime's own compiled modules, by digest: what the guest's import machinery may load.
+
+The guest runner lets the import machinery unmarshal a module only when the bytes are one
+of the runtime's genuine ``.pyc`` payloads and belong to the module being imported (see
+``runtime/spec/runner.py``). This module lists those payloads, host side, once per runtime
+build: the 128-bit BLAKE2b digest of each ``.pyc`` payload (the bytes after its 16-byte header,
+which is what the machinery hands to ``marshal.loads``) with the dotted module name the file
+holds. Python sources in a library zip are listed the same way (raw and with normalised
+line endings, the two forms the machinery compiles).
+
+Where the library lives:
+- the minimal runtime packs its stdlib zip inside the WebAssembly binary (wasi-vfs data
+  segments): the module's active data segments are laid out as its initial memory and the
+  zip is read from there;
+- the scientific runtime's stdlib zip is a pinned file next to the binary.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import struct
+import tempfile
+import zipfile
+from pathlib import Path
+
+DIGEST_BYTES = 16
+FORMAT = 3
+
+
+def _leb(data: bytes, i: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[i]
+        i += 1
+        result |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return result, i
+
+
+def _sleb(data: bytes, i: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[i]
+        i += 1
+        result |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            if byte & 0x40:
+                result -= 1 << shift
+            return result, i
+
+
+def initial_memory(wasm: bytes) -> bytes:
+    """The bytes a module's active data segments (i32.const offsets) put in its memory."""
+    if wasm[:4] != b"\0asm":
+        raise ValueError("not a WebAssembly module")
+    segments: list[tuple[int, bytes]] = []
+    i = 8
+    while i < len(wasm):
+        section = wasm[i]
+        size, i = _leb(wasm, i + 1)
+        end = i + size
+        if section == 11:  # data
+            j = i
+            count, j = _leb(wasm, j)
+            for _ in range(count):
+                flags, j = _leb(wasm, j)
+                if flags == 1:  # passive: not part of the initial memory
+                    length, j = _leb(wasm, j)
+                    j += length
+                    continue
+                if flags == 2:
+                    _, j = _leb(wasm, j)  # memory index
+                if wasm[j] != 0x41:  # i32.const
+                    raise ValueError("data segment offset is not a constant")
+                offset, j = _sleb(wasm, j + 1)
+                if wasm[j] != 0x0B:
+                    raise ValueError("data segment offset is not a constant")
+                length, j = _leb(wasm, j + 1)
+                segments.append((offset, wasm[j:j + length]))
+                j += length
+        i = end
+    if not segments:
+        return b""
+    memory = bytearray(max(off + len(seg) for off, seg in segments))
+    for off, seg in segments:
+        memory[off:off + len(seg)] = seg
+    return bytes(memory)
+
+
+def embedded_zips(blob: bytes) -> list[zipfile.ZipFile]:
+    """Every well-formed zip archive found whole inside ``blob``."""
+    found = []
+    pos = blob.find(b"PK\x05\x06")
+    while pos >= 0:
+        if pos + 22 <= len(blob):
+            _, _, _, _, _, cd_size, cd_offset, comment = struct.unpack(
+                "<4sHHHHIIH", blob[pos:pos + 22])
+            start = pos - cd_size - cd_offset
+            if start >= 0 and blob[start:start + 4] == b"PK\x03\x04" \
+                    and pos + 22 + comment <= len(blob):
+                try:
+                    found.append(zipfile.ZipFile(io.BytesIO(blob[start:pos + 22 + comment])))
+                except zipfile.BadZipFile:
+                    pass
+        pos = blob.find(b"PK\x05\x06", pos + 4)
+    return found
+
+
+def module_name(path: str) -> str | None:
+    """The dotted module name a library file holds ('json/__init__.pyc' -> 'json')."""
+    for suffix in (".pyc", ".py"):
+        if path.endswith(suffix):
+            stem = path[: -len(suffix)]
+            break
+    else:
+        return None
+    if stem.endswith("/__init__"):
+        stem = stem[: -len("/__init__")]
+    parts = stem.split("/")
+    # (not only identifiers: importlib loads any name, e.g. _sysconfigdata__wasi_wasm32-wasi)
+    if not all(parts) or any("." in p for p in parts):
+        return None
+    return ".".join(parts)
+
+
+def _digest(data: bytes) -> bytes:
+    # BLAKE2b: in the guest it hashes 2.4x faster than SHA-256 (518 vs 214 MB/s measured
+    # in the scientific runtime); 128 bits leave no room for a second preimage
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+
+
+def index_zips(zips: list[zipfile.ZipFile]) -> dict[bytes, str]:
+    entries: dict[bytes, str] = {}
+    for z in zips:
+        for info in z.infolist():
+            name = module_name(info.filename)
+            if name is None:
+                continue
+            data = z.read(info)
+            if info.filename.endswith(".pyc"):
+                if len(data) > 16:
+                    entries[_digest(data[16:])] = name
+            else:
+                entries[_digest(data)] = name
+                normalised = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+                entries[_digest(normalised)] = name
+    return entries
+
+
+def build(wasm: Path, zips: list[Path]) -> dict[bytes, str]:
+    """Digest -> module name for the library of a runtime (its zip files, or the zip
+    packed in the WebAssembly binary when it has none)."""
+    if zips:
+        archives = [zipfile.ZipFile(p) for p in zips]
+    else:
+        archives = embedded_zips(initial_memory(wasm.read_bytes()))
+    try:
+        entries = index_zips(archives)
+    finally:
+        for z in archives:
+            z.close()
+    if not entries:
+        raise ValueError(f"no compiled library modules found in {wasm.name}")
+    return entries
+
+
+def encode(entries: dict[bytes, str]) -> dict[str, object]:
+    """The form the guest runner receives at boot: the digests in one base64 string and
+    the names, in the same order, in one newline-separated string (two JSON strings parse
+    faster in the guest than a list of hundreds)."""
+    keys = sorted(entries)
+    return {"digests": base64.b64encode(b"".join(keys)).decode("ascii"),
+            "names": "\n".join(entries[k] for k in keys)}
+
+
+def load_or_build(wasm: Path, zips: list[Path], build_id: str) -> dict[str, object]:
+    """The encoded index of a runtime, cached on disk next to the binary (keyed by
+    ``build_id``, the pinned SHA-256 of the binary)."""
+    cache = wasm.parent / f"{wasm.stem}.{build_id[:16]}.codeindex.json"
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("format") == FORMAT and cached.get("build") == build_id:
+            return cached["index"]
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    index = encode(build(wasm, zips))
+    text = json.dumps({"format": FORMAT, "build": build_id, "index": index})
+    try:
+        fd, tmp = tempfile.mkstemp(dir=str(cache.parent), prefix=".codeindex-")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # a read-only runtime folder: rebuilt (well under a second) per process
+    return index
