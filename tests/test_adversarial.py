@@ -1007,3 +1007,56 @@ def run_round9_attacks(ex, only=None):
 def test_loads_are_bound_to_the_requested_module_and_genuine_code(make_executor, attack):
     ex = make_executor(whitelisted_imports=["json", "functools", "xml"])
     run_round9_attacks(ex, only={attack})
+
+
+# Round 10 (red team): a chain of C callables planted where the machinery calls it during a
+# granted import (a package's module __getattr__, reached through the guard's own fromlist
+# when __name__ is deleted; a self-removing sys.meta_path finder) calls LIBRARY code that
+# imports a name it is handed (xml.sax's _create_parser, warnings' _getcategory, pandas'
+# import_optional_dependency). The hook used to grant any such import.
+ROUND10_ATTACKS = {
+    "module_getattr_chain_to_create_parser": """
+import json, functools, xml.sax
+pkg = sys.modules['xml']
+pkg.__getattr__ = functools.partial(set().union, map(xml.sax._create_parser, ['subprocess']))
+saved = pkg.__name__
+del pkg.__name__
+def go():
+    import xml
+got = attempt(go)
+pkg.__name__ = saved
+del pkg.__getattr__
+""",
+    "finder_chain_to_warnings_getcategory": """
+import functools, itertools, warnings
+getcat = getattr(warnings, '_getcategory', None)
+if getcat is None:  # 3.14+: it lives in _py_warnings
+    getcat = sys.modules['_py_warnings']._getcategory
+class Fnd:
+    pass
+fnd = Fnd()
+steps = itertools.chain(map(sys.meta_path.remove, [fnd]), map(getcat, ['subprocess.X']))
+fnd.find_spec = functools.partial(set().union, steps)
+sys.meta_path.insert(0, fnd)
+def go():
+    __import__('json.no_such_module')
+got = attempt(go)
+if fnd in sys.meta_path:
+    sys.meta_path.remove(fnd)
+""",
+}
+
+
+def run_round10_attacks(ex):
+    for name, attack in ROUND10_ATTACKS.items():
+        r = ex.execute(ROUND9_PRELUDE + attack + "\nleaked = [m for m in ('subprocess', "
+                       "'_posixsubprocess', 'socket') if m in sys.modules and m not in before]\n",
+                       return_globals=["got", "leaked"])
+        assert r.success, (name, r.error)
+        assert r.globals["leaked"] == [], (name, r.globals)
+        assert_still_works(ex)
+
+
+def test_library_code_imports_no_name_a_c_callable_chain_hands_it(make_executor):
+    run_round10_attacks(make_executor(
+        whitelisted_imports=["json", "functools", "itertools", "warnings", "xml"]))

@@ -90,10 +90,12 @@ def test_limits_in_the_scientific_runtime():
                             memory_bytes=256 * 1024 * 1024, max_output_bytes=10_000,
                             **SEED) as ex:
         ex.execute("keep = np.arange(3)")
-        r = ex.execute("while True: pass")
+        r = ex.execute("keep = None\nwhile True: pass")
         assert r.limit in ("fuel", "timeout")
-        r = ex.execute("x = 1", return_globals=["x"])
-        assert r.success and r.state_reset
+        # rolled back: the state after the previous call is intact (see test_snapshots.py)
+        assert r.rolled_back and not r.interpreter_lost and "rolled back" in r.error
+        r = ex.execute("x = int(keep.sum())", return_globals=["x"])
+        assert r.success and not r.state_reset and r.globals == {"x": 3}
         r = ex.execute("import time\nt = time.sleep", return_globals=[])
         assert r.error_type == "ImportError"  # time is not allowed here
         r = ex.execute("big = np.ones(100_000_000)")
@@ -181,6 +183,38 @@ def test_round9_attacks_fail_in_the_scientific_runtime():
     with PythonExecExecutor(runtime="scientific", timeout_seconds=60,
                             whitelisted_imports=["json", "functools", "xml"]) as ex:
         run_round9_attacks(ex)
+
+
+def test_round10_attacks_fail_in_the_scientific_runtime():
+    from tests.test_adversarial import run_round10_attacks
+    with PythonExecExecutor(runtime="scientific", timeout_seconds=60,
+                            whitelisted_imports=["json", "functools", "itertools", "warnings",
+                                                 "xml"]) as ex:
+        run_round10_attacks(ex)
+
+
+def test_pandas_optional_dependency_imports_only_what_pandas_names():
+    # round 10: pandas' import_optional_dependency, called by a C-callable chain planted as
+    # pandas' module __getattr__, imported whatever name the chain handed it
+    with PythonExecExecutor(runtime="scientific", timeout_seconds=60,
+                            whitelisted_imports=["numpy", "pandas", "functools"]) as ex:
+        r = ex.execute(
+            "import pandas, functools\n"
+            "sys = [c for c in ().__class__.__base__.__subclasses__() if c.__name__ == "
+            "'BuiltinImporter'][0].find_spec.__func__.__globals__['sys']\n"
+            "before = set(sys.modules)\n"
+            "imp_opt = sys.modules['pandas.compat._optional'].import_optional_dependency\n"
+            "pkg = sys.modules['pandas']\nsaved = pkg.__name__\n"
+            "pkg.__getattr__ = functools.partial(set().union, map(imp_opt, ['subprocess', "
+            "'socket']))\ndel pkg.__name__\n"
+            "try:\n    import pandas\nexcept BaseException:\n    pass\n"
+            "pkg.__name__ = saved\ndel pkg.__getattr__\n"
+            "leaked = [m for m in ('subprocess', 'socket')\n"
+            "          if m in sys.modules and m not in before]",
+            return_globals=["leaked"])
+        assert r.success and r.globals == {"leaked": []}, (r.error, r.globals)
+        assert ex.execute("import pandas as pd\nn = int(pd.Series([1, 2]).sum())",
+                          return_globals=["n"]).globals == {"n": 3}
 
 
 def test_call_time_imports_load_library_code():

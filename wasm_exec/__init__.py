@@ -11,6 +11,7 @@ from .config import Limits, Policy
 from .errors import (
     ConfigurationError,
     ExecutorClosedError,
+    ImageError,
     InputError,
     RuntimeNotFoundError,
     RuntimeVerificationError,
@@ -24,6 +25,7 @@ __all__ = [
     "ConfigurationError",
     "ExecutionResult",
     "ExecutorClosedError",
+    "ImageError",
     "InputError",
     "Limits",
     "Policy",

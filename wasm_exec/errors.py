@@ -30,3 +30,8 @@ class InputError(WasmExecError, ValueError):
 
 class ExecutorClosedError(WasmExecError):
     """The executor was closed; create a new one."""
+
+
+class ImageError(WasmExecError, ValueError):
+    """A saved interpreter image cannot be used: damaged, truncated, from another runtime
+    build or another version of wasm-exec, or saved by a runtime that cannot be imaged."""

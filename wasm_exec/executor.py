@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 import weakref
@@ -12,12 +13,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import images
 from .config import Limits, Policy
-from .errors import ConfigurationError, ExecutorClosedError, InputError
+from .errors import ConfigurationError, ExecutorClosedError, ImageError, InputError
 from .pool import SessionKey, SessionPool
 from .protocol import ProtocolError, check_json_value, is_plain_json, validate_call_reply
-from .runtime import EngineSettings, get_image, profiles
-from .session import STOP_CANCELLED, CallLimits, Session, SessionDead
+from .runtime import EngineSettings, get_image, load_pin, profiles
+from .session import STOP_CANCELLED, CallLimits, MemoryImage, Session, SessionDead
+from .vfs import MemoryFS, shared_zip
 
 # top-level packages the scientific runtime has and the minimal one lacks
 SCIENTIFIC_PACKAGES = frozenset({
@@ -85,6 +88,11 @@ class ExecutionResult(BaseModel):
     interpreter_lost: bool = Field(
         default=False,
         description="True when this call ended the interpreter: the next call starts fresh.")
+    rolled_back: bool = Field(
+        default=False,
+        description="True when a limit (or a crash) stopped this call and the interpreter "
+        "was put back as it was after the previous call (reactor runtimes): nothing this "
+        "call did is kept; earlier variables, functions and imports are intact.")
     duration_seconds: float = 0.0
     fuel_used: int | None = None
     memory_bytes: int = Field(default=0, description="Guest linear memory after the call.")
@@ -120,6 +128,8 @@ class PythonExecExecutor:
         max_output_bytes: int | None = None,
         pool: SessionPool | None = None,
         runtime: str = "minimal",
+        rollback: bool = True,
+        _restore: MemoryImage | None = None,
     ) -> None:
         try:
             self.policy = Policy(
@@ -140,6 +150,11 @@ class PythonExecExecutor:
         self._key = SessionKey.of(self._settings, self.policy.allowed,
                                   self.policy.default_imports, self.limits.memory_bytes,
                                   runtime)
+        # reactor runtimes keep an image of the interpreter after each call (taken after
+        # the answer is returned), so that a stopped call rolls back instead of losing
+        # the agent's state
+        self.rollback = bool(rollback)
+        self.snapshots = get_image(self._settings, runtime).kind == "reactor"
         self._pool = pool
         self._spare: threading.Thread | None = None
         self._spare_session: list[Session] = []
@@ -150,7 +165,13 @@ class PythonExecExecutor:
         self._session: Session | None = None
         self._reset_pending = False
         self._holder: list[Session | None] = [None]
-        self._session = self._new_session()
+        if _restore is not None:
+            try:
+                self._session = self._key.restore(_restore, keep_images=self.rollback)
+            except ValueError as e:
+                raise ImageError(str(e)) from e
+        else:
+            self._session = self._new_session()
         self._holder[0] = self._session
         self._finalizer = weakref.finalize(self, _close_session, self._holder)
 
@@ -214,8 +235,19 @@ class PythonExecExecutor:
                           duration_seconds=duration, fuel_used=outcome.fuel_used,
                           memory_bytes=outcome.memory_bytes, state_reset=reset)
             if outcome.died is not None:
-                self._reset_pending = True
+                image = session.latest_image if self.rollback else None
                 self._discard(session)
+                if image is not None and not self._closed:
+                    try:
+                        restored = self._key.restore(image, keep_images=self.rollback)
+                    except Exception:  # noqa: BLE001 - a fresh interpreter instead
+                        restored = None
+                    if restored is not None:
+                        self._session = restored
+                        self._holder[0] = restored
+                        return self._stopped(outcome.died, call_limits, common,
+                                             rolled_back=True)
+                self._reset_pending = True
                 self._prepare_spare()
                 return self._stopped(outcome.died, call_limits, common)
             assert outcome.reply is not None
@@ -264,6 +296,68 @@ class PythonExecExecutor:
             except BaseException:  # the call's own outcome no longer matters
                 pass
             raise
+
+    def save(self, path: str | os.PathLike[str]) -> int:
+        """Save this agent's interpreter to ``path``; returns the file's size in bytes.
+
+        The file holds the interpreter as of the end of its last call (compressed, with a
+        checksum, tied to this runtime build); :meth:`load` continues it in another
+        executor, in this process or another. Reactor runtimes (``runtime="scientific"``)
+        only: the minimal runtime's interpreter cannot be imaged (its runner waits inside a
+        live WebAssembly call), and this raises :class:`ImageError`.
+        """
+        if not self.snapshots:
+            raise ImageError(f"the {self.runtime!r} runtime cannot be saved: its interpreter "
+                             "waits inside a live WebAssembly call and has no memory image; "
+                             "use runtime='scientific'")
+        with self._lock:
+            self._check_open()
+            session = self._session
+            if session is None or not session.alive:
+                session = self._replace_session()
+            image = session.wait_image(current=True)
+            fs = session.fs
+            if image is None or fs is None:
+                raise ImageError("the interpreter has no memory image yet; try again")
+            return images.save(path, image, runtime=self.runtime, allowed=self.policy.allowed,
+                               default_imports=dict(self.policy.default_imports), fs=fs)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        limits: Limits | Mapping[str, Any] | None = None,
+        fuel: int | None | Literal["default"] = "default",
+        timeout_seconds: float | None = None,
+        memory_bytes: int | None = None,
+        max_output_bytes: int | None = None,
+        pool: SessionPool | None = None,
+        rollback: bool = True,
+    ) -> PythonExecExecutor:
+        """An executor that continues the interpreter saved by :meth:`save`.
+
+        The allow-list, default imports and runtime are the saved ones; limits are given
+        here as for a new executor. A damaged or truncated file, or one saved by another
+        runtime build or wasm-exec version, raises :class:`ImageError` and nothing runs.
+        """
+        header, body = images.read(path)
+        runtime = header.get("runtime")
+        if not isinstance(runtime, str) or runtime not in profiles():
+            raise ImageError(f"{path} names an unknown runtime {runtime!r}")
+        images.check_compatible(header, runtime_sha256=load_pin(runtime).sha256, path=path)
+        try:
+            allowed = [str(a) for a in header["whitelisted_imports"]]
+            defaults = {str(k): str(v) for k, v in dict(header["default_imports"]).items()}
+        except (KeyError, TypeError, ValueError) as e:
+            raise ImageError(f"{path} has a damaged header") from e
+        settings = EngineSettings(fuel=True)
+        stdlib = get_image(settings, runtime).file("python-stdlib.zip")
+        memory_image = images.decode(header, body, MemoryFS(shared_zip(stdlib)))
+        return cls(whitelisted_imports=allowed, default_imports=defaults, limits=limits,
+                   fuel=fuel, timeout_seconds=timeout_seconds, memory_bytes=memory_bytes,
+                   max_output_bytes=max_output_bytes, pool=pool, runtime=runtime,
+                   rollback=rollback, _restore=memory_image)
 
     def cancel(self) -> None:
         """Stop the call running now (from another thread); its interpreter is lost."""
@@ -344,7 +438,9 @@ class PythonExecExecutor:
     def _new_session(self) -> Session:
         session = self._take_spare()
         if session is None:
-            session = self._pool.take(self._key) if self._pool is not None else self._key.start()
+            session = (self._pool.take(self._key) if self._pool is not None
+                       else self._key.start(keep_images=self.rollback))
+        session.keep_images = self.rollback
         if session.default_import_errors:
             session.close()
             problems = "; ".join(
@@ -460,13 +556,18 @@ class PythonExecExecutor:
             out.append(n)
         return out
 
-    def _stopped(self, died: SessionDead, limits: Limits, common: dict[str, Any]) \
-            -> ExecutionResult:
+    def _stopped(self, died: SessionDead, limits: Limits, common: dict[str, Any],
+                 rolled_back: bool = False) -> ExecutionResult:
         reason = died.reason
         text = _STOP_TEXT.get(reason, "The interpreter stopped ({detail})").format(
             fuel=limits.fuel, timeout=limits.timeout_seconds, detail=died.detail)
-        text += ". The interpreter was lost: the next call starts a fresh one " \
-                "(earlier variables are gone, default imports are rebound)."
+        if rolled_back:
+            text += (". The call was rolled back: nothing it did is kept, and the "
+                     "interpreter is as it was after the previous call (earlier variables, "
+                     "functions and imports are intact).")
+        else:
+            text += ". The interpreter was lost: the next call starts a fresh one " \
+                    "(earlier variables are gone, default imports are rebound)."
         etype = {"fuel": "FuelExhausted", "timeout": "TimeoutError",
                  "stack_overflow": "StackOverflow", "cancelled": "Cancelled"}.get(
                      reason, "SandboxError")
@@ -474,7 +575,8 @@ class PythonExecExecutor:
             text = "The executor was closed while the call ran."
         return ExecutionResult(success=False, error=text, error_type=etype,
                                error_message=text, limit=reason,  # type: ignore[arg-type]
-                               interpreter_lost=True, **common)
+                               interpreter_lost=not rolled_back, rolled_back=rolled_back,
+                               **common)
 
 
 def _close_session(holder: list[Session | None]) -> None:

@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .runtime import EngineSettings, get_image
-from .session import Session
+from .session import MemoryImage, Session
+
+# Warm starts (reactor runtimes): the image of a freshly booted interpreter per
+# configuration, taken once per process; later interpreters of that configuration start
+# from it instead of booting and importing the default imports again. Each costs its
+# linear memory (40-100 MB for the scientific runtime), so only the latest few are kept.
+MAX_TEMPLATES = 4
+_templates: OrderedDict[SessionKey, MemoryImage] = OrderedDict()
+_templates_lock = threading.Lock()
+
+
+def forget_templates() -> None:
+    """Drop the boot images kept for warm starts (they are taken again when needed)."""
+    with _templates_lock:
+        _templates.clear()
 
 
 @dataclass(frozen=True)
@@ -27,10 +42,34 @@ class SessionKey:
         return cls(settings, profile, frozenset(allowed), tuple(sorted(default_imports.items())),
                    memory_bytes)
 
-    def start(self) -> Session:
+    def start(self, keep_images: bool = True) -> Session:
+        """A new interpreter: from this configuration's boot image when there is one
+        (reactor runtimes), else booted (and its boot image kept for the next)."""
+        image = get_image(self.settings, self.profile)
+        if image.kind == "reactor":
+            with _templates_lock:
+                template = _templates.get(self)
+                if template is not None:
+                    _templates.move_to_end(self)
+            if template is not None:
+                return self.restore(template, keep_images=keep_images)
+        session = Session(image, allowed=self.allowed, default_imports=dict(self.default_imports),
+                          memory_bytes=self.memory_bytes, keep_images=keep_images)
+        if image.kind == "reactor" and not session.default_import_errors:
+            boot = session.wait_image()
+            if boot is not None:
+                with _templates_lock:
+                    _templates[self] = boot
+                    while len(_templates) > MAX_TEMPLATES:
+                        _templates.popitem(last=False)
+        return session
+
+    def restore(self, memory_image: MemoryImage, keep_images: bool = True) -> Session:
+        """A new interpreter that continues from ``memory_image`` (reactor runtimes)."""
         return Session(get_image(self.settings, self.profile), allowed=self.allowed,
                        default_imports=dict(self.default_imports),
-                       memory_bytes=self.memory_bytes)
+                       memory_bytes=self.memory_bytes, from_image=memory_image,
+                       keep_images=keep_images)
 
 
 class SessionPool:

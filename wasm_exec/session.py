@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import itertools
+import mmap
 import os
 import struct
 import threading
@@ -80,6 +81,9 @@ REACTOR_BOOTSTRAP = (
 
 # compiled runner per (runner source, runtime binary): filled by the first interpreter
 _runner_blobs: dict[tuple[str, str], str] = {}
+
+# the source of every turn after the boot: the runner's turn step ignores it
+STEP_SOURCE = b"pass"
 
 # modules CPython's own C code imports on the caller's behalf (never by a statement)
 IMPLICIT_IMPORTS = ("unicodedata", "_strptime", "encodings")
@@ -152,6 +156,23 @@ class _Call:
     fuel_left: int | None = None
 
 
+@dataclass(frozen=True)
+class MemoryImage:
+    """A reactor interpreter between turns: its whole linear memory, the host-side file
+    system (tree and descriptor table) and what the host knows of it. Restoring one into
+    a fresh instance gives the same interpreter (with a new session token)."""
+
+    memory: bytes | bytearray | mmap.mmap  # (never changed once taken)
+    fs: Any  # vfs.FSState
+    default_import_errors: dict[str, str]
+    monotonic_ns: int  # the guest's monotonic clock when the image was taken
+    runtime_sha256: str
+
+    @property
+    def size(self) -> int:
+        return len(self.memory)
+
+
 # ----------------------------------------------------------------- epoch ticker
 
 class _Ticker:
@@ -195,9 +216,22 @@ class Session:
     """One CPython interpreter inside WebAssembly, alive between calls."""
 
     def __init__(self, image: RuntimeImage, *, allowed: frozenset[str],
-                 default_imports: dict[str, str], memory_bytes: int) -> None:
+                 default_imports: dict[str, str], memory_bytes: int,
+                 from_image: MemoryImage | None = None, keep_images: bool = True) -> None:
         self._image = image
         self._token = os.urandom(16)
+        # the reactor runtime: the interpreter's memory as of the end of its last
+        # successful turn (None for the command-module runtime, which cannot be imaged)
+        self.latest_image: MemoryImage | None = None
+        self._keep_images = keep_images
+        self._rekey = b""  # a new token for an interpreter restored from an image
+        self._reseed = False
+        self._mono_shift = 0  # keeps the guest's monotonic clock going forward
+        self._imaged = threading.Event()  # set once latest_image holds an image
+        self._answered = 0  # turns answered (boot included) ...
+        self._image_of = -1  # ... and the one latest_image was taken after
+        self._want_image = False  # an image is wanted although keep_images is off
+        self._boot_source = b""
         self._started_ns = time.monotonic_ns()
         self._memory_bytes = 0
         self._engine, self._module = image.new_engine()
@@ -222,6 +256,8 @@ class Session:
         self.calls = 0
 
         self._reactor = image.kind == "reactor"
+        if from_image is not None and not self._reactor:
+            raise ValueError("only a reactor runtime can be restored from a memory image")
         wasi = wasmtime.WasiConfig()
         # the runner gets its own file name, so tracebacks can leave its frames out
         source = runner_source()
@@ -271,30 +307,34 @@ class Session:
             # which (like `_start` for the command module) runs until the session ends
             from .vfs import setup_source
 
-            turn_source = (setup_source() + REACTOR_BOOTSTRAP.format(runner=repr(runner_arg))
-                           ).encode("utf-8")
-            if self._fuel_enabled:
-                self._store.set_fuel(BOOT_FUEL)
-            self._store.set_epoch_deadline(1 << 40)  # no ticking yet: _arm sets the real one
+            # per-turn mode: the boot turn runs the runner's set-up and ends after the
+            # ready message; every call is then a turn of its own, so that between calls
+            # no wasm frame is live and the memory is the whole interpreter
+            self._boot_source = (setup_source() + REACTOR_BOOTSTRAP.format(
+                runner=repr(runner_arg))).encode("utf-8")
             host_alloc = exports["host_alloc"]
-            assert isinstance(host_alloc, wasmtime.Func)
-            ptr = host_alloc(self._store, len(turn_source))
-            assert isinstance(ptr, int) and ptr > 0
-            mem.write(self._store, turn_source, ptr)
             turn = exports["turn"]
-            assert isinstance(turn, wasmtime.Func)
-            self._start_func = lambda store: turn(store, ptr, len(turn_source))
+            assert isinstance(host_alloc, wasmtime.Func) and isinstance(turn, wasmtime.Func)
+            self._host_alloc = host_alloc
+            self._turn_func = turn
+            self._start_func = self._serve_turns
         else:
             start = exports["_start"]
             assert isinstance(start, wasmtime.Func)
             self._start_func = start
 
+        self._deadline_ticks = 0
+        if from_image is not None:
+            self._restore(from_image, memory_bytes)
+            self._thread = threading.Thread(target=self._run, name="wasm-exec-session",
+                                            daemon=True)
+            self._thread.start()
+            return
         init = {"token": self._token.hex(), "allowed": sorted(allowed),
                 "implicit": list(IMPLICIT_IMPORTS), "default_imports": dict(default_imports),
                 # the runtime's genuine compiled modules: all the import machinery may load
-                "code_index": image.code_index()}
+                "code_index": image.code_index(), "turns": self._reactor}
         self._inbuf = encode_request(init)
-        self._deadline_ticks = 0
         self._arm(self._boot)
         self._call = self._boot
         self._thread = threading.Thread(target=self._run, name="wasm-exec-session", daemon=True)
@@ -340,6 +380,9 @@ class Session:
                 raise self._dead
             call_id = next(self._ids)
             payload = dict(payload, id=call_id, max_globals_bytes=limits.max_globals_bytes)
+            if self._reseed:
+                payload["reseed"] = True  # restored from an image: fresh random numbers
+                self._reseed = False
             call = _Call(call_id, encode_request_with_globals(payload, globals_json), limits)
             with self._cv:
                 self._requests.append(call.frame)
@@ -354,6 +397,44 @@ class Session:
                 call.done.wait(10)
             self.calls += 1
             return self._outcome(call)
+
+    @property
+    def fs(self) -> Any:
+        """The interpreter's in-memory file system (reactor runtimes), else None."""
+        return self._fs
+
+    @property
+    def imageable(self) -> bool:
+        """Whether this interpreter can be imaged (reactor runtimes)."""
+        return self._reactor
+
+    @property
+    def keep_images(self) -> bool:
+        return self._keep_images
+
+    @keep_images.setter
+    def keep_images(self, value: bool) -> None:
+        self._keep_images = bool(value)
+
+    def wait_image(self, timeout: float = 30.0, current: bool = False) -> MemoryImage | None:
+        """The latest image of a reactor interpreter (None for the command runtime, or
+        when the interpreter died before one was taken). With ``current``, one taken
+        after the last answered call (waiting for it, or asking for one)."""
+        if not self._reactor:
+            return None
+        self._imaged.wait(timeout)
+        if not current:
+            return self.latest_image
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while self._image_of != self._answered and self._dead is None:
+                self._want_image = True
+                self._cv.notify_all()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cv.wait(left)
+            return self.latest_image if self._dead is None else None
 
     def cancel(self) -> None:
         """Stop the running call now; the interpreter is lost (reason ``cancelled``)."""
@@ -382,6 +463,112 @@ class Session:
             self._store.close()
         except Exception:
             pass
+
+    # ------------------------------------------------------ reactor turns
+    def _turn(self, source: bytes) -> None:
+        """Run one turn of the reactor (on the session thread)."""
+        assert self._memory is not None
+        ptr = self._host_alloc(self._store, len(source))
+        if not isinstance(ptr, int) or ptr <= 0:
+            self._fail(STOP_MEMORY, "no memory left for the turn")
+        self._memory.write(self._store, source, ptr)
+        self._turn_func(self._store, ptr, len(source))
+
+    def _serve_turns(self, store: wasmtime.Store) -> None:
+        """The session thread of a reactor runtime: the boot turn (unless restored from
+        an image), then one turn per request; an image after each answered turn."""
+        if self._boot_source:
+            self._turn(self._boot_source)
+            self._boot_source = b""
+            if self._boot.reply is None:
+                self._fail(STOP_PROTOCOL, "the interpreter ended its boot without answering")
+            self._after_turn()
+        while True:
+            _ticker.remove(self._engine)  # idle: no epoch to advance
+            with self._cv:
+                while (not self._requests and self._abort_reason is None
+                       and not (self._want_image and self._image_of != self._answered)):
+                    self._cv.wait()
+                if self._abort_reason is not None:
+                    raise _Abort(self._abort_reason)
+                if not self._requests:  # an image of the interpreter as it is now
+                    self.latest_image = self._capture()
+                    self._image_of = self._answered
+                    self._want_image = False
+                    self._cv.notify_all()
+                    continue
+                frame = self._requests.pop(0)
+                pending = self._pending
+            if not frame:
+                return  # closed
+            if pending is None or pending.frame is not frame:
+                continue
+            self._inbuf = self._rekey + frame
+            self._rekey = b""
+            self._call = pending
+            self._arm(pending)
+            self._turn(STEP_SOURCE)
+            self._inbuf = b""
+            if pending.reply is None:
+                self._fail(STOP_PROTOCOL, "the interpreter ended its turn without answering")
+            self._after_turn()
+
+    def _after_turn(self) -> None:
+        """Between turns (the caller has its answer already): keep the rollback image."""
+        self._memory_bytes = self._read_memory_size()
+        if self._keep_images or self.latest_image is None or self._want_image:
+            image = self._capture()
+            with self._cv:
+                self.latest_image = image
+                self._image_of = self._answered
+                self._want_image = False
+                self._cv.notify_all()
+        self._imaged.set()
+
+    def _capture(self) -> MemoryImage:
+        assert self._memory is not None and self._fs is not None
+        base = ctypes.addressof(self._memory.data_ptr(self._store).contents)
+        size = self._memory.data_len(self._store)
+        # anonymous pages (no zero-filling under the GIL), filled by ctypes.memmove, which
+        # releases the GIL: the caller, who has its answer already, goes on on the other
+        # core while the interpreter's memory is copied
+        copy = mmap.mmap(-1, max(size, 1))
+        ctypes.memmove((ctypes.c_char * size).from_buffer(copy), base, size)
+        return MemoryImage(copy, self._fs.snapshot(),
+                           dict(self.default_import_errors),
+                           time.monotonic_ns() - _CLOCK_ORIGIN + self._mono_shift,
+                           self._image.pin.sha256)
+
+    def _restore(self, image: MemoryImage, memory_bytes: int) -> None:
+        """Make this fresh instance the interpreter of ``image`` (before its thread runs)."""
+        assert self._memory is not None and self._fs is not None
+        if image.runtime_sha256 != self._image.pin.sha256:
+            raise ValueError("the memory image belongs to another runtime build")
+        if image.size > memory_bytes:
+            raise ValueError(f"the memory image needs {image.size} bytes of memory; the "
+                             f"memory limit is {memory_bytes} (limits.memory_bytes)")
+        page = 65536
+        have = self._memory.data_len(self._store)
+        if image.size > have:
+            self._memory.grow(self._store, (image.size - have + page - 1) // page)
+        base = ctypes.addressof(self._memory.data_ptr(self._store).contents)
+        source = image.memory
+        ctypes.memmove(base, source if isinstance(source, bytes)
+                       else (ctypes.c_char * image.size).from_buffer(source), image.size)
+        self._fs.restore(image.fs)
+        self._boot_source = b""
+        self.default_import_errors = dict(image.default_import_errors)
+        # a token of its own (the guest learns it from the first frame, which only the
+        # runner's audit hook reads), fresh random numbers, a clock that never goes back
+        self._rekey = b"WXK1" + (16).to_bytes(4, "little") + self._token
+        self._reseed = True
+        now = time.monotonic_ns() - _CLOCK_ORIGIN
+        self._mono_shift = max(0, image.monotonic_ns - now)
+        self.latest_image = image
+        self._answered = self._image_of = 0
+        self._imaged.set()
+        self._boot.reply = {"id": 0, "ready": True, "errors": self.default_import_errors}
+        self._boot.done.set()
 
     # ----------------------------------------------------------- internals
     def _outcome(self, call: _Call) -> CallOutcome:
@@ -428,7 +615,7 @@ class Session:
         reason = STOP_CRASH
         detail = ""
         try:
-            self._start_func(self._store)
+            self._start_func(self._store)  # type: ignore[no-untyped-call]
             reason, detail = STOP_EXIT, "the interpreter exited"
         except wasmtime.ExitTrap as e:
             reason, detail = STOP_EXIT, f"the interpreter exited with status {e.code}"
@@ -498,7 +685,9 @@ class Session:
         if fd != 0:
             return ERRNO_BADF
         if not self._inbuf:
-            if self._call is not None:
+            if self._call is not None or self._reactor:
+                # (a reactor's turn never waits for input: the host hands each request
+                # over before the turn that answers it)
                 # during a call the agent's code finds stdin empty
                 return self._put_u32(caller, nread_ptr, 0)
             _ticker.remove(self._engine)  # idle: no epoch to advance
@@ -595,6 +784,7 @@ class Session:
         except ProtocolError as e:
             self._fail(STOP_PROTOCOL, f"protocol violation: {e}")
         call.reply = reply
+        self._answered += 1  # (before the caller can ask for an image of it)
         call.ended = time.perf_counter()
         if self._fuel_enabled:
             call.fuel_left = _safe_fuel(self._store)
@@ -610,7 +800,7 @@ class Session:
         if clock_id == 0:
             now = time.time_ns()
         elif clock_id == 1:
-            now = time.monotonic_ns() - _CLOCK_ORIGIN
+            now = time.monotonic_ns() - _CLOCK_ORIGIN + self._mono_shift
         elif clock_id in (2, 3):
             # CPU-time clocks: this interpreter's own running time, nothing of the host's
             now = time.monotonic_ns() - self._started_ns
@@ -639,7 +829,7 @@ class Session:
                 clock_id, timeout, _prec, flags = struct.unpack_from("<I4xQQH", data, 48 * i + 16)
                 if flags & 1:  # absolute
                     now_ns = (time.time_ns() if clock_id == 0
-                              else time.monotonic_ns() - _CLOCK_ORIGIN)
+                              else time.monotonic_ns() - _CLOCK_ORIGIN + self._mono_shift)
                     rel = max(0, timeout - now_ns) / 1e9
                 else:
                     rel = timeout / 1e9

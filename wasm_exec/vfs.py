@@ -28,6 +28,7 @@ The snapshot's ``os.environ`` and working directory were fixed when it was made 
 
 from __future__ import annotations
 
+import base64
 import copy
 import ctypes
 import io
@@ -1377,3 +1378,149 @@ def _shared_path(start: _Dir, parts: list[str], hidden: bool) -> _Dir | None:
             return None
         node = child  # type: ignore[assignment]
     return node
+
+
+# ------------------------------------------------------------------ saving to a file
+# An FSState as plain JSON data (for an interpreter image saved to a file) and back. Only
+# node kinds of this module, numbers, strings and bytes are written; reading builds the
+# same kinds again (nothing in the file names a type or a function to call).
+
+def encode_fs_state(state: FSState, fs: MemoryFS) -> dict[str, Any]:
+    shared = _shared_paths(fs)
+    index: dict[int, int] = {}
+    nodes: list[Any] = []
+
+    def ref(node: _Node) -> Any:
+        if node.shared:
+            path = shared.get(id(node))
+            if path is None:
+                raise ValueError("a read-only library file could not be named")
+            return {"shared": path}
+        at = index.get(id(node))
+        if at is not None:
+            return at
+        at = index[id(node)] = len(nodes)
+        nodes.append(None)
+        entry: dict[str, Any] = {"ino": node.ino, "dev": node.dev, "writable": node.writable,
+                                 "times": [node.atim, node.mtim, node.ctim]}
+        if type(node) is _Dir:
+            entry["kind"] = "dir"
+            entry["removed"] = node.removed
+            entry["hidden"] = node.hidden
+            entry["entries"] = {name: ref(child) for name, child in node.entries.items()}
+            entry["parent"] = ref(node.parent)
+        elif type(node) is _File:
+            entry["kind"] = "file"
+            entry["opens"] = node.opens
+            entry["linked"] = node.linked
+            if node.member is not None:
+                raise ValueError("an unloaded archive member outside the library")
+            data = node.data
+            if data is None:
+                entry["data"] = None
+            elif data is state.zip_data:
+                entry["data"] = {"zip": True}
+            else:
+                entry["data"] = {"b64": base64.b64encode(bytes(data)).decode("ascii"),
+                                 "mutable": isinstance(data, bytearray)}
+        else:
+            raise ValueError(f"unknown node kind {type(node).__name__}")
+        nodes[at] = entry
+        return at
+
+    root = ref(state.root)
+    fds = {}
+    for fd, f in state.fds.items():
+        fds[str(fd)] = {"node": ref(f.node), "pos": f.pos, "flags": f.flags, "base": f.base,
+                        "inh": f.inh, "preopen": f.preopen}
+    return {"root": root, "nodes": nodes, "fds": fds, "used": state.used,
+            "next_ino": state.next_ino}
+
+
+def decode_fs_state(data: dict[str, Any], fs: MemoryFS) -> FSState:
+    """The FSState that ``encode_fs_state`` wrote, for ``fs`` (raises ValueError)."""
+    overlay = _overlay(fs._zip, fs._overlays)
+    raw = data["nodes"]
+    if not isinstance(raw, list):
+        raise ValueError("nodes")
+    made: list[_Node | None] = [None] * len(raw)
+
+    def shared_node(path: Any) -> _Node:
+        node: Any = overlay
+        if node is None or not isinstance(path, list):
+            raise ValueError("shared path")
+        for part in path:
+            if type(node) is not _Dir or not isinstance(part, str) or part not in node.entries:
+                raise ValueError("a library file of the image is not in this runtime")
+            node = node.entries[part]
+        return node  # type: ignore[no-any-return]
+
+    def build(i: int) -> _Node:
+        e = raw[i]
+        kind = e["kind"]
+        writable = bool(e["writable"])
+        node: _Node
+        if kind == "dir":
+            node = _Dir(int(e["ino"]), int(e["dev"]), writable, 0, None)
+        elif kind == "file":
+            d = e["data"]
+            if d is None:
+                content: Any = None
+            elif d.get("zip") is True:
+                content = fs._zip
+            else:
+                blob = base64.b64decode(d["b64"], validate=True)
+                content = bytearray(blob) if d.get("mutable") else blob
+            node = _File(int(e["ino"]), int(e["dev"]), writable, 0, content)
+            node.opens = int(e["opens"])
+            node.linked = bool(e["linked"])
+        else:
+            raise ValueError("node kind")
+        node.atim, node.mtim, node.ctim = (int(t) for t in e["times"])
+        return node
+
+    def get(r: Any) -> _Node:
+        if isinstance(r, dict):
+            return shared_node(r.get("shared"))
+        if type(r) is not int or not 0 <= r < len(raw):
+            raise ValueError("node reference")
+        node = made[r]
+        if node is None:
+            node = made[r] = build(r)
+        return node
+
+    for i in range(len(raw)):
+        get(i)
+    for i, e in enumerate(raw):
+        node = made[i]
+        if type(node) is _Dir:
+            node.removed = bool(e["removed"])
+            node.hidden = bool(e["hidden"])
+            node.entries = {str(k): get(v) for k, v in e["entries"].items()}
+            node.parent = get(e["parent"])  # type: ignore[assignment]
+    root = get(data["root"])
+    if type(root) is not _Dir:
+        raise ValueError("root")
+    fds: dict[int, _Fd] = {}
+    for key, f in data["fds"].items():
+        fd = _Fd(get(f["node"]), int(f["flags"]), int(f["base"]), int(f["inh"]),
+                 f["preopen"] if isinstance(f["preopen"], str) else None)
+        fd.pos = int(f["pos"])
+        fds[int(key)] = fd
+    return FSState(root, fds, int(data["used"]), int(data["next_ino"]), fs._zip)
+
+
+def _shared_paths(fs: MemoryFS) -> dict[int, list[str]]:
+    """id(node) -> its path in the process-wide read-only tree of ``fs``'s archives."""
+    out: dict[int, list[str]] = {}
+    top = _overlay(fs._zip, fs._overlays)
+    if top is None:
+        return out
+    stack: list[tuple[_Node, list[str]]] = [(top, [])]
+    while stack:
+        node, path = stack.pop()
+        out[id(node)] = path
+        if type(node) is _Dir:
+            for name, child in node.entries.items():
+                stack.append((child, path + [name]))
+    return out

@@ -145,6 +145,7 @@ def _wasm_exec_boot():
         _list = list
         _tuple = tuple
         _bool = bool
+        _frozenset = frozenset
         _PermissionError = PermissionError
         _ModuleNotFoundError = ModuleNotFoundError
         _blake2b = blake2b
@@ -176,7 +177,7 @@ def _wasm_exec_boot():
         _EXTENDED_ARG = EXTENDED_ARG
         _IMPORT_SHIFT = IMPORT_SHIFT
         _RUNNER_FILE = RUNNER_FILE
-        _header = b"WXR1" + token
+        reply_header = [b"WXR1" + token]
         _role = roles.get  # id(code) -> (code, role)
         _sites = request_sites.get  # id(code) -> offsets of its STORE_ATTR __defaults__
         _trusted = trusted_codes.get  # id(code) -> code
@@ -482,6 +483,35 @@ def _wasm_exec_boot():
                 box.append(_dict_get(_sys_dict, key))
                 _sys_dict[key] = value
 
+        def names_constant(code, name):
+            """Whether `name` is one of the string constants of `code` (in tuples too)."""
+            stack = [code.co_consts]
+            while stack:
+                for c in stack.pop():
+                    t = _type(c)
+                    if t is _str and c == name:
+                        return True
+                    if t is _tuple or t is _frozenset:
+                        stack.append(c)
+            return False
+
+        def own_import(requester, code, absname):
+            """Whether library code asking for `absname` (by a call, during a granted
+            import) imports for itself: C code of a built-in module being initialised
+            (numpy importing datetime, through the runner's loader); a module's top-level
+            code importing a name its own code spells out (pandas: `for dependency in
+            ("numpy", "dateutil"): __import__(dependency)`); a library function called by
+            library code (sysconfig loading its _sysconfigdata module). Not a library
+            function the import machinery itself set off: only a chain of C callables the
+            agent planted in the machinery's path (a finder, a module __getattr__) calls
+            one from there, handing it any name (warnings._getcategory('subprocess.X'))."""
+            if role_of(code) in ("builtin", "guard"):
+                return True
+            if code.co_name == "<module>":
+                return names_constant(code, absname)
+            caller = requester.f_back
+            return caller is not None and not machinery_frame(caller.f_code)
+
         def give(frame, box, absname, mode):
             """Grant guard `frame` the real import of `absname`, called as `mode`."""
             grants[_id(frame)] = (absname, mode)
@@ -499,6 +529,16 @@ def _wasm_exec_boot():
             if role == "main":
                 if op == "read":
                     header = read_exact(8)
+                    if header is not None and header[:4] == b"WXK1" \
+                            and _int.from_bytes(header[4:8], "little") == 16:
+                        # a new session token (an interpreter restored from an image gets
+                        # its own): only the hook ever sees these frames
+                        token = read_exact(16)
+                        if token is None:
+                            box.append(None)
+                            return
+                        reply_header[0] = b"WXR1" + token
+                        header = read_exact(8)
                     if header is None or header[:4] != b"WXQ1":
                         box.append(None)
                         return
@@ -512,7 +552,7 @@ def _wasm_exec_boot():
                         raise _PermissionError("bad reply")
                     # one write: the host takes a single fd_write on fd 1 that starts with
                     # the magic and the session token as the reply
-                    _write(1, _header + _len(payload).to_bytes(4, "little") + payload)
+                    _write(1, reply_header[0] + _len(payload).to_bytes(4, "little") + payload)
                 elif op == "restore":
                     restore_streams(box)
                 elif op == "boot_done":
@@ -534,6 +574,13 @@ def _wasm_exec_boot():
                         box.append(_collect)
                 else:
                     raise _PermissionError("bad request")
+                return
+            if role == "figures" and op == "generators":
+                # the random generators of the modules the code has loaded (reseeded after
+                # the interpreter was restored from an image)
+                for name in ("random", "numpy.random"):
+                    found = module_named(name)
+                    box.append(None if found is absent else found)
                 return
             if role == "figures":
                 if op != "pyplot":
@@ -610,10 +657,10 @@ def _wasm_exec_boot():
                     # library code at run time asking, by name, for a module that is loaded
                     # already (C code of a package getting `os`, say): it gains nothing new
                     give(frame, box, absname, "raw")
-                elif library and in_granted_import(requester):
-                    # a library's own import while a granted import runs, e.g. C code
-                    # importing _io for zipimport or datetime for numpy (the frame is then
-                    # at an import statement of another name, or at a call)
+                elif library and in_granted_import(requester) and own_import(
+                        requester, code, absname):
+                    # an import a library makes for itself while a granted import runs
+                    # (see own_import)
                     give(frame, box, absname, "raw")
                 return  # refused: the guard raises ImportError
             if role == "load":
@@ -1245,6 +1292,19 @@ def _wasm_exec_boot():
             pass
         return out
 
+    def reseed_generators():
+        """After a restore from an image every copy would draw the same random numbers:
+        seed `random` and numpy's global generator afresh (from the host's entropy)."""
+        box = []
+        "<wasm-exec request slot>".__defaults__ = ("generators", box)
+        del "<wasm-exec request slot>".__defaults__
+        for mod in box:
+            if mod is not None:
+                try:
+                    mod.seed()
+                except _BaseException:
+                    pass
+
     def run_call(req, cell_no):
         code_text = req["code"]
         filename = "<cell-" + _str(cell_no) + ">"
@@ -1252,6 +1312,8 @@ def _wasm_exec_boot():
         source_order.append(filename)
         if _len(source_order) > 32:
             sources.pop(source_order.pop(0), None)
+        if req.get("reseed") is True:
+            reseed_generators()
         values = req.get("globals")
         if values:
             for k, v in values.items():
@@ -1325,7 +1387,11 @@ def _wasm_exec_boot():
                 pass
         return reply
 
-    def main():
+    cell_counter = [0]
+
+    def boot_reply():
+        """The end of the boot: the machinery is snapshotted and the host told we are
+        ready (in the per-turn mode of a reactor runtime, the boot turn ends here)."""
         "<wasm-exec request slot>".__defaults__ = ("restore", [])
         del "<wasm-exec request slot>".__defaults__
         "<wasm-exec request slot>".__defaults__ = ("boot_done", [])
@@ -1336,38 +1402,59 @@ def _wasm_exec_boot():
         "<wasm-exec request slot>".__defaults__ = ("reply", [], ready)
         del "<wasm-exec request slot>".__defaults__
         del ready
-        cell_no = 0
-        while True:
-            box = []
-            # (the read also restores the standard streams)
-            "<wasm-exec request slot>".__defaults__ = ("read", box)
-            del "<wasm-exec request slot>".__defaults__
-            raw = box[0]
-            box = None  # the streams the agent had set are dropped here, in main
-            if raw is None:
-                return
-            req = json_loads(raw.decode("utf-8"))
-            del raw
-            if req.get("op") == "exit":
-                return
-            cell_no += 1
-            try:
-                reply = run_call(req, cell_no)
-            except _BaseException as e:
-                reply = {"id": req["id"], "ok": False, "error_type": "RunnerError",
-                         "error_message": "the sandbox runner failed: " + _qualname(_type(e)),
-                         "traceback": "", "globals": {}, "globals_errors": {}}
-            full = reserve[0] is None  # (before the answer list exists: see the top)
-            box = []
-            "<wasm-exec request slot>".__defaults__ = ("collect", box, full)
-            del "<wasm-exec request slot>".__defaults__
-            if box:
-                box.pop()(box.pop())
-            payload = json_dumps(reply).encode("utf-8")
-            del reply, req
-            "<wasm-exec request slot>".__defaults__ = ("reply", [], payload)
-            del "<wasm-exec request slot>".__defaults__
-            del payload
+
+    def step():
+        """Read one request and answer it; False when the channel has ended."""
+        box = []
+        # (the read also restores the standard streams)
+        "<wasm-exec request slot>".__defaults__ = ("read", box)
+        del "<wasm-exec request slot>".__defaults__
+        raw = box[0]
+        box = None  # the streams the agent had set are dropped here, in the runner
+        if raw is None:
+            return False
+        req = json_loads(raw.decode("utf-8"))
+        del raw
+        if req.get("op") == "exit":
+            return False
+        cell_counter[0] += 1
+        try:
+            reply = run_call(req, cell_counter[0])
+        except _BaseException as e:
+            reply = {"id": req["id"], "ok": False, "error_type": "RunnerError",
+                     "error_message": "the sandbox runner failed: " + _qualname(_type(e)),
+                     "traceback": "", "globals": {}, "globals_errors": {}}
+        full = reserve[0] is None  # (before the answer list exists: see the top)
+        box = []
+        "<wasm-exec request slot>".__defaults__ = ("collect", box, full)
+        del "<wasm-exec request slot>".__defaults__
+        if box:
+            box.pop()(box.pop())
+        # the runner's own streams again before the answer: whatever the turn does after
+        # it (a reactor flushes sys.stdout) touches no stream object of the agent's
+        box = []
+        "<wasm-exec request slot>".__defaults__ = ("restore", box)
+        del "<wasm-exec request slot>".__defaults__
+        box = None
+        payload = json_dumps(reply).encode("utf-8")
+        del reply, req
+        "<wasm-exec request slot>".__defaults__ = ("reply", [], payload)
+        del "<wasm-exec request slot>".__defaults__
+        del payload
+        return True
+
+    def main():
+        """The command-module runtime: boot, then answer requests until the end."""
+        boot_reply()
+        while step():
+            pass
+
+    def turn_step(source=None, number=None):
+        """A reactor runtime's turn in per-turn mode (installed as the reactor's
+        _run_turn): one request, then the turn ends and no frame of the guest is live,
+        so the host can image the interpreter's memory between calls."""
+        step()
+        return 0
 
     # ------------------------------------------------------- arm the hook and go
     # Each role names the request slot by a constant of its own code, bound here to
@@ -1375,8 +1462,8 @@ def _wasm_exec_boot():
     # so the object a role's STORE_ATTR assigns to is always the slot itself, and no
     # object of the agent's (with a __setattr__ made of C callables) runs at a request site
     slot = "<wasm-exec request slot>"
-    for fn in (guard_impl, guard_create_builtin, guard_exec_builtin, collect_figures, main,
-               load_named):
+    for fn in (guard_impl, guard_create_builtin, guard_exec_builtin, collect_figures,
+               reseed_generators, boot_reply, step, load_named):
         consts = fn.__code__.co_consts
         bound = tuple(REQUEST if type(c) is str and c == slot else c for c in consts)
         if sum(1 for c in bound if c is REQUEST) != 1:
@@ -1384,14 +1471,17 @@ def _wasm_exec_boot():
         fn.__code__ = fn.__code__.replace(co_consts=bound)
     del slot, consts, bound
     trusted = [guard_impl, guard_call, guard_import_module, guard_create_builtin, load_named,
-               guard_exec_builtin, main, run_call, collect_figures,
+               guard_exec_builtin, main, boot_reply, step, turn_step, run_call, collect_figures,
+               reseed_generators,
                install_hook, read_exact, read_frame, json_loads, json_dumps, format_tb,
                describe, flush_streams, convert, no_default, _exit, _unavailable, _gc_nothing,
                _gc_false, _gc_zero, _gc_collect, _gc_counts, _gc_list]
     trusted_codes = {id(f.__code__): f.__code__ for f in trusted}
-    roles = {id(main.__code__): (main.__code__, "main"),
+    roles = {id(boot_reply.__code__): (boot_reply.__code__, "main"),
+             id(step.__code__): (step.__code__, "main"),
              id(guard_impl.__code__): (guard_impl.__code__, "guard"),
              id(collect_figures.__code__): (collect_figures.__code__, "figures"),
+             id(reseed_generators.__code__): (reseed_generators.__code__, "figures"),
              id(guard_call.__code__): (guard_call.__code__, "entry"),
              id(guard_import_module.__code__): (guard_import_module.__code__, "entry"),
              id(guard_create_builtin.__code__): (guard_create_builtin.__code__, "builtin"),
@@ -1489,6 +1579,10 @@ def _wasm_exec_boot():
     # nothing of the runner stays in a namespace the agent could find
     g.clear()
     g["__builtins__"] = builtins
+    if init.get("turns") is True:
+        # a reactor runtime in per-turn mode: every later turn answers one request
+        sys.modules["_reactor"].__dict__["_run_turn"] = turn_step
+        return boot_reply
     return main
 
 

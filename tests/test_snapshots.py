@@ -1,0 +1,197 @@
+"""Interpreter images (issue 7): warm starts, roll-back after a stopped call, save/load."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.scientific_support import needs_scientific
+from wasm_exec import ImageError, PythonExecExecutor
+from wasm_exec.images import MAGIC
+
+SEED = dict(whitelisted_imports=["numpy", "pandas", "json", "random"],
+            default_imports={"np": "numpy", "pd": "pandas"})
+
+
+def scientific(test):
+    return pytest.mark.scientific(needs_scientific(test))
+
+
+STATE = ("df = pd.DataFrame({'a': [1, 2, 3]})\n"
+         "def double(x):\n    return 2 * x\n"
+         "class Box:\n    size = 7\n"
+         "k = 5\n")
+CHECK = "out = [int(df.a.sum()), double(21), Box.size, k]"
+EXPECTED = [6, 42, 7, 5]
+
+
+def make(**kw):
+    return PythonExecExecutor(runtime="scientific", timeout_seconds=20, **{**SEED, **kw})
+
+
+@pytest.mark.parametrize("kind,code,limits", [
+    ("fuel", "k = 99\nwhile True: pass", {"fuel": 50_000_000}),
+    ("timeout", "k = 99\nwhile True: pass", {"timeout_seconds": 0.5, "fuel": None}),
+    ("stack_overflow", "k = 99\nimport json\njson.loads('[' * 200000 + ']' * 200000)", None),
+])
+@scientific
+def test_a_stopped_call_rolls_back_to_the_state_after_the_previous_call(kind, code, limits):
+    fuel = None if limits and "fuel" in limits and limits["fuel"] is None else "default"
+    with make(fuel=fuel) as ex:
+        assert ex.execute(STATE).success
+        call_limits = {k: v for k, v in (limits or {}).items() if k != "fuel" or v is not None}
+        r = ex.execute(code, limits=call_limits or None)
+        assert not r.success and r.limit == kind, r.error
+        assert r.rolled_back and not r.interpreter_lost and not r.state_reset
+        assert "rolled back" in r.error and "intact" in r.error
+        r = ex.execute(CHECK, return_globals=["out"])
+        assert r.success and r.globals == {"out": EXPECTED}, r.error
+        assert not r.state_reset
+        # and the interpreter goes on as before
+        r = ex.execute("k += 1", return_globals=["k"])
+        assert r.globals == {"k": 6}
+
+
+@scientific
+def test_rollback_can_be_switched_off():
+    with make(rollback=False) as ex:
+        ex.execute("k = 5")
+        r = ex.execute("while True: pass", limits={"fuel": 50_000_000})
+        assert r.limit == "fuel" and r.interpreter_lost and not r.rolled_back
+        r = ex.execute("ok = 'k' in globals()", return_globals=["ok"])
+        assert r.state_reset and r.globals == {"ok": False}
+
+
+@scientific
+def test_agents_started_from_one_boot_image_are_isolated():
+    with make() as first, make() as second:
+        # (the second starts from the first one's boot image: a warm start)
+        first.execute("secret = 'of the first agent'\nimport json\njson.dumps = None")
+        r = second.execute("import json\nout = ['secret' in globals(), json.dumps({'a': 1})]",
+                           return_globals=["out"])
+        assert r.globals == {"out": [False, '{"a": 1}']}, r.error
+        draws = []
+        for ex in (first, second):
+            r = ex.execute("import random\nv = [random.random(), float(np.random.rand())]",
+                           return_globals=["v"])
+            draws.append(r.globals["v"])
+        # reseeded after the restore: the two copies do not repeat each other's numbers
+        assert draws[0][0] != draws[1][0] and draws[0][1] != draws[1][1]
+
+
+@scientific
+def test_saved_agent_continues_in_another_process(tmp_path):
+    path = tmp_path / "agent.img"
+    with make() as ex:
+        r = ex.execute(STATE + "with open('/tmp/notes.txt', 'w') as fh:\n    fh.write('kept')\n"
+                       "log = open('/tmp/log.txt', 'w')\nlog.write('one ')")
+        assert r.success, r.error
+        size = ex.save(path)
+    assert size == path.stat().st_size and size < 60 << 20
+    script = textwrap.dedent(f"""
+        import json
+        from wasm_exec import PythonExecExecutor
+        ex = PythonExecExecutor.load({str(path)!r}, timeout_seconds=20)
+        r = ex.execute({CHECK!r} + "\\nlog.write('two'); log.close()\\n"
+                       "files = [open('/tmp/notes.txt').read(), open('/tmp/log.txt').read()]",
+                       return_globals=["out", "files"])
+        print(json.dumps([r.success, r.error, r.globals]))
+        ex.close()
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, cwd=str(Path(__file__).resolve().parents[1]))
+    assert done.returncode == 0, done.stderr[-3000:]
+    ok, error, values = json.loads(done.stdout.strip().splitlines()[-1])
+    assert ok, error
+    assert values == {"out": EXPECTED, "files": ["kept", "one two"]}
+
+
+def rewrite_header(data: bytes, change) -> bytes:
+    """The image with its header changed and a valid checksum (a well-formed file)."""
+    start = len(MAGIC) + 4
+    size = int.from_bytes(data[len(MAGIC):start], "little")
+    header = json.loads(data[start:start + size])
+    change(header)
+    head = json.dumps(header).encode()
+    body = data[start + size:-32]
+    out = MAGIC + len(head).to_bytes(4, "little") + head + body
+    return out + hashlib.sha256(out).digest()
+
+
+@scientific
+def test_damaged_or_foreign_images_are_refused(tmp_path):
+    path = tmp_path / "agent.img"
+    with make() as ex:
+        ex.execute("k = 5")
+        ex.save(path)
+    data = path.read_bytes()
+    cases = {
+        "truncated": (data[: len(data) // 2], "damaged or truncated"),
+        "altered": (data[:1000] + bytes([data[1000] ^ 1]) + data[1001:], "damaged"),
+        "not an image": (b"hello world" * 10, "not a wasm-exec interpreter image"),
+        "other runtime build": (rewrite_header(
+            data, lambda h: h.update(runtime_sha256="0" * 64)), "another build"),
+        "other wasm-exec": (rewrite_header(
+            data, lambda h: h.update(runner_sha256="0" * 64)), "another version of wasm-exec"),
+        "other format": (rewrite_header(data, lambda h: h.update(format=99)), "format"),
+    }
+    for name, (blob, words) in cases.items():
+        bad = tmp_path / f"{name}.img"
+        bad.write_bytes(blob)
+        with pytest.raises(ImageError, match=words):
+            PythonExecExecutor.load(bad)
+    # the good one still loads
+    with PythonExecExecutor.load(path) as ex:
+        assert ex.execute("k += 1", return_globals=["k"]).globals == {"k": 6}
+
+
+def test_the_minimal_runtime_says_it_cannot_be_imaged(make_executor, tmp_path):
+    ex = make_executor(whitelisted_imports=["json"])
+    assert not ex.snapshots
+    with pytest.raises(ImageError, match="minimal.*cannot be saved"):
+        ex.save(tmp_path / "x.img")
+    assert not (tmp_path / "x.img").exists()
+    ex.execute("k = 5")
+    r = ex.execute("while True: pass", limits={"fuel": 20_000_000})
+    assert r.limit == "fuel" and r.interpreter_lost and not r.rolled_back
+    assert ex.execute("ok = 'k' in globals()", return_globals=["ok"]).globals == {"ok": False}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.slow
+@scientific
+def test_repeated_trap_and_restore_cycles_do_not_leak():
+    with make() as ex:
+        ex.execute(STATE)
+        for _ in range(10):  # warm up allocators and caches
+            ex.execute("while True: pass", limits={"fuel": 20_000_000})
+        rss = _rss_bytes()
+        fds = len(os.listdir("/proc/self/fd"))
+        threads = len(os.listdir("/proc/self/task"))
+        for _ in range(100):
+            r = ex.execute("while True: pass", limits={"fuel": 20_000_000})
+            assert r.rolled_back
+        assert ex.execute(CHECK, return_globals=["out"]).globals == {"out": EXPECTED}
+        # (stopped interpreters are closed on a background thread)
+        deadline = time.monotonic() + 10
+        while len(os.listdir("/proc/self/fd")) > fds + 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        gc.collect()
+        grown = _rss_bytes() - rss
+        assert len(os.listdir("/proc/self/fd")) <= fds + 2
+        assert len(os.listdir("/proc/self/task")) <= threads + 2
+        # a leak of one image per cycle would be 100 x 60+ MB
+        assert grown < 200 << 20, f"resident memory grew by {grown >> 20} MiB"
