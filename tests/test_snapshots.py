@@ -143,6 +143,11 @@ def test_damaged_or_foreign_images_are_refused(tmp_path):
         "other wasm-exec": (rewrite_header(
             data, lambda h: h.update(runner_sha256="0" * 64)), "another version of wasm-exec"),
         "other format": (rewrite_header(data, lambda h: h.update(format=99)), "format"),
+        # memory that inflates beyond what the header says is refused before it is kept
+        "inflates too far": (rewrite_header(data, lambda h: h.update(memory_size=1000)),
+                             "does not have the size"),
+        "too big for the limit": (rewrite_header(data, lambda h: h.update(
+            memory_size=8 << 30)), "more than the memory limit"),
     }
     for name, (blob, words) in cases.items():
         bad = tmp_path / f"{name}.img"

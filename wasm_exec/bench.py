@@ -238,9 +238,119 @@ def bench_parallel(repeat: int) -> list[Row]:
                 note=f"throughput {speedup:.2f}x of one agent", extra={"speedup": speedup})]
 
 
+SCIENTIFIC_SEED = dict(whitelisted_imports=["numpy", "pandas", "matplotlib.pyplot"],
+                      default_imports={"np": "numpy", "pd": "pandas",
+                                       "plt": "matplotlib.pyplot"})
+
+
+def bench_snapshots(repeat: int) -> list[Row]:
+    """Interpreter images (scientific runtime): warm start, roll-back, save/load."""
+    import tempfile
+
+    from .errors import WasmExecError
+    from .executor import PythonExecExecutor
+    from .pool import forget_templates
+
+    def make(**kw: Any) -> PythonExecExecutor:
+        return PythonExecExecutor(runtime="scientific", timeout_seconds=120,
+                                  **{**SCIENTIFIC_SEED, **kw})
+
+    try:
+        forget_templates()
+        t = time.perf_counter()
+        first = make()
+        first.execute("x = 1")
+        boot = time.perf_counter() - t
+    except WasmExecError as e:
+        return [Row("snapshots (scientific runtime)", "-", 0, 0, 0, 0,
+                    note=f"skipped: {str(e).splitlines()[0]}")]
+    rows = [Row("scientific: first agent, boot + import np/pd/plt, first result", "ms",
+                boot * 1000, boot * 1000, boot * 1000, 1)]
+
+    # (agents arrive some time apart: the interpreter restored for the next one in the
+    # background is ready by then; back to back, each waits for a restore)
+    warm, burst = [], []
+    for pause, out in ((0.5, warm), (0.0, burst)):
+        for _ in range(repeat):
+            time.sleep(pause)
+            t = time.perf_counter()
+            ex = make()
+            ex.execute("x = 1")
+            out.append(time.perf_counter() - t)
+            ex.close()
+    rows.append(Row("scientific: new agent from the boot image (warm start)", "ms",
+                    *[v * 1000 for v in _stats(warm)], repeat, target="<= 50 ms",
+                    note=f"booting and importing instead: {boot * 1000:.0f} ms"))
+    rows.append(Row("scientific: warm start, agents created back to back", "ms",
+                    *[v * 1000 for v in _stats(burst)], repeat,
+                    note="each restores the boot image itself"))
+
+    first.execute("df = pd.DataFrame({'a': range(1000)})\nkeep = 1")
+    back = []
+    for _ in range(repeat):
+        time.sleep(0.3)  # (the model thinks: the image of the last call is taken meanwhile)
+        t = time.perf_counter()
+        r = first.execute("while True: pass", limits={"fuel": 1_000_000})
+        r2 = first.execute("keep += 1")
+        back.append(time.perf_counter() - t)
+        assert r.rolled_back and r2.success, (r.error, r2.error)
+    rows.append(Row("scientific: stopped call rolled back, next call answered", "ms",
+                    *[v * 1000 for v in _stats(back)], repeat, target="<= 50 ms",
+                    note="the trap, the restore of the last image and one more call"))
+
+    calls = 20
+    per_call: dict[str, float] = {}
+    for label, rollback, think in (("images on, back to back", True, 0.0),
+                                   ("images off, back to back", False, 0.0),
+                                   ("images on, 0.1 s between calls", True, 0.1)):
+        first.rollback = rollback
+        first._session.keep_images = rollback  # type: ignore[union-attr]
+        first.execute("x = 0")
+        samples = []
+        for _ in range(calls):
+            if think:
+                time.sleep(think)
+            t = time.perf_counter()
+            first.execute("x += 1")
+            samples.append(time.perf_counter() - t)
+        per_call[label] = statistics.median(samples) * 1000
+        rows.append(Row(f"scientific: per call x += 1, {label}", "ms",
+                        *[v * 1000 for v in _stats(samples)], calls))
+    first.rollback = True
+    first._session.keep_images = True  # type: ignore[union-attr]
+    image = first._session.wait_image(current=True)  # type: ignore[union-attr]
+    size = image.size if image is not None else 0
+    extra = per_call["images on, back to back"] - per_call["images off, back to back"]
+    rows[-1].note = (f"image per agent: {size / (1 << 20):.0f} MiB of host memory "
+                     f"(its linear memory); back to back an image costs {extra:.1f} ms a call")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "agent.img")
+        saves, loads = [], []
+        file_size = 0
+        for _ in range(max(1, repeat // 2)):
+            t = time.perf_counter()
+            file_size = first.save(path)
+            saves.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            ex = PythonExecExecutor.load(path, timeout_seconds=120)
+            ex.execute("keep += 1")
+            loads.append(time.perf_counter() - t)
+            ex.close()
+        rows.append(Row("scientific: save an agent to a file", "ms",
+                        *[v * 1000 for v in _stats(saves)], len(saves),
+                        note=f"file {file_size / (1 << 20):.1f} MiB (memory "
+                             f"{size / (1 << 20):.0f} MiB, zlib level 1)"))
+        rows.append(Row("scientific: load it into a new executor, first result", "ms",
+                        *[v * 1000 for v in _stats(loads)], len(loads)))
+    first.close()
+    return rows
+
+
 def run(repeat: int = 5, memory_counts: tuple[int, ...] = (1, 10, 50)) -> dict[str, Any]:
     rows: list[Row] = []
-    for part in (bench_new_agent, bench_per_call, bench_cpu, bench_marshal, bench_parallel):
+    for part in (bench_new_agent, bench_per_call, bench_cpu, bench_marshal, bench_parallel,
+                 bench_snapshots):
         rows.extend(part(repeat))
     rows.extend(bench_memory(memory_counts))
     return {

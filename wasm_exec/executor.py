@@ -351,9 +351,21 @@ class PythonExecExecutor:
             defaults = {str(k): str(v) for k, v in dict(header["default_imports"]).items()}
         except (KeyError, TypeError, ValueError) as e:
             raise ImageError(f"{path} has a damaged header") from e
-        settings = EngineSettings(fuel=True)
-        stdlib = get_image(settings, runtime).file("python-stdlib.zip")
-        memory_image = images.decode(header, body, MemoryFS(shared_zip(stdlib)))
+        try:
+            memory_limit = Limits.build(
+                limits if isinstance(limits, Limits) else dict(limits or {}), fuel=fuel,
+                timeout_seconds=timeout_seconds, memory_bytes=memory_bytes,
+                max_output_bytes=max_output_bytes).memory_bytes
+        except ValueError as e:
+            raise ConfigurationError(str(e)) from e
+        size = header.get("memory_size")
+        if type(size) is int and size > memory_limit:
+            raise ImageError(f"{path} holds an interpreter of {size} bytes of memory, more "
+                             f"than the memory limit of {memory_limit} bytes; load it with a "
+                             "larger memory_bytes")
+        stdlib = get_image(EngineSettings(fuel=True), runtime).file("python-stdlib.zip")
+        memory_image = images.decode(header, body, MemoryFS(shared_zip(stdlib)),
+                                     max_memory=memory_limit)
         return cls(whitelisted_imports=allowed, default_imports=defaults, limits=limits,
                    fuel=fuel, timeout_seconds=timeout_seconds, memory_bytes=memory_bytes,
                    max_output_bytes=max_output_bytes, pool=pool, runtime=runtime,

@@ -31,6 +31,7 @@ from .vfs import MemoryFS, decode_fs_state, encode_fs_state
 MAGIC = b"WASM-EXEC-IMAGE\n"
 FORMAT = 1
 MAX_HEADER = 256 << 20
+MAX_MEMORY = 4 << 30  # wasm32: linear memory is at most 4 GiB
 
 
 def runner_sha256() -> str:
@@ -122,13 +123,21 @@ def check_compatible(header: dict[str, Any], *, runtime_sha256: str, path: objec
                          "runner differs from this one); load it with that version")
 
 
-def decode(header: dict[str, Any], body: bytes, fs: MemoryFS) -> MemoryImage:
+def decode(header: dict[str, Any], body: bytes, fs: MemoryFS,
+           max_memory: int = MAX_MEMORY) -> MemoryImage:
+    size = header.get("memory_size")
+    if type(size) is not int or not 0 < size <= max_memory:
+        raise ImageError(f"the image's memory size ({size!r}) is not between 1 byte and "
+                         f"{max_memory} bytes")
     try:
-        memory = zlib.decompress(body)
+        # never more than the header announced (a file that inflates further is refused
+        # before it can take the host's memory)
+        inflater = zlib.decompressobj()
+        memory = inflater.decompress(body, size + 1)
     except zlib.error as e:
         raise ImageError(f"the image's memory cannot be decompressed: {e}") from e
-    if len(memory) != header.get("memory_size"):
-        raise ImageError("the image's memory has the wrong size")
+    if len(memory) != size or not inflater.eof or inflater.unconsumed_tail:
+        raise ImageError("the image's memory does not have the size its header gives")
     try:
         state = decode_fs_state(header["fs"], fs)
         errors = {str(k): str(v) for k, v in dict(header["default_import_errors"]).items()}

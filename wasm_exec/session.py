@@ -21,6 +21,7 @@ import itertools
 import mmap
 import os
 import struct
+import sys
 import threading
 import time
 import weakref
@@ -231,6 +232,7 @@ class Session:
         self._answered = 0  # turns answered (boot included) ...
         self._image_of = -1  # ... and the one latest_image was taken after
         self._want_image = False  # an image is wanted although keep_images is off
+        self._buffers: list[mmap.mmap] = []  # image memory this session allocated
         self._boot_source = b""
         self._started_ns = time.monotonic_ns()
         self._memory_bytes = 0
@@ -517,7 +519,17 @@ class Session:
         """Between turns (the caller has its answer already): keep the rollback image."""
         self._memory_bytes = self._read_memory_size()
         if self._keep_images or self.latest_image is None or self._want_image:
-            image = self._capture()
+            with self._cv:
+                # the previous image's pages, when nothing but this session holds it (a
+                # copy into pages already mapped costs a tenth of one into new pages)
+                old = self.latest_image
+                reuse = None
+                if (old is not None and any(old.memory is b for b in self._buffers)
+                        and sys.getrefcount(old) <= 3):  # the attribute, `old`, the call
+                    reuse = old.memory
+                    self.latest_image = None
+                del old
+            image = self._capture(reuse)
             with self._cv:
                 self.latest_image = image
                 self._image_of = self._answered
@@ -525,14 +537,19 @@ class Session:
                 self._cv.notify_all()
         self._imaged.set()
 
-    def _capture(self) -> MemoryImage:
+    def _capture(self, reuse: mmap.mmap | None = None) -> MemoryImage:
         assert self._memory is not None and self._fs is not None
         base = ctypes.addressof(self._memory.data_ptr(self._store).contents)
         size = self._memory.data_len(self._store)
         # anonymous pages (no zero-filling under the GIL), filled by ctypes.memmove, which
         # releases the GIL: the caller, who has its answer already, goes on on the other
         # core while the interpreter's memory is copied
-        copy = mmap.mmap(-1, max(size, 1))
+        if reuse is not None and len(reuse) == size:
+            copy = reuse
+        else:
+            copy = mmap.mmap(-1, max(size, 1))
+            self._buffers = [b for b in self._buffers if b is not reuse] + [copy]
+            self._buffers = self._buffers[-2:]
         ctypes.memmove((ctypes.c_char * size).from_buffer(copy), base, size)
         return MemoryImage(copy, self._fs.snapshot(),
                            dict(self.default_import_errors),
