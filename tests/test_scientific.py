@@ -217,6 +217,31 @@ def test_pandas_optional_dependency_imports_only_what_pandas_names():
                           return_globals=["n"]).globals == {"n": 3}
 
 
+def test_property_finder_chain_to_linecache_loads_nothing():
+    # red-team round 11: a path-entry finder whose find_spec is a property calling
+    # copyreg.__newobj__ -> functools.partial(linecache.getline) -> linecache's lazy source
+    # loader -> importlib.import_module('subprocess'): every frame library code, the
+    # requester's caller not an import-machinery frame
+    with PythonExecExecutor(runtime="scientific", timeout_seconds=60,
+                            whitelisted_imports=["json", "functools", "xml"]) as ex:
+        r = ex.execute(
+            "import json, functools\nsys = json.codecs.sys\nm = sys.modules\n"
+            "before = set(m)\n"
+            "copyreg = m['copyreg']; linecache = m['linecache']; types = m['types']\n"
+            "class F(dict):\n    find_spec = property(copyreg.__newobj__)\n"
+            "f = F(__name__='subprocess', __loader__=types.SimpleNamespace("
+            "get_source=m['importlib'].import_module))\n"
+            "f.__dict__['__new__'] = functools.partial(linecache.getline, '/none/x.py', 1)\n"
+            "import xml\nsys.path_importer_cache[xml.__path__[0]] = f\n"
+            "try:\n    import xml.dom\nexcept BaseException:\n    pass\n"
+            "del sys.path_importer_cache[xml.__path__[0]]\n"
+            "leaked = [n for n in ('subprocess', 'socket') if n in m and n not in before]",
+            return_globals=["leaked"])
+        assert r.success and r.globals == {"leaked": []}, (r.error, r.globals)
+        assert ex.execute("from xml.dom import minidom\nok = minidom.__name__",
+                          return_globals=["ok"]).globals == {"ok": "xml.dom.minidom"}
+
+
 def test_call_time_imports_load_library_code():
     # no default imports: numpy (frozen modules on 3.15), pandas (six adds a meta_path
     # finder) and matplotlib are loaded by the agent's own import statements

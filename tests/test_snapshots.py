@@ -35,7 +35,7 @@ EXPECTED = [6, 42, 7, 5]
 
 
 def make(**kw):
-    return PythonExecExecutor(runtime="scientific", timeout_seconds=20, **{**SEED, **kw})
+    return PythonExecExecutor(**{"runtime": "scientific", "timeout_seconds": 20, **SEED, **kw})
 
 
 @pytest.mark.parametrize("kind,code,limits", [
@@ -200,3 +200,25 @@ def test_repeated_trap_and_restore_cycles_do_not_leak():
         assert len(os.listdir("/proc/self/task")) <= threads + 2
         # a leak of one image per cycle would be 100 x 60+ MB
         assert grown < 200 << 20, f"resident memory grew by {grown >> 20} MiB"
+
+
+REACH_SYS = ("sys = [c for c in ().__class__.__base__.__subclasses__() if c.__name__ == "
+             "'BuiltinImporter'][0].find_spec.__func__.__globals__['sys']\n")
+
+
+@scientific
+def test_the_end_of_a_turn_runs_nothing_of_the_agent():
+    # red-team round 11: the reactor's turn flushes sys.stdout (its own global `sys`) after
+    # the answer and before the host images the interpreter; an agent that replaced that
+    # global ran code there, died, and the next call was "rolled back" past an answered call
+    with make(timeout_seconds=5) as ex:
+        ex.execute("keep = 'after call 1'")
+        r = ex.execute(REACH_SYS + "keep = 'after call 2'\n_r = sys.modules['_reactor']\n"
+                       "class Out:\n    def flush(self):\n        while True:\n            pass\n"
+                       "class Proxy:\n    stdout = Out()\n    stderr = Out()\n"
+                       "_r.sys = Proxy()\n_r._run_turn = lambda *a: 0\n")
+        assert r.success, r.error
+        for _ in range(2):
+            r = ex.execute("got = keep", return_globals=["got"])
+            assert r.success and not r.rolled_back and not r.state_reset, r.error
+            assert r.globals == {"got": "after call 2"}

@@ -163,8 +163,12 @@ class PythonExecExecutor:
         self._last_used = time.monotonic()
         self.on_session_start: Callable[[PythonExecExecutor], None] | None = None
         self._session: Session | None = None
+        self._rollback_standby: Session | None = None
+        self._rollback_thread: threading.Thread | None = None
         self._reset_pending = False
-        self._holder: list[Session | None] = [None]
+        # (the interpreter, and the standby one for roll-backs: closed if the executor is
+        # garbage collected unclosed)
+        self._holder: list[Session | None] = [None, None]
         if _restore is not None:
             try:
                 self._session = self._key.restore(_restore, keep_images=self.rollback)
@@ -235,13 +239,14 @@ class PythonExecExecutor:
                           duration_seconds=duration, fuel_used=outcome.fuel_used,
                           memory_bytes=outcome.memory_bytes, state_reset=reset)
             if outcome.died is not None:
-                image = session.latest_image if self.rollback else None
+                # roll back a call that a limit or a crash stopped; not one that broke the
+                # protocol (the interpreter itself is then suspect: so may its last image
+                # be), nor a death between calls (the last image may miss the last answer)
+                image = (session.latest_image if self.rollback and outcome.died.during_call
+                         and outcome.died.reason not in ("protocol", "cancelled") else None)
                 self._discard(session)
                 if image is not None and not self._closed:
-                    try:
-                        restored = self._key.restore(image, keep_images=self.rollback)
-                    except Exception:  # noqa: BLE001 - a fresh interpreter instead
-                        restored = None
+                    restored = self._restore_for_rollback(image)
                     if restored is not None:
                         self._session = restored
                         self._holder[0] = restored
@@ -381,6 +386,7 @@ class PythonExecExecutor:
         """Throw away this agent's state: the next call runs on a fresh interpreter."""
         with self._lock:
             self._check_open()
+            self._drop_rollback_standby()
             self._replace_session()
 
     def release(self) -> bool:
@@ -394,6 +400,7 @@ class PythonExecExecutor:
         try:
             session, self._session = self._session, None
             self._holder[0] = None
+            self._drop_rollback_standby()
             if session is not None:
                 self._reset_pending = True
                 session.close()
@@ -426,6 +433,8 @@ class PythonExecExecutor:
             self._holder[0] = None
         if session is not None:
             session.close()
+        with self._lock:
+            self._drop_rollback_standby()
         spare = self._spare
         if spare is not None:
             spare.join(60)
@@ -443,6 +452,55 @@ class PythonExecExecutor:
         return self._closed
 
     # ------------------------------------------------------------ internals
+    def _restore_for_rollback(self, image: MemoryImage) -> Session | None:
+        """An interpreter continuing from ``image``: the standby one when it is ready
+        (prepared after this agent's previous roll-back: agents that hit a limit once
+        tend to again), else restored now."""
+        standby, self._rollback_standby = self._rollback_standby, None
+        self._holder[1] = None
+        restored = None
+        if standby is not None:
+            if standby.reload(image, self.limits.memory_bytes):
+                restored = standby
+            else:
+                self._discard(standby)
+        if restored is None:
+            try:
+                restored = self._key.restore(image, keep_images=self.rollback)
+            except Exception:  # noqa: BLE001 - a fresh interpreter instead
+                return None
+        restored.keep_images = self.rollback
+        self._prepare_rollback_standby(image)
+        return restored
+
+    def _prepare_rollback_standby(self, image: MemoryImage) -> None:
+        """Restore an interpreter from ``image`` in the background, to be reloaded with the
+        image of the moment at the next stop (its pages are then mapped already)."""
+        if self._rollback_thread is not None and self._rollback_thread.is_alive():
+            return
+
+        def make() -> None:
+            try:
+                session = self._key.restore(image, keep_images=self.rollback)
+            except Exception:  # noqa: BLE001 - the next stop restores for itself
+                return
+            with self._lock:
+                if self._closed or self._rollback_standby is not None:
+                    session.close()
+                else:
+                    self._rollback_standby = session
+                    self._holder[1] = session
+
+        self._rollback_thread = threading.Thread(target=make, daemon=True,
+                                                 name="wasm-exec-rollback-standby")
+        self._rollback_thread.start()
+
+    def _drop_rollback_standby(self) -> None:
+        standby, self._rollback_standby = self._rollback_standby, None
+        self._holder[1] = None
+        if standby is not None:
+            standby.close()
+
     def _check_open(self) -> None:
         if self._closed:
             raise ExecutorClosedError("this executor is closed; create a new one")
@@ -592,9 +650,9 @@ class PythonExecExecutor:
 
 
 def _close_session(holder: list[Session | None]) -> None:
-    s = holder[0]
-    if s is not None:
-        s.close()
+    for s in holder:
+        if s is not None:
+            s.close()
 
 
 __all__ = ["ExecutionResult", "PythonExecExecutor"]

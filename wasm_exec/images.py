@@ -57,7 +57,7 @@ def save(path: str | os.PathLike[str], image: MemoryImage, *, runtime: str,
         "format": FORMAT, "runtime": runtime, "runtime_sha256": image.runtime_sha256,
         "runner_sha256": runner_sha256(), "whitelisted_imports": sorted(allowed),
         "default_imports": dict(default_imports), "memory_size": image.size,
-        "monotonic_ns": image.monotonic_ns,
+        "monotonic_ns": image.monotonic_ns, "token": image.token.hex(),
         "default_import_errors": dict(image.default_import_errors),
         "fs": encode_fs_state(image.fs, fs), "body_size": len(body),
     }
@@ -100,7 +100,7 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], bytes]:
         raise ImageError(f"{path} has a damaged header")
     try:
         header = json.loads(data[start:start + size].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ImageError(f"{path} has a damaged header") from e
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ImageError(f"{path} is an image of another format "
@@ -141,7 +141,14 @@ def decode(header: dict[str, Any], body: bytes, fs: MemoryFS,
     try:
         state = decode_fs_state(header["fs"], fs)
         errors = {str(k): str(v) for k, v in dict(header["default_import_errors"]).items()}
-        return MemoryImage(memory, state, errors, int(header["monotonic_ns"]),
-                           str(header["runtime_sha256"]))
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        token = bytes.fromhex(str(header["token"]))
+        if len(token) != 16:
+            raise ValueError("token")
+        monotonic = int(header["monotonic_ns"])
+        if not 0 <= monotonic < 1 << 63:
+            raise ValueError("monotonic_ns")
+        return MemoryImage(memory, state, errors, monotonic, str(header["runtime_sha256"]),
+                           token)
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError,
+            RecursionError) as e:
         raise ImageError(f"the image's file system or header is damaged: {e}") from e

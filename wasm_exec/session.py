@@ -86,6 +86,10 @@ _runner_blobs: dict[tuple[str, str], str] = {}
 # the source of every turn after the boot: the runner's turn step ignores it
 STEP_SOURCE = b"pass"
 
+# modules that libraries import by a computed name while they are being imported, loaded
+# at boot (the runner grants such imports only of modules already loaded)
+PRELOAD = {"scientific": ("_sysconfigdata__wasi_wasm32-wasi",)}
+
 # modules CPython's own C code imports on the caller's behalf (never by a statement)
 IMPLICIT_IMPORTS = ("unicodedata", "_strptime", "encodings")
 
@@ -103,10 +107,13 @@ STOP_CANCELLED = "cancelled"
 class SessionDead(Exception):
     """The interpreter is gone; ``reason`` says why (one of the STOP_* names)."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, during_call: bool = True) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+        # False when it died between calls (after an answer): the last image may then
+        # predate the last call that answered
+        self.during_call = during_call
 
 
 class _Shutdown(Exception):
@@ -168,6 +175,7 @@ class MemoryImage:
     default_import_errors: dict[str, str]
     monotonic_ns: int  # the guest's monotonic clock when the image was taken
     runtime_sha256: str
+    token: bytes  # the session token the image's runner holds
 
     @property
     def size(self) -> int:
@@ -225,7 +233,6 @@ class Session:
         # successful turn (None for the command-module runtime, which cannot be imaged)
         self.latest_image: MemoryImage | None = None
         self._keep_images = keep_images
-        self._rekey = b""  # a new token for an interpreter restored from an image
         self._reseed = False
         self._mono_shift = 0  # keeps the guest's monotonic clock going forward
         self._imaged = threading.Event()  # set once latest_image holds an image
@@ -335,7 +342,8 @@ class Session:
         init = {"token": self._token.hex(), "allowed": sorted(allowed),
                 "implicit": list(IMPLICIT_IMPORTS), "default_imports": dict(default_imports),
                 # the runtime's genuine compiled modules: all the import machinery may load
-                "code_index": image.code_index(), "turns": self._reactor}
+                "code_index": image.code_index(), "turns": self._reactor,
+                "preload": list(PRELOAD.get(image.pin.profile, ()))}
         self._inbuf = encode_request(init)
         self._arm(self._boot)
         self._call = self._boot
@@ -438,6 +446,22 @@ class Session:
                 self._cv.wait(left)
             return self.latest_image if self._dead is None else None
 
+    def reload(self, image: MemoryImage, memory_bytes: int) -> bool:
+        """Make this restored, never-used interpreter that of ``image`` instead (its pages
+        are mapped already, so this copies at memory speed). False when it cannot (it was
+        used, died, or holds more memory than the image)."""
+        if not self._reactor or not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if (self._dead is not None or self._closing or self.calls or self._answered
+                    or self._call is not None or self._memory is None
+                    or self._memory.data_len(self._store) > image.size):
+                return False
+            self._restore(image, memory_bytes)
+            return True
+        finally:
+            self._lock.release()
+
     def cancel(self) -> None:
         """Stop the running call now; the interpreter is lost (reason ``cancelled``)."""
         self._abort(STOP_CANCELLED)
@@ -505,8 +529,7 @@ class Session:
                 return  # closed
             if pending is None or pending.frame is not frame:
                 continue
-            self._inbuf = self._rekey + frame
-            self._rekey = b""
+            self._inbuf = frame
             self._call = pending
             self._arm(pending)
             self._turn(STEP_SOURCE)
@@ -554,7 +577,7 @@ class Session:
         return MemoryImage(copy, self._fs.snapshot(),
                            dict(self.default_import_errors),
                            time.monotonic_ns() - _CLOCK_ORIGIN + self._mono_shift,
-                           self._image.pin.sha256)
+                           self._image.pin.sha256, self._token)
 
     def _restore(self, image: MemoryImage, memory_bytes: int) -> None:
         """Make this fresh instance the interpreter of ``image`` (before its thread runs)."""
@@ -575,9 +598,11 @@ class Session:
         self._fs.restore(image.fs)
         self._boot_source = b""
         self.default_import_errors = dict(image.default_import_errors)
-        # a token of its own (the guest learns it from the first frame, which only the
-        # runner's audit hook reads), fresh random numbers, a clock that never goes back
-        self._rekey = b"WXK1" + (16).to_bytes(4, "little") + self._token
+        # the token the image's runner holds (sent to no one: a copy of an interpreter
+        # answers on its own channel only), fresh random numbers, a clock that never goes
+        # back
+        self._token = image.token
+        self._reader = ReplyReader(self._token, 1 << 20)
         self._reseed = True
         now = time.monotonic_ns() - _CLOCK_ORIGIN
         self._mono_shift = max(0, image.monotonic_ns - now)
@@ -668,7 +693,8 @@ class Session:
             reason, detail = STOP_CRASH, f"host error: {e!r}"
         if self._closing and reason in (STOP_EXIT, STOP_CANCELLED):
             reason, detail = STOP_CANCELLED, "the executor was closed"
-        self._dead = SessionDead(reason, detail)
+        during = self._call is not None and self._call is not self._boot
+        self._dead = SessionDead(reason, detail, during)
         call = self._call
         if call is not None:
             call.ended = time.perf_counter()

@@ -176,8 +176,11 @@ def _wasm_exec_boot():
         _IMPORT_NAME = IMPORT_NAME
         _EXTENDED_ARG = EXTENDED_ARG
         _IMPORT_SHIFT = IMPORT_SHIFT
+        # instructions where a Python 3.15 lazy import takes effect (loading the name)
+        reify_ops = frozenset(opcode.opmap[n] for n in (
+            "LOAD_GLOBAL", "LOAD_NAME", "LOAD_FROM_DICT_OR_GLOBALS") if n in opcode.opmap)
         _RUNNER_FILE = RUNNER_FILE
-        reply_header = [b"WXR1" + token]
+        _header = b"WXR1" + token
         _role = roles.get  # id(code) -> (code, role)
         _sites = request_sites.get  # id(code) -> offsets of its STORE_ATTR __defaults__
         _trusted = trusted_codes.get  # id(code) -> code
@@ -208,8 +211,9 @@ def _wasm_exec_boot():
         # call of marshal.loads / compile / exec (code objects are unforgeable; a chain of
         # C callables the agent sets off from some other machinery frame is refused)
         pinned = {"marshal": [], "marshal_frozen": [], "compile": [], "exec": [],
-                  "trampoline": []}
+                  "trampoline": [], "fromlist": []}
         pins = (("importlib._bootstrap", None, "_call_with_frames_removed", "trampoline"),
+                ("importlib._bootstrap", None, "_handle_fromlist", "fromlist"),
                 ("importlib._bootstrap_external", None, "_compile_bytecode", "marshal"),
                 ("importlib._bootstrap_external", "SourceLoader", "source_to_code", "compile"),
                 ("importlib._bootstrap_external", "_LoaderBasics", "exec_module", "exec"),
@@ -470,6 +474,22 @@ def _wasm_exec_boot():
                 got += _len(b)
             return b"".join(chunks)
 
+        reactor_state = []  # (the reactor module's dict, its items at boot)
+
+        def reset_reactor(box):
+            """Put the reactor's module globals back as boot left them, at the end of each
+            turn: the code that ends a turn (after the answer, before the host images the
+            interpreter) then runs nothing of the agent's. Everything replaced (keys too) goes
+            into `box`, which the runner keeps until the next call: no finalizer runs here,
+            nor in the turn's tail."""
+            for d, items in reactor_state:
+                for key, value in _dict_items(d):
+                    box.append(key)
+                    box.append(value)
+                d.clear()
+                for key, value in items:
+                    d[key] = value
+
         def restore_streams(box):
             """Give sys back the runner's stdout/stderr (and no stdin), when every key of
             sys's dict is an exact str: then looking keys up compares nothing the agent
@@ -483,6 +503,13 @@ def _wasm_exec_boot():
                 box.append(_dict_get(_sys_dict, key))
                 _sys_dict[key] = value
 
+        def uses_name(code, name):
+            """Whether the bytecode of `code` uses the global or attribute `name`."""
+            for n in code.co_names:
+                if _type(n) is _str and n == name:
+                    return True
+            return False
+
         def names_constant(code, name):
             """Whether `name` is one of the string constants of `code` (in tuples too)."""
             stack = [code.co_consts]
@@ -495,22 +522,42 @@ def _wasm_exec_boot():
                         stack.append(c)
             return False
 
-        def own_import(requester, code, absname):
+        def fromlist_child(requester, absname):
+            """Whether `absname` is a submodule of what the guard granting the import under
+            way (with `requester` in it) was asked for."""
+            guard_frame = granting_guard(requester)
+            if guard_frame is None:
+                return False
+            grant = grants.get(_id(guard_frame))
+            return grant is not None and absname.rpartition(".")[0] == grant[0]
+
+        def own_import(requester, code, absname, fromlist):
             """Whether library code asking for `absname` (by a call, during a granted
             import) imports for itself: C code of a built-in module being initialised
-            (numpy importing datetime, through the runner's loader); a module's top-level
-            code importing a name its own code spells out (pandas: `for dependency in
-            ("numpy", "dateutil"): __import__(dependency)`); a library function called by
-            library code (sysconfig loading its _sysconfigdata module). Not a library
-            function the import machinery itself set off: only a chain of C callables the
-            agent planted in the machinery's path (a finder, a module __getattr__) calls
-            one from there, handing it any name (warnings._getcategory('subprocess.X'))."""
+            (numpy importing datetime, through the runner's loader); library code importing
+            a name its own code spells out (pandas: `for dependency in ("numpy",
+            "dateutil"): __import__(dependency)`; matplotlib's _check_versions). Not library
+            code importing a name it was handed: a chain of C callables (or a property) the agent
+            planted in the machinery's path can call one and hand it any name
+            (warnings._getcategory('subprocess.X'), linecache loading a "source" through a
+            loader whose get_source is importlib.import_module). Modules that libraries
+            import that way while they are imported are loaded at boot (the host's
+            "preload" list), and then count as loaded."""
             if role_of(code) in ("builtin", "guard"):
                 return True
-            if code.co_name == "<module>":
-                return names_constant(code, absname)
-            caller = requester.f_back
-            return caller is not None and not machinery_frame(caller.f_code)
+            lasti = requester.f_lasti
+            raw = code.co_code
+            if 0 <= lasti < _len(raw) and raw[lasti] in reify_ops:
+                # a Python 3.15 lazy import taking effect where the code first uses the
+                # name it bound (`lazy import glob` ... `glob.x`; `lazy from glob import
+                # f` ... `f()`): the name used at this very instruction
+                if uses_name(code, absname.rpartition(".")[2]):
+                    return True
+                for item in fromlist:
+                    if uses_name(code, item):
+                        return True
+                return False
+            return names_constant(code, absname)
 
         def give(frame, box, absname, mode):
             """Grant guard `frame` the real import of `absname`, called as `mode`."""
@@ -529,16 +576,6 @@ def _wasm_exec_boot():
             if role == "main":
                 if op == "read":
                     header = read_exact(8)
-                    if header is not None and header[:4] == b"WXK1" \
-                            and _int.from_bytes(header[4:8], "little") == 16:
-                        # a new session token (an interpreter restored from an image gets
-                        # its own): only the hook ever sees these frames
-                        token = read_exact(16)
-                        if token is None:
-                            box.append(None)
-                            return
-                        reply_header[0] = b"WXR1" + token
-                        header = read_exact(8)
                     if header is None or header[:4] != b"WXQ1":
                         box.append(None)
                         return
@@ -552,11 +589,17 @@ def _wasm_exec_boot():
                         raise _PermissionError("bad reply")
                     # one write: the host takes a single fd_write on fd 1 that starts with
                     # the magic and the session token as the reply
-                    _write(1, reply_header[0] + _len(payload).to_bytes(4, "little") + payload)
+                    _write(1, _header + _len(payload).to_bytes(4, "little") + payload)
                 elif op == "restore":
                     restore_streams(box)
+                elif op == "reactor_reset":
+                    reset_reactor(box)
                 elif op == "boot_done":
                     snapshot_machinery()
+                    for key, mod in _dict_items(_modules):
+                        if _type(key) is _str and key == "_reactor":
+                            d = mod.__dict__
+                            reactor_state.append((d, _tuple(_dict_items(d))))
                     grants.clear()
                     loads.clear()
                     state[0] = False
@@ -590,8 +633,8 @@ def _wasm_exec_boot():
                 box.append(None if found is absent else found)
                 return
             if role == "guard":
-                # req: ("grant", box, T, absname, name, children)
-                if _len(req) != 6 or req[2] is not guard_T or op != "grant":
+                # req: ("grant", box, T, absname, name, children, fromlist)
+                if _len(req) != 7 or req[2] is not guard_T or op != "grant":
                     raise _PermissionError("not allowed")
                 entry = frame.f_back
                 if entry is None or role_of(entry.f_code) != "entry":
@@ -600,10 +643,12 @@ def _wasm_exec_boot():
                 absname = req[3]
                 name = req[4]
                 children = req[5]
+                fromlist = req[6]
                 if (_type(absname) is not _str or _type(name) is not _str
-                        or _type(children) is not _tuple or requester is None):
+                        or _type(children) is not _tuple or _type(fromlist) is not _tuple
+                        or requester is None):
                     raise _PermissionError("bad request")
-                for child in children:
+                for child in children + fromlist:
                     if _type(child) is not _str:
                         raise _PermissionError("bad request")
                 code = requester.f_code
@@ -657,8 +702,13 @@ def _wasm_exec_boot():
                     # library code at run time asking, by name, for a module that is loaded
                     # already (C code of a package getting `os`, say): it gains nothing new
                     give(frame, box, absname, "raw")
+                elif (is_pinned("fromlist", requester)
+                      and fromlist_child(requester, absname)):
+                    # the machinery's own `from package import submodule` (Python 3.15 calls
+                    # __import__ for it): a submodule of the package the granted import named
+                    give(frame, box, absname, "raw")
                 elif library and in_granted_import(requester) and own_import(
-                        requester, code, absname):
+                        requester, code, absname, fromlist):
                     # an import a library makes for itself while a granted import runs
                     # (see own_import)
                     give(frame, box, absname, "raw")
@@ -952,7 +1002,7 @@ def _wasm_exec_boot():
         kids = tuple_(children)
         # (nothing is called between making the answer list and asking: see the top)
         box = []
-        "<wasm-exec request slot>".__defaults__ = ("grant", box, T, absname, name, kids)
+        "<wasm-exec request slot>".__defaults__ = ("grant", box, T, absname, name, kids, fl)
         del "<wasm-exec request slot>".__defaults__
         if not box:
             shown = refused if refused is not None else absname
@@ -981,7 +1031,7 @@ def _wasm_exec_boot():
                     continue
                 sub = absname + "." + item
                 box = []  # fresh: the import above may have run the agent's code
-                "<wasm-exec request slot>".__defaults__ = ("grant", box, T, sub, sub, ())
+                "<wasm-exec request slot>".__defaults__ = ("grant", box, T, sub, sub, (), ())
                 del "<wasm-exec request slot>".__defaults__
                 if box:
                     box.pop()  # the mode: a submodule by its full name is always policed
@@ -1138,6 +1188,14 @@ def _wasm_exec_boot():
     # line buffered: what was printed before a limit stopped the call is kept
     for stream in (stdout, stderr):
         stream.reconfigure(line_buffering=True, errors="backslashreplace")
+
+    # modules libraries import by a computed name while they are imported (sysconfig's
+    # _sysconfigdata): loaded now, so that such an import finds them loaded (see own_import)
+    for modname in init.get("preload", ()):
+        try:
+            builtins.__import__(modname)
+        except BaseException:  # (not in this runtime)
+            pass
 
     # default imports are bound now, before the hook is strict (they are permissions)
     default_errors = {}
@@ -1388,6 +1446,7 @@ def _wasm_exec_boot():
         return reply
 
     cell_counter = [0]
+    tail_garbage = []  # what the end of the last turn replaced, dropped in the next call
 
     def boot_reply():
         """The end of the boot: the machinery is snapshotted and the host told we are
@@ -1411,6 +1470,7 @@ def _wasm_exec_boot():
         del "<wasm-exec request slot>".__defaults__
         raw = box[0]
         box = None  # the streams the agent had set are dropped here, in the runner
+        tail_garbage.clear()
         if raw is None:
             return False
         req = json_loads(raw.decode("utf-8"))
@@ -1454,6 +1514,10 @@ def _wasm_exec_boot():
         _run_turn): one request, then the turn ends and no frame of the guest is live,
         so the host can image the interpreter's memory between calls."""
         step()
+        box = []
+        "<wasm-exec request slot>".__defaults__ = ("reactor_reset", box)
+        del "<wasm-exec request slot>".__defaults__
+        tail_garbage.append(box)
         return 0
 
     # ------------------------------------------------------- arm the hook and go
@@ -1463,7 +1527,7 @@ def _wasm_exec_boot():
     # object of the agent's (with a __setattr__ made of C callables) runs at a request site
     slot = "<wasm-exec request slot>"
     for fn in (guard_impl, guard_create_builtin, guard_exec_builtin, collect_figures,
-               reseed_generators, boot_reply, step, load_named):
+               reseed_generators, boot_reply, step, turn_step, load_named):
         consts = fn.__code__.co_consts
         bound = tuple(REQUEST if type(c) is str and c == slot else c for c in consts)
         if sum(1 for c in bound if c is REQUEST) != 1:
@@ -1479,6 +1543,7 @@ def _wasm_exec_boot():
     trusted_codes = {id(f.__code__): f.__code__ for f in trusted}
     roles = {id(boot_reply.__code__): (boot_reply.__code__, "main"),
              id(step.__code__): (step.__code__, "main"),
+             id(turn_step.__code__): (turn_step.__code__, "main"),
              id(guard_impl.__code__): (guard_impl.__code__, "guard"),
              id(collect_figures.__code__): (collect_figures.__code__, "figures"),
              id(reseed_generators.__code__): (reseed_generators.__code__, "figures"),
