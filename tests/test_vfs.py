@@ -657,3 +657,68 @@ def test_guest_snapshot_restore(guest) -> None:
     fs2.restore(state)
     h = guest(fs2)
     assert h.ok("print(open('/tmp/work/kept.txt').read())").strip() == "saved"
+
+
+# ------------------------------------------------------------ file system in an image file
+def _encoded(fs: vfs.MemoryFS) -> dict:
+    import json
+    return json.loads(json.dumps(vfs.encode_fs_state(fs.snapshot(), fs)))
+
+
+def test_saved_file_system_round_trip(fm: tuple[vfs.MemoryFS, FakeMem]) -> None:
+    fs, m = fm
+    err, fd = _open(fs, m, "tmp/work/a.txt", oflags=vfs.O_CREAT, rights=W)
+    assert err == 0 and _write(fs, m, fd, b"hello")[0] == 0
+    data = _encoded(fs)
+    other = vfs.MemoryFS(fs._zip, scratch_bytes=64 * 1024)
+    state = vfs.decode_fs_state(data, other)
+    assert state.used == fs.snapshot().used  # recounted, equal to the live count
+    other.restore(state)
+    m2 = FakeMem(other)
+    err, fd2 = _open(other, m2, "tmp/work/a.txt")
+    assert err == 0 and _read(other, m2, fd2, 10) == (0, b"hello")
+    # the descriptor that was open is open again, at its offset
+    assert _write(other, m2, fd, b" world")[0] == 0
+
+
+def test_crafted_file_systems_are_refused(fm: tuple[vfs.MemoryFS, FakeMem]) -> None:
+    fs, m = fm
+    assert _open(fs, m, "tmp/work/a.txt", oflags=vfs.O_CREAT, rights=W)[0] == 0
+    good = _encoded(fs)
+    nodes = good["nodes"]
+    tmp = next(i for i, n in enumerate(nodes) if n["kind"] == "dir"
+               and "work" in n.get("entries", {}))
+    work = nodes[tmp]["entries"]["work"]
+    home = nodes[tmp]["entries"].get("home")
+    zip_file = next(i for i, n in enumerate(nodes) if n["kind"] == "file"
+                    and n["data"] == {"zip": True})
+    scratch_file = next(i for i, n in enumerate(nodes) if n["kind"] == "file"
+                        and isinstance(n["data"], dict) and "b64" in n["data"])
+
+    def crafted(change):
+        import copy
+        data = copy.deepcopy(good)
+        change(data)
+        return data
+
+    cases = [
+        # a directory in two places (a loop through parents hung the host's path walks)
+        lambda d: d["nodes"][home]["entries"].__setitem__("loop", work),
+        lambda d: d["nodes"][work]["entries"].__setitem__("up", tmp),
+        # the library zip as a writable file, scratch contents on the read-only device
+        lambda d: d["nodes"][zip_file].update(writable=True),
+        lambda d: d["nodes"][scratch_file].update(dev=vfs.DEV_RO),
+        # more scratch data than the budget (the "used" figure is recounted, not read)
+        lambda d: d["nodes"][scratch_file]["data"].update(
+            b64=__import__("base64").b64encode(bytes(200_000)).decode()),
+        # numbers out of range, names that are paths, a moved preopen
+        lambda d: d["nodes"][scratch_file].update(opens=-5),
+        lambda d: d["nodes"][scratch_file].update(times=[0, 0, 2 ** 70]),
+        lambda d: d["nodes"][tmp]["entries"].__setitem__("../x", scratch_file),
+        lambda d: d["fds"][str(vfs.PREOPEN_FD)].update(node=work),
+        lambda d: d.update(next_ino=1),
+    ]
+    assert home is not None
+    for change in cases:
+        with pytest.raises((ValueError, KeyError, TypeError)):
+            vfs.decode_fs_state(crafted(change), vfs.MemoryFS(fs._zip, scratch_bytes=64 * 1024))

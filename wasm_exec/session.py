@@ -518,7 +518,10 @@ class Session:
                 if self._abort_reason is not None:
                     raise _Abort(self._abort_reason)
                 if not self._requests:  # an image of the interpreter as it is now
-                    self.latest_image = self._capture()
+                    try:
+                        self.latest_image = self._capture()
+                    except Exception:  # noqa: BLE001 - save() then says there is none
+                        self.latest_image = None
                     self._image_of = self._answered
                     self._want_image = False
                     self._cv.notify_all()
@@ -552,7 +555,10 @@ class Session:
                     reuse = old.memory
                     self.latest_image = None
                 del old
-            image = self._capture(reuse)
+            try:
+                image: MemoryImage | None = self._capture(reuse)
+            except Exception:  # noqa: BLE001 - no image: a stop then loses the interpreter
+                image = None
             with self._cv:
                 self.latest_image = image
                 self._image_of = self._answered
@@ -562,6 +568,7 @@ class Session:
 
     def _capture(self, reuse: mmap.mmap | None = None) -> MemoryImage:
         assert self._memory is not None and self._fs is not None
+        fs_state = self._fs.snapshot()  # (first: if it fails, no page was overwritten)
         base = ctypes.addressof(self._memory.data_ptr(self._store).contents)
         size = self._memory.data_len(self._store)
         # anonymous pages (no zero-filling under the GIL), filled by ctypes.memmove, which
@@ -574,7 +581,7 @@ class Session:
             self._buffers = [b for b in self._buffers if b is not reuse] + [copy]
             self._buffers = self._buffers[-2:]
         ctypes.memmove((ctypes.c_char * size).from_buffer(copy), base, size)
-        return MemoryImage(copy, self._fs.snapshot(),
+        return MemoryImage(copy, fs_state,
                            dict(self.default_import_errors),
                            time.monotonic_ns() - _CLOCK_ORIGIN + self._mono_shift,
                            self._image.pin.sha256, self._token)

@@ -398,17 +398,15 @@ class MemoryFS:
         """A deep copy of the tree and fd table (the zip bytes are shared, not copied).
 
         Take it between turns (no wasm frame live)."""
-        memo: dict[int, Any] = {id(self._zip): self._zip}
-        root, fds = copy.deepcopy((self._root, self._fds), memo)
+        root, fds = _clone(self._root, self._fds, self._zip, self._zip)
         return FSState(root, fds, self._used, self._next_ino, self._zip)
 
     def restore(self, state: FSState) -> None:
         """Replace the tree and fd table by a copy of ``state`` (reusable many times)."""
-        if state.used > self.scratch_bytes:
+        if not 0 <= state.used <= self.scratch_bytes:
             raise ValueError(f"the saved file system uses {state.used} bytes, more than "
                              f"this one's scratch budget of {self.scratch_bytes}")
-        memo: dict[int, Any] = {id(state.zip_data): self._zip}
-        root, fds = copy.deepcopy((state.root, state.fds), memo)
+        root, fds = _clone(state.root, state.fds, state.zip_data, self._zip)
         self._root, self._fds = root, fds
         self._used = state.used
         self._next_ino = state.next_ino
@@ -1380,6 +1378,53 @@ def _shared_path(start: _Dir, parts: list[str], hidden: bool) -> _Dir | None:
     return node
 
 
+def _clone(root: _Dir, fds: dict[int, _Fd], zip_from: Any,
+           zip_to: Any) -> tuple[_Dir, dict[int, _Fd]]:
+    """A copy of a tree and its fd table, without recursion (a deep tree must not exhaust
+    Python's stack): shared nodes are kept, scratch file contents copied, and file data
+    that is ``zip_from`` becomes ``zip_to``."""
+    copies: dict[int, _Node] = {}
+    order: list[_Node] = []
+    pending: list[_Node] = [root] + [f.node for f in fds.values()]
+    while pending:
+        node = pending.pop()
+        if node.shared or id(node) in copies:
+            continue
+        new = object.__new__(type(node))
+        for cls in type(node).__mro__:
+            for slot in getattr(cls, "__slots__", ()):
+                setattr(new, slot, getattr(node, slot))
+        copies[id(node)] = new
+        order.append(node)
+        if type(node) is _Dir:
+            pending.extend(node.entries.values())
+            pending.append(node.parent)
+
+    def get(node: _Node) -> _Node:
+        return node if node.shared else copies[id(node)]
+
+    for node in order:
+        new = copies[id(node)]
+        if type(node) is _Dir:
+            new.entries = {name: get(child) for name, child in node.entries.items()}  # type: ignore[attr-defined]
+            new.parent = get(node.parent)  # type: ignore[attr-defined]
+        elif type(node) is _File:
+            data = node.data
+            if data is zip_from:
+                new.data = zip_to  # type: ignore[attr-defined]
+            elif isinstance(data, bytearray):
+                new.data = bytearray(data)  # type: ignore[attr-defined]
+    new_fds: dict[int, _Fd] = {}
+    for fd, f in fds.items():
+        g = object.__new__(_Fd)
+        for slot in _Fd.__slots__:
+            setattr(g, slot, getattr(f, slot))
+        g.node = get(f.node)
+        g.listing = None  # (a cache)
+        new_fds[fd] = g
+    return copies[id(root)], new_fds  # type: ignore[return-value]
+
+
 # ------------------------------------------------------------------ saving to a file
 # An FSState as plain JSON data (for an interpreter image saved to a file) and back. Only
 # node kinds of this module, numbers, strings and bytes are written; reading builds the
@@ -1388,7 +1433,7 @@ def _shared_path(start: _Dir, parts: list[str], hidden: bool) -> _Dir | None:
 def encode_fs_state(state: FSState, fs: MemoryFS) -> dict[str, Any]:
     shared = _shared_paths(fs)
     index: dict[int, int] = {}
-    nodes: list[Any] = []
+    nodes: list[_Node] = []
 
     def ref(node: _Node) -> Any:
         if node.shared:
@@ -1397,10 +1442,21 @@ def encode_fs_state(state: FSState, fs: MemoryFS) -> dict[str, Any]:
                 raise ValueError("a read-only library file could not be named")
             return {"shared": path}
         at = index.get(id(node))
-        if at is not None:
-            return at
-        at = index[id(node)] = len(nodes)
-        nodes.append(None)
+        if at is None:
+            at = index[id(node)] = len(nodes)
+            nodes.append(node)
+        return at
+
+    root = ref(state.root)
+    fds = {}
+    for fd, f in state.fds.items():
+        fds[str(fd)] = {"node": ref(f.node), "pos": f.pos, "flags": f.flags, "base": f.base,
+                        "inh": f.inh, "preopen": f.preopen}
+    out: list[Any] = []
+    i = 0
+    while i < len(nodes):  # (nodes grows as directories name their children)
+        node = nodes[i]
+        i += 1
         entry: dict[str, Any] = {"ino": node.ino, "dev": node.dev, "writable": node.writable,
                                  "times": [node.atim, node.mtim, node.ctim]}
         if type(node) is _Dir:
@@ -1408,7 +1464,6 @@ def encode_fs_state(state: FSState, fs: MemoryFS) -> dict[str, Any]:
             entry["removed"] = node.removed
             entry["hidden"] = node.hidden
             entry["entries"] = {name: ref(child) for name, child in node.entries.items()}
-            entry["parent"] = ref(node.parent)
         elif type(node) is _File:
             entry["kind"] = "file"
             entry["opens"] = node.opens
@@ -1425,25 +1480,24 @@ def encode_fs_state(state: FSState, fs: MemoryFS) -> dict[str, Any]:
                                  "mutable": isinstance(data, bytearray)}
         else:
             raise ValueError(f"unknown node kind {type(node).__name__}")
-        nodes[at] = entry
-        return at
-
-    root = ref(state.root)
-    fds = {}
-    for fd, f in state.fds.items():
-        fds[str(fd)] = {"node": ref(f.node), "pos": f.pos, "flags": f.flags, "base": f.base,
-                        "inh": f.inh, "preopen": f.preopen}
-    return {"root": root, "nodes": nodes, "fds": fds, "used": state.used,
-            "next_ino": state.next_ino}
+        out.append(entry)
+    return {"root": root, "nodes": out, "fds": fds, "next_ino": state.next_ino}
 
 
 def decode_fs_state(data: dict[str, Any], fs: MemoryFS) -> FSState:
-    """The FSState that ``encode_fs_state`` wrote, for ``fs`` (raises ValueError)."""
+    """The FSState that ``encode_fs_state`` wrote, for ``fs``; ValueError when the data is
+    not one (every number is range-checked, the tree's shape is rebuilt from the entries,
+    scratch usage is recounted: a file cannot lift ``fs``'s budget or loop the tree)."""
     overlay = _overlay(fs._zip, fs._overlays)
     raw = data["nodes"]
-    if not isinstance(raw, list):
+    if not isinstance(raw, list) or len(raw) > 1_000_000:
         raise ValueError("nodes")
-    made: list[_Node | None] = [None] * len(raw)
+    limit = 1 << 63
+
+    def number(value: Any, low: int = 0, high: int = limit) -> int:
+        if type(value) is not int or not low <= value < high:
+            raise ValueError("a number out of range")
+        return value
 
     def shared_node(path: Any) -> _Node:
         node: Any = overlay
@@ -1455,59 +1509,119 @@ def decode_fs_state(data: dict[str, Any], fs: MemoryFS) -> FSState:
             node = node.entries[part]
         return node  # type: ignore[no-any-return]
 
-    def build(i: int) -> _Node:
-        e = raw[i]
-        kind = e["kind"]
-        writable = bool(e["writable"])
+    made: list[_Node] = []
+    for e in raw:
+        if not isinstance(e, dict):
+            raise ValueError("node")
+        dev = number(e["dev"])
+        if dev not in (DEV_RO, DEV_SCRATCH, DEV_DEVICES):
+            raise ValueError("device")
+        writable = e["writable"]
+        if type(writable) is not bool or (writable and dev == DEV_RO):
+            raise ValueError("writable")
+        ino = number(e["ino"], 1)
         node: _Node
-        if kind == "dir":
-            node = _Dir(int(e["ino"]), int(e["dev"]), writable, 0, None)
-        elif kind == "file":
+        if e["kind"] == "dir":
+            node = _Dir(ino, dev, writable, 0, None)
+            node.removed = e["removed"] is True
+            node.hidden = e["hidden"] is True
+        elif e["kind"] == "file":
             d = e["data"]
             if d is None:
                 content: Any = None
-            elif d.get("zip") is True:
+            elif isinstance(d, dict) and d.get("zip") is True:
+                if writable or dev != DEV_RO:
+                    raise ValueError("the library zip as a writable file")
                 content = fs._zip
-            else:
+            elif isinstance(d, dict) and isinstance(d.get("b64"), str):
                 blob = base64.b64decode(d["b64"], validate=True)
-                content = bytearray(blob) if d.get("mutable") else blob
-            node = _File(int(e["ino"]), int(e["dev"]), writable, 0, content)
-            node.opens = int(e["opens"])
-            node.linked = bool(e["linked"])
+                mutable = d.get("mutable") is True
+                if mutable != (dev == DEV_SCRATCH):
+                    raise ValueError("file contents")
+                content = bytearray(blob) if mutable else blob
+            else:
+                raise ValueError("file contents")
+            node = _File(ino, dev, writable, 0, content)
+            node.opens = number(e["opens"], 0, 1 << 20)
+            node.linked = e["linked"] is True
         else:
             raise ValueError("node kind")
-        node.atim, node.mtim, node.ctim = (int(t) for t in e["times"])
-        return node
+        times = e["times"]
+        if not isinstance(times, list) or len(times) != 3:
+            raise ValueError("times")
+        node.atim, node.mtim, node.ctim = (number(t) for t in times)
+        made.append(node)
 
-    def get(r: Any) -> _Node:
+    def get(r: Any, in_tree: bool) -> _Node:
         if isinstance(r, dict):
+            if in_tree:
+                raise ValueError("a library file inside the scratch tree")
             return shared_node(r.get("shared"))
-        if type(r) is not int or not 0 <= r < len(raw):
-            raise ValueError("node reference")
-        node = made[r]
-        if node is None:
-            node = made[r] = build(r)
-        return node
+        return made[number(r, 0, len(made))]
 
-    for i in range(len(raw)):
-        get(i)
-    for i, e in enumerate(raw):
-        node = made[i]
-        if type(node) is _Dir:
-            node.removed = bool(e["removed"])
-            node.hidden = bool(e["hidden"])
-            node.entries = {str(k): get(v) for k, v in e["entries"].items()}
-            node.parent = get(e["parent"])  # type: ignore[assignment]
-    root = get(data["root"])
-    if type(root) is not _Dir:
+    root = get(data["root"], True)
+    if type(root) is not _Dir or root.dev != DEV_RO:
         raise ValueError("root")
+    # the shape: every directory reached once from the root (so no cycles, no directory in
+    # two places); parents are those that hold them, never what the file says
+    seen = {id(root)}
+    walk = [(root, raw[made.index(root)])]
+    while walk:
+        parent, e = walk.pop()
+        entries = e["entries"]
+        if not isinstance(entries, dict):
+            raise ValueError("entries")
+        for name, r in entries.items():
+            if (not isinstance(name, str) or not name or "/" in name or name in (".", "..")
+                    or len(name.encode("utf-8", "surrogatepass")) > NAME_MAX):
+                raise ValueError("a file name")
+            child = get(r, True)
+            if type(child) is _Dir:
+                if id(child) in seen:
+                    raise ValueError("a directory in two places, or a loop")
+                seen.add(id(child))
+                child.parent = parent
+                walk.append((child, raw[number(r)]))
+            parent.entries[name] = child  # type: ignore[attr-defined]
     fds: dict[int, _Fd] = {}
-    for key, f in data["fds"].items():
-        fd = _Fd(get(f["node"]), int(f["flags"]), int(f["base"]), int(f["inh"]),
-                 f["preopen"] if isinstance(f["preopen"], str) else None)
-        fd.pos = int(f["pos"])
-        fds[int(key)] = fd
-    return FSState(root, fds, int(data["used"]), int(data["next_ino"]), fs._zip)
+    items = data["fds"]
+    if not isinstance(items, dict) or len(items) > fs.max_fds:
+        raise ValueError("fds")
+    for key, f in items.items():
+        fd_number = int(key)
+        number(fd_number, 0, 1 << 31)
+        preopen = f["preopen"]
+        node = get(f["node"], False)
+        if preopen is not None and (fd_number != PREOPEN_FD or preopen != "/" or node is not root):
+            raise ValueError("preopen")
+        fd = _Fd(node, number(f["flags"], 0, 1 << 16), number(f["base"], 0, 1 << 64),
+                 number(f["inh"], 0, 1 << 64), preopen)
+        fd.pos = number(f["pos"])
+        fds[fd_number] = fd
+    if fds.get(PREOPEN_FD) is None or fds[PREOPEN_FD].node is not root:
+        raise ValueError("the preopened directory")
+    # what the scratch area holds, recounted (the tree and files kept open)
+    counted: dict[int, _Node] = {}
+    for node in made:
+        if node.dev == DEV_SCRATCH:
+            counted[id(node)] = node
+    scratch_root: Any = root
+    for part in SCRATCH_ROOT.strip("/").split("/"):
+        scratch_root = scratch_root.entries.get(part) if type(scratch_root) is _Dir else None
+    used = 0
+    for node in counted.values():
+        if node is scratch_root:
+            continue
+        used += NODE_COST
+        if type(node) is _File and node.data is not None:
+            used += len(node.data)
+    if used > fs.scratch_bytes:
+        raise ValueError(f"the scratch files need {used} bytes, more than the budget of "
+                         f"{fs.scratch_bytes}")
+    next_ino = number(data["next_ino"], 1)
+    if made and next_ino <= max(n.ino for n in made):
+        raise ValueError("next_ino")
+    return FSState(root, fds, used, next_ino, fs._zip)
 
 
 def _shared_paths(fs: MemoryFS) -> dict[int, list[str]]:
