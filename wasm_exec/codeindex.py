@@ -31,7 +31,8 @@ DIGEST_BYTES = 16
 FORMAT = 3
 
 
-def _leb(data: bytes, i: int) -> tuple[int, int]:
+def _leb(data: bytes, i: int, signed: bool = False) -> tuple[int, int]:
+    """A LEB128 number at ``data[i:]`` and the offset after it."""
     result = shift = 0
     while True:
         byte = data[i]
@@ -39,18 +40,7 @@ def _leb(data: bytes, i: int) -> tuple[int, int]:
         result |= (byte & 0x7F) << shift
         shift += 7
         if byte < 0x80:
-            return result, i
-
-
-def _sleb(data: bytes, i: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[i]
-        i += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            if byte & 0x40:
+            if signed and byte & 0x40:
                 result -= 1 << shift
             return result, i
 
@@ -78,7 +68,7 @@ def initial_memory(wasm: bytes) -> bytes:
                     _, j = _leb(wasm, j)  # memory index
                 if wasm[j] != 0x41:  # i32.const
                     raise ValueError("data segment offset is not a constant")
-                offset, j = _sleb(wasm, j + 1)
+                offset, j = _leb(wasm, j + 1, signed=True)
                 if wasm[j] != 0x0B:
                     raise ValueError("data segment offset is not a constant")
                 length, j = _leb(wasm, j + 1)

@@ -357,12 +357,13 @@ class PythonExecExecutor:
         except (KeyError, TypeError, ValueError) as e:
             raise ImageError(f"{path} has a damaged header") from e
         try:
-            memory_limit = Limits.build(
+            built = Limits.build(
                 limits if isinstance(limits, Limits) else dict(limits or {}), fuel=fuel,
                 timeout_seconds=timeout_seconds, memory_bytes=memory_bytes,
-                max_output_bytes=max_output_bytes).memory_bytes
+                max_output_bytes=max_output_bytes)
         except ValueError as e:
             raise ConfigurationError(str(e)) from e
+        memory_limit = built.memory_bytes
         size = header.get("memory_size")
         if type(size) is int and size > memory_limit:
             raise ImageError(f"{path} holds an interpreter of {size} bytes of memory, more "
@@ -371,10 +372,8 @@ class PythonExecExecutor:
         stdlib = get_image(EngineSettings(fuel=True), runtime).file("python-stdlib.zip")
         memory_image = images.decode(header, body, MemoryFS(shared_zip(stdlib)),
                                      max_memory=memory_limit)
-        return cls(whitelisted_imports=allowed, default_imports=defaults, limits=limits,
-                   fuel=fuel, timeout_seconds=timeout_seconds, memory_bytes=memory_bytes,
-                   max_output_bytes=max_output_bytes, pool=pool, runtime=runtime,
-                   rollback=rollback, _restore=memory_image)
+        return cls(whitelisted_imports=allowed, default_imports=defaults, limits=built,
+                   pool=pool, runtime=runtime, rollback=rollback, _restore=memory_image)
 
     def cancel(self) -> None:
         """Stop the call running now (from another thread); its interpreter is lost."""
