@@ -242,6 +242,26 @@ def test_property_finder_chain_to_linecache_loads_nothing():
                           return_globals=["ok"]).globals == {"ok": "xml.dom.minidom"}
 
 
+def test_lazy_imports_are_refused_in_agent_code():
+    # red-team round 12 (Python 3.15, PEP 810): an agent's lazy object, planted in a
+    # library's globals, took effect in library code during a granted import and loaded
+    # subprocess; made eager instead, `lazy import os` would skip the guard
+    with PythonExecExecutor(runtime="scientific", timeout_seconds=60,
+                            whitelisted_imports=["json", "xml"]) as ex:
+        for code in ("lazy import os", "lazy from os import path", "lazy import json"):
+            r = ex.execute(code)
+            assert r.error_type == "ImportError" and "lazy imports" in r.error, r.error
+        r = ex.execute("import json\nsys = json.codecs.sys\n"
+                       "ok = [sys.set_lazy_imports is not type(sys).__dict__.get('x'), 1]\n"
+                       "try:\n    sys.set_lazy_imports_filter(None)\n    ok = 'filter removed'\n"
+                       "except RuntimeError:\n    ok = 'refused'\n", return_globals=["ok"])
+        assert r.globals == {"ok": "refused"}, (r.error, r.globals)
+        # the libraries' own lazy imports still work
+        r = ex.execute("import xml.dom.minidom\nok = xml.dom.minidom.parseString('<a/>')"
+                       ".documentElement.tagName", return_globals=["ok"])
+        assert r.globals == {"ok": "a"}, r.error
+
+
 def test_call_time_imports_load_library_code():
     # no default imports: numpy (frozen modules on 3.15), pandas (six adds a meta_path
     # finder) and matplotlib are loaded by the agent's own import statements

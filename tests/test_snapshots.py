@@ -222,3 +222,21 @@ def test_the_end_of_a_turn_runs_nothing_of_the_agent():
             r = ex.execute("got = keep", return_globals=["got"])
             assert r.success and not r.rolled_back and not r.state_reset, r.error
             assert r.globals == {"got": "after call 2"}
+
+
+@scientific
+def test_a_finalizer_of_a_replaced_stream_runs_no_code_after_the_answer():
+    # red-team round 12: the runner dropped the agent's sys.stdout before answering; its
+    # __del__ installed another stream whose flush (run by the end of the turn, after the
+    # answer) changed the state the host then imaged and later rolled back to
+    with make(timeout_seconds=5) as ex:
+        r = ex.execute(REACH_SYS + "class Late:\n    def write(self, s):\n        return len(s)\n"
+                       "    def flush(self):\n        global x\n        x = 'changed after'\n"
+                       "class First:\n    def write(self, s):\n        return len(s)\n"
+                       "    def flush(self):\n        pass\n    def __del__(self):\n"
+                       "        sys.stdout = Late()\n"
+                       "sys.stdout = First()\nx = 'answered'", return_globals=["x"])
+        assert r.globals == {"x": "answered"}, r.error
+        r = ex.execute("x = 'lost'\nwhile True: pass", limits={"fuel": 50_000_000})
+        assert r.rolled_back
+        assert ex.execute("pass", return_globals=["x"]).globals == {"x": "answered"}

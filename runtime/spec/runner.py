@@ -594,6 +594,7 @@ def _wasm_exec_boot():
                     restore_streams(box)
                 elif op == "reactor_reset":
                     reset_reactor(box)
+                    restore_streams(box)
                 elif op == "boot_done":
                     snapshot_machinery()
                     for key, mod in _dict_items(_modules):
@@ -713,6 +714,17 @@ def _wasm_exec_boot():
                     # (see own_import)
                     give(frame, box, absname, "raw")
                 return  # refused: the guard raises ImportError
+            if role == "lazy":
+                if op != "lazy":
+                    raise _PermissionError("bad request")
+                stmt = frame.f_back  # the frame running the `lazy import` statement
+                ok = False
+                if stmt is not None and library_file(stmt.f_code):
+                    raw = stmt.f_code.co_code
+                    lasti = stmt.f_lasti
+                    ok = 0 <= lasti < _len(raw) and raw[lasti] == _IMPORT_NAME
+                box.append(ok)
+                return
             if role == "load":
                 # req: ("load", box, name): the runner's _find_and_load is about to load
                 # `name`. Inside a granted import it may load only what was granted (a C
@@ -1104,14 +1116,27 @@ def _wasm_exec_boot():
                          None, ("__name__",), level)
         return T[22](T, name, None, None, ("__name__",), 0)
 
-    def load_named(name, import_):
+    def lazy_filter(importer=None, name=None, fromlist=None, _ImportError=ImportError):
+        """Python 3.15's lazy-imports filter: `lazy import` is for library code. In the
+        agent's code it is refused: a lazy object of the agent's, planted in a library's
+        globals, would take effect in library code (while an import is granted) for a
+        module the agent named; and made eager it would import without the guard."""
+        box = []
+        "<wasm-exec request slot>".__defaults__ = ("lazy", box)
+        del "<wasm-exec request slot>".__defaults__
+        if box and box.pop() is True:
+            return True
+        raise _ImportError("lazy imports are not available in the sandbox: use a plain "
+                           "import statement")
+
+    def load_named(name, import_, *more, **options):
         """importlib's _find_and_load, through the hook: it records the module about to
         be loaded (what the machinery may unmarshal and run is bound to it) and, inside a
         granted import, refuses a module that import did not name."""
         box = []
         "<wasm-exec request slot>".__defaults__ = ("load", box, name)
         del "<wasm-exec request slot>".__defaults__
-        return box.pop()(name, import_)
+        return box.pop()(name, import_, *more, **options)
 
     def guard_create_builtin(B, spec):
         # B: (REQUEST, SimpleNamespace, str, type, TypeError), named in the request and
@@ -1491,10 +1516,13 @@ def _wasm_exec_boot():
         if box:
             box.pop()(box.pop())
         # the runner's own streams again before the answer: whatever the turn does after
-        # it (a reactor flushes sys.stdout) touches no stream object of the agent's
+        # it (a reactor flushes sys.stdout) touches no stream object of the agent's. What
+        # they replace is kept until the next call: dropped now, a finalizer of the
+        # agent's would run in between (and could set sys.stdout again)
         box = []
         "<wasm-exec request slot>".__defaults__ = ("restore", box)
         del "<wasm-exec request slot>".__defaults__
+        tail_garbage.append(box)
         box = None
         payload = json_dumps(reply).encode("utf-8")
         del reply, req
@@ -1527,7 +1555,7 @@ def _wasm_exec_boot():
     # object of the agent's (with a __setattr__ made of C callables) runs at a request site
     slot = "<wasm-exec request slot>"
     for fn in (guard_impl, guard_create_builtin, guard_exec_builtin, collect_figures,
-               reseed_generators, boot_reply, step, turn_step, load_named):
+               reseed_generators, boot_reply, step, turn_step, load_named, lazy_filter):
         consts = fn.__code__.co_consts
         bound = tuple(REQUEST if type(c) is str and c == slot else c for c in consts)
         if sum(1 for c in bound if c is REQUEST) != 1:
@@ -1535,6 +1563,7 @@ def _wasm_exec_boot():
         fn.__code__ = fn.__code__.replace(co_consts=bound)
     del slot, consts, bound
     trusted = [guard_impl, guard_call, guard_import_module, guard_create_builtin, load_named,
+               lazy_filter,
                guard_exec_builtin, main, boot_reply, step, turn_step, run_call, collect_figures,
                reseed_generators,
                install_hook, read_exact, read_frame, json_loads, json_dumps, format_tb,
@@ -1551,7 +1580,8 @@ def _wasm_exec_boot():
              id(guard_import_module.__code__): (guard_import_module.__code__, "entry"),
              id(guard_create_builtin.__code__): (guard_create_builtin.__code__, "builtin"),
              id(guard_exec_builtin.__code__): (guard_exec_builtin.__code__, "builtin"),
-             id(load_named.__code__): (load_named.__code__, "load")}
+             id(load_named.__code__): (load_named.__code__, "load"),
+             id(lazy_filter.__code__): (lazy_filter.__code__, "lazy")}
     builtin_types = frozenset(k for k, v in builtins.__dict__.items() if type(v) is type)
     # where each role's code assigns the request slot: its STORE_ATTR __defaults__
     store_attr = opcode.opmap["STORE_ATTR"]
@@ -1585,6 +1615,11 @@ def _wasm_exec_boot():
                  request_sites, B, import_calls, load_named.__code__,
                  bootstrap._find_and_load, code_index, _blake2.blake2b, binascii.a2b_base64)
     bootstrap._find_and_load = load_named  # (C's imports look it up there by name too)
+    if hasattr(sys, "set_lazy_imports_filter"):  # Python 3.15+ (PEP 810)
+        sys.set_lazy_imports_filter(lazy_filter)
+        # the agent may not take the filter away, nor make every import lazy
+        for fname in ("set_lazy_imports_filter", "set_lazy_imports"):
+            sys.__dict__[fname] = _unavailable
     del bootstrap, code_index
     del trusted_codes, roles
 
