@@ -1515,15 +1515,9 @@ def _wasm_exec_boot():
         del "<wasm-exec request slot>".__defaults__
         if box:
             box.pop()(box.pop())
-        # the runner's own streams again before the answer: whatever the turn does after
-        # it (a reactor flushes sys.stdout) touches no stream object of the agent's. What
-        # they replace is kept until the next call: dropped now, a finalizer of the
-        # agent's would run in between (and could set sys.stdout again)
-        box = []
-        "<wasm-exec request slot>".__defaults__ = ("restore", box)
-        del "<wasm-exec request slot>".__defaults__
-        tail_garbage.append(box)
-        box = None
+        # (a reactor's turn goes on after the answer: turn_step gives sys back the
+        # runner's streams first, and keeps what they replace until the next call, so no
+        # stream object or finalizer of the agent's runs in between)
         payload = json_dumps(reply).encode("utf-8")
         del reply, req
         "<wasm-exec request slot>".__defaults__ = ("reply", [], payload)
