@@ -398,6 +398,10 @@ def install(dest: Path | None = None, *, profile: str = PROFILE,
             continue
         path = precompile(s, pin=pin, wasm=module, log=log)
         log(f"precompiled module: {path.name}")
+    # the digests of the runtime's own compiled modules (the import policy's list)
+    zips = [folder / f.file for f in pin.files[1:] if f.file.endswith(".zip")]
+    index = codeindex.load_or_build(module, zips, pin.sha256)
+    log(f"listed {str(index['names']).count(chr(10)) + 1} compiled library modules")
     return module
 
 
