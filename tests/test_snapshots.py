@@ -240,3 +240,16 @@ def test_a_finalizer_of_a_replaced_stream_runs_no_code_after_the_answer():
         r = ex.execute("x = 'lost'\nwhile True: pass", limits={"fuel": 50_000_000})
         assert r.rolled_back
         assert ex.execute("pass", return_globals=["x"]).globals == {"x": "answered"}
+
+
+@scientific
+def test_rollback_standby_restores_an_interpreter_ahead_of_the_first_stop():
+    with make(rollback_standby=True) as ex:
+        assert ex.execute(STATE).success
+        deadline = time.monotonic() + 30  # (restored in the background after the call)
+        while ex._rollback_standby is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ex._rollback_standby is not None
+        r = ex.execute("k = 99\nwhile True: pass", limits={"fuel": 50_000_000})
+        assert r.rolled_back
+        assert ex.execute(CHECK, return_globals=["out"]).globals == {"out": EXPECTED}

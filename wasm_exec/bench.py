@@ -297,6 +297,27 @@ def bench_snapshots(repeat: int) -> list[Row]:
     rows.append(Row("scientific: stopped call rolled back, next call answered", "ms",
                     *[v * 1000 for v in _stats(back)], repeat, target="<= 50 ms",
                     note="the trap, the restore of the last image and one more call"))
+    firsts = []
+    for standby in (False, True):
+        samples = []
+        for _ in range(max(1, repeat // 2)):
+            ex = make(rollback_standby=standby)
+            ex.execute("keep = 1")
+            time.sleep(0.5)  # (the model thinks)
+            t = time.perf_counter()
+            r = ex.execute("while True: pass", limits={"fuel": 1_000_000})
+            ex.execute("keep += 1")
+            samples.append(time.perf_counter() - t)
+            assert r.rolled_back, r.error
+            ex.close()
+        firsts.append(samples)
+    rows.append(Row("scientific: an agent's first stop rolled back, next call answered", "ms",
+                    *[v * 1000 for v in _stats(firsts[0])], len(firsts[0]),
+                    target="<= 50 ms", note="restores into fresh pages"))
+    rows.append(Row("scientific: the same with rollback_standby=True", "ms",
+                    *[v * 1000 for v in _stats(firsts[1])], len(firsts[1]),
+                    target="<= 50 ms", note="an interpreter restored in the background "
+                    "after the first call: one more linear memory per agent"))
 
     calls = 20
     per_call: dict[str, float] = {}

@@ -129,6 +129,7 @@ class PythonExecExecutor:
         pool: SessionPool | None = None,
         runtime: str = "minimal",
         rollback: bool = True,
+        rollback_standby: bool = False,
         _restore: MemoryImage | None = None,
     ) -> None:
         try:
@@ -154,6 +155,10 @@ class PythonExecExecutor:
         # the answer is returned), so that a stopped call rolls back instead of losing
         # the agent's state
         self.rollback = bool(rollback)
+        # an interpreter kept restored in the background from the start (not only after a
+        # first stop), so that even the first roll-back reloads mapped pages: one more
+        # linear memory per agent
+        self.rollback_standby = bool(rollback_standby)
         self.snapshots = get_image(self._settings, runtime).kind == "reactor"
         self._pool = pool
         self._spare: threading.Thread | None = None
@@ -263,6 +268,11 @@ class PythonExecExecutor:
                 self._discard(session)
                 return self._stopped(SessionDead("protocol", str(e)), call_limits, common)
             common["figures"] = reply.get("figures", [])
+            if (self.rollback_standby and self.rollback and self.snapshots
+                    and self._rollback_standby is None):
+                image = session.latest_image
+                if image is not None:
+                    self._prepare_rollback_standby(image)
             if reply["ok"]:
                 return ExecutionResult(success=True, globals=reply["globals"],
                                        globals_errors=reply["globals_errors"], **common)
@@ -339,6 +349,7 @@ class PythonExecExecutor:
         max_output_bytes: int | None = None,
         pool: SessionPool | None = None,
         rollback: bool = True,
+        rollback_standby: bool = False,
     ) -> PythonExecExecutor:
         """An executor that continues the interpreter saved by :meth:`save`.
 
@@ -373,7 +384,8 @@ class PythonExecExecutor:
         memory_image = images.decode(header, body, MemoryFS(shared_zip(stdlib)),
                                      max_memory=memory_limit)
         return cls(whitelisted_imports=allowed, default_imports=defaults, limits=built,
-                   pool=pool, runtime=runtime, rollback=rollback, _restore=memory_image)
+                   pool=pool, runtime=runtime, rollback=rollback,
+                   rollback_standby=rollback_standby, _restore=memory_image)
 
     def cancel(self) -> None:
         """Stop the call running now (from another thread); its interpreter is lost."""
