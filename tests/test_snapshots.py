@@ -253,3 +253,31 @@ def test_rollback_standby_restores_an_interpreter_ahead_of_the_first_stop():
         r = ex.execute("k = 99\nwhile True: pass", limits={"fuel": 50_000_000})
         assert r.rolled_back
         assert ex.execute(CHECK, return_globals=["out"]).globals == {"out": EXPECTED}
+
+
+@pytest.mark.parametrize("plant", [
+    # red-team round 13: an instance attribute on the runner's own stdout (called by the
+    # reactor's end-of-turn flush), a class for sys whose __getattribute__ runs at its
+    # `sys.stdout`, and new code for the reactor's turn function itself (a wedge: it ran
+    # before every later request, and every roll-back restored it)
+    "out = sys.stdout\ncalls = [0]\ndef late():\n    global x\n    calls[0] += 1\n"
+    "    if calls[0] > 1:\n        x = 'changed after'\n"  # (the first is the runner's own)
+    "out.flush = late\n",
+    "class M(type(sys)):\n    def __getattribute__(self, name):\n        global x\n"
+    "        x = 'changed after'\n        return type(sys).__getattribute__(self, name)\n"
+    "sys.__class__ = M\n",
+    "def t(*a):\n    while True:\n        pass\n"
+    "sys.modules['_reactor'].turn.__code__ = t.__code__\n",
+])
+@scientific
+def test_nothing_planted_in_the_turn_runs_after_the_answer(plant):
+    with make(timeout_seconds=5) as ex:
+        r = ex.execute(REACH_SYS + plant + "x = 'answered'", return_globals=["x"])
+        assert r.success and r.globals == {"x": "answered"}, r.error
+        for _ in range(2):
+            r = ex.execute("y = 1", return_globals=["x"])
+            assert r.success and not r.rolled_back and not r.state_reset, r.error
+            assert r.globals == {"x": "answered"}
+        r = ex.execute("x = 'lost'\nwhile True: pass", limits={"fuel": 50_000_000})
+        assert r.rolled_back
+        assert ex.execute("pass", return_globals=["x"]).globals == {"x": "answered"}

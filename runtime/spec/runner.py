@@ -167,6 +167,8 @@ def _wasm_exec_boot():
         # can rebind sys.modules or swap sys's class, never these objects themselves
         _modules = sys.modules
         _sys_dict = sys.__dict__
+        _sys_module = sys
+        _object_setattr = object.__setattr__
         _dict_items = dict.items
         _dict_iter = dict.__iter__
         _dict_get = dict.get
@@ -475,6 +477,8 @@ def _wasm_exec_boot():
             return b"".join(chunks)
 
         reactor_state = []  # (the reactor module's dict, its items at boot)
+        reactor_functions = []  # (function, its code, defaults and kwdefaults at boot)
+        stream_attrs = []  # (a runner stream object, its instance attributes at boot)
 
         def reset_reactor(box):
             """Put the reactor's module globals back as boot left them, at the end of each
@@ -489,6 +493,25 @@ def _wasm_exec_boot():
                 d.clear()
                 for key, value in items:
                     d[key] = value
+            for fn, code, defaults, kwdefaults in reactor_functions:
+                box.append(fn.__code__)
+                box.append(fn.__defaults__)
+                box.append(fn.__kwdefaults__)
+                fn.__code__ = code
+                fn.__defaults__ = defaults
+                fn.__kwdefaults__ = kwdefaults
+            for obj, items in stream_attrs:
+                d = obj.__dict__
+                for key, value in _dict_items(d):
+                    box.append(key)
+                    box.append(value)
+                d.clear()
+                for key, value in items:
+                    d[key] = value
+            if _type(_sys_module) is not _ModuleType:
+                # (a subclass's __getattribute__ would run at the turn's `sys.stdout`)
+                box.append(_type(_sys_module))
+                _object_setattr(_sys_module, "__class__", _ModuleType)
 
         def restore_streams(box):
             """Give sys back the runner's stdout/stderr (and no stdin), when every key of
@@ -601,6 +624,17 @@ def _wasm_exec_boot():
                         if _type(key) is _str and key == "_reactor":
                             d = mod.__dict__
                             reactor_state.append((d, _tuple(_dict_items(d))))
+                            for value in _dict_values(d):
+                                if _type(value) is _FunctionType:
+                                    reactor_functions.append((
+                                        value, value.__code__, value.__defaults__,
+                                        value.__kwdefaults__))
+                            # the runner's streams, their buffers and files: their own
+                            # attributes (an instance `flush` would shadow the method)
+                            for stream in streams:
+                                for obj in (stream, stream.buffer, stream.buffer.raw):
+                                    stream_attrs.append((obj, _tuple(_dict_items(
+                                        obj.__dict__))))
                     grants.clear()
                     loads.clear()
                     state[0] = False
