@@ -1060,3 +1060,70 @@ def run_round10_attacks(ex):
 def test_library_code_imports_no_name_a_c_callable_chain_hands_it(make_executor):
     run_round10_attacks(make_executor(
         whitelisted_imports=["json", "functools", "itertools", "warnings", "xml"]))
+
+
+# Round 14 (red team): (a) the hook read `__dict__` of an object of exact type
+# _NamespacePath, whose class the agent can change: an agent __getattribute__ ran INSIDE
+# the hook (its own events unchecked) and read the hook's frames (token, real __import__,
+# gc, the hook's state); (b) library code reached from C inside the guard's call
+# (`import json` of a loaded json reads __spec__._initializing: a property calling
+# json.dumps, whose encoder was a C-callable chain) called the runner's _find_and_load
+# with any name, and the load role trusted a library caller.
+ROUND14_ATTACKS = {
+    "namespace_path_getattribute_in_the_hook": """
+import json, xml
+ext = sys.modules['importlib._bootstrap_external']
+NP = ext._NamespacePath
+ran = []
+def spy(self, name):
+    ran.append(name)
+    return object.__getattribute__(self, name)
+old_path = xml.__path__
+xml.__path__ = NP.__new__(NP)
+NP.__getattribute__ = spy
+try:
+    import xml.dom
+except BaseException:
+    pass
+del NP.__getattribute__
+xml.__path__ = old_path
+got = repr(ran)
+""",
+    "spec_initializing_property_calls_find_and_load": """
+import json, functools
+load = boot._find_and_load
+class Enc:
+    pass
+enc = Enc()
+enc.encode = functools.partial(next, map(load, ['subprocess'], [None]))
+old_enc = json._default_encoder
+json._default_encoder = enc
+class Spec:
+    _initializing = property(json.dumps)
+old_spec = json.__spec__
+json.__spec__ = Spec()
+try:
+    import json as j2
+except BaseException:
+    pass
+json.__spec__ = old_spec
+json._default_encoder = old_enc
+got = 'done'
+""",
+}
+
+
+def run_round14_attacks(ex):
+    for name, attack in ROUND14_ATTACKS.items():
+        r = ex.execute(ROUND9_PRELUDE + attack + "\nleaked = [m for m in ('subprocess', "
+                       "'socket', 'select') if m in sys.modules and m not in before]\n",
+                       return_globals=["got", "leaked"])
+        assert r.success, (name, r.error)
+        assert r.globals["leaked"] == [], (name, r.globals)
+        # the agent's __getattribute__ is never called by the hook
+        assert "__dict__" not in r.globals["got"], (name, r.globals)
+        assert_still_works(ex)
+
+
+def test_no_agent_code_runs_in_the_hook_and_load_trusts_no_library_caller(make_executor):
+    run_round14_attacks(make_executor(whitelisted_imports=["json", "functools", "xml"]))

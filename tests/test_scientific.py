@@ -262,6 +262,13 @@ def test_lazy_imports_are_refused_in_agent_code():
         assert r.globals == {"ok": "a"}, r.error
 
 
+def test_round14_attacks_fail_in_the_scientific_runtime():
+    from tests.test_adversarial import run_round14_attacks
+    with PythonExecExecutor(runtime="scientific", timeout_seconds=60,
+                            whitelisted_imports=["json", "functools", "xml"]) as ex:
+        run_round14_attacks(ex)
+
+
 def test_call_time_imports_load_library_code():
     # no default imports: numpy (frozen modules on 3.15), pandas (six adds a meta_path
     # finder) and matplotlib are loaded by the agent's own import statements

@@ -326,12 +326,11 @@ def _wasm_exec_boot():
                         if _type(key) is _str and key == "__path__":
                             path = value
                     if namespace_path and _type(path) is namespace_path[0]:
-                        # a namespace package: its directories are in the object's _path
-                        found = None
-                        for key, value in _dict_items(path.__dict__):
-                            if _type(key) is _str and key == "_path":
-                                found = value
-                        path = found if found is not None else 0
+                        # a namespace package: its directories are attributes of an object
+                        # whose class the agent can change (reading them could run the
+                        # agent's __getattribute__ in here). Left alone: what loads under
+                        # it is the runtime's own code for the name asked anyway
+                        path = None
                     suffix = "/" + parent.replace(".", "/")
                     if path is not None:
                         if _type(path) is not _list and _type(path) is not _tuple:
@@ -769,11 +768,11 @@ def _wasm_exec_boot():
                 caller = frame.f_back
                 if not state[0] and caller is not None:
                     guard_frame = granting_guard(caller)
-                    # (C code of a library, a Cython module say, imports by name without
-                    # the guard: the frame below is then that library's code, not the
-                    # import machinery's or the guard's own call of the real import)
-                    if guard_frame is not None and (caller is guard_frame
-                                                    or machinery_frame(caller.f_code)):
+                    # inside a granted import only what it was granted, whoever calls: the
+                    # one exception is C code of a built-in module being initialised (a
+                    # Cython module importing by name without the guard; the frame below
+                    # is then the runner's built-in loader)
+                    if guard_frame is not None and role_of(caller.f_code) != "builtin":
                         grant = grants.get(_id(guard_frame))
                         if grant is None or not may_load(name, grant):
                             raise _ModuleNotFoundError(
