@@ -281,3 +281,20 @@ def test_nothing_planted_in_the_turn_runs_after_the_answer(plant):
         r = ex.execute("x = 'lost'\nwhile True: pass", limits={"fuel": 50_000_000})
         assert r.rolled_back
         assert ex.execute("pass", return_globals=["x"]).globals == {"x": "answered"}
+
+
+@scientific
+def test_a_class_descriptor_on_sys_runs_nothing_in_the_end_of_turn_reset():
+    # round 15 (audit of the hook): the reset put sys's class back with object.__setattr__,
+    # which looks "__class__" up in the agent's class first: a property there ran inside
+    # the hook and read its frames (the token, the real __import__)
+    with make(timeout_seconds=5) as ex:
+        r = ex.execute(REACH_SYS + "ran = []\n"
+                       "def setter(self, value):\n    ran.append(1)\n"
+                       "    object.__setattr__(self, '__class__', value)\n"
+                       "class M(type(sys)):\n"
+                       "    __class__ = property(lambda self: type(sys), setter)\n"
+                       "sys.__class__ = M\n")
+        assert r.success, r.error
+        r = ex.execute("n = len(ran)", return_globals=["n"])
+        assert r.success and r.globals == {"n": 0}, (r.error, r.globals)

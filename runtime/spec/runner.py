@@ -168,7 +168,9 @@ def _wasm_exec_boot():
         _modules = sys.modules
         _sys_dict = sys.__dict__
         _sys_module = sys
-        _object_setattr = object.__setattr__
+        # object's own __class__ setter: `object.__setattr__(x, "__class__", ...)` would look
+        # "__class__" up in x's class first, and the agent's class could hold a descriptor
+        _set_class = object.__dict__["__class__"].__set__
         _dict_items = dict.items
         _dict_iter = dict.__iter__
         _dict_get = dict.get
@@ -510,7 +512,7 @@ def _wasm_exec_boot():
             if _type(_sys_module) is not _ModuleType:
                 # (a subclass's __getattribute__ would run at the turn's `sys.stdout`)
                 box.append(_type(_sys_module))
-                _object_setattr(_sys_module, "__class__", _ModuleType)
+                _set_class(_sys_module, _ModuleType)
 
         def restore_streams(box):
             """Give sys back the runner's stdout/stderr (and no stdin), when every key of
