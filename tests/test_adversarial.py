@@ -1127,3 +1127,35 @@ def run_round14_attacks(ex):
 
 def test_no_agent_code_runs_in_the_hook_and_load_trusts_no_library_caller(make_executor):
     run_round14_attacks(make_executor(whitelisted_imports=["json", "functools", "xml"]))
+
+
+# Round 16 (red team): an exception the hook raises carries the hook's own frames in its
+# traceback; their f_locals (with free variables on 3.12) held the hook's closures: the
+# token, the real __import__, the hook's state. Frames of the hook are now as unreachable
+# as the runner's own (tb_frame and f_code are refused to agent code).
+HOOK_TRACEBACK = SYS_BY_WALK + """
+seen = []
+try:
+    sys.settrace(None)
+except PermissionError as e:
+    tb = e.__traceback__
+while tb is not None:
+    try:
+        f = tb.tb_frame
+        seen.append(sorted(f.f_locals))
+        seen.append(f.f_code.co_name)
+    except PermissionError:
+        seen.append('refused')
+    tb = tb.tb_next
+got = repr(seen)
+"""
+
+
+def test_the_hooks_own_frames_are_not_reachable_from_its_exceptions(make_executor):
+    ex = make_executor(whitelisted_imports=["json"])
+    r = ex.execute(HOOK_TRACEBACK, return_globals=["got"])
+    assert r.success, r.error
+    for secret in ("'state'", "'serve'", "'check'", "'_header'", "'give'", "'hook'"):
+        assert secret not in r.globals["got"], r.globals
+    assert "refused" in r.globals["got"]
+    assert_still_works(ex)

@@ -269,6 +269,16 @@ def test_round14_attacks_fail_in_the_scientific_runtime():
         run_round14_attacks(ex)
 
 
+def test_the_hooks_frames_are_not_reachable_in_the_scientific_runtime():
+    from tests.test_adversarial import HOOK_TRACEBACK
+    with PythonExecExecutor(runtime="scientific", timeout_seconds=60,
+                            whitelisted_imports=["json"]) as ex:
+        r = ex.execute(HOOK_TRACEBACK, return_globals=["got"])
+        assert r.success, r.error
+        for secret in ("'state'", "'serve'", "'check'", "'_header'", "'give'", "'hook'"):
+            assert secret not in r.globals["got"], r.globals
+
+
 def test_call_time_imports_load_library_code():
     # no default imports: numpy (frozen modules on 3.15), pandas (six adds a meta_path
     # finder) and matplotlib are loaded by the agent's own import statements

@@ -189,7 +189,9 @@ def _wasm_exec_boot():
         _sites = request_sites.get  # id(code) -> offsets of its STORE_ATTR __defaults__
         _trusted = trusted_codes.get  # id(code) -> code
         state = [True, False]  # booting, inside the hook
-        code_attrs = frozenset(("__code__", "f_code", "gi_code", "cr_code", "ag_code"))
+        # (tb_frame: a traceback's frame; the event names the frame itself)
+        code_attrs = frozenset(("__code__", "f_code", "gi_code", "cr_code", "ag_code",
+                                "tb_frame"))
         # built-in modules no one may create once booted: gc would let automatic collection
         # (and so finalizers inside the hook) back in
         reserved_builtins = frozenset(("gc", "_testcapi", "_testinternalcapi"))
@@ -927,17 +929,41 @@ def _wasm_exec_boot():
                         "unpickling " + mod + "." + attr + " is not allowed in the sandbox")
                 return
 
-        def hook(event, args):
+        def hook(event, args, _str=str, _tuple=tuple, _type=type,
+                 _BaseException=BaseException):
             # sys.audit lets anyone raise any event with any arguments: only exact str
-            # events and exact tuples are looked at, and nothing the agent made is hashed
-            if state[1] or _type(event) is not _str or _type(args) is not _tuple:
+            # events and exact tuples are looked at, and nothing the agent made is hashed.
+            # An exception leaving here carries this frame in its traceback, and the agent
+            # can read a finished frame's variables: so `state` and `check` are constants of
+            # this code (bound below; the code of the runner's frames is refused to agent
+            # code), not variables, and what check() raised leaves without its traceback
+            # (whose frames hold the hook's closures) and without a context in here.
+            if (["<hook state>"][0][1] or _type(event) is not _str
+                    or _type(args) is not _tuple):
                 return
-            state[1] = True  # events raised by the hook's own work pass straight through
+            ["<hook state>"][0][1] = True  # events raised by the hook's work pass through
+            failed = None
             try:
-                check(event, args)
+                ["<hook check>"][0](event, args)
+            except _BaseException as e:
+                failed = e.with_traceback(None)
             finally:
-                state[1] = False
+                ["<hook state>"][0][1] = False
+            if failed is not None:
+                raise failed
 
+        hook.__code__ = hook.__code__.replace(co_consts=_tuple(
+            state if _type(c) is _str and c == "<hook state>" else
+            check if _type(c) is _str and c == "<hook check>" else c
+            for c in hook.__code__.co_consts))
+        # The hook's own functions are the runner's: an exception the hook raises carries
+        # the frames of hook, check, serve... in its traceback, and their locals (free
+        # variables too, on 3.12) are the hook's closures. Their frames and code are
+        # refused to agent code like the runner's (tb_frame and f_code are audited).
+        for value in _tuple(_dict_values(locals())):
+            if _type(value) is _FunctionType and ".install_hook.<locals>." in \
+                    value.__code__.co_qualname:
+                trusted_codes[_id(value.__code__)] = value.__code__
         sys.addaudithook(hook)
 
     # ------------------------------------------------------------------ the guard
