@@ -1159,3 +1159,48 @@ def test_the_hooks_own_frames_are_not_reachable_from_its_exceptions(make_executo
         assert secret not in r.globals["got"], r.globals
     assert "refused" in r.globals["got"]
     assert_still_works(ex)
+
+
+# Round 17 (red team): with C recursion used up to just enough to enter the hook, the
+# hook's own handling of a refused event raised a second RecursionError whose context was
+# the first exception, traceback (hook and check frames, with their closures) and all.
+RECURSION_EDGE = SYS_BY_WALK + """
+out = []
+class P:
+    def __repr__(self):
+        try:
+            sys.settrace(None)
+        except BaseException as e:
+            out.append(e)
+        return 'p'
+leaks = []
+for n in range(380, 560, 3):
+    x = P()
+    for i in range(n):
+        x = [x]
+    out.clear()
+    try:
+        repr(x)
+    except RecursionError:
+        break
+    for exc in out:
+        c = exc
+        while c is not None:
+            tb = c.__traceback__
+            while tb is not None:
+                try:
+                    names = sorted(tb.tb_frame.f_locals)
+                except BaseException:
+                    names = []
+                leaks += [v for v in ('state', 'serve', 'check', 'st') if v in names]
+                tb = tb.tb_next
+            c = c.__context__
+got = sorted(set(leaks))
+"""
+
+
+def test_the_hook_leaks_nothing_at_the_recursion_limit(make_executor):
+    ex = make_executor(whitelisted_imports=["json"])
+    r = ex.execute(RECURSION_EDGE, return_globals=["got"])
+    assert r.globals.get("got") == [], (r.error, r.globals)
+    assert_still_works(ex)

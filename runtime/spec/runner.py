@@ -938,18 +938,24 @@ def _wasm_exec_boot():
             # this code (bound below; the code of the runner's frames is refused to agent
             # code), not variables, and what check() raised leaves without its traceback
             # (whose frames hold the hook's closures) and without a context in here.
-            if (["<hook state>"][0][1] or _type(event) is not _str
-                    or _type(args) is not _tuple):
+            # (no call and no allocation where a failure would leave the hook half done: a
+            # RecursionError or MemoryError raised in the except clause would carry the
+            # first exception, traceback and all, as its context; one in the finally
+            # clause would leave the hook switched off)
+            st = "<hook state>"  # (a variable only until an exception could leave here)
+            if st[1] or _type(event) is not _str or _type(args) is not _tuple:
                 return
-            ["<hook state>"][0][1] = True  # events raised by the hook's work pass through
+            st[1] = True  # events raised by the hook's own work pass straight through
             failed = None
             try:
                 ["<hook check>"][0](event, args)
             except _BaseException as e:
-                failed = e.with_traceback(None)
+                failed = e
             finally:
-                ["<hook state>"][0][1] = False
+                st[1] = False
+            del st
             if failed is not None:
+                failed.__traceback__ = None
                 raise failed
 
         hook.__code__ = hook.__code__.replace(co_consts=_tuple(
