@@ -483,6 +483,16 @@ def _wasm_exec_boot():
         reactor_functions = []  # (function, its code, defaults and kwdefaults at boot)
         stream_attrs = []  # (a runner stream object, its instance attributes at boot)
 
+        def reset_dict(d, items, box):
+            """Make `d` hold exactly `items` again; what it held goes into `box` (keys too:
+            nothing of the agent's is dropped, or compared, in here)."""
+            for key, value in _dict_items(d):
+                box.append(key)
+                box.append(value)
+            d.clear()
+            for key, value in items:
+                d[key] = value
+
         def reset_reactor(box):
             """Put the reactor's module globals back as boot left them, at the end of each
             turn: the code that ends a turn (after the answer, before the host images the
@@ -490,12 +500,7 @@ def _wasm_exec_boot():
             into `box`, which the runner keeps until the next call: no finalizer runs here,
             nor in the turn's tail."""
             for d, items in reactor_state:
-                for key, value in _dict_items(d):
-                    box.append(key)
-                    box.append(value)
-                d.clear()
-                for key, value in items:
-                    d[key] = value
+                reset_dict(d, items, box)
             for fn, code, defaults, kwdefaults in reactor_functions:
                 box.append(fn.__code__)
                 box.append(fn.__defaults__)
@@ -504,13 +509,7 @@ def _wasm_exec_boot():
                 fn.__defaults__ = defaults
                 fn.__kwdefaults__ = kwdefaults
             for obj, items in stream_attrs:
-                d = obj.__dict__
-                for key, value in _dict_items(d):
-                    box.append(key)
-                    box.append(value)
-                d.clear()
-                for key, value in items:
-                    d[key] = value
+                reset_dict(obj.__dict__, items, box)
             if _type(_sys_module) is not _ModuleType:
                 # (a subclass's __getattribute__ would run at the turn's `sys.stdout`)
                 box.append(_type(_sys_module))
