@@ -53,16 +53,24 @@ class Limits(BaseModel):
               max_output_bytes: int | None = None) -> Limits:
         """``limits`` (a Limits, a mapping or None) with the keyword shortcuts applied."""
         base = limits if isinstance(limits, Limits) else cls.model_validate(limits or {})
-        overrides: dict[str, Any] = {}
+        return base.merged(cls.shortcuts(fuel=fuel, timeout_seconds=timeout_seconds,
+                                         memory_bytes=memory_bytes,
+                                         max_output_bytes=max_output_bytes))
+
+    @staticmethod
+    def shortcuts(*, fuel: int | None | str = "default", timeout_seconds: float | None = None,
+                  memory_bytes: int | None = None,
+                  max_output_bytes: int | None = None) -> dict[str, Any]:
+        """The keyword shortcuts that were given, as overrides."""
+        out: dict[str, Any] = {}
         if fuel != "default":
-            overrides["fuel"] = fuel
-        if timeout_seconds is not None:
-            overrides["timeout_seconds"] = timeout_seconds
-        if memory_bytes is not None:
-            overrides["memory_bytes"] = memory_bytes
-        if max_output_bytes is not None:
-            overrides["max_output_bytes"] = max_output_bytes
-        return base.merged(overrides)
+            out["fuel"] = fuel
+        for name, value in (("timeout_seconds", timeout_seconds),
+                            ("memory_bytes", memory_bytes),
+                            ("max_output_bytes", max_output_bytes)):
+            if value is not None:
+                out[name] = value
+        return out
 
     def merged(self, overrides: dict[str, Any] | None) -> Limits:
         """These limits with ``overrides`` applied (validated)."""

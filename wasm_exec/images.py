@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ImageError
-from .runtime import runner_source
+from .runtime import runner_identity
 from .session import MemoryImage
 from .vfs import MemoryFS, decode_fs_state, encode_fs_state
 
@@ -35,7 +35,7 @@ MAX_MEMORY = 4 << 30  # wasm32: linear memory is at most 4 GiB
 
 
 def runner_sha256() -> str:
-    return hashlib.sha256(runner_source().encode("utf-8")).hexdigest()
+    return runner_identity()[1]
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,9 @@ class Pin:
     download_mb: int
     compile_hint: str
     description: str
+    # modules libraries import by a computed name while they are being imported: loaded at
+    # boot, since the runner grants such imports only of modules already loaded
+    preload: tuple[str, ...] = ()
 
     @property
     def file(self) -> str:
@@ -80,12 +83,33 @@ def load_pin(profile: str = PROFILE) -> Pin:
     p = data[profile]
     files = tuple(PinnedFile(f["file"], f["member"], f["size"], f["sha256"]) for f in p["files"])
     return Pin(profile, p["kind"], p["subdir"], p["requirement"], files, p["licenses_under"],
-               p["download_mb"], p["compile_hint"], p["description"])
+               p["download_mb"], p["compile_hint"], p["description"],
+               tuple(p.get("preload", ())))
+
+
+_runner_cache: list[tuple[object, str, str]] = []
+
+
+def runner_identity() -> tuple[str, str]:
+    """The guest runner's source code (runs inside the sandbox) and its SHA-256, read again
+    only when the file changes (every interpreter and every image needs them)."""
+    path = resources.files("wasm_exec._spec").joinpath("runner.py")
+    try:
+        st = os.stat(str(path))
+        stamp: object = (st.st_mtime_ns, st.st_size)
+    except OSError:
+        stamp = None
+    if _runner_cache and stamp is not None and _runner_cache[0][0] == stamp:
+        return _runner_cache[0][1], _runner_cache[0][2]
+    source = path.read_text("utf-8")
+    digest = hashlib.sha256(source.encode("utf-8")).hexdigest()
+    _runner_cache[:] = [(stamp, source, digest)]
+    return source, digest
 
 
 def runner_source() -> str:
     """The guest runner's source code (runs inside the sandbox)."""
-    return resources.files("wasm_exec._spec").joinpath("runner.py").read_text("utf-8")
+    return runner_identity()[0]
 
 
 def checkout_dir() -> Path | None:

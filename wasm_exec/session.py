@@ -16,7 +16,6 @@ no environment and no arguments beyond the runner):
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import itertools
 import mmap
 import os
@@ -38,7 +37,7 @@ from .protocol import (
     encode_request_with_globals,
     validate_ready,
 )
-from .runtime import RuntimeImage, runner_source
+from .runtime import RuntimeImage, runner_identity
 
 ERRNO_SUCCESS = 0
 ERRNO_BADF = 8
@@ -85,10 +84,6 @@ _runner_blobs: dict[tuple[str, str], str] = {}
 
 # the source of every turn after the boot: the runner's turn step ignores it
 STEP_SOURCE = b"pass"
-
-# modules that libraries import by a computed name while they are being imported, loaded
-# at boot (the runner grants such imports only of modules already loaded)
-PRELOAD = {"scientific": ("_sysconfigdata__wasi_wasm32-wasi",)}
 
 # modules CPython's own C code imports on the caller's behalf (never by a statement)
 IMPLICIT_IMPORTS = ("unicodedata", "_strptime", "encodings")
@@ -269,8 +264,8 @@ class Session:
             raise ValueError("only a reactor runtime can be restored from a memory image")
         wasi = wasmtime.WasiConfig()
         # the runner gets its own file name, so tracebacks can leave its frames out
-        source = runner_source()
-        self._blob_key = (hashlib.sha256(source.encode()).hexdigest(), str(image.cwasm))
+        source, source_sha = runner_identity()
+        self._blob_key = (source_sha, str(image.cwasm))
         blob = _runner_blobs.get(self._blob_key)
         runner_arg = "M:" + blob if blob else source
         if not self._reactor:
@@ -343,7 +338,7 @@ class Session:
                 "implicit": list(IMPLICIT_IMPORTS), "default_imports": dict(default_imports),
                 # the runtime's genuine compiled modules: all the import machinery may load
                 "code_index": image.code_index(), "turns": self._reactor,
-                "preload": list(PRELOAD.get(image.pin.profile, ()))}
+                "preload": list(image.pin.preload)}
         self._inbuf = encode_request(init)
         self._arm(self._boot)
         self._call = self._boot
@@ -518,13 +513,7 @@ class Session:
                 if self._abort_reason is not None:
                     raise _Abort(self._abort_reason)
                 if not self._requests:  # an image of the interpreter as it is now
-                    try:
-                        self.latest_image = self._capture()
-                    except Exception:  # noqa: BLE001 - save() then says there is none
-                        self.latest_image = None
-                    self._image_of = self._answered
-                    self._want_image = False
-                    self._cv.notify_all()
+                    self._publish(self._capture_or_none())
                     continue
                 frame = self._requests.pop(0)
                 pending = self._pending
@@ -555,16 +544,23 @@ class Session:
                     reuse = old.memory
                     self.latest_image = None
                 del old
-            try:
-                image: MemoryImage | None = self._capture(reuse)
-            except Exception:  # noqa: BLE001 - no image: a stop then loses the interpreter
-                image = None
+            image = self._capture_or_none(reuse)
             with self._cv:
-                self.latest_image = image
-                self._image_of = self._answered
-                self._want_image = False
-                self._cv.notify_all()
+                self._publish(image)
         self._imaged.set()
+
+    def _capture_or_none(self, reuse: mmap.mmap | None = None) -> MemoryImage | None:
+        try:
+            return self._capture(reuse)
+        except Exception:  # noqa: BLE001 - no image: a stop then loses the interpreter
+            return None
+
+    def _publish(self, image: MemoryImage | None) -> None:
+        """Make ``image`` the latest, taken after the last answer (hold ``self._cv``)."""
+        self.latest_image = image
+        self._image_of = self._answered
+        self._want_image = False
+        self._cv.notify_all()
 
     def _capture(self, reuse: mmap.mmap | None = None) -> MemoryImage:
         assert self._memory is not None and self._fs is not None

@@ -416,14 +416,9 @@ class WasmExecExecutorResolver(DependencyResolver[CodeExecutor]):
         super().__init__()
         self.runtime: str = _check_runtime("WasmExecExecutorResolver", runtime)
         overrides: dict[str, Any] = dict(limits or {})
-        if fuel != "default":
-            overrides["fuel"] = fuel
-        if timeout_seconds is not None:
-            overrides["timeout_seconds"] = timeout_seconds
-        if memory_bytes is not None:
-            overrides["memory_bytes"] = memory_bytes
-        if max_output_bytes is not None:
-            overrides["max_output_bytes"] = max_output_bytes
+        overrides.update(Limits.shortcuts(fuel=fuel, timeout_seconds=timeout_seconds,
+                                          memory_bytes=memory_bytes,
+                                          max_output_bytes=max_output_bytes))
         try:
             policy = Policy(whitelisted_imports=whitelisted_imports,  # type: ignore[arg-type]
                             default_imports=default_imports)  # type: ignore[arg-type]
