@@ -985,19 +985,27 @@ io_mod.open_code = real_open
 }
 
 
+def run_loading_attack(ex, name, attack, watched):
+    """Run one attack (after ROUND9_PRELUDE): it must end normally, load none of the
+    `watched` modules that were not loaded before it, and leave the executor working.
+    Returns the attack's `got`."""
+    r = ex.execute(ROUND9_PRELUDE + attack + f"\nleaked = [m for m in {tuple(watched)!r} "
+                   "if m in sys.modules and m not in before]\n",
+                   return_globals=["got", "leaked"])
+    assert r.success, (name, r.error)
+    assert r.globals["leaked"] == [], (name, r.globals)
+    assert_still_works(ex)
+    return r.globals["got"]
+
+
 def run_round9_attacks(ex, only=None):
     for name, attack in ROUND9_ATTACKS.items():
         if only is not None and name not in only:
             continue
-        r = ex.execute(ROUND9_PRELUDE + attack + "\nleaked = [m for m in ('subprocess', "
-                       "'os', '_posixsubprocess') if m in sys.modules and m not in before]\n",
-                       return_globals=["got", "leaked"])
-        assert r.success, (name, r.error)
+        got = run_loading_attack(ex, name, attack, ("subprocess", "os", "_posixsubprocess"))
         # (a fromlist or finder of C callables fails with a TypeError once it has run)
-        assert r.globals["leaked"] == [], (name, r.globals)
-        assert r.globals["got"] in ("None", "PermissionError", "ImportError", "TypeError",
-                                    "ModuleNotFoundError", "ZipImportError"), (name, r.globals)
-        assert_still_works(ex)
+        assert got in ("None", "PermissionError", "ImportError", "TypeError",
+                       "ModuleNotFoundError", "ZipImportError"), (name, got)
     r = ex.execute("import json.tool, xml.sax.saxutils\nok = json.tool.__name__",
                    return_globals=["ok"])
     assert r.globals == {"ok": "json.tool"}, r.error
@@ -1049,12 +1057,7 @@ if fnd in sys.meta_path:
 
 def run_round10_attacks(ex):
     for name, attack in ROUND10_ATTACKS.items():
-        r = ex.execute(ROUND9_PRELUDE + attack + "\nleaked = [m for m in ('subprocess', "
-                       "'_posixsubprocess', 'socket') if m in sys.modules and m not in before]\n",
-                       return_globals=["got", "leaked"])
-        assert r.success, (name, r.error)
-        assert r.globals["leaked"] == [], (name, r.globals)
-        assert_still_works(ex)
+        run_loading_attack(ex, name, attack, ("subprocess", "_posixsubprocess", "socket"))
 
 
 def test_library_code_imports_no_name_a_c_callable_chain_hands_it(make_executor):
@@ -1115,14 +1118,9 @@ got = 'done'
 
 def run_round14_attacks(ex):
     for name, attack in ROUND14_ATTACKS.items():
-        r = ex.execute(ROUND9_PRELUDE + attack + "\nleaked = [m for m in ('subprocess', "
-                       "'socket', 'select') if m in sys.modules and m not in before]\n",
-                       return_globals=["got", "leaked"])
-        assert r.success, (name, r.error)
-        assert r.globals["leaked"] == [], (name, r.globals)
+        got = run_loading_attack(ex, name, attack, ("subprocess", "socket", "select"))
         # the agent's __getattribute__ is never called by the hook
-        assert "__dict__" not in r.globals["got"], (name, r.globals)
-        assert_still_works(ex)
+        assert "__dict__" not in got, (name, got)
 
 
 def test_no_agent_code_runs_in_the_hook_and_load_trusts_no_library_caller(make_executor):
