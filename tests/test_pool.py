@@ -25,7 +25,7 @@ def test_pool_hands_out_ready_interpreters_and_refills():
 
 def test_pool_serves_reset_after_a_limit():
     with SessionPool(size=1, refill_delay=0) as pool:
-        ex = PythonExecExecutor(pool=pool, fuel=50_000_000)
+        ex = PythonExecExecutor(pool=pool, fuel=50_000_000, rollback=False)
         ex.execute("keep = 1")
         time.sleep(1)
         assert ex.execute("while True: pass").limit == "fuel"
@@ -37,7 +37,7 @@ def test_pool_serves_reset_after_a_limit():
 
 
 def test_spare_interpreter_after_a_stop_without_pool():
-    ex = PythonExecExecutor(fuel=50_000_000)
+    ex = PythonExecExecutor(fuel=50_000_000, rollback=False)
     try:
         assert ex.execute("while True: pass").limit == "fuel"
         time.sleep(1)  # the replacement boots in the background meanwhile

@@ -219,10 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_policy_args(rp)
     rp.set_defaults(func=_repl)
 
-    b = sub.add_parser("build-runtime", help="fetch, verify and precompile the runtime")
+    b = sub.add_parser("build-runtime", help="build (default runtime, from pinned sources: "
+                       "about 6 minutes on 2 cores, once) or fetch (scientific) the runtime, "
+                       "verify and precompile it")
     b.add_argument("--dest", help="install directory (default: see 'wasm-exec info')")
     b.add_argument("--profile", default="minimal", choices=runtime.profiles(),
-                   help="which runtime: minimal (default, 26 MB) or scientific (numpy, "
+                   help="which runtime: minimal (default: CPython 3.13 built here, about 18 "
+                   "MB) or scientific (numpy, "
                    "pandas, matplotlib...; 160 MB download, 1-2 min to precompile)")
     b.add_argument("--all-variants", action="store_true",
                    help="also precompile the fuel-off engine variant")

@@ -8,98 +8,22 @@ which is what the machinery hands to ``marshal.loads``) with the dotted module n
 holds. Python sources in a library zip are listed the same way (raw and with normalised
 line endings, the two forms the machinery compiles).
 
-Where the library lives:
-- the minimal runtime packs its stdlib zip inside the WebAssembly binary (wasi-vfs data
-  segments): the module's active data segments are laid out as its initial memory and the
-  zip is read from there;
-- the scientific runtime's stdlib zip is a pinned file next to the binary.
+The library lives in each runtime's stdlib zip, next to its module (``python313.zip`` built
+with the default runtime, the scientific runtime's pinned ``python-stdlib.zip``).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import os
-import struct
 import tempfile
 import zipfile
 from pathlib import Path
 
 DIGEST_BYTES = 16
 FORMAT = 3
-
-
-def _leb(data: bytes, i: int, signed: bool = False) -> tuple[int, int]:
-    """A LEB128 number at ``data[i:]`` and the offset after it."""
-    result = shift = 0
-    while True:
-        byte = data[i]
-        i += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            if signed and byte & 0x40:
-                result -= 1 << shift
-            return result, i
-
-
-def initial_memory(wasm: bytes) -> bytes:
-    """The bytes a module's active data segments (i32.const offsets) put in its memory."""
-    if wasm[:4] != b"\0asm":
-        raise ValueError("not a WebAssembly module")
-    segments: list[tuple[int, bytes]] = []
-    i = 8
-    while i < len(wasm):
-        section = wasm[i]
-        size, i = _leb(wasm, i + 1)
-        end = i + size
-        if section == 11:  # data
-            j = i
-            count, j = _leb(wasm, j)
-            for _ in range(count):
-                flags, j = _leb(wasm, j)
-                if flags == 1:  # passive: not part of the initial memory
-                    length, j = _leb(wasm, j)
-                    j += length
-                    continue
-                if flags == 2:
-                    _, j = _leb(wasm, j)  # memory index
-                if wasm[j] != 0x41:  # i32.const
-                    raise ValueError("data segment offset is not a constant")
-                offset, j = _leb(wasm, j + 1, signed=True)
-                if wasm[j] != 0x0B:
-                    raise ValueError("data segment offset is not a constant")
-                length, j = _leb(wasm, j + 1)
-                segments.append((offset, wasm[j:j + length]))
-                j += length
-        i = end
-    if not segments:
-        return b""
-    memory = bytearray(max(off + len(seg) for off, seg in segments))
-    for off, seg in segments:
-        memory[off:off + len(seg)] = seg
-    return bytes(memory)
-
-
-def embedded_zips(blob: bytes) -> list[zipfile.ZipFile]:
-    """Every well-formed zip archive found whole inside ``blob``."""
-    found = []
-    pos = blob.find(b"PK\x05\x06")
-    while pos >= 0:
-        if pos + 22 <= len(blob):
-            _, _, _, _, _, cd_size, cd_offset, comment = struct.unpack(
-                "<4sHHHHIIH", blob[pos:pos + 22])
-            start = pos - cd_size - cd_offset
-            if start >= 0 and blob[start:start + 4] == b"PK\x03\x04" \
-                    and pos + 22 + comment <= len(blob):
-                try:
-                    found.append(zipfile.ZipFile(io.BytesIO(blob[start:pos + 22 + comment])))
-                except zipfile.BadZipFile:
-                    pass
-        pos = blob.find(b"PK\x05\x06", pos + 4)
-    return found
 
 
 def module_name(path: str) -> str | None:
@@ -144,12 +68,8 @@ def index_zips(zips: list[zipfile.ZipFile]) -> dict[bytes, str]:
 
 
 def build(wasm: Path, zips: list[Path]) -> dict[bytes, str]:
-    """Digest -> module name for the library of a runtime (its zip files, or the zip
-    packed in the WebAssembly binary when it has none)."""
-    if zips:
-        archives = [zipfile.ZipFile(p) for p in zips]
-    else:
-        archives = embedded_zips(initial_memory(wasm.read_bytes()))
+    """Digest -> module name for the library of a runtime (its zip files)."""
+    archives = [zipfile.ZipFile(p) for p in zips]
     try:
         entries = index_zips(archives)
     finally:

@@ -35,3 +35,8 @@ class ExecutorClosedError(WasmExecError):
 class ImageError(WasmExecError, ValueError):
     """A saved interpreter image cannot be used: damaged, truncated, from another runtime
     build or another version of wasm-exec, or saved by a runtime that cannot be imaged."""
+
+
+class RuntimeBuildError(WasmExecError):
+    """Building the runtime from source failed; the message names the missing tool or
+    package and the command that installs it, or the step and its log."""

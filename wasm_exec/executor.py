@@ -151,15 +151,15 @@ class PythonExecExecutor:
         self._key = SessionKey.of(self._settings, self.policy.allowed,
                                   self.policy.default_imports, self.limits.memory_bytes,
                                   runtime)
-        # reactor runtimes keep an image of the interpreter after each call (taken after
-        # the answer is returned), so that a stopped call rolls back instead of losing
-        # the agent's state
+        # an image of the interpreter is kept after each call (taken after the answer is
+        # returned), so that a stopped call rolls back instead of losing the agent's state
         self.rollback = bool(rollback)
         # an interpreter kept restored in the background from the start (not only after a
         # first stop), so that even the first roll-back reloads mapped pages: one more
         # linear memory per agent
         self.rollback_standby = bool(rollback_standby)
-        self.snapshots = get_image(self._settings, runtime).kind == "reactor"
+        # every runtime can be imaged (kept for compatibility: always True)
+        self.snapshots = True
         self._pool = pool
         self._spare: threading.Thread | None = None
         self._spare_session: list[Session] = []
@@ -244,11 +244,12 @@ class PythonExecExecutor:
                           duration_seconds=duration, fuel_used=outcome.fuel_used,
                           memory_bytes=outcome.memory_bytes, state_reset=reset)
             if outcome.died is not None:
-                # roll back a call that a limit or a crash stopped; not one that broke the
-                # protocol (the interpreter itself is then suspect: so may its last image
-                # be), nor a death between calls (the last image may miss the last answer)
+                # roll back a call that a limit, a cancel or a crash stopped; not one that
+                # broke the protocol (the interpreter itself is then suspect: so may its
+                # last image be), nor a death between calls (the last image may miss the
+                # last answer)
                 image = (session.latest_image if self.rollback and outcome.died.during_call
-                         and outcome.died.reason not in ("protocol", "cancelled") else None)
+                         and outcome.died.reason != "protocol" else None)
                 self._discard(session)
                 if image is not None and not self._closed:
                     restored = self._restore_for_rollback(image)
@@ -268,7 +269,7 @@ class PythonExecExecutor:
                 self._discard(session)
                 return self._stopped(SessionDead("protocol", str(e)), call_limits, common)
             common["figures"] = reply.get("figures", [])
-            if (self.rollback_standby and self.rollback and self.snapshots
+            if (self.rollback_standby and self.rollback
                     and self._rollback_standby is None):
                 image = session.latest_image
                 if image is not None:
@@ -317,14 +318,8 @@ class PythonExecExecutor:
 
         The file holds the interpreter as of the end of its last call (compressed, with a
         checksum, tied to this runtime build); :meth:`load` continues it in another
-        executor, in this process or another. Reactor runtimes (``runtime="scientific"``)
-        only: the minimal runtime's interpreter cannot be imaged (its runner waits inside a
-        live WebAssembly call), and this raises :class:`ImageError`.
+        executor, in this process or another.
         """
-        if not self.snapshots:
-            raise ImageError(f"the {self.runtime!r} runtime cannot be saved: its interpreter "
-                             "waits inside a live WebAssembly call and has no memory image; "
-                             "use runtime='scientific'")
         with self._lock:
             self._check_open()
             session = self._session
@@ -380,9 +375,9 @@ class PythonExecExecutor:
             raise ImageError(f"{path} holds an interpreter of {size} bytes of memory, more "
                              f"than the memory limit of {memory_limit} bytes; load it with a "
                              "larger memory_bytes")
-        stdlib = get_image(EngineSettings(fuel=True), runtime).file("python-stdlib.zip")
-        memory_image = images.decode(header, body, MemoryFS(shared_zip(stdlib)),
-                                     max_memory=memory_limit)
+        rt = get_image(EngineSettings(fuel=True), runtime)
+        fs = MemoryFS(shared_zip(rt.stdlib_zip()), zip_path=rt.pin.zip_path)
+        memory_image = images.decode(header, body, fs, max_memory=memory_limit)
         return cls(whitelisted_imports=allowed, default_imports=defaults, limits=built,
                    pool=pool, runtime=runtime, rollback=rollback,
                    rollback_standby=rollback_standby, _restore=memory_image)

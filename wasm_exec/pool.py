@@ -77,24 +77,23 @@ class SessionKey:
                    memory_bytes)
 
     def start(self, keep_images: bool = True) -> Session:
-        """A new interpreter: from this configuration's boot image when there is one
-        (reactor runtimes), else booted (and its boot image kept for the next)."""
+        """A new interpreter: from this configuration's boot image when there is one, else
+        booted (and its boot image kept for the next)."""
         image = get_image(self.settings, self.profile)
-        if image.kind == "reactor":
-            with _templates_lock:
-                template = _templates.get(self)
-                waiting = _standby.pop(self, None)
-                if template is not None:
-                    _templates.move_to_end(self)
+        with _templates_lock:
+            template = _templates.get(self)
+            waiting = _standby.pop(self, None)
             if template is not None:
-                _prepare_standby(self, template)
-                if waiting is not None and waiting.alive:
-                    waiting.keep_images = keep_images
-                    return waiting
-                return self.restore(template, keep_images=keep_images)
+                _templates.move_to_end(self)
+        if template is not None:
+            _prepare_standby(self, template)
+            if waiting is not None and waiting.alive:
+                waiting.keep_images = keep_images
+                return waiting
+            return self.restore(template, keep_images=keep_images)
         session = Session(image, allowed=self.allowed, default_imports=dict(self.default_imports),
                           memory_bytes=self.memory_bytes, keep_images=keep_images)
-        if image.kind == "reactor" and not session.default_import_errors:
+        if not session.default_import_errors:
             boot = session.wait_image()
             if boot is not None:
                 dropped = []

@@ -7,6 +7,7 @@ folder of a source checkout, then the user cache directory
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -20,13 +21,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import wasmtime
 
-from . import codeindex
+from . import build, codeindex
 from .errors import RuntimeNotFoundError, RuntimeVerificationError
 
 ENV_DIR = "WASM_EXEC_RUNTIME_DIR"
+MAX_WASM_STACK = 2 << 20
 PROFILE = "minimal"
 BUILD_COMMAND = "bash build_runtime.sh   (or: python -m wasm_exec build-runtime)"
 
@@ -46,7 +49,6 @@ class Pin:
     """The pinned identity of one runtime profile."""
 
     profile: str
-    kind: str  # "command" (the runner runs as _start) or "reactor" (it runs in turn())
     subdir: str  # folder of the profile's files inside a runtime directory
     requirement: str  # the package-index requirement that ships the files
     files: tuple[PinnedFile, ...]  # the first one is the WebAssembly module
@@ -57,6 +59,14 @@ class Pin:
     # modules libraries import by a computed name while they are being imported: loaded at
     # boot, since the runner grants such imports only of modules already loaded
     preload: tuple[str, ...] = ()
+    # where the guest finds its standard library zip (the in-memory file system serves it)
+    zip_path: str = "/usr/local/lib/python315.zip"
+    # built from source (build.py) rather than fetched: the recipe's inputs, else None
+    build: dict[str, object] | None = None
+
+    @property
+    def built(self) -> bool:
+        return self.build is not None
 
     @property
     def file(self) -> str:
@@ -76,15 +86,39 @@ def profiles() -> list[str]:
     return sorted(data)
 
 
+def _pins() -> dict[str, dict[str, object]]:
+    text = resources.files("wasm_exec._spec").joinpath("pins.json").read_text()
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def build_recipe(profile: str = PROFILE) -> build.Recipe:
+    """The build recipe of a profile built from source."""
+    return build.recipe(profile, _pins()[profile])  # type: ignore[arg-type]
+
+
 def load_pin(profile: str = PROFILE) -> Pin:
-    data = json.loads(resources.files("wasm_exec._spec").joinpath("pins.json").read_text())
+    """The pin of ``profile``. For a profile built from source, its files' sizes and sums
+    come from the lock file the build wrote (zero when it has not been built yet)."""
+    data = _pins()
     if profile not in data:
         raise RuntimeNotFoundError(f"unknown runtime profile {profile!r}; known: {sorted(data)}")
-    p = data[profile]
+    p: dict[str, Any] = data[profile]  # type: ignore[assignment]
+    subdir = p["subdir"]
     files = tuple(PinnedFile(f["file"], f["member"], f["size"], f["sha256"]) for f in p["files"])
-    return Pin(profile, p["kind"], p["subdir"], p["requirement"], files, p["licenses_under"],
+    recipe_build = p.get("build")
+    if recipe_build is not None:
+        subdir = f"{profile}-{build.recipe(profile, p).key()}"
+        for d in search_dirs():
+            lock = build.read_lock(d / subdir)
+            if lock is not None:
+                outs = {o["file"]: o for o in lock.get("outputs", ())}
+                files = tuple(PinnedFile(f.file, "", int(outs.get(f.file, {}).get("size", 0)),
+                                         str(outs.get(f.file, {}).get("sha256", "")))
+                              for f in files)
+                break
+    return Pin(profile, subdir, p["requirement"], files, p["licenses_under"],
                p["download_mb"], p["compile_hint"], p["description"],
-               tuple(p.get("preload", ())))
+               tuple(p.get("preload", ())), p.get("zip_path", Pin.zip_path), recipe_build)
 
 
 _runner_cache: list[tuple[object, str, str]] = []
@@ -138,10 +172,12 @@ def search_dirs() -> list[Path]:
 
 
 def default_install_dir() -> Path:
+    """Where runtimes are installed or built: ``$WASM_EXEC_RUNTIME_DIR``, else the user
+    cache directory (never inside a checkout)."""
     env = os.environ.get(ENV_DIR)
     if env:
         return Path(env)
-    return checkout_dir() or user_cache_dir()
+    return user_cache_dir()
 
 
 def build_command(profile: str) -> str:
@@ -223,11 +259,15 @@ class EngineSettings:
         c.consume_fuel = self.fuel
         c.epoch_interruption = self.epochs
         c.cranelift_opt_level = "speed"
+        # CPython 3.13 allows 5,000 levels of C recursion on WASI (sized for wasmtime's
+        # defaults of its day); 2 MiB of native stack holds them (more aborts the process)
+        c.max_wasm_stack = MAX_WASM_STACK
         return c
 
     def key(self, wasm_sha256: str) -> str:
         text = json.dumps({"wasmtime": wasmtime_version(), "fuel": self.fuel,
                            "epochs": self.epochs, "opt": "speed", "sha256": wasm_sha256,
+                           "stack": MAX_WASM_STACK,
                            "machine": sys.platform + "-" + os.uname().machine},
                           sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
@@ -290,13 +330,13 @@ class RuntimeImage:
         self.wasm = wasm
         self._code_index: dict[str, object] | None = None
 
-    @property
-    def kind(self) -> str:
-        return self.pin.kind
-
     def file(self, name: str) -> Path:
         """Another pinned file of this runtime (e.g. the scientific stdlib zip)."""
         return self.wasm.parent / name
+
+    def stdlib_zip(self) -> Path:
+        """The runtime's standard library zip (served to the guest at ``pin.zip_path``)."""
+        return self.file(next(f.file for f in self.pin.files[1:] if f.file.endswith(".zip")))
 
     def code_index(self) -> dict[str, object]:
         """The runtime's genuine compiled modules by SHA-256 (see ``codeindex``): built
@@ -356,6 +396,10 @@ def install(dest: Path | None = None, *, profile: str = PROFILE,
     pin = load_pin(profile)
     base = Path(dest) if dest else default_install_dir()
     folder = base / pin.subdir if pin.subdir else base
+    if pin.built:
+        build.build(build_recipe(profile), folder, base / "build", log=log)
+        pin = _pin_from_lock(pin, folder)
+        return _finish_install(pin, folder, log, precompile_all)
     folder.mkdir(parents=True, exist_ok=True)
     missing = []
     for entry in pin.files:
@@ -411,6 +455,20 @@ def install(dest: Path | None = None, *, profile: str = PROFILE,
             for out_path, entry in staged:
                 os.replace(out_path, folder / entry.file)
         log(f"installed {', '.join(e.file for e in missing)} in {folder}")
+    return _finish_install(pin, folder, log, precompile_all)
+
+
+def _pin_from_lock(pin: Pin, folder: Path) -> Pin:
+    lock = build.read_lock(folder) or {}
+    outs = {o["file"]: o for o in lock.get("outputs", ())}
+    files = tuple(PinnedFile(f.file, "", int(outs[f.file]["size"]), str(outs[f.file]["sha256"]))
+                  for f in pin.files)
+    return dataclasses.replace(pin, files=files)
+
+
+def _finish_install(pin: Pin, folder: Path, log: Callable[[str], None],
+                    precompile_all: bool) -> Path:
+    """Verify, precompile and index an installed runtime."""
     module = folder / pin.file
     settings = [EngineSettings(fuel=True)]
     if precompile_all:

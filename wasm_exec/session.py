@@ -1,14 +1,18 @@
-"""One live interpreter: a wasmtime Store + Instance running the guest runner.
+"""One live interpreter: a wasmtime Store + Instance of a pre-initialised CPython reactor.
 
-The guest's ``_start`` never returns while the session lives: the runner blocks in
-``fd_read(0)`` between calls, which this module serves from a queue. That call runs on the
-session's own thread; callers hand requests over and wait for the reply.
+Every runtime is a WASI reactor driven in turns (``turn(ptr, len)``): the first turn boots
+the guest runner, each later turn answers one request, and between turns no WebAssembly
+frame is live, so the linear memory plus the in-memory file system is the whole
+interpreter (images: roll-back, save/load, warm starts). Turns run on the session's own
+thread; callers hand requests over and wait for the reply.
 
 Shadowed WASI imports (everything else is wasmtime's WASI with no preopened directory,
-no environment and no arguments beyond the runner):
+no environment and no arguments):
 
-- ``fd_read``: fd 0 is the request channel; during a call it reads as end-of-file.
-- ``fd_write``: fd 1/2 are the call's stdout/stderr (capped), fd 3 the reply channel.
+- the file system: :class:`vfs.MemoryFS` (the stdlib zip read-only, a capped scratch area);
+- ``fd_read``: fd 0 holds the request of the turn; during a call it reads as end-of-file.
+- ``fd_write``: fd 1/2 are the call's stdout/stderr (capped); a write on fd 1 that starts
+  with the reply header and the session token is the reply.
 - ``poll_oneoff``: sleeping ends at the call's deadline.
 - ``clock_time_get``: host clocks, so that sleeps with absolute deadlines agree.
 """
@@ -38,12 +42,12 @@ from .protocol import (
     validate_ready,
 )
 from .runtime import RuntimeImage, runner_identity
+from .vfs import MemoryFS, setup_source, shared_zip
 
 ERRNO_SUCCESS = 0
 ERRNO_BADF = 8
 ERRNO_FAULT = 21
 ERRNO_INVAL = 28
-ERRNO_NOTSUP = 58
 
 TICK_SECONDS = 0.005
 MAX_IOVS = 1024  # POSIX IOV_MAX: the guest's libc never sends more
@@ -54,20 +58,9 @@ BOOT_FUEL = 20_000_000_000
 BOOT_TIMEOUT = 60.0
 MARKER = "\n[output truncated: {what} exceeded {cap} bytes]\n"
 
-# The runner arrives as source (compiled here, and the compiled form sent back with the
-# ready message) or, for later interpreters of the same process, as that compiled form.
-BOOTSTRAP = (
-    "import sys\n"
-    "_src = sys.argv.pop(1)\n"
-    "if _src.startswith('M:'):\n"
-    "    import binascii, marshal\n"
-    "    _wasm_exec_code = marshal.loads(binascii.a2b_base64(_src[2:]))\n"
-    "else:\n"
-    "    _wasm_exec_code = compile(_src, '<wasm-exec-runner>', 'exec')\n"
-    "del _src\n"
-    "exec(_wasm_exec_code)\n")
-
-# the same for a reactor runtime: the runner arrives as the source of one `turn`
+# The runner arrives as the source of the boot turn (compiled there, and the compiled form
+# sent back with the ready message) or, for later interpreters of the same process, as that
+# compiled form.
 REACTOR_BOOTSTRAP = (
     "def _wasm_exec_bootstrap(_src):\n"
     "    import sys\n"
@@ -109,10 +102,6 @@ class SessionDead(Exception):
         # False when it died between calls (after an answer): the last image may then
         # predate the last call that answered
         self.during_call = during_call
-
-
-class _Shutdown(Exception):
-    pass
 
 
 class _Abort(Exception):
@@ -213,7 +202,6 @@ class _Ticker:
 
 
 _ticker = _Ticker()
-_token_counter = itertools.count(1)
 
 
 class Session:
@@ -224,8 +212,7 @@ class Session:
                  from_image: MemoryImage | None = None, keep_images: bool = True) -> None:
         self._image = image
         self._token = os.urandom(16)
-        # the reactor runtime: the interpreter's memory as of the end of its last
-        # successful turn (None for the command-module runtime, which cannot be imaged)
+        # the interpreter's memory as of the end of its last successful turn
         self.latest_image: MemoryImage | None = None
         self._keep_images = keep_images
         self._reseed = False
@@ -259,42 +246,26 @@ class Session:
         self.default_import_errors: dict[str, str] = {}
         self.calls = 0
 
-        self._reactor = image.kind == "reactor"
-        if from_image is not None and not self._reactor:
-            raise ValueError("only a reactor runtime can be restored from a memory image")
         wasi = wasmtime.WasiConfig()
         # the runner gets its own file name, so tracebacks can leave its frames out
         source, source_sha = runner_identity()
         self._blob_key = (source_sha, str(image.cwasm))
         blob = _runner_blobs.get(self._blob_key)
         runner_arg = "M:" + blob if blob else source
-        if not self._reactor:
-            wasi.argv = ["python", "-S", "-c", BOOTSTRAP, runner_arg]
         self._store.set_wasi(wasi)
         linker = wasmtime.Linker(self._engine)
         linker.define_wasi()
         linker.allow_shadowing = True
         i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
-        self._fs = None
-        if self._reactor:
-            from .vfs import MemoryFS, shared_zip
-
-            # the standard library zip, read-only from host memory; a scratch area in
-            # host memory for writes (never the host's files)
-            self._fs = MemoryFS(shared_zip(image.file("python-stdlib.zip")),
-                                scratch_bytes=max(16 << 20, memory_bytes // 4))
-            self._fs.install(linker, lambda: self._memory, stdio_read=self._fd_read,
-                             stdio_write=self._fd_write)
-            # the reactor's own host door (`_host.call`) is not used: refused
-            linker.define_func("host", "call", wasmtime.FuncType([i32, i32, i32, i32], [i32]),
-                               lambda *args: -1)
-        if self._fs is None:
-            linker.define_func("wasi_snapshot_preview1", "fd_read",
-                               wasmtime.FuncType([i32, i32, i32, i32], [i32]), self._fd_read,
-                               access_caller=True)
-            linker.define_func("wasi_snapshot_preview1", "fd_write",
-                               wasmtime.FuncType([i32, i32, i32, i32], [i32]), self._fd_write,
-                               access_caller=True)
+        # the standard library zip, read-only from host memory; a scratch area in host
+        # memory for writes (never the host's files)
+        self._fs = MemoryFS(shared_zip(image.stdlib_zip()), zip_path=image.pin.zip_path,
+                            scratch_bytes=max(16 << 20, memory_bytes // 4))
+        self._fs.install(linker, lambda: self._memory, stdio_read=self._fd_read,
+                         stdio_write=self._fd_write)
+        # the reactor's own host door (`_host.call`) is not used: refused
+        linker.define_func("host", "call", wasmtime.FuncType([i32, i32, i32, i32], [i32]),
+                           lambda *args: -1)
         linker.define_func("wasi_snapshot_preview1", "poll_oneoff",
                            wasmtime.FuncType([i32, i32, i32, i32], [i32]), self._poll_oneoff,
                            access_caller=True)
@@ -306,26 +277,16 @@ class Session:
         assert isinstance(mem, wasmtime.Memory)
         self._memory = mem
         exports = self._instance.exports(self._store)
-        if self._reactor:
-            # a pre-started interpreter: its runner arrives as the source of one `turn`,
-            # which (like `_start` for the command module) runs until the session ends
-            from .vfs import setup_source
-
-            # per-turn mode: the boot turn runs the runner's set-up and ends after the
-            # ready message; every call is then a turn of its own, so that between calls
-            # no wasm frame is live and the memory is the whole interpreter
-            self._boot_source = (setup_source() + REACTOR_BOOTSTRAP.format(
-                runner=repr(runner_arg))).encode("utf-8")
-            host_alloc = exports["host_alloc"]
-            turn = exports["turn"]
-            assert isinstance(host_alloc, wasmtime.Func) and isinstance(turn, wasmtime.Func)
-            self._host_alloc = host_alloc
-            self._turn_func = turn
-            self._start_func = self._serve_turns
-        else:
-            start = exports["_start"]
-            assert isinstance(start, wasmtime.Func)
-            self._start_func = start
+        # a pre-started interpreter: the boot turn runs the runner's set-up and ends after
+        # the ready message; every call is then a turn of its own, so that between calls no
+        # wasm frame is live and the memory is the whole interpreter
+        self._boot_source = (setup_source() + REACTOR_BOOTSTRAP.format(
+            runner=repr(runner_arg))).encode("utf-8")
+        host_alloc = exports["host_alloc"]
+        turn = exports["turn"]
+        assert isinstance(host_alloc, wasmtime.Func) and isinstance(turn, wasmtime.Func)
+        self._host_alloc = host_alloc
+        self._turn_func = turn
 
         self._deadline_ticks = 0
         if from_image is not None:
@@ -337,7 +298,7 @@ class Session:
         init = {"token": self._token.hex(), "allowed": sorted(allowed),
                 "implicit": list(IMPLICIT_IMPORTS), "default_imports": dict(default_imports),
                 # the runtime's genuine compiled modules: all the import machinery may load
-                "code_index": image.code_index(), "turns": self._reactor,
+                "code_index": image.code_index(), "turns": True,
                 "preload": list(image.pin.preload)}
         self._inbuf = encode_request(init)
         self._arm(self._boot)
@@ -404,14 +365,9 @@ class Session:
             return self._outcome(call)
 
     @property
-    def fs(self) -> Any:
-        """The interpreter's in-memory file system (reactor runtimes), else None."""
+    def fs(self) -> MemoryFS:
+        """The interpreter's in-memory file system."""
         return self._fs
-
-    @property
-    def imageable(self) -> bool:
-        """Whether this interpreter can be imaged (reactor runtimes)."""
-        return self._reactor
 
     @property
     def keep_images(self) -> bool:
@@ -422,11 +378,9 @@ class Session:
         self._keep_images = bool(value)
 
     def wait_image(self, timeout: float = 30.0, current: bool = False) -> MemoryImage | None:
-        """The latest image of a reactor interpreter (None for the command runtime, or
-        when the interpreter died before one was taken). With ``current``, one taken
-        after the last answered call (waiting for it, or asking for one)."""
-        if not self._reactor:
-            return None
+        """The latest image of the interpreter (None when it died before one was taken).
+        With ``current``, one taken after the last answered call (waiting for it, or asking
+        for one)."""
         self._imaged.wait(timeout)
         if not current:
             return self.latest_image
@@ -445,7 +399,7 @@ class Session:
         """Make this restored, never-used interpreter that of ``image`` instead (its pages
         are mapped already, so this copies at memory speed). False when it cannot (it was
         used, died, or holds more memory than the image)."""
-        if not self._reactor or not self._lock.acquire(blocking=False):
+        if not self._lock.acquire(blocking=False):
             return False
         try:
             if (self._dead is not None or self._closing or self.calls or self._answered
@@ -660,7 +614,7 @@ class Session:
         reason = STOP_CRASH
         detail = ""
         try:
-            self._start_func(self._store)  # type: ignore[no-untyped-call]
+            self._serve_turns(self._store)
             reason, detail = STOP_EXIT, "the interpreter exited"
         except wasmtime.ExitTrap as e:
             reason, detail = STOP_EXIT, f"the interpreter exited with status {e.code}"
@@ -731,25 +685,9 @@ class Session:
         if fd != 0:
             return ERRNO_BADF
         if not self._inbuf:
-            if self._call is not None or self._reactor:
-                # (a reactor's turn never waits for input: the host hands each request
-                # over before the turn that answers it)
-                # during a call the agent's code finds stdin empty
-                return self._put_u32(caller, nread_ptr, 0)
-            _ticker.remove(self._engine)  # idle: no epoch to advance
-            with self._cv:
-                while not self._requests and self._abort_reason is None:
-                    self._cv.wait()
-                if self._abort_reason is not None:
-                    raise _Abort(self._abort_reason)
-                frame = self._requests.pop(0)
-                pending = self._pending
-            if not frame:
-                return self._put_u32(caller, nread_ptr, 0)
-            self._inbuf = frame
-            if pending is not None and pending.frame is frame:
-                self._call = pending
-                self._arm(pending)
+            # a turn never waits for input (the host hands each request over before the
+            # turn that answers it); the agent's code finds stdin empty
+            return self._put_u32(caller, nread_ptr, 0)
         base, size = self._mem(caller)
         if iovs_len < 0 or iovs_len > MAX_IOVS:
             return ERRNO_INVAL

@@ -181,13 +181,21 @@ def guest_env() -> dict[str, str]:
 def setup_source() -> str:
     """Python source to run as the interpreter's first turn: environment and cwd.
 
-    The snapshot was made with an empty environment and ``/`` as working directory, and
-    CPython read both into ``os`` then, so they are set from inside.
+    The runtime was pre-initialised with an empty environment and ``/`` as working
+    directory, so they are set from inside: through ``posix`` (``os`` builds its environ
+    from ``posix.environ`` when it is first imported), and through ``os.environ`` when a
+    runtime has ``os`` loaded already. ``os`` is not imported here: modules the boot
+    leaves loaded are reachable from library code without an import.
     """
-    return ("import os as _os\n"
-            f"_os.environ.update({GUEST_ENV!r})\n"
-            f"_os.chdir({GUEST_CWD!r})\n"
-            "del _os\n")
+    env = {k.encode(): v.encode() for k, v in GUEST_ENV.items()}
+    return ("import posix as _p, sys as _s\n"
+            f"_p.environ.update({env!r})\n"
+            "for _k, _v in _p.environ.items():\n"
+            "    _p.putenv(_k, _v)\n"
+            "if 'os' in _s.modules:\n"
+            f"    _s.modules['os'].environ.update({GUEST_ENV!r})\n"
+            f"_p.chdir({GUEST_CWD!r})\n"
+            "del _p, _s, _k, _v\n")
 
 
 # ------------------------------------------------------------------ shared zip bytes
@@ -394,6 +402,10 @@ class MemoryFS:
                                access_caller=True)
 
     # -------------------------------------------------------------- snapshot
+    def open_fds(self) -> list[int]:
+        """The descriptors the guest holds (0, 1, 2 and the preopened ``/`` included)."""
+        return sorted({0, 1, 2} | set(self._fds))
+
     def snapshot(self) -> FSState:
         """A deep copy of the tree and fd table (the zip bytes are shared, not copied).
 
