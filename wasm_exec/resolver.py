@@ -13,6 +13,21 @@ from .errors import ConfigurationError, ExecutorClosedError
 from .executor import PythonExecExecutor
 from .pool import SessionPool
 
+# an agent's identity: its id and the scope parts after it, kept apart (never joined)
+AgentKey = tuple[str, ...]
+
+
+def _key(agent_id: str, scope: tuple[str, ...]) -> AgentKey:
+    parts = []
+    for part in (agent_id, *scope):
+        if type(part) is not str:
+            if not isinstance(part, str):
+                raise TypeError(f"an agent id and its scope parts must be str, not "
+                                f"{type(part).__name__} ({part!r})")
+            part = str.__str__(part)  # (a subclass's own __eq__ / __hash__ play no part)
+        parts.append(part)
+    return tuple(parts)
+
 
 class PythonExecExecutorResolver:
     """Hands each agent its own persistent sandboxed interpreter.
@@ -61,7 +76,7 @@ class PythonExecExecutorResolver:
         # interpreters booted ahead of need: new agents and resets start at once
         self.pool = SessionPool(size=pool_size)
         self.idle_timeout_seconds = idle_timeout_seconds
-        self._executors: OrderedDict[str, PythonExecExecutor] = OrderedDict()
+        self._executors: OrderedDict[AgentKey, PythonExecExecutor] = OrderedDict()
         self._lock = threading.RLock()
         self._closed = False
         self._stop = threading.Event()
@@ -75,10 +90,11 @@ class PythonExecExecutorResolver:
     def resolve(self, agent_id: str, *scope: str) -> PythonExecExecutor:
         """The executor of ``agent_id`` (created on first use).
 
-        Extra positional parts (e.g. ``resolve(org_id, guild_id, agent_id)``) are joined
-        into the key, so ids that repeat across guilds stay apart.
+        Extra positional parts (e.g. ``resolve(agent_id, guild_id, org_id)``) are part of
+        the key, which is the tuple of all parts (never a joined string): ids that repeat
+        across guilds stay apart, and ``("alice", "g")`` is not ``("alice/g",)``.
         """
-        key = "/".join((agent_id, *scope)) if scope else agent_id
+        key = _key(agent_id, scope)
         with self._lock:
             if self._closed:
                 raise ExecutorClosedError("this resolver is closed")
@@ -95,20 +111,22 @@ class PythonExecExecutorResolver:
             self._executors[key] = executor
             return executor
 
-    def agents(self) -> list[str]:
-        """Ids of the agents that have an executor (live interpreter or not)."""
+    def agents(self) -> list[AgentKey]:
+        """Keys (``(agent_id, *scope)`` tuples) of the agents that have an executor (live
+        interpreter or not)."""
         with self._lock:
             return list(self._executors)
 
-    def live_agents(self) -> list[str]:
-        """Ids of the agents whose interpreter is alive now."""
+    def live_agents(self) -> list[AgentKey]:
+        """Keys (``(agent_id, *scope)`` tuples) of the agents whose interpreter is alive now."""
         with self._lock:
             return [k for k, e in self._executors.items() if e.has_interpreter]
 
-    def forget(self, agent_id: str) -> None:
-        """Close and drop one agent's executor."""
+    def forget(self, agent_id: str, *scope: str) -> None:
+        """Close and drop one agent's executor (named by the parts given to ``resolve``)."""
+        key = _key(agent_id, scope)
         with self._lock:
-            executor = self._executors.pop(agent_id, None)
+            executor = self._executors.pop(key, None)
         if executor is not None:
             executor.close()
 
