@@ -7,8 +7,16 @@ before its fix.
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
-from wasm_exec import PythonExecExecutorResolver
+from wasm_exec import (
+    ConfigurationError,
+    InputError,
+    Limits,
+    PythonExecExecutor,
+    PythonExecExecutorResolver,
+)
+from wasm_exec.protocol import MAX_JSON_DEPTH
 
 
 # ------------------------------------------------------------- identity (class 3)
@@ -44,3 +52,116 @@ def test_identity_parts_must_be_strings():
             res.resolve(1)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="agent id"):
             res.resolve("alice", None)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------ caller input (class 7)
+def _nested(levels: int) -> list:
+    value: list = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def _state_kept(ex) -> bool:
+    r = ex.execute("", return_globals=["keep"])
+    return r.globals == {"keep": 1} and not r.state_reset
+
+
+def test_lone_surrogate_in_code_is_refused_before_anything_runs(ex):
+    ex.execute("keep = 1")
+    with pytest.raises(InputError, match="surrogate"):
+        ex.execute("x = '\ud800'")
+    assert _state_kept(ex)
+
+
+def test_lone_surrogate_in_globals_is_handled(ex):
+    ex.execute("keep = 1")
+    r = ex.execute("n = len(s) + len(d['k'][0])",
+                   globals_dict={"s": "a\ud800b", "d": {"k": ["\udfff"], "\udc80": 1}},
+                   return_globals=["n", "s"])
+    assert r.success, r.error
+    assert r.globals == {"n": 4, "s": "a\ud800b"}
+    assert _state_kept(ex)
+
+
+def test_lone_surrogates_made_by_the_agent_cost_nothing(ex):
+    # an exception message or a returned value with a lone surrogate is answered like any
+    # other, never by losing the interpreter
+    ex.execute("keep = 1")
+    r = ex.execute("raise ValueError('bad ' + chr(0xd800))")
+    assert not r.success and r.error_type == "ValueError" and not r.interpreter_lost
+    assert r.error_message == "bad \ud800"
+    r = ex.execute("s = chr(0xdc00) * 3\nt = {chr(0xd800): [chr(0xdbff)]}",
+                   return_globals=["s", "t"])
+    assert r.success and r.globals == {"s": "\udc00" * 3, "t": {"\ud800": ["\udbff"]}}
+    assert _state_kept(ex)
+
+
+def test_input_nested_up_to_the_documented_depth_works(ex):
+    ex.execute("keep = 1")
+    for levels in (MAX_JSON_DEPTH - 8, MAX_JSON_DEPTH):
+        value = _nested(levels)
+        r = ex.execute("d = 0\nx = v\nwhile x:\n    x = x[0]\n    d += 1",
+                       globals_dict={"v": value}, return_globals=["d"])
+        assert r.success, r.error
+        assert r.globals == {"d": levels - 1}
+        d: dict = {}
+        for _ in range(levels - 1):
+            d = {"k": d}
+        assert ex.execute("y = 1", globals_dict={"v": d}).success
+    assert _state_kept(ex)
+
+
+@pytest.mark.parametrize("levels", [MAX_JSON_DEPTH + 1, 499, 500, 501, 5000])
+def test_input_nested_deeper_is_refused_up_front(ex, levels):
+    ex.execute("keep = 1")
+    with pytest.raises(InputError, match="nested more than"):
+        ex.execute("y = 1", globals_dict={"v": _nested(levels)})
+    d: dict = {}
+    for _ in range(levels - 1):
+        d = {"k": d}
+    with pytest.raises(InputError, match="nested more than"):
+        ex.execute("y = 1", globals_dict={"v": [1, "a", d]})
+    assert _state_kept(ex)
+
+
+@pytest.mark.parametrize("fuel", [2**64, 2**64 + 5, 10**30])
+def test_fuel_wasmtime_cannot_hold_is_refused_by_validation(fuel):
+    with pytest.raises(ValidationError, match="fuel"):
+        Limits(fuel=fuel)
+    with pytest.raises(ConfigurationError, match="at most"):
+        PythonExecExecutor(fuel=fuel)
+    with PythonExecExecutor(timeout_seconds=10) as ex:
+        ex.execute("keep = 1")
+        with pytest.raises(InputError, match="at most"):
+            ex.execute("x = 1", limits={"fuel": fuel})
+        assert _state_kept(ex)
+
+
+def test_largest_fuel_is_accepted():
+    with PythonExecExecutor(fuel=2**64 - 1, timeout_seconds=10) as ex:
+        r = ex.execute("x = sum(range(1000))", return_globals=["x"])
+        assert r.success and r.globals == {"x": 499500}
+
+
+@pytest.mark.parametrize("overrides", [
+    {"timeout_seconds": True}, {"fuel": True}, {"memory_bytes": True},
+    {"max_output_bytes": True}, {"max_code_bytes": False}, {"max_globals_bytes": True},
+    {"timeout_seconds": float("nan")}, {"timeout_seconds": float("inf")},
+    {"timeout_seconds": -1}, {"fuel": -5}, {"fuel": 0}, {"memory_bytes": -1},
+    {"max_output_bytes": 2**70}, {"max_code_bytes": 2**70}, {"max_globals_bytes": 2**70},
+    {"timeout_seconds": 10**400}, {"fuel": float("nan")}, {"fuel": 1_500_000.5},
+])
+def test_nonsense_limits_are_refused(overrides):
+    with pytest.raises(ValidationError):
+        Limits(**overrides)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"max_agents": True}, {"max_agents": 1.5}, {"pool_size": -1}, {"pool_size": 1.5},
+    {"idle_timeout_seconds": float("nan")}, {"idle_timeout_seconds": float("inf")},
+    {"idle_timeout_seconds": 0},
+])
+def test_nonsense_resolver_options_are_refused(kwargs):
+    with pytest.raises(ConfigurationError):
+        PythonExecExecutorResolver(**kwargs)

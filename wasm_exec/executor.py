@@ -207,7 +207,14 @@ class PythonExecExecutor:
         call_limits = self._call_limits(limits)
         if not isinstance(code, str):
             raise InputError(f"code must be a str, not {type(code).__name__}")
-        encoded = code.encode("utf-8", "surrogatepass")
+        try:
+            encoded = code.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InputError(
+                f"code has a lone surrogate ({code[e.start]!r}) at index {e.start}: that is "
+                "not text Python can compile; write it as an escape in a string literal "
+                "(e.g. '\\ud800') or remove it. Nothing was run and the agent's state is "
+                "unchanged") from None
         if len(encoded) > call_limits.max_code_bytes:
             raise InputError(f"code is {len(encoded)} bytes; the limit is "
                              f"{call_limits.max_code_bytes} (limits.max_code_bytes)")
@@ -616,6 +623,14 @@ class PythonExecExecutor:
                                      "unchanged") from None
         try:
             text = json.dumps(values, allow_nan=True, ensure_ascii=False, separators=(",", ":"))
+            if not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    # a lone surrogate is a valid str but not UTF-8: escaped (\ud800) it
+                    # reaches the agent as the same str
+                    text = json.dumps(values, allow_nan=True, ensure_ascii=True,
+                                      separators=(",", ":"))
         except (TypeError, ValueError, RecursionError) as e:
             raise InputError(f"globals_dict cannot be sent as JSON: {e}") from None
         if len(text) > limits.max_globals_bytes:

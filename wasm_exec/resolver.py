@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -58,12 +59,17 @@ class PythonExecExecutorResolver:
         limits: Limits | Mapping[str, Any] | None = None,
         **limit_overrides: Any,
     ) -> None:
-        if max_agents < 1:
-            raise ConfigurationError("max_agents must be at least 1")
-        if pool_size < 0:
-            raise ConfigurationError("pool_size must be >= 0")
-        if idle_timeout_seconds is not None and idle_timeout_seconds <= 0:
-            raise ConfigurationError("idle_timeout_seconds must be positive (or None)")
+        if type(max_agents) is not int or max_agents < 1:
+            raise ConfigurationError(f"max_agents must be an int of at least 1, not "
+                                     f"{max_agents!r}")
+        if type(pool_size) is not int or pool_size < 0:
+            raise ConfigurationError(f"pool_size must be an int >= 0, not {pool_size!r}")
+        if idle_timeout_seconds is not None and (
+                isinstance(idle_timeout_seconds, bool)
+                or not isinstance(idle_timeout_seconds, (int, float))
+                or not 0 < idle_timeout_seconds < math.inf):
+            raise ConfigurationError("idle_timeout_seconds must be a positive, finite number "
+                                     f"of seconds (or None), not {idle_timeout_seconds!r}")
         try:
             self.policy = Policy(whitelisted_imports=whitelisted_imports,  # type: ignore[arg-type]
                                  default_imports=default_imports)  # type: ignore[arg-type]

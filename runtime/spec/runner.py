@@ -1312,6 +1312,8 @@ def _wasm_exec_boot():
     _exec = exec
     _make_encoder = _json.make_encoder
     _encode_str = _json.encode_basestring
+    _encode_ascii = _json.encode_basestring_ascii
+    _UnicodeEncodeError = UnicodeEncodeError
     _BaseException = BaseException
     _ValueError = ValueError
     _TypeError = TypeError
@@ -1334,6 +1336,17 @@ def _wasm_exec_boot():
     def json_dumps(obj):
         return _join(_make_encoder({}, no_default, _encode_str, None, ":", ",", False, False,
                                    True)(obj, 0))
+
+    def reply_bytes(reply):
+        """The reply as UTF-8 JSON. A lone surrogate (a str may hold one, UTF-8 cannot) in
+        a message or a returned value is sent escaped ("\\ud800"): the host reads the same
+        str, and the interpreter is not lost over it."""
+        text = json_dumps(reply)
+        try:
+            return text.encode("utf-8")
+        except _UnicodeEncodeError:
+            return _join(_make_encoder({}, no_default, _encode_ascii, None, ":", ",", False,
+                                       False, True)(reply, 0)).encode("ascii")
 
     def format_tb(exc):
         """Traceback lines of the agent's frames (the runner's frames are left out)."""
@@ -1584,7 +1597,7 @@ def _wasm_exec_boot():
         # (a reactor's turn goes on after the answer: turn_step gives sys back the
         # runner's streams first, and keeps what they replace until the next call, so no
         # stream object or finalizer of the agent's runs in between)
-        payload = json_dumps(reply).encode("utf-8")
+        payload = reply_bytes(reply)
         del reply, req
         "<wasm-exec request slot>".__defaults__ = ("reply", [], payload)
         del "<wasm-exec request slot>".__defaults__
@@ -1626,7 +1639,8 @@ def _wasm_exec_boot():
                lazy_filter,
                guard_exec_builtin, main, boot_reply, step, turn_step, run_call, collect_figures,
                reseed_generators,
-               install_hook, read_exact, read_frame, json_loads, json_dumps, format_tb,
+               install_hook, read_exact, read_frame, json_loads, json_dumps, reply_bytes,
+               format_tb,
                describe, flush_streams, convert, no_default, _exit, _unavailable, _gc_nothing,
                _gc_false, _gc_zero, _gc_collect, _gc_counts, _gc_list]
     trusted_codes = {id(f.__code__): f.__code__ for f in trusted}
