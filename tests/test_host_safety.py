@@ -6,6 +6,10 @@ before its fix.
 
 from __future__ import annotations
 
+import gc
+import threading
+import time
+
 import pytest
 from pydantic import ValidationError
 
@@ -165,3 +169,40 @@ def test_nonsense_limits_are_refused(overrides):
 def test_nonsense_resolver_options_are_refused(kwargs):
     with pytest.raises(ConfigurationError):
         PythonExecExecutorResolver(**kwargs)
+
+
+# ------------------------------------------------------------------ leaks (class 5)
+def _session_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "wasm-exec-session")
+
+
+def _settle(count, target: int, seconds: float = 10.0) -> int:
+    deadline = time.monotonic() + seconds
+    while count() > target and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.05)
+    return count()
+
+
+def test_executor_dropped_unclosed_after_a_limit_frees_its_spare():
+    before = _session_threads()
+    ex = PythonExecExecutor(timeout_seconds=0.5, fuel=None)
+    r = ex.execute("while True: pass")
+    assert r.limit == "timeout"
+    spare = ex._spare  # the interpreter booted in the background for the next call
+    assert spare is not None
+    spare.join(60)
+    assert _session_threads() == before + 1  # the spare, waiting
+    del ex, r, spare
+    gc.collect()
+    assert _settle(_session_threads, before) == before
+
+
+def test_executor_dropped_while_its_spare_boots_frees_it():
+    before = _session_threads()
+    ex = PythonExecExecutor(timeout_seconds=0.5, fuel=None)
+    assert ex.execute("while True: pass").limit == "timeout"
+    del ex  # the spare is still booting: it must not outlive the executor
+    gc.collect()
+    time.sleep(1.5)
+    assert _settle(_session_threads, before) == before

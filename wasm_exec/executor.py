@@ -162,7 +162,11 @@ class PythonExecExecutor:
         self.snapshots = get_image(self._settings, runtime).kind == "reactor"
         self._pool = pool
         self._spare: threading.Thread | None = None
+        # the interpreter booted in the background after a stop (see _prepare_spare); the
+        # boot thread holds this list and `_gone`, never the executor, so that an executor
+        # dropped unclosed is collected and its finalizer frees the spare too
         self._spare_session: list[Session] = []
+        self._gone = [False]  # set once the executor is closed or collected
         self._lock = threading.RLock()
         self._closed = False
         self._last_used = time.monotonic()
@@ -182,7 +186,8 @@ class PythonExecExecutor:
         else:
             self._session = self._new_session()
         self._holder[0] = self._session
-        self._finalizer = weakref.finalize(self, _close_session, self._holder)
+        self._finalizer = weakref.finalize(self, _close_session, self._holder,
+                                           self._spare_session, self._gone)
 
     # ------------------------------------------------------------------ API
     def execute(
@@ -442,6 +447,7 @@ class PythonExecExecutor:
         if self._closed:
             return
         self._closed = True
+        self._gone[0] = True
         # stop a running call first (it holds the lock), then tidy up under the lock
         running = self._session
         if running is not None:
@@ -561,14 +567,16 @@ class PythonExecExecutor:
         if self._pool is not None or self._closed or self._spare is not None:
             return
 
+        key, spares, gone = self._key, self._spare_session, self._gone
+
         def boot() -> None:
             try:
-                session = self._key.start()
+                session = key.start()
             except Exception:  # the next call boots (and reports) for itself
                 return
-            self._spare_session.append(session)
-            if self._closed:
-                self._drop_spare()
+            spares.append(session)
+            if gone[0]:  # closed or collected meanwhile (it set the flag, then drained)
+                _drain(spares)
 
         self._spare = threading.Thread(target=boot, daemon=True, name="wasm-exec-spare")
         self._spare.start()
@@ -584,8 +592,7 @@ class PythonExecExecutor:
         return None
 
     def _drop_spare(self) -> None:
-        while self._spare_session:
-            self._spare_session.pop().close()
+        _drain(self._spare_session)
 
     def _call_limits(self, overrides: Mapping[str, Any] | None) -> Limits:
         try:
@@ -675,10 +682,23 @@ class PythonExecExecutor:
                                **common)
 
 
-def _close_session(holder: list[Session | None]) -> None:
+def _close_session(holder: list[Session | None], spares: list[Session],
+                   gone: list[bool]) -> None:
+    """Free every interpreter of an executor (run by close() or when it is collected)."""
+    gone[0] = True
     for s in holder:
         if s is not None:
             s.close()
+    _drain(spares)
+
+
+def _drain(sessions: list[Session]) -> None:
+    while sessions:
+        try:
+            session = sessions.pop()
+        except IndexError:  # (another thread drained it meanwhile)
+            return
+        session.close()
 
 
 __all__ = ["ExecutionResult", "PythonExecExecutor"]
