@@ -6,6 +6,7 @@ before its fix.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import threading
 import time
@@ -206,3 +207,61 @@ def test_executor_dropped_while_its_spare_boots_frees_it():
     gc.collect()
     time.sleep(1.5)
     assert _settle(_session_threads, before) == before
+
+
+# ----------------------------------------------------------- cancellation (class 4)
+def test_cancelling_a_waiting_call_stops_neither_it_nor_the_running_one(make_executor):
+    ex = make_executor(whitelisted_imports=["time"])
+    ex.execute("keep = 1")
+
+    async def main():
+        running = asyncio.create_task(ex.aexecute(
+            "import time\ntime.sleep(1.2)\nfirst = 1", return_globals=["first"]))
+        await asyncio.sleep(0.3)  # the first call is running
+        waiting = asyncio.create_task(ex.aexecute("second = 1"))
+        await asyncio.sleep(0.2)  # the second waits for the executor
+        cancelled_at = time.monotonic()
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        # the cancel returned at once (it did not wait for the running call to end)
+        assert time.monotonic() - cancelled_at < 0.5
+        assert not running.done()
+        return await running
+
+    first = asyncio.run(main())
+    assert first.success and first.globals == {"first": 1}
+    assert not first.interpreter_lost and first.limit is None
+    time.sleep(0.3)  # a cancelled call that ran anyway would have run by now
+    r = ex.execute("", return_globals=["keep", "first", "second"])
+    assert r.globals == {"keep": 1, "first": 1} and not r.state_reset
+    assert "second" in r.globals_errors  # the cancelled call never ran
+
+
+def test_cancelling_the_running_call_lets_the_waiting_one_run(make_executor):
+    ex = make_executor(whitelisted_imports=["time"])
+    ex.execute("keep = 1")
+
+    async def main():
+        running = asyncio.create_task(ex.aexecute("import time\ntime.sleep(30)"))
+        await asyncio.sleep(0.3)
+        waiting = asyncio.create_task(ex.aexecute("second = 2", return_globals=["second"]))
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        assert time.monotonic() - started < 5
+        return await waiting
+
+    second = asyncio.run(main())
+    # the waiting call was not cancelled with it: it ran, on a fresh interpreter
+    assert second.success and second.globals == {"second": 2}, second
+    assert second.state_reset
+
+
+def test_aexecute_takes_the_options_of_execute(ex):
+    r = asyncio.run(ex.aexecute("6 * 7", display=True))
+    assert r.stdout == "42\n"
+    r = asyncio.run(ex.aexecute("z = 3", return_all=True))
+    assert r.globals["z"] == 3

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -209,6 +210,12 @@ class PythonExecExecutor:
         printed). With ``return_all=True`` every global that converts to JSON comes back
         (modules, functions, classes and other objects are left out without an error).
         """
+        return self._execute(code, globals_dict, return_globals, limits, display, return_all,
+                             None)
+
+    def _execute(self, code: str, globals_dict: Mapping[str, Any] | None,
+                 return_globals: Iterable[str] | None, limits: Mapping[str, Any] | None,
+                 display: bool, return_all: bool, ticket: _Ticket | None) -> ExecutionResult:
         call_limits = self._call_limits(limits)
         if not isinstance(code, str):
             raise InputError(f"code must be a str, not {type(code).__name__}")
@@ -225,7 +232,9 @@ class PythonExecExecutor:
                              f"{call_limits.max_code_bytes} (limits.max_code_bytes)")
         globals_json = self._check_globals(globals_dict, call_limits)
         names = self._check_names(return_globals)
-        with self._lock:
+        with self._call_lock(ticket) as go:
+            if not go:
+                return _not_run()
             if self._closed:
                 raise ExecutorClosedError("this executor is closed; create a new one")
             reset = self._reset_pending
@@ -242,12 +251,25 @@ class PythonExecExecutor:
                 max_reply_bytes=call_limits.max_globals_bytes + 1_000_000,
                 max_globals_bytes=call_limits.max_globals_bytes)
             started = time.perf_counter()
+            if ticket is not None and not ticket.start(session):
+                self._reset_pending = reset  # (still to be reported by the next call)
+                return _not_run()
             try:
                 outcome = session.call(payload, limits_for_call, globals_json)
             except SessionDead:
                 session = self._replace_session()
                 reset = True
+                if ticket is not None and not ticket.start(session):
+                    self._reset_pending = True
+                    return _not_run()
                 outcome = session.call(payload, limits_for_call, globals_json)
+            if ticket is not None and ticket.finish() and outcome.died is None:
+                # cancelled as the call ended: the cancel reached the interpreter after
+                # its answer (its result goes to no one), so it would stop the next call
+                # instead; it is replaced, as after a cancel during the call
+                self._discard(session)
+                self._reset_pending = True
+                self._prepare_spare()
             duration = outcome.duration or (time.perf_counter() - started)
             self._last_used = time.monotonic()
             common = dict(stdout=outcome.stdout, stderr=outcome.stderr,
@@ -304,20 +326,25 @@ class PythonExecExecutor:
         return_globals: Iterable[str] | None = None,
         *,
         limits: Mapping[str, Any] | None = None,
+        display: bool = False,
+        return_all: bool = False,
     ) -> ExecutionResult:
         """``execute`` for event loops: runs on a worker thread, never blocks the loop.
 
-        Cancelling the awaiting task (or ``asyncio.wait_for`` timing out) stops the guest
-        at once: the interpreter is lost, and the next call starts a fresh one
-        (``state_reset=True``). No thread is left running the agent's code.
+        Cancelling the awaiting task (or ``asyncio.wait_for`` timing out) affects this
+        call only. Cancelled while it runs, it stops the guest at once: the interpreter is
+        lost, and the next call starts a fresh one (``state_reset=True``). Cancelled while
+        it still waits for the executor (another call is running), it never runs, and the
+        running call goes on. No thread is left running the agent's code.
         """
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(
-            None, lambda: self.execute(code, globals_dict, return_globals, limits=limits))
+        ticket = _Ticket()
+        future = loop.run_in_executor(None, lambda: self._execute(
+            code, globals_dict, return_globals, limits, display, return_all, ticket))
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            self.cancel()
+            ticket.cancel()
             try:
                 await asyncio.wait_for(asyncio.shield(future), timeout=10)
             except BaseException:  # the call's own outcome no longer matters
@@ -476,6 +503,23 @@ class PythonExecExecutor:
         return self._closed
 
     # ------------------------------------------------------------ internals
+    @contextlib.contextmanager
+    def _call_lock(self, ticket: _Ticket | None) -> Iterator[bool]:
+        """Hold the executor for one call; yields False when ``ticket`` was cancelled
+        before the call got the executor (it then never runs)."""
+        if ticket is None:
+            with self._lock:
+                yield True
+            return
+        while not self._lock.acquire(timeout=0.02):
+            if ticket.cancelled:
+                yield False
+                return
+        try:
+            yield not ticket.cancelled
+        finally:
+            self._lock.release()
+
     def _restore_for_rollback(self, image: MemoryImage) -> Session | None:
         """An interpreter continuing from ``image``: the standby one when it is ready
         (prepared after this agent's previous roll-back: agents that hit a limit once
@@ -680,6 +724,46 @@ class PythonExecExecutor:
                                error_message=text, limit=reason,  # type: ignore[arg-type]
                                interpreter_lost=not rolled_back, rolled_back=rolled_back,
                                **common)
+
+
+class _Ticket:
+    """The cancellation of one ``aexecute`` call, and of nothing else: cancelled before
+    the call reaches its interpreter, the call never runs; during it, the cancel stops
+    the interpreter this call runs on (the executor runs one call at a time)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.cancelled = False
+        self._session: Session | None = None
+        self._stopped = False
+
+    def start(self, session: Session) -> bool:
+        """The call is about to run on ``session``; False if it was cancelled already."""
+        with self._lock:
+            if self.cancelled:
+                return False
+            self._session = session
+            return True
+
+    def finish(self) -> bool:
+        """The call has ended; whether a cancel stopped its interpreter meanwhile."""
+        with self._lock:
+            self._session = None
+            return self._stopped
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            if self._session is not None:
+                self._stopped = True
+                self._session.cancel()
+
+
+def _not_run() -> ExecutionResult:
+    text = ("The call was cancelled before it started: nothing ran, and the agent's state "
+            "is unchanged.")
+    return ExecutionResult(success=False, error=text, error_type="Cancelled",
+                           error_message=text, limit="cancelled")
 
 
 def _close_session(holder: list[Session | None], spares: list[Session],
