@@ -265,3 +265,170 @@ def test_aexecute_takes_the_options_of_execute(ex):
     assert r.stdout == "42\n"
     r = asyncio.run(ex.aexecute("z = 3", return_all=True))
     assert r.globals["z"] == 3
+def test_returned_values_nested_deeper_are_a_per_name_error(ex):
+    ex.execute("keep = 1")
+    r = ex.execute(f"ok = []\nfor _ in range({MAX_JSON_DEPTH} - 1): ok = [ok]\n"
+                   f"deep = []\nfor _ in range({MAX_JSON_DEPTH}): deep = [deep]\n"
+                   "deeper = []\nfor _ in range(5000): deeper = [deeper]",
+                   return_globals=["ok", "deep", "deeper", "keep"])
+    assert r.success and r.globals["keep"] == 1
+    assert r.globals["ok"] == _nested(MAX_JSON_DEPTH)
+    assert set(r.globals_errors) == {"deep", "deeper"}
+    assert "nested" in r.globals_errors["deep"]
+    assert _state_kept(ex)
+
+
+
+# ------------------------------------------------ agent code in the trusted path (class 8)
+HOSTILE = '''
+calls = []
+class D(dict):
+    def items(self):
+        calls.append("D.items")
+        while True: pass
+    def keys(self):
+        calls.append("D.keys")
+        while True: pass
+    def __iter__(self):
+        calls.append("D.__iter__")
+        while True: pass
+    def __getitem__(self, k):
+        calls.append("D.__getitem__")
+        while True: pass
+    def __len__(self):
+        calls.append("D.__len__")
+        return 0
+class L(list):
+    def __iter__(self):
+        calls.append("L.__iter__")
+        while True: pass
+    def __len__(self):
+        calls.append("L.__len__")
+        return 0
+    def __getitem__(self, i):
+        calls.append("L.__getitem__")
+        while True: pass
+class T(tuple):
+    def __iter__(self):
+        calls.append("T.__iter__")
+        while True: pass
+    def __getitem__(self, i):
+        calls.append("T.__getitem__")
+        while True: pass
+class S(str):
+    def __str__(self):
+        calls.append("S.__str__")
+        while True: pass
+    def __repr__(self):
+        calls.append("S.__repr__")
+        while True: pass
+    __hash__ = str.__hash__  # (the dict literal below hashes the keys)
+    def __eq__(self, other):
+        calls.append("S.__eq__")
+        while True: pass
+    def __radd__(self, other):
+        calls.append("S.__radd__")
+        while True: pass
+class I(int):
+    def __index__(self):
+        calls.append("I.__index__")
+        while True: pass
+    def __repr__(self):
+        calls.append("I.__repr__")
+        while True: pass
+    def __int__(self):
+        calls.append("I.__int__")
+        while True: pass
+    __hash__ = int.__hash__
+class F(float):
+    def __repr__(self):
+        calls.append("F.__repr__")
+        while True: pass
+    def __float__(self):
+        calls.append("F.__float__")
+        while True: pass
+class Meta(type):
+    def __eq__(cls, other):
+        calls.append("Meta.__eq__")
+        while True: pass
+    __hash__ = type.__hash__
+class Odd(metaclass=Meta):
+    @property
+    def __class__(self):
+        calls.append("Odd.__class__")
+        while True: pass
+Odd.__qualname__ = S("Odd")  # (an error message names the class: S.__radd__ must not run)
+d = D(a=1, b=[1, 2])
+l = L([1, "x", [2]])
+t = T((1, (2, 3)))
+s = S("text")
+i = I(7)
+f = F(2.5)
+nested = {"d": D(x=L([F(1.5), I(3)])), "t": T((S("u"),))}
+keys = {S("k"): 1, I(5): 2, F(0.5): 3}
+odd = Odd()
+odd_list = [Odd()]
+'''
+
+
+def test_returned_values_are_converted_without_agent_methods(ex):
+    ex.execute("keep = 1")
+    names = ["d", "l", "t", "s", "i", "f", "nested", "keys", "odd", "odd_list"]
+    r = ex.execute(HOSTILE, return_globals=names, limits={"timeout_seconds": 5})
+    assert r.success, r.error
+    assert r.limit is None and not r.interpreter_lost
+    # subclasses of JSON types are read with the base type's own functions
+    assert r.globals["d"] == {"a": 1, "b": [1, 2]}
+    assert r.globals["l"] == [1, "x", [2]]
+    assert r.globals["t"] == [1, [2, 3]]
+    assert r.globals["s"] == "text" and r.globals["i"] == 7 and r.globals["f"] == 2.5
+    assert r.globals["nested"] == {"d": {"x": [1.5, 3]}, "t": ["u"]}
+    assert r.globals["keys"] == {"k": 1, "5": 2, "0.5": 3}
+    # other objects are a per-name error, whatever their class claims
+    assert set(r.globals_errors) == {"odd", "odd_list"}
+    assert "JSON" in r.globals_errors["odd"]
+    r = ex.execute("", return_globals=["calls", "keep"])
+    assert r.globals == {"calls": [], "keep": 1}, r.globals
+    assert _state_kept(ex)
+
+
+def test_return_all_runs_no_agent_method(ex):
+    ex.execute("keep = 1")
+    r = ex.execute(HOSTILE, return_all=True, limits={"timeout_seconds": 5})
+    assert r.success and r.limit is None, r.error
+    assert r.globals["d"] == {"a": 1, "b": [1, 2]} and r.globals["keep"] == 1
+    r = ex.execute("", return_globals=["calls"])
+    assert r.globals == {"calls": []}
+    assert _state_kept(ex)
+
+
+def test_a_dict_subclass_whose_items_never_ends_costs_nothing(ex):
+    # the example of issue 13: the call used to time out and lose the interpreter
+    ex.execute("keep = 1")
+    r = ex.execute("class D(dict):\n    def items(self):\n        while True: yield 1\n"
+                   "x = D(a=1)", return_globals=["x"], limits={"timeout_seconds": 5})
+    assert r.success and r.globals == {"x": {"a": 1}}
+    assert _state_kept(ex)
+
+
+def test_a_planted_namespace_key_is_not_compared_when_returning(ex):
+    # a key whose hash equals a returned name's: looking the name up would call its __eq__
+    ex.execute("keep = 1")
+    r = ex.execute(
+        "calls = []\n"
+        "armed = []\n"
+        "class K:\n"
+        "    def __hash__(self): return hash('target')\n"
+        "    def __eq__(self, other):\n"
+        "        if armed:\n"
+        "            calls.append('K.__eq__')\n"
+        "            while True: pass\n"
+        "        return False\n"
+        "globals()[K()] = 1\n"  # (first: a lookup of 'target' meets it before 'target')
+        "target = 5\n"
+        "armed.append(1)\n", return_globals=["target", "missing"],
+        limits={"timeout_seconds": 5})
+    assert r.success and r.globals == {"target": 5}, r.error
+    assert "missing" in r.globals_errors
+    r = ex.execute("", return_all=True, limits={"timeout_seconds": 5})
+    assert r.success and r.globals["target"] == 5 and r.globals["calls"] == []

@@ -18,7 +18,13 @@ from . import images
 from .config import Limits, Policy
 from .errors import ConfigurationError, ExecutorClosedError, ImageError, InputError
 from .pool import SessionKey, SessionPool
-from .protocol import ProtocolError, check_json_value, is_plain_json, validate_call_reply
+from .protocol import (
+    MAX_JSON_DEPTH,
+    ProtocolError,
+    check_json_value,
+    is_plain_json,
+    validate_call_reply,
+)
 from .runtime import EngineSettings, get_image, load_pin, profiles
 from .session import STOP_CANCELLED, CallLimits, MemoryImage, Session, SessionDead
 from .vfs import MemoryFS, shared_zip
@@ -244,7 +250,8 @@ class PythonExecExecutor:
                 reset = True
             self._reset_pending = False
             payload = {"op": "exec", "code": code, "return": names, "display": bool(display),
-                       "return_all": bool(return_all), "figures": self.runtime != "minimal"}
+                       "return_all": bool(return_all), "figures": self.runtime != "minimal",
+                       "max_depth": MAX_JSON_DEPTH}
             limits_for_call = CallLimits(
                 fuel=call_limits.fuel, timeout_seconds=call_limits.timeout_seconds,
                 max_output_bytes=call_limits.max_output_bytes,

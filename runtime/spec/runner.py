@@ -51,6 +51,7 @@ def _wasm_exec_boot():
     import builtins
     import gc
     import importlib
+    import itertools
     import marshal
     import opcode
     import posix  # not os: importing os costs a cold start 7 ms
@@ -1314,6 +1315,46 @@ def _wasm_exec_boot():
     _encode_str = _json.encode_basestring
     _encode_ascii = _json.encode_basestring_ascii
     _UnicodeEncodeError = UnicodeEncodeError
+    # the base types' own C functions, to read a subclass instance without its methods
+    _issubclass = issubclass
+    _id = id
+    _dict = dict
+    _list = list
+    _tuple = tuple
+    _int = int
+    _float = float
+    _bool = bool
+    _dict_items = dict.items
+    _dict_values = dict.values
+    _list_copy = list.copy
+    _tuple_item = tuple.__getitem__
+    _whole = slice(None)
+    _str_of = str.__str__
+    _int_of = int.__int__
+    _float_of = float.__float__
+    _int_repr = int.__repr__
+    _float_repr = float.__repr__
+    _map = map
+    _inf = float("inf")
+    _flags_of = type.__dict__["__flags__"].__get__  # (type's own: a metaclass has no say)
+    # the tp_flags bits of list, tuple and dict and of their subclasses
+    container_bits = (1 << 25) | (1 << 26) | (1 << 29)
+    for _t in (list, tuple, dict):
+        if not _flags_of(_t) & container_bits:
+            raise RuntimeError("runner: unexpected type flags")
+    for _t in (str, int, float, bool, type(None), bytes, set):
+        if _flags_of(_t) & container_bits:
+            raise RuntimeError("runner: unexpected type flags")
+    del _t
+
+    _any = any
+    _repeat = itertools.repeat
+    containers = (list, tuple, dict)
+
+    def holds_container(items):
+        """Whether any of `items` is a list, tuple or dict (or a subclass of one), found
+        in C: issubclass() with exact classes reads only the types' MROs."""
+        return _any(_map(_issubclass, _map(_type, items), _repeat(containers)))
     _BaseException = BaseException
     _ValueError = ValueError
     _TypeError = TypeError
@@ -1331,7 +1372,9 @@ def _wasm_exec_boot():
     runner_blob = []
 
     def no_default(o):
-        raise _TypeError("Object of type " + _qualname(_type(o)) + " is not JSON serializable")
+        # (_join: a class's __qualname__ may be a str subclass, whose __radd__ would run)
+        raise _TypeError("Object of type " + _join((_qualname(_type(o)),))
+                         + " is not JSON serializable")
 
     def json_dumps(obj):
         return _join(_make_encoder({}, no_default, _encode_str, None, ":", ",", False, False,
@@ -1409,9 +1452,125 @@ def _wasm_exec_boot():
             except _BaseException:
                 pass
 
-    def convert(value):
-        """A returned global as JSON text, or raise _ValueError with the reason."""
+    def json_key(key):
+        """A dict key as the exact str JSON makes of it (as the C encoder would), read
+        with the base types' own functions."""
+        t = _type(key)
+        if t is _str:
+            return key
+        if key is True:
+            return "true"
+        if key is False:
+            return "false"
+        if key is None:
+            return "null"
+        if _issubclass(t, _str):
+            return _str_of(key)
+        if _issubclass(t, _int):
+            return _int_repr(key)
+        if _issubclass(t, _float):
+            f = _float_of(key)
+            if f != f:
+                return "NaN"
+            if f == _inf:
+                return "Infinity"
+            if f == -_inf:
+                return "-Infinity"
+            return _float_repr(f)
+        raise _TypeError("keys must be str, int, float, bool or None, not "
+                         + _join((_qualname(t),)))
+
+    def plain(value, max_depth):
+        """`value` as data the C encoder writes without calling anything the agent
+        defined. The encoder reads str, int and float subclasses with the base types' own
+        C functions and hands other objects to no_default, but it calls items() of a dict
+        subclass and __iter__ of a list or tuple subclass: those are copied into plain
+        ones with the base type's own C functions. A list, tuple or dict holding no
+        container at all is used as it is (its items' types are read in C: no per-item
+        Python work, and no id(), which is audited). Raises _ValueError for a cycle or
+        for nesting deeper than `max_depth`."""
+        root = [None]
+        todo = [(value, root, 0)]
+        path = []  # the containers being copied, outermost first
+        while todo:
+            item = todo.pop()
+            if item is None:
+                path.pop()  # (the end of a container)
+                continue
+            v, into, slot = item
+            t = _type(v)
+            if not _flags_of(t) & container_bits:
+                into[slot] = v  # a leaf: the encoder reads (or refuses) it in C
+                continue
+            if _len(path) >= max_depth:
+                mine = _id(v)
+                for outer in path:
+                    if _id(outer) == mine:
+                        raise _ValueError("value contains a reference cycle and cannot be "
+                                          "converted to JSON")
+                raise _ValueError("value is nested too deeply to convert to JSON (more than "
+                                  + _str(max_depth) + " levels of lists and dicts)")
+            if t is _dict or _issubclass(t, _dict):
+                values = _dict_values(v)
+                if not holds_container(values):
+                    into[slot] = v if t is _dict else _dict(_list(_dict_items(v)))
+                    continue
+                path.append(v)
+                todo.append(None)
+                out = {}
+                for key, item in _list(_dict_items(v)):
+                    key = json_key(key)
+                    out[key] = None
+                    todo.append((item, out, key))
+            else:
+                items = v if t is _list or t is _tuple else \
+                    _list_copy(v) if _issubclass(t, _list) else _tuple_item(v, _whole)
+                if not holds_container(items):
+                    into[slot] = items
+                    continue
+                path.append(v)
+                todo.append(None)
+                out = [None] * _len(items)
+                n = 0
+                for item in items:
+                    todo.append((item, out, n))
+                    n += 1
+            into[slot] = out
+        return root[0]
+
+    def needs_plain(value, max_depth):
+        """Whether `value` holds a dict, list or tuple subclass (or nests deeper than
+        `max_depth`, a cycle perhaps): then plain() must copy it before the C encoder
+        may see it. Most values hold none, and are encoded as they are."""
+        todo = [(value, 0)]
+        while todo:
+            v, depth = todo.pop()
+            t = _type(v)
+            if t is _dict:
+                children = _dict_values(v)
+            elif t is _list or t is _tuple:
+                children = v
+            else:
+                return True
+            if depth >= max_depth:
+                return True
+            if _len(children) > 16 and not holds_container(children):
+                continue
+            for child in children:
+                ct = _type(child)
+                if ct is _dict or ct is _list or ct is _tuple:
+                    todo.append((child, depth + 1))
+                elif not (ct is _str or ct is _int or ct is _float or ct is _bool
+                          or child is None) and _flags_of(ct) & container_bits:
+                    return True  # a subclass of one
+        return False
+
+    def convert(value, max_depth):
+        """A returned global as JSON text, or raise _ValueError with the reason. Nothing
+        of the agent's runs: see plain()."""
         try:
+            if _flags_of(_type(value)) & container_bits and needs_plain(value, max_depth):
+                value = plain(value, max_depth)
             return _join((json_dumps(value),))
         except _RecursionError:
             raise _ValueError("value is nested too deeply to convert to JSON") from None
@@ -1511,19 +1670,33 @@ def _wasm_exec_boot():
         max_bytes = req.get("max_globals_bytes", 10_000_000)
         used = 0
         names = req.get("return", ())
+        max_depth = req.get("max_depth")
+        if _type(max_depth) is not _int:
+            max_depth = 400
         quiet = False
+        # the namespace's str keys, read without looking anything up: a key the agent
+        # planted with its own __hash__ and __eq__ would be compared with a looked-up name
+        found = {}
+        if names or req.get("return_all") is True:
+            for k, v in _list(_dict_items(ns)):
+                if _type(k) is _str:
+                    found[k] = v
         if req.get("return_all") is True:
             # every global the code's namespace holds that converts to JSON (modules,
             # functions, classes and other objects are left out without an error)
-            names = [k for k in ns if _type(k) is _str and k[:2] != "__"
-                     and _type(ns[k]) not in (ModuleType, FunctionType, _type)]
+            names = []
+            for k, v in _list(_dict_items(found)):
+                t = _type(v)
+                if k[:2] != "__" and not (t is ModuleType or t is FunctionType
+                                          or _issubclass(t, _type)):
+                    names.append(k)
             quiet = True
         for name in names:
-            if name not in ns:
+            if name not in found:
                 errs[name] = "name '" + name + "' is not defined"
                 continue
             try:
-                text = convert(ns[name])
+                text = convert(found[name], max_depth)
             except _ValueError as e:
                 if not quiet:
                     errs[name] = _join((_str(e.args[0]) if e.args else "cannot convert",))
@@ -1538,6 +1711,7 @@ def _wasm_exec_boot():
                 continue
             used += _len(text)
             out[name] = text
+        del found
         reply["globals"] = out
         reply["globals_errors"] = errs
         if req.get("figures") is True:
@@ -1586,7 +1760,8 @@ def _wasm_exec_boot():
             reply = run_call(req, cell_counter[0])
         except _BaseException as e:
             reply = {"id": req["id"], "ok": False, "error_type": "RunnerError",
-                     "error_message": "the sandbox runner failed: " + _qualname(_type(e)),
+                     "error_message": "the sandbox runner failed: "
+                     + _join((_qualname(_type(e)),)),
                      "traceback": "", "globals": {}, "globals_errors": {}}
         full = reserve[0] is None  # (before the answer list exists: see the top)
         box = []
@@ -1640,7 +1815,7 @@ def _wasm_exec_boot():
                guard_exec_builtin, main, boot_reply, step, turn_step, run_call, collect_figures,
                reseed_generators,
                install_hook, read_exact, read_frame, json_loads, json_dumps, reply_bytes,
-               format_tb,
+               json_key, plain, holds_container, needs_plain, format_tb,
                describe, flush_streams, convert, no_default, _exit, _unavailable, _gc_nothing,
                _gc_false, _gc_zero, _gc_collect, _gc_counts, _gc_list]
     trusted_codes = {id(f.__code__): f.__code__ for f in trusted}
