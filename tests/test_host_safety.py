@@ -432,3 +432,49 @@ def test_a_planted_namespace_key_is_not_compared_when_returning(ex):
     assert "missing" in r.globals_errors
     r = ex.execute("", return_all=True, limits={"timeout_seconds": 5})
     assert r.success and r.globals["target"] == 5 and r.globals["calls"] == []
+
+
+# ------------------------------------------------- an agent bricking its interpreter (class 9)
+BRICKS = {
+    "display_sets_builtins_underscore": ("2 + 2", True),
+    "builtins_underscore": ("import builtins\nbuiltins._ = 5", False),
+    "close_dunder_stdout": ("import sys\nsys.__stdout__.close()", False),
+    "close_stdout": ("import sys\nsys.stdout.close()", False),
+    "close_stderr": ("import sys\nsys.stderr.close()", False),
+    "close_stdout_buffer": ("import sys\nsys.stdout.buffer.close()", False),
+    "close_stdout_raw": ("import sys\nsys.stdout.buffer.raw.close()", False),
+    "detach_stdout": ("import sys\nsys.stdout.detach()", False),
+    "detach_stdout_buffer": ("import sys\nsys.stdout.buffer.detach()", False),
+    "reconfigure_stdout": ("import sys\nsys.stdout.reconfigure(errors='strict', "
+                           "line_buffering=False)", False),
+    "stdout_write_attribute": ("import sys\nsys.stdout.write = None\n"
+                               "sys.stdout.buffer.write = None", False),
+    "junk_stdout": ("import sys\nsys.stdout = 42\nsys.stderr = None", False),
+    "del_builtins_print": ("import builtins\ndel builtins.print", False),
+    "replace_builtins_str": ("import builtins\nbuiltins.str = int", False),
+    "del_agent_builtins_print": ("del __builtins__['print']", False),
+    "agent_import_none": ("__builtins__['__import__'] = None", False),
+    "rebind_agent_builtins": ("__builtins__ = 5", False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BRICKS))
+def test_the_next_call_works_whatever_the_agent_did(make_executor, name):
+    code, display = BRICKS[name]
+    ex = make_executor(whitelisted_imports=["sys", "builtins", "json"])
+    ex.execute("keep = 1")
+    ex.execute(code, display=display)
+    for _ in range(2):
+        r = ex.execute("import json\nprint('out')\nimport sys\nprint('err', file=sys.stderr)\n"
+                       "x = json.dumps([1])", return_globals=["x", "keep"])
+        assert r.success, (name, r.error)
+        assert r.stdout == "out\n" and r.stderr == "err\n", (name, r.stdout, r.stderr)
+        assert r.globals == {"x": "[1]", "keep": 1} and not r.state_reset
+
+
+def test_a_benign_display_keeps_imports_working_in_the_repl_way(make_executor):
+    ex = make_executor(whitelisted_imports=["json", "math"])
+    for source in ("2 + 2", "import math", "math.sqrt(16)", "import json", "json.dumps(3)"):
+        r = ex.execute(source, display=True)
+        assert r.success, (source, r.error)
+    assert r.stdout == "'3'\n"

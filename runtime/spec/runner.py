@@ -176,6 +176,8 @@ def _wasm_exec_boot():
         _dict_iter = dict.__iter__
         _dict_get = dict.get
         _dict_values = dict.values
+        _dict_copy = dict.copy
+        _dict_update = dict.update
         # copies into this function's own cells: the hook shares no cell with any function
         # the agent can reach (cells are writable from Python)
         _IMPORT_NAME = IMPORT_NAME
@@ -483,6 +485,9 @@ def _wasm_exec_boot():
         reactor_state = []  # (the reactor module's dict, its items at boot)
         reactor_functions = []  # (function, its code, defaults and kwdefaults at boot)
         stream_attrs = []  # (a runner stream object, its instance attributes at boot)
+        # (a dict put back at the start of each call, a private copy of it at boot):
+        # builtins' globals and the runner's stream objects' own attributes
+        boot_dicts = []
 
         def reset_dict(d, items, box):
             """Make `d` hold exactly `items` again; what it held goes into `box` (keys too:
@@ -515,6 +520,33 @@ def _wasm_exec_boot():
                 # (a subclass's __getattribute__ would run at the turn's `sys.stdout`)
                 box.append(_type(_sys_module))
                 _set_class(_sys_module, _ModuleType)
+
+        def repair(box):
+            """At the start of each call: put back what the runner and the libraries need,
+            whatever the agent did to it in an earlier call: builtins' globals (the
+            import machinery's pins, and library code, depend on them; displaying a value
+            sets builtins._), and the runner's stream objects' own attributes (an
+            instance `write` shadows the method). What is replaced goes into `box`. (A
+            closed or detached stream is put back by the runner: see repair_streams.)"""
+            for d, boot, items in boot_dicts:
+                if _len(d) == _len(items) and _len(items) <= 4:
+                    # (a stream's few attributes: compared by identity, in order)
+                    same = True
+                    i = 0
+                    for key, value in _dict_items(d):
+                        if key is not items[i][0] or value is not items[i][1]:
+                            same = False
+                            break
+                        i += 1
+                    if same:
+                        continue
+                # (in C, and cheaper than comparing builtins: what `d` held is kept alive
+                # in `box`, so its clearing runs no finalizer, and the copy it gets back
+                # holds only the exact str keys of boot, so refilling it compares nothing)
+                box.append(_list(d))
+                box.append(_list(_dict_values(d)))
+                d.clear()
+                _dict_update(d, boot)
 
         def restore_streams(box):
             """Give sys back the runner's stdout/stderr (and no stdin), when every key of
@@ -606,6 +638,7 @@ def _wasm_exec_boot():
                         box.append(None)
                         return
                     box.append(read_exact(_int.from_bytes(header[4:8], "little")))
+                    repair(box)
                     restore_streams(box)
                     grants.clear()  # (between calls no import is under way)
                     loads.clear()
@@ -632,12 +665,17 @@ def _wasm_exec_boot():
                                     reactor_functions.append((
                                         value, value.__code__, value.__defaults__,
                                         value.__kwdefaults__))
-                            # the runner's streams, their buffers and files: their own
-                            # attributes (an instance `flush` would shadow the method)
-                            for stream in streams:
-                                for obj in (stream, stream.buffer, stream.buffer.raw):
-                                    stream_attrs.append((obj, _tuple(_dict_items(
-                                        obj.__dict__))))
+                        if _type(key) is _str and key == "builtins":
+                            d = mod.__dict__
+                            boot_dicts.append((d, _dict_copy(d), _tuple(_dict_items(d))))
+                    # the runner's streams, their buffers and files: their own attributes
+                    # (an instance `flush` would shadow the method) and their settings
+                    for stream in streams:
+                        for obj in (stream, stream.buffer, stream.buffer.raw):
+                            d = obj.__dict__
+                            stream_attrs.append((obj, _tuple(_dict_items(d))))
+                            boot_dicts.append((d, _dict_copy(d), _tuple(_dict_items(d))))
+
                     grants.clear()
                     loads.clear()
                     state[0] = False
@@ -898,6 +936,8 @@ def _wasm_exec_boot():
                 return
             if event == "open":
                 if _len(args) and _type(args[0]) is _int:
+                    if (args[0] == 1 or args[0] == 2) and role_of(_gf(2).f_code) == "streams":
+                        return  # the runner putting its own stdout/stderr back in order
                     raise _PermissionError(
                         "opening file descriptors is not allowed in the sandbox")
                 if _len(args) and machinery_frame(_gf(2).f_code):
@@ -1280,6 +1320,13 @@ def _wasm_exec_boot():
     # line buffered: what was printed before a limit stopped the call is kept
     for stream in (stdout, stderr):
         stream.reconfigure(line_buffering=True, errors="backslashreplace")
+    # (text, buffer, file, fd, encoding, errors, line_buffering) of each, as boot leaves
+    # them: a stream the agent broke is put back in this state (see repair_streams)
+    stream_parts = tuple((s, s.buffer, s.buffer.raw, s.buffer.raw.fileno(), s.encoding,
+                          s.errors, s.line_buffering) for s in (stdout, stderr))
+    _init_file = _io.FileIO.__init__
+    _init_buffer = _io.BufferedWriter.__init__
+    _init_text = _io.TextIOWrapper.__init__
 
     # modules libraries import by a computed name while they are imported (sysconfig's
     # _sysconfigdata): loaded now, so that such an import finds them loaded (see own_import)
@@ -1349,6 +1396,10 @@ def _wasm_exec_boot():
 
     _any = any
     _repeat = itertools.repeat
+    _dict_get = dict.get
+    # what the agent's builtins hold at boot, put back at the start of a call when the
+    # agent deleted some
+    builtin_items = tuple(agent_builtins.items())
     containers = (list, tuple, dict)
 
     def holds_container(items):
@@ -1444,6 +1495,46 @@ def _wasm_exec_boot():
         text = "Traceback (most recent call last):\n" + tb if tb else ""
         text += tname + (": " + msg if msg else "") + "\n"
         return tname, msg, text
+
+    def stream_broken(text, buf, raw, encoding, errors, line_buffering):
+        """Whether a runner stream no longer writes as boot left it: closed, detached,
+        reconfigured, or initialised again over other objects (compared by identity
+        first: only then are the runner's own objects asked, in C)."""
+        if text.buffer is not buf or buf.raw is not raw:
+            return True
+        if raw.closed or buf.closed or text.closed:
+            return True
+        now = text.errors
+        if _type(now) is not _str or now != errors:
+            return True
+        now = text.encoding
+        if _type(now) is not _str or now != encoding:
+            return True
+        return text.line_buffering is not line_buffering
+
+    def repair_streams():
+        """At the start of each call, after the hook gave sys the runner's stdout and
+        stderr back: a stream the agent closed, detached or reconfigured in an earlier
+        call is initialised again in place (the same objects: whoever holds them keeps
+        working). Returns what the objects let go of, for the caller to drop."""
+        dropped = []
+        for text, buf, raw, fd, encoding, errors, line_buffering in stream_parts:
+            try:
+                broken = stream_broken(text, buf, raw, encoding, errors, line_buffering)
+            except _BaseException:
+                broken = True
+            if not broken:
+                continue
+            try:
+                dropped.append(text.buffer)
+                dropped.append(buf.raw)
+                _init_file(raw, fd, "wb", closefd=False)  # (this role may: see the hook)
+                _init_buffer(buf, raw)
+                _init_text(text, buf, encoding=encoding, errors=errors, newline="\n",
+                           line_buffering=line_buffering)
+            except _BaseException:
+                pass  # (the descriptor itself is gone: the call's output is lost)
+        return dropped
 
     def flush_streams():
         for s in (stdout, stderr):
@@ -1626,6 +1717,26 @@ def _wasm_exec_boot():
                 except _BaseException:
                     pass
 
+    def repair_namespace():
+        """Put back what the runner gave the agent's namespace, whatever an earlier call
+        did to it: its builtins as __builtins__, with the guarded __import__, and the
+        names it had at boot when some were deleted (a name the agent replaced stays
+        replaced). Returns what it replaced, for the caller to drop. (Its look-ups are
+        the ones the call's own code makes a moment later: a key the agent planted in
+        these dicts is compared by those anyway.)"""
+        replaced = []
+        if _dict_get(ns, "__builtins__") is not agent_builtins:
+            replaced.append(_dict_get(ns, "__builtins__"))
+            ns["__builtins__"] = agent_builtins
+        if _dict_get(agent_builtins, "__import__") is not guard:
+            replaced.append(_dict_get(agent_builtins, "__import__"))
+            agent_builtins["__import__"] = guard
+        if _len(agent_builtins) < _len(builtin_items):
+            for k, v in builtin_items:
+                if k not in agent_builtins:
+                    agent_builtins[k] = v
+        return replaced
+
     def run_call(req, cell_no):
         code_text = req["code"]
         filename = "<cell-" + _str(cell_no) + ">"
@@ -1635,6 +1746,7 @@ def _wasm_exec_boot():
             sources.pop(source_order.pop(0), None)
         if req.get("reseed") is True:
             reseed_generators()
+        replaced = repair_namespace()
         values = req.get("globals")
         if values:
             for k, v in values.items():
@@ -1751,6 +1863,7 @@ def _wasm_exec_boot():
         tail_garbage.clear()
         if raw is None:
             return False
+        repair_streams()  # (what the streams let go of is dropped here, in the runner)
         req = json_loads(raw.decode("utf-8"))
         del raw
         if req.get("op") == "exit":
@@ -1815,7 +1928,8 @@ def _wasm_exec_boot():
                guard_exec_builtin, main, boot_reply, step, turn_step, run_call, collect_figures,
                reseed_generators,
                install_hook, read_exact, read_frame, json_loads, json_dumps, reply_bytes,
-               json_key, plain, holds_container, needs_plain, format_tb,
+               json_key, plain, holds_container, needs_plain, repair_namespace,
+               stream_broken, repair_streams, format_tb,
                describe, flush_streams, convert, no_default, _exit, _unavailable, _gc_nothing,
                _gc_false, _gc_zero, _gc_collect, _gc_counts, _gc_list]
     trusted_codes = {id(f.__code__): f.__code__ for f in trusted}
@@ -1830,7 +1944,9 @@ def _wasm_exec_boot():
              id(guard_create_builtin.__code__): (guard_create_builtin.__code__, "builtin"),
              id(guard_exec_builtin.__code__): (guard_exec_builtin.__code__, "builtin"),
              id(load_named.__code__): (load_named.__code__, "load"),
-             id(lazy_filter.__code__): (lazy_filter.__code__, "lazy")}
+             id(lazy_filter.__code__): (lazy_filter.__code__, "lazy"),
+             # (no request site: it may only re-open the runner's stdout and stderr)
+             id(repair_streams.__code__): (repair_streams.__code__, "streams")}
     builtin_types = frozenset(k for k, v in builtins.__dict__.items() if type(v) is type)
     # where each role's code assigns the request slot: its STORE_ATTR __defaults__
     store_attr = opcode.opmap["STORE_ATTR"]
