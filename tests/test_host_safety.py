@@ -20,6 +20,7 @@ from wasm_exec import (
     Limits,
     PythonExecExecutor,
     PythonExecExecutorResolver,
+    SessionPool,
 )
 from wasm_exec.protocol import MAX_JSON_DEPTH
 
@@ -478,3 +479,33 @@ def test_a_benign_display_keeps_imports_working_in_the_repl_way(make_executor):
         r = ex.execute(source, display=True)
         assert r.success, (source, r.error)
     assert r.stdout == "'3'\n"
+
+
+def _named(name: str) -> int:
+    return sum(1 for t in threading.enumerate() if t.name == name)
+
+
+def test_resolver_dropped_unclosed_frees_its_interpreters():
+    sessions, reapers = _session_threads(), _named("wasm-exec-resolver-reaper")
+    res = PythonExecExecutorResolver(pool_size=1, idle_timeout_seconds=60)
+    res.resolve("a").execute("x = 1")
+    res.resolve("b", "g").execute("y = 1")
+    assert _session_threads() > sessions
+    del res
+    gc.collect()
+    assert _settle(_session_threads, sessions) == sessions
+    assert _settle(lambda: _named("wasm-exec-resolver-reaper"), reapers) == reapers
+
+
+def test_pool_dropped_unclosed_frees_its_ready_interpreters():
+    sessions = _session_threads()
+    pool = SessionPool(size=2, refill_delay=0)
+    with PythonExecExecutor(pool=pool) as ex:
+        ex.execute("x = 1")
+    deadline = time.monotonic() + 10
+    while _session_threads() < sessions + 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the pool refills
+    assert _session_threads() == sessions + 2
+    del pool, ex
+    gc.collect()
+    assert _settle(_session_threads, sessions) == sessions

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .config import Limits, Policy
@@ -87,9 +88,15 @@ class PythonExecExecutorResolver:
         self._closed = False
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
+        # a resolver dropped without close() ends its interpreters too: the reaper thread
+        # and the executors' callbacks hold it only weakly
+        self._finalizer = weakref.finalize(self, _close_all, self._executors, self._lock,
+                                           self._stop, self.pool)
         if idle_timeout_seconds is not None:
-            self._reaper = threading.Thread(target=self._reap_loop, daemon=True,
-                                            name="wasm-exec-resolver-reaper")
+            period = min(30.0, max(0.05, idle_timeout_seconds / 4))
+            self._reaper = threading.Thread(
+                target=_reap_loop, args=(weakref.ref(self), self._stop, period), daemon=True,
+                name="wasm-exec-resolver-reaper")
             self._reaper.start()
 
     # ----------------------------------------------------------------- API
@@ -113,7 +120,7 @@ class PythonExecExecutorResolver:
                 whitelisted_imports=self.policy.whitelisted_imports,
                 default_imports=self.policy.default_imports, limits=self.limits,
                 pool=self.pool, runtime=self.runtime)
-            executor.on_session_start = self._on_session_start
+            executor.on_session_start = _weak_callback(self._on_session_start)
             self._executors[key] = executor
             return executor
 
@@ -140,12 +147,7 @@ class PythonExecExecutorResolver:
         """End every interpreter. Later ``resolve`` calls raise ExecutorClosedError."""
         with self._lock:
             self._closed = True
-            executors = list(self._executors.values())
-            self._executors.clear()
-        self._stop.set()
-        for e in executors:
-            e.close()
-        self.pool.close()
+        self._finalizer()
 
     def __enter__(self) -> PythonExecExecutorResolver:
         return self
@@ -174,13 +176,47 @@ class PythonExecExecutorResolver:
             if e.release():
                 excess -= 1
 
-    def _reap_loop(self) -> None:
+    def _reap_once(self) -> None:
         assert self.idle_timeout_seconds is not None
-        period = min(30.0, max(0.05, self.idle_timeout_seconds / 4))
-        while not self._stop.wait(period):
-            deadline = time.monotonic() - self.idle_timeout_seconds
-            with self._lock:
-                idle = [e for e in self._executors.values()
-                        if e.has_interpreter and e.last_used < deadline]
-            for e in idle:
-                e.release()
+        deadline = time.monotonic() - self.idle_timeout_seconds
+        with self._lock:
+            idle = [e for e in self._executors.values()
+                    if e.has_interpreter and e.last_used < deadline]
+        for e in idle:
+            e.release()
+
+
+def _reap_loop(ref: weakref.ReferenceType[PythonExecExecutorResolver], stop: threading.Event,
+               period: float) -> None:
+    """Release idle interpreters every ``period`` s, holding the resolver only meanwhile."""
+    while not stop.wait(period):
+        resolver = ref()
+        if resolver is None:
+            return
+        resolver._reap_once()
+        del resolver
+
+
+def _close_all(executors: OrderedDict[AgentKey, PythonExecExecutor], lock: threading.RLock,
+               stop: threading.Event, pool: SessionPool) -> None:
+    """End a resolver's interpreters (its close(), or the resolver was collected)."""
+    with lock:
+        closing = list(executors.values())
+        executors.clear()
+    stop.set()
+    for e in closing:
+        e.close()
+    pool.close()
+
+
+def _weak_callback(method: Callable[[PythonExecExecutor], None],
+                   ) -> Callable[[PythonExecExecutor], None]:
+    """``method`` without a strong reference to its object (the resolver)."""
+    ref = weakref.WeakMethod(method)
+
+    def call(executor: PythonExecExecutor) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(executor)
+
+    return call
