@@ -509,3 +509,50 @@ def test_pool_dropped_unclosed_frees_its_ready_interpreters():
     del pool, ex
     gc.collect()
     assert _settle(_session_threads, sessions) == sessions
+
+
+# ------------------------------------------- replies that outgrow the host's cap (classes 7, 9)
+def test_many_return_names_are_answered_or_refused_never_the_state(ex):
+    ex.execute("keep = 1")
+    r = ex.execute("", return_globals=[f"n{i}" for i in range(9_999)] + ["keep"])
+    assert r.success and r.globals == {"keep": 1} and len(r.globals_errors) == 9_999
+    with pytest.raises(InputError, match="at most"):
+        ex.execute("", return_globals=[f"n{i}" for i in range(10_001)])
+    with pytest.raises(InputError, match="at most"):
+        ex.execute("", return_globals=["a" * 1001])
+    r = ex.execute("", return_globals=["b" * 1000, "keep"])
+    assert r.success and r.globals == {"keep": 1} and "not defined" in r.globals_errors["b" * 1000]
+    assert _state_kept(ex)
+
+
+def test_huge_error_texts_are_shortened_not_the_cause_of_a_lost_interpreter(ex):
+    ex.execute("keep = 1")
+    r = ex.execute("raise ValueError('x' * 20_000_000)")
+    assert not r.success and r.error_type == "ValueError" and not r.interpreter_lost
+    assert 1_000 < len(r.error_message) <= 20_000
+    assert len(r.traceback) <= 60_000 and r.traceback.rstrip().endswith("x")
+    r = ex.execute("class C: pass\nC.__qualname__ = 'Q' * 3_000_000\n"
+                   "a = C(); b = C(); c = C(); d = C(); e = C(); f = C()",
+                   return_globals=list("abcdef") + ["keep"])
+    assert r.success and r.globals == {"keep": 1} and set(r.globals_errors) == set("abcdef")
+    assert all(len(v) <= 500 for v in r.globals_errors.values())
+    assert _state_kept(ex)
+
+
+def test_return_all_stays_within_the_cap_counting_the_names(make_executor):
+    ex = make_executor(limits={"max_globals_bytes": 100_000})
+    ex.execute("keep = 1")
+    r = ex.execute("g = globals()\nfor i in range(20_000): g['v%05d' % i] = i", return_all=True)
+    assert r.success, r.error
+    assert 0 < sum(len(k) + len(str(v)) for k, v in r.globals.items()) <= 100_000
+    assert _state_kept(ex)
+
+
+def test_a_wide_cycle_is_reported_at_once(make_executor):
+    # the module's own namespace holds itself: found at the second level, not after 400
+    ex = make_executor(timeout_seconds=5)
+    r = ex.execute("g = globals()\nfor i in range(3000): g['v%d' % i] = [i]",
+                   return_globals=["g"])
+    assert r.success and "cycle" in r.globals_errors["g"], r.error
+    assert r.globals_errors["g"].startswith("value contains a reference cycle")
+    assert r.fuel_used < 2_000_000_000  # (71 billion, and 17 s, before)

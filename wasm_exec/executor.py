@@ -48,6 +48,11 @@ def _runtime_hint(module: str, runtime: str) -> str:
     return ""
 
 
+# how many names return_globals may list, and how long each may be (the reply carries
+# each name twice, and has to fit the host's cap)
+MAX_RETURN_NAMES = 10_000
+MAX_NAME_CHARS = 1_000
+
 LimitName = Literal["fuel", "timeout", "memory", "stack_overflow", "exit", "crash",
                     "protocol", "cancelled"]
 
@@ -255,7 +260,10 @@ class PythonExecExecutor:
             limits_for_call = CallLimits(
                 fuel=call_limits.fuel, timeout_seconds=call_limits.timeout_seconds,
                 max_output_bytes=call_limits.max_output_bytes,
-                max_reply_bytes=call_limits.max_globals_bytes + 1_000_000,
+                # (the values' cap, the error texts, and per name its key and message,
+                # each character at most 6 bytes as an escape)
+                max_reply_bytes=call_limits.max_globals_bytes + 1_000_000
+                + sum(6 * len(n) + 3_100 for n in names),
                 max_globals_bytes=call_limits.max_globals_bytes)
             started = time.perf_counter()
             if ticket is not None and not ticket.start(session):
@@ -706,8 +714,15 @@ class PythonExecExecutor:
         out = []
         for n in names:
             if not isinstance(n, str) or not n.isidentifier():
-                raise InputError(f"return_globals entry {n!r} is not a valid identifier")
+                raise InputError(f"return_globals entry {n!r:.200} is not a valid identifier")
+            if len(n) > MAX_NAME_CHARS:
+                raise InputError(f"return_globals entry {n[:50]!r}... has {len(n)} "
+                                 f"characters; names may have at most {MAX_NAME_CHARS}")
             out.append(n)
+            if len(out) > MAX_RETURN_NAMES:
+                raise InputError(f"return_globals names more than {MAX_RETURN_NAMES} globals; "
+                                 "it may name at most that many (return one dict or list "
+                                 "instead, or use return_all=True)")
         return out
 
     def _stopped(self, died: SessionDead, limits: Limits, common: dict[str, Any],

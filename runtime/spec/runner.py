@@ -50,6 +50,7 @@ def _wasm_exec_boot():
     import binascii
     import builtins
     import gc
+    import _operator
     import importlib
     import itertools
     import marshal
@@ -1364,7 +1365,6 @@ def _wasm_exec_boot():
     _UnicodeEncodeError = UnicodeEncodeError
     # the base types' own C functions, to read a subclass instance without its methods
     _issubclass = issubclass
-    _id = id
     _dict = dict
     _list = list
     _tuple = tuple
@@ -1395,12 +1395,26 @@ def _wasm_exec_boot():
     del _t
 
     _any = any
+    _all = all
     _repeat = itertools.repeat
+    _is = _operator.is_
     _dict_get = dict.get
     # what the agent's builtins hold at boot, put back at the start of a call when the
     # agent deleted some
     builtin_items = tuple(agent_builtins.items())
     containers = (list, tuple, dict)
+
+    _end = object()  # (marks the end of a container in a walk's stack)
+
+    def on_path(path, v):
+        """Whether `v` is one of the containers of `path` (a cycle), by identity (in C
+        for a long path)."""
+        if _len(path) > 8:
+            return _any(_map(_is, path, _repeat(v)))
+        for outer in path:
+            if outer is v:
+                return True
+        return False
 
     def holds_container(items):
         """Whether any of `items` is a list, tuple or dict (or a subclass of one), found
@@ -1536,6 +1550,10 @@ def _wasm_exec_boot():
                 pass  # (the descriptor itself is gone: the call's output is lost)
         return dropped
 
+    def shorten(text, limit):
+        """`text` (an exact str) cut to at most `limit` characters."""
+        return text if _len(text) <= limit else text[:limit - 3] + "..."
+
     def flush_streams():
         for s in (stdout, stderr):
             try:
@@ -1578,8 +1596,8 @@ def _wasm_exec_boot():
         subclass and __iter__ of a list or tuple subclass: those are copied into plain
         ones with the base type's own C functions. A list, tuple or dict holding no
         container at all is used as it is (its items' types are read in C: no per-item
-        Python work, and no id(), which is audited). Raises _ValueError for a cycle or
-        for nesting deeper than `max_depth`."""
+        Python work, and no id(), which is audited). Raises _ValueError for a cycle,
+        _RecursionError for nesting deeper than `max_depth`."""
         root = [None]
         todo = [(value, root, 0)]
         path = []  # the containers being copied, outermost first
@@ -1593,14 +1611,10 @@ def _wasm_exec_boot():
             if not _flags_of(t) & container_bits:
                 into[slot] = v  # a leaf: the encoder reads (or refuses) it in C
                 continue
+            if path and on_path(path, v):
+                raise _ValueError("Circular reference detected")  # (worded in convert)
             if _len(path) >= max_depth:
-                mine = _id(v)
-                for outer in path:
-                    if _id(outer) == mine:
-                        raise _ValueError("value contains a reference cycle and cannot be "
-                                          "converted to JSON")
-                raise _ValueError("value is nested too deeply to convert to JSON (more than "
-                                  + _str(max_depth) + " levels of lists and dicts)")
+                raise _RecursionError("too deep")  # (worded in convert)
             if t is _dict or _issubclass(t, _dict):
                 values = _dict_values(v)
                 if not holds_container(values):
@@ -1630,12 +1644,16 @@ def _wasm_exec_boot():
         return root[0]
 
     def needs_plain(value, max_depth):
-        """Whether `value` holds a dict, list or tuple subclass (or nests deeper than
-        `max_depth`, a cycle perhaps): then plain() must copy it before the C encoder
-        may see it. Most values hold none, and are encoded as they are."""
-        todo = [(value, 0)]
+        """Whether `value` holds a dict, list or tuple subclass, a cycle, or nests deeper
+        than `max_depth`: then plain() must copy it (or say what is wrong) before the C
+        encoder may see it. Most values hold none, and are encoded as they are."""
+        todo = [value]
+        path = []  # the containers being looked into, outermost first
         while todo:
-            v, depth = todo.pop()
+            v = todo.pop()
+            if v is _end:
+                path.pop()
+                continue
             t = _type(v)
             if t is _dict:
                 children = _dict_values(v)
@@ -1643,14 +1661,16 @@ def _wasm_exec_boot():
                 children = v
             else:
                 return True
-            if depth >= max_depth:
+            if _len(path) >= max_depth or (path and on_path(path, v)):
                 return True
             if _len(children) > 16 and not holds_container(children):
                 continue
+            path.append(v)
+            todo.append(_end)
             for child in children:
                 ct = _type(child)
                 if ct is _dict or ct is _list or ct is _tuple:
-                    todo.append((child, depth + 1))
+                    todo.append(child)
                 elif not (ct is _str or ct is _int or ct is _float or ct is _bool
                           or child is None) and _flags_of(ct) & container_bits:
                     return True  # a subclass of one
@@ -1664,7 +1684,8 @@ def _wasm_exec_boot():
                 value = plain(value, max_depth)
             return _join((json_dumps(value),))
         except _RecursionError:
-            raise _ValueError("value is nested too deeply to convert to JSON") from None
+            raise _ValueError("value is nested too deeply to convert to JSON (more than "
+                              + _str(max_depth) + " levels of lists and dicts)") from None
         except _ValueError as e:
             m = _join((_str(e),)) if _type(e) is _ValueError else ""
             if "Circular reference" in m:
@@ -1772,9 +1793,11 @@ def _wasm_exec_boot():
                 tname, msg, text = describe(exc)
             except _BaseException:
                 tname, msg, text = "Exception", "<unprintable>", ""
-            reply["error_type"] = tname
-            reply["error_message"] = msg
-            reply["traceback"] = text
+            # (capped: the reply has to fit the host's cap, whatever the message)
+            reply["error_type"] = shorten(tname, 500)
+            reply["error_message"] = shorten(msg, 20_000)
+            reply["traceback"] = text if _len(text) <= 50_000 else (
+                text[:10_000] + "\n[... traceback shortened ...]\n" + text[-40_000:])
             del exc
         flush_streams()
         out = {}
@@ -1786,10 +1809,13 @@ def _wasm_exec_boot():
         if _type(max_depth) is not _int:
             max_depth = 400
         quiet = False
-        # the namespace's str keys, read without looking anything up: a key the agent
-        # planted with its own __hash__ and __eq__ would be compared with a looked-up name
-        found = {}
-        if names or req.get("return_all") is True:
+        # the namespace, looked up directly while its keys are all exact str (checked in
+        # C); else a copy of its str keys, made without looking anything up: a key the
+        # agent planted with its own __hash__ and __eq__ would be compared with a name
+        found = ns
+        if (names or req.get("return_all") is True) \
+                and not _all(_map(_is, _map(_type, ns), _repeat(_str))):
+            found = {}
             for k, v in _list(_dict_items(ns)):
                 if _type(k) is _str:
                     found[k] = v
@@ -1799,29 +1825,33 @@ def _wasm_exec_boot():
             names = []
             for k, v in _list(_dict_items(found)):
                 t = _type(v)
-                if k[:2] != "__" and not (t is ModuleType or t is FunctionType
-                                          or _issubclass(t, _type)):
+                if _type(k) is _str and k[:2] != "__" and not (
+                        t is ModuleType or t is FunctionType or _issubclass(t, _type)):
                     names.append(k)
             quiet = True
         for name in names:
             if name not in found:
-                errs[name] = "name '" + name + "' is not defined"
+                errs[name] = "name '" + shorten(name, 200) + "' is not defined"
                 continue
             try:
                 text = convert(found[name], max_depth)
             except _ValueError as e:
                 if not quiet:
-                    errs[name] = _join((_str(e.args[0]) if e.args else "cannot convert",))
+                    errs[name] = shorten(_join((_str(e.args[0]) if e.args
+                                                else "cannot convert",)), 500)
                 continue
             except _BaseException:
                 if not quiet:
                     errs[name] = "value cannot be converted to JSON"
                 continue
-            if used + _len(text) > max_bytes:
+            # (names count too: return_all may return many small values)
+            if used + _len(text) + _len(name) > max_bytes:
                 errs[name] = ("value too large to return (returned globals are capped at "
                               + _str(max_bytes) + " bytes in all)")
+                if quiet:
+                    break  # (return_all: the rest would not fit either)
                 continue
-            used += _len(text)
+            used += _len(text) + _len(name)
             out[name] = text
         del found
         reply["globals"] = out
@@ -1928,8 +1958,8 @@ def _wasm_exec_boot():
                guard_exec_builtin, main, boot_reply, step, turn_step, run_call, collect_figures,
                reseed_generators,
                install_hook, read_exact, read_frame, json_loads, json_dumps, reply_bytes,
-               json_key, plain, holds_container, needs_plain, repair_namespace,
-               stream_broken, repair_streams, format_tb,
+               json_key, plain, holds_container, on_path, needs_plain, repair_namespace,
+               stream_broken, repair_streams, shorten, format_tb,
                describe, flush_streams, convert, no_default, _exit, _unavailable, _gc_nothing,
                _gc_false, _gc_zero, _gc_collect, _gc_counts, _gc_list]
     trusted_codes = {id(f.__code__): f.__code__ for f in trusted}
