@@ -556,3 +556,30 @@ def test_a_wide_cycle_is_reported_at_once(make_executor):
     assert r.success and "cycle" in r.globals_errors["g"], r.error
     assert r.globals_errors["g"].startswith("value contains a reference cycle")
     assert r.fuel_used < 2_000_000_000  # (71 billion, and 17 s, before)
+
+
+def test_the_agent_still_cannot_open_the_standard_descriptors(make_executor):
+    # the runner may re-open its own stdout and stderr (write only) when the agent broke
+    # them; the agent itself opens no descriptor, by any route
+    ex = make_executor(whitelisted_imports=["io", "sys", "codecs", "functools"])
+    for code in ("import io\nio.FileIO(1, 'wb', closefd=False)",
+                 "import io\nio.FileIO(2, 'wb', closefd=False)",
+                 "open(1, 'w', closefd=False)",
+                 "import sys\nsys.stdout.buffer.raw.__init__(0, 'rb', closefd=False)",
+                 # an encoder that opens fd 1 for reading, called when the runner
+                 # re-initialises the stream it (first) breaks
+                 "import sys, codecs, io, functools\n"
+                 "info = codecs.lookup('utf-8')\n"
+                 "info.incrementalencoder = functools.partial(io.FileIO, 1, 'rb')\n"
+                 "sys.stdout.close()"):
+        r = ex.execute(code)
+        r2 = ex.execute("print('fine')")
+        assert r2.success and r2.stdout == "fine\n", (code, r2.error)
+        if "partial" in code:
+            assert r.success, r.error  # (the runner re-opened the file, not the encoder)
+        else:
+            assert not r.success and "descriptor" in (r.error or ""), (code, r.error)
+    # the planted encoder is called (and refused) if the text layer has to be rebuilt
+    r = ex.execute("import sys\nsys.stdout.detach()")
+    r = ex.execute("print('after')")
+    assert not r.success and "uninitialized" in (r.error or "")

@@ -937,7 +937,9 @@ def _wasm_exec_boot():
                 return
             if event == "open":
                 if _len(args) and _type(args[0]) is _int:
-                    if (args[0] == 1 or args[0] == 2) and role_of(_gf(2).f_code) == "streams":
+                    if ((args[0] == 1 or args[0] == 2) and _len(args) > 1
+                            and _type(args[1]) is _str and args[1] == "wb"
+                            and role_of(_gf(2).f_code) == "streams"):
                         return  # the runner putting its own stdout/stderr back in order
                     raise _PermissionError(
                         "opening file descriptors is not allowed in the sandbox")
@@ -1328,6 +1330,7 @@ def _wasm_exec_boot():
     _init_file = _io.FileIO.__init__
     _init_buffer = _io.BufferedWriter.__init__
     _init_text = _io.TextIOWrapper.__init__
+    _flush_buffer = _io.BufferedWriter.flush
 
     # modules libraries import by a computed name while they are imported (sysconfig's
     # _sysconfigdata): loaded now, so that such an import finds them loaded (see own_import)
@@ -1510,13 +1513,11 @@ def _wasm_exec_boot():
         text += tname + (": " + msg if msg else "") + "\n"
         return tname, msg, text
 
-    def stream_broken(text, buf, raw, encoding, errors, line_buffering):
-        """Whether a runner stream no longer writes as boot left it: closed, detached,
-        reconfigured, or initialised again over other objects (compared by identity
-        first: only then are the runner's own objects asked, in C)."""
-        if text.buffer is not buf or buf.raw is not raw:
-            return True
-        if raw.closed or buf.closed or text.closed:
+    def text_broken(text, buf, encoding, errors, line_buffering):
+        """Whether a runner text stream no longer writes as boot left it: detached,
+        reconfigured, or initialised again over another buffer (compared by identity
+        first: only then is it asked, in C, and it asks only the runner's buffer)."""
+        if text.buffer is not buf:
             return True
         now = text.errors
         if _type(now) is not _str or now != errors:
@@ -1528,26 +1529,36 @@ def _wasm_exec_boot():
 
     def repair_streams():
         """At the start of each call, after the hook gave sys the runner's stdout and
-        stderr back: a stream the agent closed, detached or reconfigured in an earlier
-        call is initialised again in place (the same objects: whoever holds them keeps
-        working). Returns what the objects let go of, for the caller to drop."""
+        stderr back: each layer of a stream that the agent closed, detached or
+        reconfigured in an earlier call is initialised again in place, innermost first
+        (the same objects: whoever holds them keeps working). Only a broken text layer is
+        (its initialisation looks the codec up). Returns what the objects let go of, for
+        the caller to drop."""
         dropped = []
         for text, buf, raw, fd, encoding, errors, line_buffering in stream_parts:
             try:
-                broken = stream_broken(text, buf, raw, encoding, errors, line_buffering)
+                if raw.closed:
+                    _init_file(raw, fd, "wb", closefd=False)  # (this role may: see the hook)
+                try:
+                    # (a closed buffer has let its memory go, whatever its file: flushing
+                    # it, empty at this point, says so)
+                    broken = buf.raw is not raw or buf.closed or _flush_buffer(buf) is not None
+                except _BaseException:  # (closed, detached, or left uninitialised)
+                    broken = True
+                if broken:
+                    dropped.append(buf.raw)
+                    _init_buffer(buf, raw)
+                try:
+                    broken = text_broken(text, buf, encoding, errors, line_buffering)
+                except _BaseException:
+                    broken = True
+                if broken:
+                    dropped.append(text.buffer)
+                    _init_text(text, buf, encoding=encoding, errors=errors, newline="\n",
+                               line_buffering=line_buffering)
             except _BaseException:
-                broken = True
-            if not broken:
-                continue
-            try:
-                dropped.append(text.buffer)
-                dropped.append(buf.raw)
-                _init_file(raw, fd, "wb", closefd=False)  # (this role may: see the hook)
-                _init_buffer(buf, raw)
-                _init_text(text, buf, encoding=encoding, errors=errors, newline="\n",
-                           line_buffering=line_buffering)
-            except _BaseException:
-                pass  # (the descriptor itself is gone: the call's output is lost)
+                pass  # (the descriptor is gone, or the codec was tampered with: the
+                # stream stays broken, the call runs)
         return dropped
 
     def shorten(text, limit):
@@ -1959,7 +1970,7 @@ def _wasm_exec_boot():
                reseed_generators,
                install_hook, read_exact, read_frame, json_loads, json_dumps, reply_bytes,
                json_key, plain, holds_container, on_path, needs_plain, repair_namespace,
-               stream_broken, repair_streams, shorten, format_tb,
+               text_broken, repair_streams, shorten, format_tb,
                describe, flush_streams, convert, no_default, _exit, _unavailable, _gc_nothing,
                _gc_false, _gc_zero, _gc_collect, _gc_counts, _gc_list]
     trusted_codes = {id(f.__code__): f.__code__ for f in trusted}
