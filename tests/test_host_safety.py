@@ -369,12 +369,17 @@ nested = {"d": D(x=L([F(1.5), I(3)])), "t": T((S("u"),))}
 keys = {S("k"): 1, I(5): 2, F(0.5): 3}
 odd = Odd()
 odd_list = [Odd()]
+flat = D({S("k1"): 1, S("k2"): "v"})  # (a dict subclass holding no container)
+def evil_hash(self):
+    calls.append("S.__hash__")
+    while True: pass
+S.__hash__ = evil_hash  # (after the dicts above were built)
 '''
 
 
 def test_returned_values_are_converted_without_agent_methods(ex):
     ex.execute("keep = 1")
-    names = ["d", "l", "t", "s", "i", "f", "nested", "keys", "odd", "odd_list"]
+    names = ["d", "l", "t", "s", "i", "f", "nested", "keys", "odd", "odd_list", "flat"]
     r = ex.execute(HOSTILE, return_globals=names, limits={"timeout_seconds": 5})
     assert r.success, r.error
     assert r.limit is None and not r.interpreter_lost
@@ -385,6 +390,7 @@ def test_returned_values_are_converted_without_agent_methods(ex):
     assert r.globals["s"] == "text" and r.globals["i"] == 7 and r.globals["f"] == 2.5
     assert r.globals["nested"] == {"d": {"x": [1.5, 3]}, "t": ["u"]}
     assert r.globals["keys"] == {"k": 1, "5": 2, "0.5": 3}
+    assert r.globals["flat"] == {"k1": 1, "k2": "v"}
     # other objects are a per-name error, whatever their class claims
     assert set(r.globals_errors) == {"odd", "odd_list"}
     assert "JSON" in r.globals_errors["odd"]

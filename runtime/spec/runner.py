@@ -1629,7 +1629,13 @@ def _wasm_exec_boot():
             if t is _dict or _issubclass(t, _dict):
                 values = _dict_values(v)
                 if not holds_container(values):
-                    into[slot] = v if t is _dict else _dict(_list(_dict_items(v)))
+                    if t is _dict:
+                        into[slot] = v  # (the encoder reads its keys in C, hashing none)
+                        continue
+                    out = {}  # (keys made exact str first: inserting hashes them)
+                    for key, item in _list(_dict_items(v)):
+                        out[json_key(key)] = item
+                    into[slot] = out
                     continue
                 path.append(v)
                 todo.append(None)
