@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _ALIAS_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 MiB = 1024 * 1024
+# the most fuel wasmtime can hold (an unsigned 64-bit count: a larger budget would wrap)
+MAX_FUEL = 2**64 - 1
 
 # modules the sandbox keeps for itself, with the reason shown to the user
 RESERVED_MODULES = {
@@ -38,13 +40,33 @@ class Limits(BaseModel):
                                    description="Wall-clock deadline for one call.")
     memory_bytes: int = Field(default=512 * MiB, ge=32 * MiB, le=4096 * MiB,
                               description="Cap on the interpreter's linear memory.")
-    max_output_bytes: int = Field(default=1 * MiB, ge=1024,
-                                  description="Cap on stdout and on stderr, each, per call.")
-    max_code_bytes: int = Field(default=4 * MiB, ge=1024,
+    max_output_bytes: int = Field(default=1 * MiB, ge=1024, le=1024 * MiB,
+                                  description="Cap on stdout and on stderr, each, per call "
+                                  "(the host holds that much per stream).")
+    max_code_bytes: int = Field(default=4 * MiB, ge=1024, le=256 * MiB,
                                 description="Largest accepted source code.")
-    max_globals_bytes: int = Field(default=16 * MiB, ge=1024,
+    max_globals_bytes: int = Field(default=16 * MiB, ge=1024, le=1024 * MiB,
                                    description="Cap on globals passed in and on globals "
                                    "returned, each, as JSON.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bools(cls, data: Any) -> Any:
+        # True and False are ints (and floats) to pydantic: `timeout_seconds=True` would be
+        # a deadline of one second, a flag given to the wrong option
+        if isinstance(data, dict):
+            for name, value in data.items():
+                if isinstance(value, bool):
+                    raise ValueError(f"{name} must be a number, not {value!r}")
+        return data
+
+    @field_validator("fuel")
+    @classmethod
+    def _check_fuel(cls, value: int | None) -> int | None:
+        if value is not None and value > MAX_FUEL:
+            raise ValueError(f"fuel must be at most {MAX_FUEL} (2**64 - 1, the most "
+                             "wasmtime can meter); use fuel=None to turn metering off")
+        return value
 
     @classmethod
     def build(cls, limits: Limits | dict[str, Any] | None = None, *,

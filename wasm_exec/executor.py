@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,7 +18,13 @@ from . import images
 from .config import Limits, Policy
 from .errors import ConfigurationError, ExecutorClosedError, ImageError, InputError
 from .pool import SessionKey, SessionPool
-from .protocol import ProtocolError, check_json_value, is_plain_json, validate_call_reply
+from .protocol import (
+    MAX_JSON_DEPTH,
+    ProtocolError,
+    check_json_value,
+    is_plain_json,
+    validate_call_reply,
+)
 from .runtime import EngineSettings, get_image, load_pin, profiles
 from .session import STOP_CANCELLED, CallLimits, MemoryImage, Session, SessionDead
 from .vfs import MemoryFS, shared_zip
@@ -40,6 +47,11 @@ def _runtime_hint(module: str, runtime: str) -> str:
                 "PythonExecExecutor(runtime=\"scientific\"))")
     return ""
 
+
+# how many names return_globals may list, and how long each may be (the reply carries
+# each name twice, and has to fit the host's cap)
+MAX_RETURN_NAMES = 10_000
+MAX_NAME_CHARS = 1_000
 
 LimitName = Literal["fuel", "timeout", "memory", "stack_overflow", "exit", "crash",
                     "protocol", "cancelled"]
@@ -162,7 +174,11 @@ class PythonExecExecutor:
         self.snapshots = True
         self._pool = pool
         self._spare: threading.Thread | None = None
+        # the interpreter booted in the background after a stop (see _prepare_spare); the
+        # boot thread holds this list and `_gone`, never the executor, so that an executor
+        # dropped unclosed is collected and its finalizer frees the spare too
         self._spare_session: list[Session] = []
+        self._gone = [False]  # set once the executor is closed or collected
         self._lock = threading.RLock()
         self._closed = False
         self._last_used = time.monotonic()
@@ -182,7 +198,8 @@ class PythonExecExecutor:
         else:
             self._session = self._new_session()
         self._holder[0] = self._session
-        self._finalizer = weakref.finalize(self, _close_session, self._holder)
+        self._finalizer = weakref.finalize(self, _close_session, self._holder,
+                                           self._spare_session, self._gone)
 
     # ------------------------------------------------------------------ API
     def execute(
@@ -204,16 +221,31 @@ class PythonExecExecutor:
         printed). With ``return_all=True`` every global that converts to JSON comes back
         (modules, functions, classes and other objects are left out without an error).
         """
+        return self._execute(code, globals_dict, return_globals, limits, display, return_all,
+                             None)
+
+    def _execute(self, code: str, globals_dict: Mapping[str, Any] | None,
+                 return_globals: Iterable[str] | None, limits: Mapping[str, Any] | None,
+                 display: bool, return_all: bool, ticket: _Ticket | None) -> ExecutionResult:
         call_limits = self._call_limits(limits)
         if not isinstance(code, str):
             raise InputError(f"code must be a str, not {type(code).__name__}")
-        encoded = code.encode("utf-8", "surrogatepass")
+        try:
+            encoded = code.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InputError(
+                f"code has a lone surrogate ({code[e.start]!r}) at index {e.start}: that is "
+                "not text Python can compile; write it as an escape in a string literal "
+                "(e.g. '\\ud800') or remove it. Nothing was run and the agent's state is "
+                "unchanged") from None
         if len(encoded) > call_limits.max_code_bytes:
             raise InputError(f"code is {len(encoded)} bytes; the limit is "
                              f"{call_limits.max_code_bytes} (limits.max_code_bytes)")
         globals_json = self._check_globals(globals_dict, call_limits)
         names = self._check_names(return_globals)
-        with self._lock:
+        with self._call_lock(ticket) as go:
+            if not go:
+                return _not_run()
             if self._closed:
                 raise ExecutorClosedError("this executor is closed; create a new one")
             reset = self._reset_pending
@@ -223,19 +255,36 @@ class PythonExecExecutor:
                 reset = True
             self._reset_pending = False
             payload = {"op": "exec", "code": code, "return": names, "display": bool(display),
-                       "return_all": bool(return_all), "figures": self.runtime != "minimal"}
+                       "return_all": bool(return_all), "figures": self.runtime != "minimal",
+                       "max_depth": MAX_JSON_DEPTH}
             limits_for_call = CallLimits(
                 fuel=call_limits.fuel, timeout_seconds=call_limits.timeout_seconds,
                 max_output_bytes=call_limits.max_output_bytes,
-                max_reply_bytes=call_limits.max_globals_bytes + 1_000_000,
+                # (the values' cap, the error texts, and per name its key and message,
+                # each character at most 6 bytes as an escape)
+                max_reply_bytes=call_limits.max_globals_bytes + 1_000_000
+                + sum(6 * len(n) + 3_100 for n in names),
                 max_globals_bytes=call_limits.max_globals_bytes)
             started = time.perf_counter()
+            if ticket is not None and not ticket.start(session):
+                self._reset_pending = reset  # (still to be reported by the next call)
+                return _not_run()
             try:
                 outcome = session.call(payload, limits_for_call, globals_json)
             except SessionDead:
                 session = self._replace_session()
                 reset = True
+                if ticket is not None and not ticket.start(session):
+                    self._reset_pending = True
+                    return _not_run()
                 outcome = session.call(payload, limits_for_call, globals_json)
+            if ticket is not None and ticket.finish() and outcome.died is None:
+                # cancelled as the call ended: the cancel reached the interpreter after
+                # its answer (its result goes to no one), so it would stop the next call
+                # instead; it is replaced, as after a cancel during the call
+                self._discard(session)
+                self._reset_pending = True
+                self._prepare_spare()
             duration = outcome.duration or (time.perf_counter() - started)
             self._last_used = time.monotonic()
             common = dict(stdout=outcome.stdout, stderr=outcome.stderr,
@@ -293,20 +342,25 @@ class PythonExecExecutor:
         return_globals: Iterable[str] | None = None,
         *,
         limits: Mapping[str, Any] | None = None,
+        display: bool = False,
+        return_all: bool = False,
     ) -> ExecutionResult:
         """``execute`` for event loops: runs on a worker thread, never blocks the loop.
 
-        Cancelling the awaiting task (or ``asyncio.wait_for`` timing out) stops the guest
-        at once: the interpreter is lost, and the next call starts a fresh one
-        (``state_reset=True``). No thread is left running the agent's code.
+        Cancelling the awaiting task (or ``asyncio.wait_for`` timing out) affects this
+        call only. Cancelled while it runs, it stops the guest at once: the interpreter is
+        lost, and the next call starts a fresh one (``state_reset=True``). Cancelled while
+        it still waits for the executor (another call is running), it never runs, and the
+        running call goes on. No thread is left running the agent's code.
         """
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(
-            None, lambda: self.execute(code, globals_dict, return_globals, limits=limits))
+        ticket = _Ticket()
+        future = loop.run_in_executor(None, lambda: self._execute(
+            code, globals_dict, return_globals, limits, display, return_all, ticket))
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            self.cancel()
+            ticket.cancel()
             try:
                 await asyncio.wait_for(asyncio.shield(future), timeout=10)
             except BaseException:  # the call's own outcome no longer matters
@@ -430,6 +484,7 @@ class PythonExecExecutor:
         if self._closed:
             return
         self._closed = True
+        self._gone[0] = True
         # stop a running call first (it holds the lock), then tidy up under the lock
         running = self._session
         if running is not None:
@@ -458,6 +513,23 @@ class PythonExecExecutor:
         return self._closed
 
     # ------------------------------------------------------------ internals
+    @contextlib.contextmanager
+    def _call_lock(self, ticket: _Ticket | None) -> Iterator[bool]:
+        """Hold the executor for one call; yields False when ``ticket`` was cancelled
+        before the call got the executor (it then never runs)."""
+        if ticket is None:
+            with self._lock:
+                yield True
+            return
+        while not self._lock.acquire(timeout=0.02):
+            if ticket.cancelled:
+                yield False
+                return
+        try:
+            yield not ticket.cancelled
+        finally:
+            self._lock.release()
+
     def _restore_for_rollback(self, image: MemoryImage) -> Session | None:
         """An interpreter continuing from ``image``: the standby one when it is ready
         (prepared after this agent's previous roll-back: agents that hit a limit once
@@ -549,14 +621,16 @@ class PythonExecExecutor:
         if self._pool is not None or self._closed or self._spare is not None:
             return
 
+        key, spares, gone = self._key, self._spare_session, self._gone
+
         def boot() -> None:
             try:
-                session = self._key.start()
+                session = key.start()
             except Exception:  # the next call boots (and reports) for itself
                 return
-            self._spare_session.append(session)
-            if self._closed:
-                self._drop_spare()
+            spares.append(session)
+            if gone[0]:  # closed or collected meanwhile (it set the flag, then drained)
+                _drain(spares)
 
         self._spare = threading.Thread(target=boot, daemon=True, name="wasm-exec-spare")
         self._spare.start()
@@ -572,8 +646,7 @@ class PythonExecExecutor:
         return None
 
     def _drop_spare(self) -> None:
-        while self._spare_session:
-            self._spare_session.pop().close()
+        _drain(self._spare_session)
 
     def _call_limits(self, overrides: Mapping[str, Any] | None) -> Limits:
         try:
@@ -611,6 +684,14 @@ class PythonExecExecutor:
                                      "unchanged") from None
         try:
             text = json.dumps(values, allow_nan=True, ensure_ascii=False, separators=(",", ":"))
+            if not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    # a lone surrogate is a valid str but not UTF-8: escaped (\ud800) it
+                    # reaches the agent as the same str
+                    text = json.dumps(values, allow_nan=True, ensure_ascii=True,
+                                      separators=(",", ":"))
         except (TypeError, ValueError, RecursionError) as e:
             raise InputError(f"globals_dict cannot be sent as JSON: {e}") from None
         if len(text) > limits.max_globals_bytes:
@@ -628,8 +709,15 @@ class PythonExecExecutor:
         out = []
         for n in names:
             if not isinstance(n, str) or not n.isidentifier():
-                raise InputError(f"return_globals entry {n!r} is not a valid identifier")
+                raise InputError(f"return_globals entry {n!r:.200} is not a valid identifier")
+            if len(n) > MAX_NAME_CHARS:
+                raise InputError(f"return_globals entry {n[:50]!r}... has {len(n)} "
+                                 f"characters; names may have at most {MAX_NAME_CHARS}")
             out.append(n)
+            if len(out) > MAX_RETURN_NAMES:
+                raise InputError(f"return_globals names more than {MAX_RETURN_NAMES} globals; "
+                                 "it may name at most that many (return one dict or list "
+                                 "instead, or use return_all=True)")
         return out
 
     def _stopped(self, died: SessionDead, limits: Limits, common: dict[str, Any],
@@ -655,10 +743,63 @@ class PythonExecExecutor:
                                **common)
 
 
-def _close_session(holder: list[Session | None]) -> None:
+class _Ticket:
+    """The cancellation of one ``aexecute`` call, and of nothing else: cancelled before
+    the call reaches its interpreter, the call never runs; during it, the cancel stops
+    the interpreter this call runs on (the executor runs one call at a time)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.cancelled = False
+        self._session: Session | None = None
+        self._stopped = False
+
+    def start(self, session: Session) -> bool:
+        """The call is about to run on ``session``; False if it was cancelled already."""
+        with self._lock:
+            if self.cancelled:
+                return False
+            self._session = session
+            return True
+
+    def finish(self) -> bool:
+        """The call has ended; whether a cancel stopped its interpreter meanwhile."""
+        with self._lock:
+            self._session = None
+            return self._stopped
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            if self._session is not None:
+                self._stopped = True
+                self._session.cancel()
+
+
+def _not_run() -> ExecutionResult:
+    text = ("The call was cancelled before it started: nothing ran, and the agent's state "
+            "is unchanged.")
+    return ExecutionResult(success=False, error=text, error_type="Cancelled",
+                           error_message=text, limit="cancelled")
+
+
+def _close_session(holder: list[Session | None], spares: list[Session],
+                   gone: list[bool]) -> None:
+    """Free every interpreter of an executor (run by close() or when it is collected)."""
+    gone[0] = True
     for s in holder:
         if s is not None:
             s.close()
+    _drain(spares)
+
+
+def _drain(sessions: list[Session]) -> None:
+    while sessions:
+        try:
+            session = sessions.pop()
+        except IndexError:  # (another thread drained it meanwhile)
+            return
+        session.close()
 
 
 __all__ = ["ExecutionResult", "PythonExecExecutor"]

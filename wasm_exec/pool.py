@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -140,6 +141,11 @@ class SessionPool:
         self._lock = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
+        # a pool dropped without close() ends its ready interpreters too (the refill
+        # thread holds the pool only weakly, and only between its waits)
+        self._shut = [False]  # (the refill thread's view of _closed)
+        self._finalizer = weakref.finalize(self, _close_ready, self._ready, self._lock,
+                                           self._shut)
 
     def take(self, key: SessionKey) -> Session:
         """A ready interpreter for ``key`` (booted now if none is waiting)."""
@@ -175,11 +181,7 @@ class SessionPool:
         """Stop refilling and end every waiting interpreter."""
         with self._lock:
             self._closed = True
-            sessions = [s for ready in self._ready.values() for s in ready]
-            self._ready.clear()
-            self._lock.notify_all()
-        for s in sessions:
-            s.close()
+        self._finalizer()
 
     def __enter__(self) -> SessionPool:
         return self
@@ -191,37 +193,63 @@ class SessionPool:
         if self.size == 0 or self._closed:
             return
         if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._fill, daemon=True,
-                                            name="wasm-exec-pool")
+            self._thread = threading.Thread(target=_fill, args=(weakref.ref(self),),
+                                            daemon=True, name="wasm-exec-pool")
             self._thread.start()
         self._lock.notify_all()
 
-    def _fill(self) -> None:
-        while True:
-            with self._lock:
-                if self._closed:
-                    return
-                want = [k for k, v in self._ready.items() if len(v) < self.size]
-                if not want:
-                    if not self._lock.wait(timeout=30):
-                        if not any(len(v) < self.size for v in self._ready.values()):
-                            self._thread = None
-                            return
-                    continue
-            key = want[0]
-            if self.refill_delay:
-                with self._lock:
-                    self._lock.wait(self.refill_delay)
-                    if self._closed:
+
+def _close_ready(ready: dict[SessionKey, list[Session]], lock: threading.Condition,
+                 shut: list[bool]) -> None:
+    """End a pool's waiting interpreters (its close(), or the pool was collected)."""
+    with lock:
+        shut[0] = True
+        sessions = [s for waiting in ready.values() for s in waiting]
+        ready.clear()
+        lock.notify_all()
+    for s in sessions:
+        s.close()
+
+
+def _fill(ref: weakref.ReferenceType[SessionPool]) -> None:
+    """The refill thread: holds its pool only while it looks at it, never while it waits
+    or boots (a pool dropped without close() is collected and ends what it holds)."""
+    pool = ref()
+    if pool is None:
+        return
+    lock, ready, shut, delay = pool._lock, pool._ready, pool._shut, pool.refill_delay
+    del pool
+    while True:
+        with lock:
+            if shut[0]:
+                return
+            pool = ref()
+            size = pool.size if pool is not None else 0
+            del pool
+            want = [k for k, v in ready.items() if len(v) < size]
+            if not want:
+                if not lock.wait(timeout=30):
+                    if not any(len(v) < size for v in ready.values()):
+                        pool = ref()
+                        if pool is not None:
+                            pool._thread = None
+                        del pool
                         return
-            try:
-                session = key.start()
-            except Exception:  # a config that cannot boot: leave it to the caller
-                with self._lock:
-                    self._ready.pop(key, None)
                 continue
-            with self._lock:
-                if self._closed:
-                    session.close()
+        key = want[0]
+        if delay:
+            with lock:
+                lock.wait(delay)
+                if shut[0]:
                     return
-                self._ready.setdefault(key, []).append(session)
+        try:
+            session = key.start()
+        except Exception:  # a config that cannot boot: leave it to the caller
+            with lock:
+                ready.pop(key, None)
+            continue
+        with lock:
+            if shut[0]:
+                session.close()
+                return
+            ready.setdefault(key, []).append(session)

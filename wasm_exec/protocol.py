@@ -126,11 +126,16 @@ def validate_call_reply(reply: dict[str, Any], call_id: int) -> dict[str, Any]:
     return out
 
 
+# how deeply JSON data (globals in and out) may nest: the guest's parser and encoder are C
+# code under CPython's C recursion limit on WASI (500 levels on 3.12, counting the request's
+# own levels and the runner's frames), so the documented depth leaves a margin below it
+MAX_JSON_DEPTH = 400
+
 _SCALARS = (str, int, float, bool, type(None))
 _BIG = 10 ** 4000
 
 
-def is_plain_json(value: Any, max_depth: int = 500) -> bool:
+def is_plain_json(value: Any, max_depth: int = MAX_JSON_DEPTH) -> bool:
     """Fast check that ``value`` is plain JSON data (str keys, no huge ints, bounded depth).
 
     On False, :func:`check_json_value` says exactly what and where.
@@ -175,8 +180,9 @@ def encode_request_with_globals(payload: dict[str, Any], globals_json: str) -> b
 
 def check_json_value(value: Any, path: str, depth: int = 0) -> None:
     """Raise ``TypeError`` naming ``path`` when ``value`` is not plain JSON data."""
-    if depth > 500:
-        raise TypeError(f"{path} is nested more than 500 levels deep")
+    if depth >= MAX_JSON_DEPTH and isinstance(value, (list, tuple, dict)):
+        raise TypeError(f"{path} is nested more than {MAX_JSON_DEPTH} levels deep (lists "
+                        "and dicts in one another)")
     if value is None or isinstance(value, (bool, str)):
         return
     if isinstance(value, int):

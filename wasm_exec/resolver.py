@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .config import Limits, Policy
 from .errors import ConfigurationError, ExecutorClosedError
 from .executor import PythonExecExecutor
 from .pool import SessionPool
+
+# an agent's identity: its id and the scope parts after it, kept apart (never joined)
+AgentKey = tuple[str, ...]
+
+
+def _key(agent_id: str, scope: tuple[str, ...]) -> AgentKey:
+    parts = []
+    for part in (agent_id, *scope):
+        if type(part) is not str:
+            if not isinstance(part, str):
+                raise TypeError(f"an agent id and its scope parts must be str, not "
+                                f"{type(part).__name__} ({part!r})")
+            part = str.__str__(part)  # (a subclass's own __eq__ / __hash__ play no part)
+        parts.append(part)
+    return tuple(parts)
 
 
 class PythonExecExecutorResolver:
@@ -43,12 +60,17 @@ class PythonExecExecutorResolver:
         limits: Limits | Mapping[str, Any] | None = None,
         **limit_overrides: Any,
     ) -> None:
-        if max_agents < 1:
-            raise ConfigurationError("max_agents must be at least 1")
-        if pool_size < 0:
-            raise ConfigurationError("pool_size must be >= 0")
-        if idle_timeout_seconds is not None and idle_timeout_seconds <= 0:
-            raise ConfigurationError("idle_timeout_seconds must be positive (or None)")
+        if type(max_agents) is not int or max_agents < 1:
+            raise ConfigurationError(f"max_agents must be an int of at least 1, not "
+                                     f"{max_agents!r}")
+        if type(pool_size) is not int or pool_size < 0:
+            raise ConfigurationError(f"pool_size must be an int >= 0, not {pool_size!r}")
+        if idle_timeout_seconds is not None and (
+                isinstance(idle_timeout_seconds, bool)
+                or not isinstance(idle_timeout_seconds, (int, float))
+                or not 0 < idle_timeout_seconds < math.inf):
+            raise ConfigurationError("idle_timeout_seconds must be a positive, finite number "
+                                     f"of seconds (or None), not {idle_timeout_seconds!r}")
         try:
             self.policy = Policy(whitelisted_imports=whitelisted_imports,  # type: ignore[arg-type]
                                  default_imports=default_imports)  # type: ignore[arg-type]
@@ -61,24 +83,31 @@ class PythonExecExecutorResolver:
         # interpreters booted ahead of need: new agents and resets start at once
         self.pool = SessionPool(size=pool_size)
         self.idle_timeout_seconds = idle_timeout_seconds
-        self._executors: OrderedDict[str, PythonExecExecutor] = OrderedDict()
+        self._executors: OrderedDict[AgentKey, PythonExecExecutor] = OrderedDict()
         self._lock = threading.RLock()
         self._closed = False
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
+        # a resolver dropped without close() ends its interpreters too: the reaper thread
+        # and the executors' callbacks hold it only weakly
+        self._finalizer = weakref.finalize(self, _close_all, self._executors, self._lock,
+                                           self._stop, self.pool)
         if idle_timeout_seconds is not None:
-            self._reaper = threading.Thread(target=self._reap_loop, daemon=True,
-                                            name="wasm-exec-resolver-reaper")
+            period = min(30.0, max(0.05, idle_timeout_seconds / 4))
+            self._reaper = threading.Thread(
+                target=_reap_loop, args=(weakref.ref(self), self._stop, period), daemon=True,
+                name="wasm-exec-resolver-reaper")
             self._reaper.start()
 
     # ----------------------------------------------------------------- API
     def resolve(self, agent_id: str, *scope: str) -> PythonExecExecutor:
         """The executor of ``agent_id`` (created on first use).
 
-        Extra positional parts (e.g. ``resolve(org_id, guild_id, agent_id)``) are joined
-        into the key, so ids that repeat across guilds stay apart.
+        Extra positional parts (e.g. ``resolve(agent_id, guild_id, org_id)``) are part of
+        the key, which is the tuple of all parts (never a joined string): ids that repeat
+        across guilds stay apart, and ``("alice", "g")`` is not ``("alice/g",)``.
         """
-        key = "/".join((agent_id, *scope)) if scope else agent_id
+        key = _key(agent_id, scope)
         with self._lock:
             if self._closed:
                 raise ExecutorClosedError("this resolver is closed")
@@ -91,24 +120,26 @@ class PythonExecExecutorResolver:
                 whitelisted_imports=self.policy.whitelisted_imports,
                 default_imports=self.policy.default_imports, limits=self.limits,
                 pool=self.pool, runtime=self.runtime)
-            executor.on_session_start = self._on_session_start
+            executor.on_session_start = _weak_callback(self._on_session_start)
             self._executors[key] = executor
             return executor
 
-    def agents(self) -> list[str]:
-        """Ids of the agents that have an executor (live interpreter or not)."""
+    def agents(self) -> list[AgentKey]:
+        """Keys (``(agent_id, *scope)`` tuples) of the agents that have an executor (live
+        interpreter or not)."""
         with self._lock:
             return list(self._executors)
 
-    def live_agents(self) -> list[str]:
-        """Ids of the agents whose interpreter is alive now."""
+    def live_agents(self) -> list[AgentKey]:
+        """Keys (``(agent_id, *scope)`` tuples) of the agents whose interpreter is alive now."""
         with self._lock:
             return [k for k, e in self._executors.items() if e.has_interpreter]
 
-    def forget(self, agent_id: str) -> None:
-        """Close and drop one agent's executor."""
+    def forget(self, agent_id: str, *scope: str) -> None:
+        """Close and drop one agent's executor (named by the parts given to ``resolve``)."""
+        key = _key(agent_id, scope)
         with self._lock:
-            executor = self._executors.pop(agent_id, None)
+            executor = self._executors.pop(key, None)
         if executor is not None:
             executor.close()
 
@@ -116,12 +147,7 @@ class PythonExecExecutorResolver:
         """End every interpreter. Later ``resolve`` calls raise ExecutorClosedError."""
         with self._lock:
             self._closed = True
-            executors = list(self._executors.values())
-            self._executors.clear()
-        self._stop.set()
-        for e in executors:
-            e.close()
-        self.pool.close()
+        self._finalizer()
 
     def __enter__(self) -> PythonExecExecutorResolver:
         return self
@@ -150,13 +176,47 @@ class PythonExecExecutorResolver:
             if e.release():
                 excess -= 1
 
-    def _reap_loop(self) -> None:
+    def _reap_once(self) -> None:
         assert self.idle_timeout_seconds is not None
-        period = min(30.0, max(0.05, self.idle_timeout_seconds / 4))
-        while not self._stop.wait(period):
-            deadline = time.monotonic() - self.idle_timeout_seconds
-            with self._lock:
-                idle = [e for e in self._executors.values()
-                        if e.has_interpreter and e.last_used < deadline]
-            for e in idle:
-                e.release()
+        deadline = time.monotonic() - self.idle_timeout_seconds
+        with self._lock:
+            idle = [e for e in self._executors.values()
+                    if e.has_interpreter and e.last_used < deadline]
+        for e in idle:
+            e.release()
+
+
+def _reap_loop(ref: weakref.ReferenceType[PythonExecExecutorResolver], stop: threading.Event,
+               period: float) -> None:
+    """Release idle interpreters every ``period`` s, holding the resolver only meanwhile."""
+    while not stop.wait(period):
+        resolver = ref()
+        if resolver is None:
+            return
+        resolver._reap_once()
+        del resolver
+
+
+def _close_all(executors: OrderedDict[AgentKey, PythonExecExecutor], lock: threading.RLock,
+               stop: threading.Event, pool: SessionPool) -> None:
+    """End a resolver's interpreters (its close(), or the resolver was collected)."""
+    with lock:
+        closing = list(executors.values())
+        executors.clear()
+    stop.set()
+    for e in closing:
+        e.close()
+    pool.close()
+
+
+def _weak_callback(method: Callable[[PythonExecExecutor], None],
+                   ) -> Callable[[PythonExecExecutor], None]:
+    """``method`` without a strong reference to its object (the resolver)."""
+    ref = weakref.WeakMethod(method)
+
+    def call(executor: PythonExecExecutor) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(executor)
+
+    return call

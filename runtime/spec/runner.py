@@ -50,7 +50,9 @@ def _wasm_exec_boot():
     import binascii
     import builtins
     import gc
+    import _operator
     import importlib
+    import itertools
     import marshal
     import opcode
     import posix  # not os: importing os costs a cold start 7 ms
@@ -175,6 +177,8 @@ def _wasm_exec_boot():
         _dict_iter = dict.__iter__
         _dict_get = dict.get
         _dict_values = dict.values
+        _dict_copy = dict.copy
+        _dict_update = dict.update
         # copies into this function's own cells: the hook shares no cell with any function
         # the agent can reach (cells are writable from Python)
         _IMPORT_NAME = IMPORT_NAME
@@ -482,6 +486,9 @@ def _wasm_exec_boot():
         reactor_state = []  # (the reactor module's dict, its items at boot)
         reactor_functions = []  # (function, its code, defaults and kwdefaults at boot)
         stream_attrs = []  # (a runner stream object, its instance attributes at boot)
+        # (a dict put back at the start of each call, a private copy of it at boot):
+        # builtins' globals and the runner's stream objects' own attributes
+        boot_dicts = []
 
         def reset_dict(d, items, box):
             """Make `d` hold exactly `items` again; what it held goes into `box` (keys too:
@@ -514,6 +521,33 @@ def _wasm_exec_boot():
                 # (a subclass's __getattribute__ would run at the turn's `sys.stdout`)
                 box.append(_type(_sys_module))
                 _set_class(_sys_module, _ModuleType)
+
+        def repair(box):
+            """At the start of each call: put back what the runner and the libraries need,
+            whatever the agent did to it in an earlier call: builtins' globals (the
+            import machinery's pins, and library code, depend on them; displaying a value
+            sets builtins._), and the runner's stream objects' own attributes (an
+            instance `write` shadows the method). What is replaced goes into `box`. (A
+            closed or detached stream is put back by the runner: see repair_streams.)"""
+            for d, boot, items in boot_dicts:
+                if _len(d) == _len(items) and _len(items) <= 4:
+                    # (a stream's few attributes: compared by identity, in order)
+                    same = True
+                    i = 0
+                    for key, value in _dict_items(d):
+                        if key is not items[i][0] or value is not items[i][1]:
+                            same = False
+                            break
+                        i += 1
+                    if same:
+                        continue
+                # (in C, and cheaper than comparing builtins: what `d` held is kept alive
+                # in `box`, so its clearing runs no finalizer, and the copy it gets back
+                # holds only the exact str keys of boot, so refilling it compares nothing)
+                box.append(_list(d))
+                box.append(_list(_dict_values(d)))
+                d.clear()
+                _dict_update(d, boot)
 
         def restore_streams(box):
             """Give sys back the runner's stdout/stderr (and no stdin), when every key of
@@ -605,6 +639,7 @@ def _wasm_exec_boot():
                         box.append(None)
                         return
                     box.append(read_exact(_int.from_bytes(header[4:8], "little")))
+                    repair(box)
                     restore_streams(box)
                     grants.clear()  # (between calls no import is under way)
                     loads.clear()
@@ -631,12 +666,17 @@ def _wasm_exec_boot():
                                     reactor_functions.append((
                                         value, value.__code__, value.__defaults__,
                                         value.__kwdefaults__))
-                            # the runner's streams, their buffers and files: their own
-                            # attributes (an instance `flush` would shadow the method)
-                            for stream in streams:
-                                for obj in (stream, stream.buffer, stream.buffer.raw):
-                                    stream_attrs.append((obj, _tuple(_dict_items(
-                                        obj.__dict__))))
+                        if _type(key) is _str and key == "builtins":
+                            d = mod.__dict__
+                            boot_dicts.append((d, _dict_copy(d), _tuple(_dict_items(d))))
+                    # the runner's streams, their buffers and files: their own attributes
+                    # (an instance `flush` would shadow the method) and their settings
+                    for stream in streams:
+                        for obj in (stream, stream.buffer, stream.buffer.raw):
+                            d = obj.__dict__
+                            stream_attrs.append((obj, _tuple(_dict_items(d))))
+                            boot_dicts.append((d, _dict_copy(d), _tuple(_dict_items(d))))
+
                     grants.clear()
                     loads.clear()
                     state[0] = False
@@ -897,6 +937,10 @@ def _wasm_exec_boot():
                 return
             if event == "open":
                 if _len(args) and _type(args[0]) is _int:
+                    if ((args[0] == 1 or args[0] == 2) and _len(args) > 1
+                            and _type(args[1]) is _str and args[1] == "wb"
+                            and role_of(_gf(2).f_code) == "streams"):
+                        return  # the runner putting its own stdout/stderr back in order
                     raise _PermissionError(
                         "opening file descriptors is not allowed in the sandbox")
                 if _len(args) and machinery_frame(_gf(2).f_code):
@@ -1279,6 +1323,14 @@ def _wasm_exec_boot():
     # line buffered: what was printed before a limit stopped the call is kept
     for stream in (stdout, stderr):
         stream.reconfigure(line_buffering=True, errors="backslashreplace")
+    # (text, buffer, file, fd, encoding, errors, line_buffering) of each, as boot leaves
+    # them: a stream the agent broke is put back in this state (see repair_streams)
+    stream_parts = tuple((s, s.buffer, s.buffer.raw, s.buffer.raw.fileno(), s.encoding,
+                          s.errors, s.line_buffering) for s in (stdout, stderr))
+    _init_file = _io.FileIO.__init__
+    _init_buffer = _io.BufferedWriter.__init__
+    _init_text = _io.TextIOWrapper.__init__
+    _flush_buffer = _io.BufferedWriter.flush
 
     # modules libraries import by a computed name while they are imported (sysconfig's
     # _sysconfigdata): loaded now, so that such an import finds them loaded (see own_import)
@@ -1312,6 +1364,65 @@ def _wasm_exec_boot():
     _exec = exec
     _make_encoder = _json.make_encoder
     _encode_str = _json.encode_basestring
+    _encode_ascii = _json.encode_basestring_ascii
+    _UnicodeEncodeError = UnicodeEncodeError
+    # the base types' own C functions, to read a subclass instance without its methods
+    _issubclass = issubclass
+    _dict = dict
+    _list = list
+    _tuple = tuple
+    _int = int
+    _float = float
+    _bool = bool
+    _dict_items = dict.items
+    _dict_values = dict.values
+    _list_copy = list.copy
+    _tuple_item = tuple.__getitem__
+    _whole = slice(None)
+    _str_of = str.__str__
+    _int_of = int.__int__
+    _float_of = float.__float__
+    _int_repr = int.__repr__
+    _float_repr = float.__repr__
+    _map = map
+    _inf = float("inf")
+    _flags_of = type.__dict__["__flags__"].__get__  # (type's own: a metaclass has no say)
+    # the tp_flags bits of list, tuple and dict and of their subclasses
+    container_bits = (1 << 25) | (1 << 26) | (1 << 29)
+    for _t in (list, tuple, dict):
+        if not _flags_of(_t) & container_bits:
+            raise RuntimeError("runner: unexpected type flags")
+    for _t in (str, int, float, bool, type(None), bytes, set):
+        if _flags_of(_t) & container_bits:
+            raise RuntimeError("runner: unexpected type flags")
+    del _t
+
+    _any = any
+    _all = all
+    _repeat = itertools.repeat
+    _is = _operator.is_
+    _dict_get = dict.get
+    # what the agent's builtins hold at boot, put back at the start of a call when the
+    # agent deleted some
+    builtin_items = tuple(agent_builtins.items())
+    containers = (list, tuple, dict)
+
+    _end = object()  # (marks the end of a container in a walk's stack)
+
+    def on_path(path, v):
+        """Whether `v` is one of the containers of `path` (a cycle), by identity (in C
+        for a long path)."""
+        if _len(path) > 8:
+            return _any(_map(_is, path, _repeat(v)))
+        for outer in path:
+            if outer is v:
+                return True
+        return False
+
+    def holds_container(items):
+        """Whether any of `items` is a list, tuple or dict (or a subclass of one), found
+        in C: issubclass() with exact classes reads only the types' MROs."""
+        return _any(_map(_issubclass, _map(_type, items), _repeat(containers)))
     _BaseException = BaseException
     _ValueError = ValueError
     _TypeError = TypeError
@@ -1329,11 +1440,24 @@ def _wasm_exec_boot():
     runner_blob = []
 
     def no_default(o):
-        raise _TypeError("Object of type " + _qualname(_type(o)) + " is not JSON serializable")
+        # (_join: a class's __qualname__ may be a str subclass, whose __radd__ would run)
+        raise _TypeError("Object of type " + _join((_qualname(_type(o)),))
+                         + " is not JSON serializable")
 
     def json_dumps(obj):
         return _join(_make_encoder({}, no_default, _encode_str, None, ":", ",", False, False,
                                    True)(obj, 0))
+
+    def reply_bytes(reply):
+        """The reply as UTF-8 JSON. A lone surrogate (a str may hold one, UTF-8 cannot) in
+        a message or a returned value is sent escaped ("\\ud800"): the host reads the same
+        str, and the interpreter is not lost over it."""
+        text = json_dumps(reply)
+        try:
+            return text.encode("utf-8")
+        except _UnicodeEncodeError:
+            return _join(_make_encoder({}, no_default, _encode_ascii, None, ":", ",", False,
+                                       False, True)(reply, 0)).encode("ascii")
 
     def format_tb(exc):
         """Traceback lines of the agent's frames (the runner's frames are left out)."""
@@ -1389,6 +1513,58 @@ def _wasm_exec_boot():
         text += tname + (": " + msg if msg else "") + "\n"
         return tname, msg, text
 
+    def text_broken(text, buf, encoding, errors, line_buffering):
+        """Whether a runner text stream no longer writes as boot left it: detached,
+        reconfigured, or initialised again over another buffer (compared by identity
+        first: only then is it asked, in C, and it asks only the runner's buffer)."""
+        if text.buffer is not buf:
+            return True
+        now = text.errors
+        if _type(now) is not _str or now != errors:
+            return True
+        now = text.encoding
+        if _type(now) is not _str or now != encoding:
+            return True
+        return text.line_buffering is not line_buffering
+
+    def repair_streams():
+        """At the start of each call, after the hook gave sys the runner's stdout and
+        stderr back: each layer of a stream that the agent closed, detached or
+        reconfigured in an earlier call is initialised again in place, innermost first
+        (the same objects: whoever holds them keeps working). Only a broken text layer is
+        (its initialisation looks the codec up). Returns what the objects let go of, for
+        the caller to drop."""
+        dropped = []
+        for text, buf, raw, fd, encoding, errors, line_buffering in stream_parts:
+            try:
+                if raw.closed:
+                    _init_file(raw, fd, "wb", closefd=False)  # (this role may: see the hook)
+                try:
+                    # (a closed buffer has let its memory go, whatever its file: flushing
+                    # it, empty at this point, says so)
+                    broken = buf.raw is not raw or buf.closed or _flush_buffer(buf) is not None
+                except _BaseException:  # (closed, detached, or left uninitialised)
+                    broken = True
+                if broken:
+                    dropped.append(buf.raw)
+                    _init_buffer(buf, raw)
+                try:
+                    broken = text_broken(text, buf, encoding, errors, line_buffering)
+                except _BaseException:
+                    broken = True
+                if broken:
+                    dropped.append(text.buffer)
+                    _init_text(text, buf, encoding=encoding, errors=errors, newline="\n",
+                               line_buffering=line_buffering)
+            except _BaseException:
+                pass  # (the descriptor is gone, or the codec was tampered with: the
+                # stream stays broken, the call runs)
+        return dropped
+
+    def shorten(text, limit):
+        """`text` (an exact str) cut to at most `limit` characters."""
+        return text if _len(text) <= limit else text[:limit - 3] + "..."
+
     def flush_streams():
         for s in (stdout, stderr):
             try:
@@ -1396,12 +1572,137 @@ def _wasm_exec_boot():
             except _BaseException:
                 pass
 
-    def convert(value):
-        """A returned global as JSON text, or raise _ValueError with the reason."""
+    def json_key(key):
+        """A dict key as the exact str JSON makes of it (as the C encoder would), read
+        with the base types' own functions."""
+        t = _type(key)
+        if t is _str:
+            return key
+        if key is True:
+            return "true"
+        if key is False:
+            return "false"
+        if key is None:
+            return "null"
+        if _issubclass(t, _str):
+            return _str_of(key)
+        if _issubclass(t, _int):
+            return _int_repr(key)
+        if _issubclass(t, _float):
+            f = _float_of(key)
+            if f != f:
+                return "NaN"
+            if f == _inf:
+                return "Infinity"
+            if f == -_inf:
+                return "-Infinity"
+            return _float_repr(f)
+        raise _TypeError("keys must be str, int, float, bool or None, not "
+                         + _join((_qualname(t),)))
+
+    def plain(value, max_depth):
+        """`value` as data the C encoder writes without calling anything the agent
+        defined. The encoder reads str, int and float subclasses with the base types' own
+        C functions and hands other objects to no_default, but it calls items() of a dict
+        subclass and __iter__ of a list or tuple subclass: those are copied into plain
+        ones with the base type's own C functions. A list, tuple or dict holding no
+        container at all is used as it is (its items' types are read in C: no per-item
+        Python work, and no id(), which is audited). Raises _ValueError for a cycle,
+        _RecursionError for nesting deeper than `max_depth`."""
+        root = [None]
+        todo = [(value, root, 0)]
+        path = []  # the containers being copied, outermost first
+        while todo:
+            item = todo.pop()
+            if item is None:
+                path.pop()  # (the end of a container)
+                continue
+            v, into, slot = item
+            t = _type(v)
+            if not _flags_of(t) & container_bits:
+                into[slot] = v  # a leaf: the encoder reads (or refuses) it in C
+                continue
+            if path and on_path(path, v):
+                raise _ValueError("Circular reference detected")  # (worded in convert)
+            if _len(path) >= max_depth:
+                raise _RecursionError("too deep")  # (worded in convert)
+            if t is _dict or _issubclass(t, _dict):
+                values = _dict_values(v)
+                if not holds_container(values):
+                    if t is _dict:
+                        into[slot] = v  # (the encoder reads its keys in C, hashing none)
+                        continue
+                    out = {}  # (keys made exact str first: inserting hashes them)
+                    for key, item in _list(_dict_items(v)):
+                        out[json_key(key)] = item
+                    into[slot] = out
+                    continue
+                path.append(v)
+                todo.append(None)
+                out = {}
+                for key, item in _list(_dict_items(v)):
+                    key = json_key(key)
+                    out[key] = None
+                    todo.append((item, out, key))
+            else:
+                items = v if t is _list or t is _tuple else \
+                    _list_copy(v) if _issubclass(t, _list) else _tuple_item(v, _whole)
+                if not holds_container(items):
+                    into[slot] = items
+                    continue
+                path.append(v)
+                todo.append(None)
+                out = [None] * _len(items)
+                n = 0
+                for item in items:
+                    todo.append((item, out, n))
+                    n += 1
+            into[slot] = out
+        return root[0]
+
+    def needs_plain(value, max_depth):
+        """Whether `value` holds a dict, list or tuple subclass, a cycle, or nests deeper
+        than `max_depth`: then plain() must copy it (or say what is wrong) before the C
+        encoder may see it. Most values hold none, and are encoded as they are."""
+        todo = [value]
+        path = []  # the containers being looked into, outermost first
+        while todo:
+            v = todo.pop()
+            if v is _end:
+                path.pop()
+                continue
+            t = _type(v)
+            if t is _dict:
+                children = _dict_values(v)
+            elif t is _list or t is _tuple:
+                children = v
+            else:
+                return True
+            if _len(path) >= max_depth or (path and on_path(path, v)):
+                return True
+            if _len(children) > 16 and not holds_container(children):
+                continue
+            path.append(v)
+            todo.append(_end)
+            for child in children:
+                ct = _type(child)
+                if ct is _dict or ct is _list or ct is _tuple:
+                    todo.append(child)
+                elif not (ct is _str or ct is _int or ct is _float or ct is _bool
+                          or child is None) and _flags_of(ct) & container_bits:
+                    return True  # a subclass of one
+        return False
+
+    def convert(value, max_depth):
+        """A returned global as JSON text, or raise _ValueError with the reason. Nothing
+        of the agent's runs: see plain()."""
         try:
+            if _flags_of(_type(value)) & container_bits and needs_plain(value, max_depth):
+                value = plain(value, max_depth)
             return _join((json_dumps(value),))
         except _RecursionError:
-            raise _ValueError("value is nested too deeply to convert to JSON") from None
+            raise _ValueError("value is nested too deeply to convert to JSON (more than "
+                              + _str(max_depth) + " levels of lists and dicts)") from None
         except _ValueError as e:
             m = _join((_str(e),)) if _type(e) is _ValueError else ""
             if "Circular reference" in m:
@@ -1454,6 +1755,26 @@ def _wasm_exec_boot():
                 except _BaseException:
                     pass
 
+    def repair_namespace():
+        """Put back what the runner gave the agent's namespace, whatever an earlier call
+        did to it: its builtins as __builtins__, with the guarded __import__, and the
+        names it had at boot when some were deleted (a name the agent replaced stays
+        replaced). Returns what it replaced, for the caller to drop. (Its look-ups are
+        the ones the call's own code makes a moment later: a key the agent planted in
+        these dicts is compared by those anyway.)"""
+        replaced = []
+        if _dict_get(ns, "__builtins__") is not agent_builtins:
+            replaced.append(_dict_get(ns, "__builtins__"))
+            ns["__builtins__"] = agent_builtins
+        if _dict_get(agent_builtins, "__import__") is not guard:
+            replaced.append(_dict_get(agent_builtins, "__import__"))
+            agent_builtins["__import__"] = guard
+        if _len(agent_builtins) < _len(builtin_items):
+            for k, v in builtin_items:
+                if k not in agent_builtins:
+                    agent_builtins[k] = v
+        return replaced
+
     def run_call(req, cell_no):
         code_text = req["code"]
         filename = "<cell-" + _str(cell_no) + ">"
@@ -1463,6 +1784,7 @@ def _wasm_exec_boot():
             sources.pop(source_order.pop(0), None)
         if req.get("reseed") is True:
             reseed_generators()
+        replaced = repair_namespace()
         values = req.get("globals")
         if values:
             for k, v in values.items():
@@ -1488,9 +1810,11 @@ def _wasm_exec_boot():
                 tname, msg, text = describe(exc)
             except _BaseException:
                 tname, msg, text = "Exception", "<unprintable>", ""
-            reply["error_type"] = tname
-            reply["error_message"] = msg
-            reply["traceback"] = text
+            # (capped: the reply has to fit the host's cap, whatever the message)
+            reply["error_type"] = shorten(tname, 500)
+            reply["error_message"] = shorten(msg, 20_000)
+            reply["traceback"] = text if _len(text) <= 50_000 else (
+                text[:10_000] + "\n[... traceback shortened ...]\n" + text[-40_000:])
             del exc
         flush_streams()
         out = {}
@@ -1498,33 +1822,55 @@ def _wasm_exec_boot():
         max_bytes = req.get("max_globals_bytes", 10_000_000)
         used = 0
         names = req.get("return", ())
+        max_depth = req.get("max_depth")
+        if _type(max_depth) is not _int:
+            max_depth = 400
         quiet = False
+        # the namespace, looked up directly while its keys are all exact str (checked in
+        # C); else a copy of its str keys, made without looking anything up: a key the
+        # agent planted with its own __hash__ and __eq__ would be compared with a name
+        found = ns
+        if (names or req.get("return_all") is True) \
+                and not _all(_map(_is, _map(_type, ns), _repeat(_str))):
+            found = {}
+            for k, v in _list(_dict_items(ns)):
+                if _type(k) is _str:
+                    found[k] = v
         if req.get("return_all") is True:
             # every global the code's namespace holds that converts to JSON (modules,
             # functions, classes and other objects are left out without an error)
-            names = [k for k in ns if _type(k) is _str and k[:2] != "__"
-                     and _type(ns[k]) not in (ModuleType, FunctionType, _type)]
+            names = []
+            for k, v in _list(_dict_items(found)):
+                t = _type(v)
+                if _type(k) is _str and k[:2] != "__" and not (
+                        t is ModuleType or t is FunctionType or _issubclass(t, _type)):
+                    names.append(k)
             quiet = True
         for name in names:
-            if name not in ns:
-                errs[name] = "name '" + name + "' is not defined"
+            if name not in found:
+                errs[name] = "name '" + shorten(name, 200) + "' is not defined"
                 continue
             try:
-                text = convert(ns[name])
+                text = convert(found[name], max_depth)
             except _ValueError as e:
                 if not quiet:
-                    errs[name] = _join((_str(e.args[0]) if e.args else "cannot convert",))
+                    errs[name] = shorten(_join((_str(e.args[0]) if e.args
+                                                else "cannot convert",)), 500)
                 continue
             except _BaseException:
                 if not quiet:
                     errs[name] = "value cannot be converted to JSON"
                 continue
-            if used + _len(text) > max_bytes:
+            # (names count too: return_all may return many small values)
+            if used + _len(text) + _len(name) > max_bytes:
                 errs[name] = ("value too large to return (returned globals are capped at "
                               + _str(max_bytes) + " bytes in all)")
+                if quiet:
+                    break  # (return_all: the rest would not fit either)
                 continue
-            used += _len(text)
+            used += _len(text) + _len(name)
             out[name] = text
+        del found
         reply["globals"] = out
         reply["globals_errors"] = errs
         if req.get("figures") is True:
@@ -1564,6 +1910,7 @@ def _wasm_exec_boot():
         tail_garbage.clear()
         if raw is None:
             return False
+        repair_streams()  # (what the streams let go of is dropped here, in the runner)
         req = json_loads(raw.decode("utf-8"))
         del raw
         if req.get("op") == "exit":
@@ -1573,7 +1920,8 @@ def _wasm_exec_boot():
             reply = run_call(req, cell_counter[0])
         except _BaseException as e:
             reply = {"id": req["id"], "ok": False, "error_type": "RunnerError",
-                     "error_message": "the sandbox runner failed: " + _qualname(_type(e)),
+                     "error_message": "the sandbox runner failed: "
+                     + _join((_qualname(_type(e)),)),
                      "traceback": "", "globals": {}, "globals_errors": {}}
         full = reserve[0] is None  # (before the answer list exists: see the top)
         box = []
@@ -1584,7 +1932,7 @@ def _wasm_exec_boot():
         # (a reactor's turn goes on after the answer: turn_step gives sys back the
         # runner's streams first, and keeps what they replace until the next call, so no
         # stream object or finalizer of the agent's runs in between)
-        payload = json_dumps(reply).encode("utf-8")
+        payload = reply_bytes(reply)
         del reply, req
         "<wasm-exec request slot>".__defaults__ = ("reply", [], payload)
         del "<wasm-exec request slot>".__defaults__
@@ -1626,7 +1974,9 @@ def _wasm_exec_boot():
                lazy_filter,
                guard_exec_builtin, main, boot_reply, step, turn_step, run_call, collect_figures,
                reseed_generators,
-               install_hook, read_exact, read_frame, json_loads, json_dumps, format_tb,
+               install_hook, read_exact, read_frame, json_loads, json_dumps, reply_bytes,
+               json_key, plain, holds_container, on_path, needs_plain, repair_namespace,
+               text_broken, repair_streams, shorten, format_tb,
                describe, flush_streams, convert, no_default, _exit, _unavailable, _gc_nothing,
                _gc_false, _gc_zero, _gc_collect, _gc_counts, _gc_list]
     trusted_codes = {id(f.__code__): f.__code__ for f in trusted}
@@ -1641,7 +1991,9 @@ def _wasm_exec_boot():
              id(guard_create_builtin.__code__): (guard_create_builtin.__code__, "builtin"),
              id(guard_exec_builtin.__code__): (guard_exec_builtin.__code__, "builtin"),
              id(load_named.__code__): (load_named.__code__, "load"),
-             id(lazy_filter.__code__): (lazy_filter.__code__, "lazy")}
+             id(lazy_filter.__code__): (lazy_filter.__code__, "lazy"),
+             # (no request site: it may only re-open the runner's stdout and stderr)
+             id(repair_streams.__code__): (repair_streams.__code__, "streams")}
     builtin_types = frozenset(k for k, v in builtins.__dict__.items() if type(v) is type)
     # where each role's code assigns the request slot: its STORE_ATTR __defaults__
     store_attr = opcode.opmap["STORE_ATTR"]

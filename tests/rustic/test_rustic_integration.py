@@ -413,8 +413,8 @@ def test_resolver_shares_one_pool_per_configuration() -> None:
     assert b.run(py("print(secret)")).exception.type == "NameError"  # type: ignore[union-attr]
     assert r1.get_or_resolve("org", "other-guild", "agent-a").run(
         py("secret")).exception.type == "NameError"  # type: ignore[union-attr]
-    assert {"agent-a/guild/org", "agent-b/guild/org", "agent-a/other-guild/org"} <= set(
-        r1.pool.agents())
+    assert {("agent-a", "guild", "org"), ("agent-b", "guild", "org"),
+            ("agent-a", "other-guild", "org")} <= set(r1.pool.agents())
 
     # shutdown() through one handle clears the agent's state for every handle
     a1.shutdown()
@@ -451,7 +451,7 @@ def test_resolver_pool_is_bounded() -> None:
     assert result.exit_code == 0
     assert result.resources_used is not None
     assert result.resources_used["state_reset"] is True  # evicted to make room for "two"
-    assert resolver.pool.live_agents() == ["one/g/org"]
+    assert resolver.pool.live_agents() == [("one", "g", "org")]
 
 
 def test_close_shared_resolvers_then_use_again() -> None:
@@ -569,8 +569,8 @@ def test_guild_code_execution_agents(guild_and_probe: tuple[ProbeAgent, Any]) ->
     # both agents live in the one pool shared by every resolver of this configuration
     pool = WasmExecExecutorResolver(whitelisted_imports=["math"],
                                     default_imports={"m": "math"}).pool
-    assert {"coder_a/wasm_exec_guild/wasm_exec_org",
-            "coder_b/wasm_exec_guild/wasm_exec_org"} <= set(pool.live_agents())
+    assert {("coder_a", "wasm_exec_guild", "wasm_exec_org"),
+            ("coder_b", "wasm_exec_guild", "wasm_exec_org")} <= set(pool.live_agents())
 
 
 def test_readme_rustic_blocks_run():
