@@ -402,7 +402,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=5, help="runs per row (default 5)")
     p.add_argument("--json", default="bench-results.json", help="where to write the figures")
     p.add_argument("--quick", action="store_true", help="3 runs, memory for 1 and 10 agents")
+    p.add_argument("--targets", action="store_true",
+                   help="the default runtime's targets beside native CPython and eryx")
+    p.add_argument("--native-python", help="native CPython for --targets (default: this one)")
+    p.add_argument("--rival-python",
+                   help="a Python with pyeryx installed, for the eryx column of --targets")
     args = p.parse_args(argv)
+    if args.targets:
+        from . import bench_targets
+
+        rows = bench_targets.run(3 if args.quick else args.repeat, args.native_python,
+                                 args.rival_python, log=lambda m: print(m, flush=True))
+        print(bench_targets.format_table(rows))
+        with open(args.json, "w") as f:
+            json.dump([asdict(r) for r in rows], f, indent=2)
+        print(f"\nfigures written to {args.json}")
+        return 0
     repeat = 3 if args.quick else args.repeat
     counts = (1, 10) if args.quick else (1, 10, 50)
     result = run(repeat, counts)

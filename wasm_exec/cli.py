@@ -98,8 +98,9 @@ def _repl(args: argparse.Namespace) -> int:
     except WasmExecError as e:
         print(f"wasm-exec: {e}", file=sys.stderr)
         return 2
-    print("wasm-exec sandbox REPL (CPython 3.12 on WebAssembly). State persists between "
-          "inputs; Ctrl-D quits.")
+    version = runtime.load_pin(ex.runtime).python_version
+    print(f"wasm-exec sandbox REPL (CPython {version} on WebAssembly, {ex.runtime} runtime). "
+          "State persists between inputs; Ctrl-D quits.")
     try:
         while True:
             lines: list[str] = []

@@ -338,3 +338,69 @@ def snapshot(wasm: bytes, *, instantiate: Callable[[wasmtime.Module, wasmtime.En
     if mod.section(SEC_DATA) is None:
         raise PreinitError("the module has no data section")
     return out.encode()
+
+
+def initial_memory(wasm: bytes) -> bytes:
+    """The bytes a module's active data segments put in its memory at instantiation (its
+    memory's first pages, up to the last byte a segment writes)."""
+    mod = _parse(wasm)
+    body = mod.section(SEC_DATA)
+    if body is None:
+        return b""
+    r = _Reader(body)
+    segments: list[tuple[int, bytes]] = []
+    for _ in range(r.u32()):
+        flag = r.u32()
+        if flag == 1:
+            r.bytes(r.u32())
+            continue
+        if flag == 2:
+            r.u32()
+        expr = r.const_expr()
+        if expr[:1] != b"\x41" or expr[-1:] != b"\x0b":
+            raise PreinitError("a data segment's offset is not an i32 constant")
+        offset = _Reader(expr, 1).u32()  # (non-negative offsets: a plain LEB reads them)
+        if expr[1 + len(uleb(offset))] != 0x0B and offset >= 1 << 31:
+            raise PreinitError("negative data segment offset")
+        segments.append((offset, r.bytes(r.u32())))
+    if not segments:
+        return b""
+    memory = bytearray(max(off + len(seg) for off, seg in segments))
+    for off, seg in segments:
+        memory[off:off + len(seg)] = seg
+    return bytes(memory)
+
+
+def differing_runs(image: Any, base: bytes, size: int, page: int = 4096,
+                   chunk: int = 1 << 16) -> list[tuple[int, int]]:
+    """The (offset, length) runs of ``page``-sized blocks where ``image`` (``size`` bytes)
+    differs from ``base`` (zeros past its end): what a restore into a fresh instance of the
+    module whose initial memory is ``base`` must write. Compares ``chunk``-sized blocks
+    first and only looks inside those that differ."""
+    zero = bytes(chunk)
+    runs: list[tuple[int, int]] = []
+    start = -1
+
+    def want(a: int, b: int) -> bytes:
+        got = base[a:b]
+        return got if len(got) == b - a else got + zero[:b - a - len(got)]
+
+    for off in range(0, size, chunk):
+        end = min(off + chunk, size)
+        have = image[off:end]
+        if have == want(off, end):
+            if start >= 0:
+                runs.append((start, off - start))
+                start = -1
+            continue
+        for p in range(off, end, page):
+            q = min(p + page, end)
+            same = have[p - off:q - off] == want(p, q)
+            if not same and start < 0:
+                start = p
+            elif same and start >= 0:
+                runs.append((start, p - start))
+                start = -1
+    if start >= 0:
+        runs.append((start, size - start))
+    return runs

@@ -25,7 +25,7 @@ from typing import Any
 
 import wasmtime
 
-from . import build, codeindex
+from . import build, codeindex, preinit
 from .errors import RuntimeNotFoundError, RuntimeVerificationError
 
 ENV_DIR = "WASM_EXEC_RUNTIME_DIR"
@@ -63,6 +63,7 @@ class Pin:
     zip_path: str = "/usr/local/lib/python315.zip"
     # built from source (build.py) rather than fetched: the recipe's inputs, else None
     build: dict[str, object] | None = None
+    python_version: str = ""  # the guest's CPython version, for people to read
 
     @property
     def built(self) -> bool:
@@ -118,7 +119,8 @@ def load_pin(profile: str = PROFILE) -> Pin:
                 break
     return Pin(profile, subdir, p["requirement"], files, p["licenses_under"],
                p["download_mb"], p["compile_hint"], p["description"],
-               tuple(p.get("preload", ())), p.get("zip_path", Pin.zip_path), recipe_build)
+               tuple(p.get("preload", ())), p.get("zip_path", Pin.zip_path), recipe_build,
+               str(p.get("python_version", "")))
 
 
 _runner_cache: list[tuple[object, str, str]] = []
@@ -329,10 +331,27 @@ class RuntimeImage:
         self.pin = pin
         self.wasm = wasm
         self._code_index: dict[str, object] | None = None
+        self._base: bytes | None = None
 
     def file(self, name: str) -> Path:
         """Another pinned file of this runtime (e.g. the scientific stdlib zip)."""
         return self.wasm.parent / name
+
+    def base_memory(self) -> bytes:
+        """The module's initial memory (what a fresh instance holds before any turn)."""
+        if self._base is None:
+            with _index_lock:
+                if self._base is None:
+                    self._base = preinit.initial_memory(self.wasm.read_bytes())
+        return self._base
+
+    def differing_runs(self, image: Any) -> list[tuple[int, int]]:
+        """Where a memory image differs from a fresh instance's memory (cached on it)."""
+        runs = getattr(image, "_runs", None)
+        if runs is None:
+            runs = preinit.differing_runs(image.memory, self.base_memory(), image.size)
+            object.__setattr__(image, "_runs", runs)
+        return runs  # type: ignore[no-any-return]
 
     def stdlib_zip(self) -> Path:
         """The runtime's standard library zip (served to the guest at ``pin.zip_path``)."""

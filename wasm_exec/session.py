@@ -290,7 +290,7 @@ class Session:
 
         self._deadline_ticks = 0
         if from_image is not None:
-            self._restore(from_image, memory_bytes)
+            self._restore(from_image, memory_bytes, fresh=True)
             self._thread = threading.Thread(target=self._run, name="wasm-exec-session",
                                             daemon=True)
             self._thread.start()
@@ -536,8 +536,13 @@ class Session:
                            time.monotonic_ns() - _CLOCK_ORIGIN + self._mono_shift,
                            self._image.pin.sha256, self._token)
 
-    def _restore(self, image: MemoryImage, memory_bytes: int) -> None:
-        """Make this fresh instance the interpreter of ``image`` (before its thread runs)."""
+    def _restore(self, image: MemoryImage, memory_bytes: int, fresh: bool = False) -> None:
+        """Make this instance the interpreter of ``image`` (before its thread runs).
+
+        ``fresh``: the instance was just made, so its memory is the module's initial memory,
+        mapped copy-on-write from the compiled file: only the pages where the image differs
+        from it are written (the rest stays shared between every interpreter of the
+        process)."""
         assert self._memory is not None and self._fs is not None
         if image.runtime_sha256 != self._image.pin.sha256:
             raise ValueError("the memory image belongs to another runtime build")
@@ -550,8 +555,16 @@ class Session:
             self._memory.grow(self._store, (image.size - have + page - 1) // page)
         base = ctypes.addressof(self._memory.data_ptr(self._store).contents)
         source = image.memory
-        ctypes.memmove(base, source if isinstance(source, bytes)
-                       else (ctypes.c_char * image.size).from_buffer(source), image.size)
+        view = None if isinstance(source, bytes) else (ctypes.c_char * image.size).from_buffer(
+            source)
+        src = source if view is None else ctypes.addressof(view)
+        if fresh and image.size >= have:
+            for off, length in self._image.differing_runs(image):
+                ctypes.memmove(base + off, (src + off) if isinstance(src, int)
+                               else src[off:off + length], length)
+        else:
+            ctypes.memmove(base, src, image.size)
+        del src, view
         self._fs.restore(image.fs)
         self._boot_source = b""
         self.default_import_errors = dict(image.default_import_errors)
