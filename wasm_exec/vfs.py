@@ -217,7 +217,7 @@ def shared_zip(path: str | os.PathLike[str]) -> Any:
 
 # ------------------------------------------------------------------ nodes
 class _Node:
-    __slots__ = ("ino", "dev", "writable", "atim", "mtim", "ctim", "shared")
+    __slots__ = ("ino", "dev", "writable", "atim", "mtim", "ctim", "shared", "parent", "snap")
 
     def __init__(self, ino: int, dev: int, writable: bool, now: int) -> None:
         self.ino = ino
@@ -225,6 +225,13 @@ class _Node:
         self.writable = writable
         self.atim = self.mtim = self.ctim = now
         self.shared = False  # part of a process-wide read-only tree: never copied
+        # the directory that holds it (itself for the root and for a node no directory
+        # holds any more); in a snapshot's copies it means nothing (restore recomputes it)
+        self.parent: _Node = self
+        # the copy of this node (and of everything below it) in the latest snapshot, or
+        # None once it changed since: a snapshot copies only what changed (and the path
+        # to it), the rest of the tree is shared between snapshots (see MemoryFS._dirty)
+        self.snap: _Node | None = None
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _Node:
         if self.shared:
@@ -253,13 +260,14 @@ class _File(_Node):
 
 
 class _Dir(_Node):
-    __slots__ = ("entries", "parent", "removed", "hidden")
+    __slots__ = ("entries", "removed", "hidden")
 
     def __init__(self, ino: int, dev: int, writable: bool, now: int,
                  parent: _Dir | None) -> None:
         super().__init__(ino, dev, writable, now)
         self.entries: dict[str, _Node] = {}
-        self.parent = parent if parent is not None else self
+        if parent is not None:
+            self.parent = parent
         self.removed = False
         self.hidden = False  # can be walked through, but does not exist itself
 
@@ -276,7 +284,8 @@ class _Fd:
         self.inh = inh
         self.preopen = preopen
         # a directory's entries as of the read that started at cookie 0: later reads
-        # continue that listing instead of building it again (a listing is linear work)
+        # continue that listing instead of building it again (a listing is linear work);
+        # kept only within MemoryFS.max_listed_entries over all descriptors
         self.listing: list[tuple[str, _Node]] | None = None
 
 
@@ -324,6 +333,12 @@ class MemoryFS:
         self._overlays = tuple(overlays)
         self.scratch_bytes = int(scratch_bytes)
         self.max_fds = int(max_fds)
+        # entries of directory listings kept for open descriptors (about 64 bytes of host
+        # memory each), over all of them: as many as the scratch area can hold nodes, so
+        # at most an eighth of its budget; a listing past the cap is read from the
+        # directory itself at each call (slower, same answers)
+        self.max_listed_entries = max(1024, self.scratch_bytes // NODE_COST)
+        self._listed = 0
         self._used = 0
         self._next_ino = 1
         self._mem: MemGetter = _no_memory
@@ -374,6 +389,11 @@ class MemoryFS:
         """Scratch bytes in use (file contents plus NODE_COST per node)."""
         return self._used
 
+    @property
+    def listed_entries(self) -> int:
+        """Directory entries kept for open descriptors' listings (see max_listed_entries)."""
+        return self._listed
+
     def bind_memory(self, getter: MemGetter) -> None:
         """Set how to find guest memory: ``getter(caller) -> (base address, size)``."""
         self._mem = getter
@@ -407,21 +427,52 @@ class MemoryFS:
         return sorted({0, 1, 2} | set(self._fds))
 
     def snapshot(self) -> FSState:
-        """A deep copy of the tree and fd table (the zip bytes are shared, not copied).
+        """A copy of the tree and fd table that never changes (the zip bytes are shared).
 
-        Take it between turns (no wasm frame live)."""
+        Only what changed since the previous snapshot is copied (with the directories
+        above it); the rest is shared with that snapshot, so an unchanged tree costs the
+        size of the fd table, whatever the number of files. Take it between turns (no
+        wasm frame live)."""
+        _freeze(self._root)
+        fds: dict[int, _Fd] = {}
+        for fd, f in self._fds.items():
+            node = f.node
+            if not node.shared and node.snap is None:
+                _freeze(node)  # a file or directory no directory holds any more
+            g = object.__new__(_Fd)
+            for slot in _Fd.__slots__:
+                setattr(g, slot, getattr(f, slot))
+            g.node = node if node.shared else node.snap  # type: ignore[assignment]
+            g.listing = None  # (a cache)
+            fds[fd] = g
+        return FSState(self._root.snap, fds, self._used, self._next_ino,  # type: ignore
+                       self._zip)
+
+    def _full_snapshot(self) -> FSState:
+        """A snapshot that copies everything (what :meth:`snapshot` must equal; tests)."""
         root, fds = _clone(self._root, self._fds, self._zip, self._zip)
         return FSState(root, fds, self._used, self._next_ino, self._zip)
+
+    def _dirty(self, node: _Node) -> None:
+        """``node`` changes: it and the directories above it leave the latest snapshot.
+
+        (A node out of the snapshot has every directory above it out too, so the walk
+        stops at the first one already out.)"""
+        while node.snap is not None:
+            node.snap = None
+            node = node.parent
 
     def restore(self, state: FSState) -> None:
         """Replace the tree and fd table by a copy of ``state`` (reusable many times)."""
         if not 0 <= state.used <= self.scratch_bytes:
             raise ValueError(f"the saved file system uses {state.used} bytes, more than "
                              f"this one's scratch budget of {self.scratch_bytes}")
-        root, fds = _clone(state.root, state.fds, state.zip_data, self._zip)
+        root, fds = _clone(state.root, state.fds, state.zip_data, self._zip,
+                           link=state.zip_data is self._zip)
         self._root, self._fds = root, fds
         self._used = state.used
         self._next_ino = state.next_ino
+        self._listed = 0
 
     # -------------------------------------------------------------- stdio defaults
     def _default_stdio_read(self, caller: Any, fd: int, iovs: int, iovs_len: int,
@@ -555,6 +606,7 @@ class MemoryFS:
 
     def _drop(self, node: _Node) -> None:
         """``node`` left the tree: give back its budget unless an fd still holds it."""
+        self._dirty(node)
         if type(node) is _Dir:
             node.removed = True  # type: ignore[attr-defined]
             if node.writable:
@@ -565,6 +617,7 @@ class MemoryFS:
             self._used -= NODE_COST + len(node.data)  # type: ignore[attr-defined]
 
     def _resize(self, node: _File, new_size: int) -> int:
+        self._dirty(node)
         data = node.data
         old = len(data)
         if new_size > old:
@@ -679,6 +732,7 @@ class MemoryFS:
             return EINVAL
         if not node.writable or node.dev != DEV_SCRATCH:
             return EROFS if node.dev != DEV_DEVICES else ESUCCESS
+        self._dirty(node)
         now = time.time_ns()
         if f & FST_ATIM:
             node.atim = atim & _M64
@@ -799,6 +853,7 @@ class MemoryFS:
             return ESUCCESS, want
         if want == 0:
             return ESUCCESS, 0
+        self._dirty(node)
         pos = len(data) if e.flags & FDFLAG_APPEND else (e.pos if offset is None else offset)
         end = pos + want
         old = len(data)
@@ -869,6 +924,7 @@ class MemoryFS:
         return ESUCCESS
 
     def _release(self, e: _Fd) -> None:
+        self._unlist(e)
         node = e.node
         if type(node) is _File and node.dev == DEV_SCRATCH:
             node.opens -= 1
@@ -891,13 +947,24 @@ class MemoryFS:
         cookie &= _M64
         items = e.listing
         if cookie == 0 or items is None:
-            items = [(".", node), ("..", node.parent)]  # type: ignore
-            items.extend(node.entries.items())  # type: ignore[attr-defined]
-            e.listing = items
+            self._unlist(e)
+            items = None
+            count = len(node.entries) + 2  # type: ignore[attr-defined]
+            if self._listed + count <= self.max_listed_entries:
+                items = [(".", node), ("..", node.parent)]
+                items.extend(node.entries.items())  # type: ignore[attr-defined]
+                e.listing = items
+                self._listed += count
+        if items is not None:
+            found: Any = itertools.islice(items, cookie, None)
+        else:
+            # past the cap: read from the directory as it is now (cookie-th entry on)
+            found = itertools.islice(itertools.chain(
+                ((".", node), ("..", node.parent)), node.entries.items()),  # type: ignore
+                cookie, None)
         parts = []
         have = 0
-        for i in range(cookie, len(items)):
-            name, child = items[i]
+        for i, (name, child) in enumerate(found, cookie):
             raw = name.encode()
             parts.append(DIRENT.pack(i + 1, child.ino, len(raw), _filetype(child)))
             parts.append(raw)
@@ -908,6 +975,11 @@ class MemoryFS:
         if blob:
             _memmove(base + buf, blob, len(blob))
         return self._put_u32(caller, bufused_ptr, len(blob))
+
+    def _unlist(self, e: _Fd) -> None:
+        if e.listing is not None:
+            self._listed -= len(e.listing)
+            e.listing = None
 
     def fd_sync(self, caller: Any, fd: int) -> int:
         return ESUCCESS if fd in self._fds or 0 <= fd < STDIO_FDS else EBADF
@@ -991,6 +1063,8 @@ class MemoryFS:
                 return ENOSPC
             now = time.time_ns()
             node = _File(self._ino(), DEV_SCRATCH, True, now, bytearray())
+            node.parent = parent
+            self._dirty(parent)
             parent.entries[name] = node
             parent.mtim = parent.ctim = now
         elif oflags & O_CREAT and oflags & O_EXCL:
@@ -1016,6 +1090,7 @@ class MemoryFS:
                 base &= ~(R_FD_WRITE | R_FD_ALLOCATE | R_FD_FILESTAT_SET_SIZE)
             inh = 0
             if oflags & O_TRUNC and node.data is not None and node.data:
+                self._dirty(node)
                 self._used -= len(node.data)
                 node.data = bytearray()
                 node.mtim = node.ctim = time.time_ns()
@@ -1067,6 +1142,7 @@ class MemoryFS:
         if not self._charge(NODE_COST):
             return ENOSPC
         now = time.time_ns()
+        self._dirty(parent)
         parent.entries[name] = _Dir(self._ino(), DEV_SCRATCH, True, now, parent)
         parent.mtim = parent.ctim = now
         return ESUCCESS
@@ -1086,6 +1162,7 @@ class MemoryFS:
             return EROFS
         if node.entries:
             return ENOTEMPTY
+        self._dirty(parent)
         del parent.entries[name]
         parent.mtim = parent.ctim = time.time_ns()
         self._drop(node)
@@ -1104,6 +1181,7 @@ class MemoryFS:
             return ENOTDIR
         if not parent.writable or node.dev != DEV_SCRATCH:
             return EROFS
+        self._dirty(parent)
         del parent.entries[name]
         parent.mtim = parent.ctim = time.time_ns()
         self._drop(node)
@@ -1148,12 +1226,15 @@ class MemoryFS:
                     return ENOTEMPTY
             elif s_dir:
                 return ENOTDIR
+            self._dirty(dp)
             del dp.entries[dn]
             self._drop(dnode)
+        self._dirty(sp)
+        self._dirty(dp)
+        self._dirty(snode)
         del sp.entries[sn]
         dp.entries[dn] = snode
-        if s_dir:
-            snode.parent = dp
+        snode.parent = dp
         now = time.time_ns()
         sp.mtim = sp.ctim = dp.mtim = dp.ctim = snode.ctim = now
         return ESUCCESS
@@ -1390,51 +1471,104 @@ def _shared_path(start: _Dir, parts: list[str], hidden: bool) -> _Dir | None:
     return node
 
 
-def _clone(root: _Dir, fds: dict[int, _Fd], zip_from: Any,
-           zip_to: Any) -> tuple[_Dir, dict[int, _Fd]]:
-    """A copy of a tree and its fd table, without recursion (a deep tree must not exhaust
-    Python's stack): shared nodes are kept, scratch file contents copied, and file data
-    that is ``zip_from`` becomes ``zip_to``."""
-    copies: dict[int, _Node] = {}
+def _copy_node(node: _Node) -> _Node:
+    new = object.__new__(type(node))
+    for cls in type(node).__mro__:
+        for slot in getattr(cls, "__slots__", ()):
+            setattr(new, slot, getattr(node, slot))
+    new.parent = new
+    new.snap = None
+    return new
+
+
+def _freeze(top: _Node) -> None:
+    """Give ``top`` and every node under it its snapshot copy (``snap``): a node that has
+    one keeps it, the others are copied, children before their directory (no recursion:
+    a deep tree must not exhaust Python's stack). Work: the nodes that changed since the
+    last snapshot, the entries of the directories that hold them, and their contents."""
+    if top.shared or top.snap is not None:
+        return
     order: list[_Node] = []
-    pending: list[_Node] = [root] + [f.node for f in fds.values()]
-    while pending:
-        node = pending.pop()
-        if node.shared or id(node) in copies:
-            continue
-        new = object.__new__(type(node))
-        for cls in type(node).__mro__:
-            for slot in getattr(cls, "__slots__", ()):
-                setattr(new, slot, getattr(node, slot))
-        copies[id(node)] = new
+    stack: list[_Node] = [top]
+    while stack:
+        node = stack.pop()
         order.append(node)
         if type(node) is _Dir:
-            pending.extend(node.entries.values())
-            pending.append(node.parent)
-
-    def get(node: _Node) -> _Node:
-        return node if node.shared else copies[id(node)]
-
-    for node in order:
-        new = copies[id(node)]
+            for child in node.entries.values():
+                if child.snap is None and not child.shared:
+                    stack.append(child)
+    for node in reversed(order):
+        new = _copy_node(node)
         if type(node) is _Dir:
-            new.entries = {name: get(child) for name, child in node.entries.items()}  # type: ignore[attr-defined]
-            new.parent = get(node.parent)  # type: ignore[attr-defined]
-        elif type(node) is _File:
+            new.entries = {name: child if child.shared else child.snap  # type: ignore
+                           for name, child in node.entries.items()}
+        elif isinstance(node.data, bytearray):  # type: ignore[attr-defined]
+            new.data = bytearray(node.data)  # type: ignore[attr-defined]
+        node.snap = new
+
+
+def _clone(root: _Dir, fds: dict[int, _Fd], zip_from: Any, zip_to: Any,
+           link: bool = False) -> tuple[_Dir, dict[int, _Fd]]:
+    """A copy of a tree and its fd table, without recursion (a deep tree must not exhaust
+    Python's stack): shared nodes are kept, scratch file contents copied, and file data
+    that is ``zip_from`` becomes ``zip_to``. What a node's copy only keeps for the host
+    (the directory above it, how many descriptors hold a file) is recounted from the
+    tree and the fd table. ``link``: ``root`` is a snapshot (it never changes), so each
+    copy starts as unchanged since it (its ``snap``)."""
+    copies: dict[int, _Node] = {}
+
+    def make(node: _Node) -> _Node:
+        new = _copy_node(node)
+        if link:
+            new.snap = node
+        if type(node) is _File:
+            new.opens = 0  # type: ignore[attr-defined]
             data = node.data
             if data is zip_from:
                 new.data = zip_to  # type: ignore[attr-defined]
             elif isinstance(data, bytearray):
                 new.data = bytearray(data)  # type: ignore[attr-defined]
+        copies[id(node)] = new
+        return new
+
+    def walk(top: _Node) -> _Node:
+        new_top = make(top)
+        stack = [(top, new_top)]
+        while stack:
+            node, new = stack.pop()
+            if type(node) is not _Dir:
+                continue
+            entries: dict[str, _Node] = {}
+            for name, child in node.entries.items():
+                if child.shared:
+                    entries[name] = child
+                    continue
+                c = copies.get(id(child))
+                if c is None:
+                    c = make(child)
+                    stack.append((child, c))
+                c.parent = new
+                entries[name] = c
+            new.entries = entries  # type: ignore[attr-defined]
+        return new_top
+
+    new_root = walk(root)
     new_fds: dict[int, _Fd] = {}
     for fd, f in fds.items():
+        node = f.node
+        if node.shared:
+            target = node
+        else:
+            target = copies.get(id(node)) or walk(node)
+            if type(target) is _File and target.dev == DEV_SCRATCH:
+                target.opens += 1
         g = object.__new__(_Fd)
         for slot in _Fd.__slots__:
             setattr(g, slot, getattr(f, slot))
-        g.node = get(f.node)
+        g.node = target
         g.listing = None  # (a cache)
         new_fds[fd] = g
-    return copies[id(root)], new_fds  # type: ignore[return-value]
+    return new_root, new_fds  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------ saving to a file
@@ -1461,6 +1595,10 @@ def encode_fs_state(state: FSState, fs: MemoryFS) -> dict[str, Any]:
 
     root = ref(state.root)
     fds = {}
+    opens: dict[int, int] = {}  # (counted here: a snapshot's copies may keep an old count)
+    for f in state.fds.values():
+        if type(f.node) is _File and f.node.dev == DEV_SCRATCH:
+            opens[id(f.node)] = opens.get(id(f.node), 0) + 1
     for fd, f in state.fds.items():
         fds[str(fd)] = {"node": ref(f.node), "pos": f.pos, "flags": f.flags, "base": f.base,
                         "inh": f.inh, "preopen": f.preopen}
@@ -1478,7 +1616,7 @@ def encode_fs_state(state: FSState, fs: MemoryFS) -> dict[str, Any]:
             entry["entries"] = {name: ref(child) for name, child in node.entries.items()}
         elif type(node) is _File:
             entry["kind"] = "file"
-            entry["opens"] = node.opens
+            entry["opens"] = opens.get(id(node), 0)
             entry["linked"] = node.linked
             if node.member is not None:
                 raise ValueError("an unloaded archive member outside the library")
