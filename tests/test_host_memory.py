@@ -11,7 +11,9 @@ can make grow.
 
 from __future__ import annotations
 
+import base64
 import gc
+import hashlib
 import json
 import os
 import random
@@ -20,7 +22,8 @@ import time
 import pytest
 
 from tests.test_vfs import FakeMem, W, _open, _path_call, _write
-from wasm_exec import PythonExecExecutor, vfs
+from wasm_exec import ImageError, PythonExecExecutor, vfs
+from wasm_exec.images import MAGIC
 
 MiB = 1 << 20
 
@@ -97,6 +100,170 @@ def test_listing_cache_is_bounded_and_readdir_still_correct(zip_bytes):
     for fd in fds:
         assert fs.fd_close(None, fd) == 0
     assert fs.listed_entries == 0
+
+
+# ====================================================================== class 2
+def _rewrite(data: bytes, change) -> bytes:
+    start = len(MAGIC) + 4
+    size = int.from_bytes(data[len(MAGIC):start], "little")
+    header = json.loads(data[start:start + size])
+    change(header)
+    head = json.dumps(header).encode()
+    out = MAGIC + len(head).to_bytes(4, "little") + head + data[start + size:-32]
+    return out + hashlib.sha256(out).digest()
+
+
+def _tmp_dir_node(fs_data: dict) -> dict:
+    nodes = fs_data["nodes"]
+    return next(n for n in nodes if n["kind"] == "dir" and "work" in n.get("entries", {}))
+
+
+def test_an_image_naming_one_file_many_times_is_refused(tmp_path):
+    """One file under many names: each unlink gave back its whole size, so /tmp grew
+    past its cap after loading."""
+    path = tmp_path / "agent.img"
+    with PythonExecExecutor(timeout_seconds=30, whitelisted_imports=["os"]) as ex:
+        assert ex.execute("open('/tmp/big', 'wb').write(b'x' * 1_000_000)").success
+        ex.save(path)
+
+    def alias(header):
+        d = _tmp_dir_node(header["fs"])
+        for i in range(200):
+            d["entries"][f"alias{i}"] = d["entries"]["big"]
+
+    bad = tmp_path / "bad.img"
+    bad.write_bytes(_rewrite(path.read_bytes(), alias))
+    with pytest.raises(ImageError, match="more than one name|two places"):
+        PythonExecExecutor.load(bad)
+
+
+def test_loaded_scratch_area_keeps_its_cap(tmp_path):
+    """After a load the scratch figure is recounted: removing files frees exactly what
+    they held, and filling /tmp stops at the cap of the new limits."""
+    path = tmp_path / "agent.img"
+    with PythonExecExecutor(timeout_seconds=30, whitelisted_imports=["os"]) as ex:
+        assert ex.execute("for i in range(3):\n"
+                          "    open(f'/tmp/f{i}', 'wb').write(b'x' * 1_000_000)").success
+        ex.save(path)
+    with PythonExecExecutor.load(path, timeout_seconds=30) as ex:
+        fs = ex._session.fs
+        used = fs.used_bytes
+        assert used >= 3_000_000
+        r = ex.execute("import os\nfor i in range(3):\n    os.remove(f'/tmp/f{i}')\n"
+                       "chunks = 0\ntry:\n    with open('/tmp/fill', 'wb') as f:\n"
+                       "        while True:\n            f.write(b'y' * 1_000_000); chunks += 1\n"
+                       "except OSError:\n    pass", return_globals=["chunks"])
+        assert r.success, r.error
+        assert 0 <= fs.used_bytes <= fs.scratch_bytes
+        assert r.globals["chunks"] <= fs.scratch_bytes // 1_000_000
+
+
+def test_crafted_images_that_would_lift_limits_are_refused(zip_bytes):
+    fs = vfs.MemoryFS(zip_bytes, scratch_bytes=256 * 1024)
+    m = FakeMem(fs)
+    err, fd = _open(fs, m, "tmp/work/a.txt", oflags=vfs.O_CREAT, rights=W)
+    assert err == 0 and _write(fs, m, fd, b"hello")[0] == 0
+    good = json.loads(json.dumps(vfs.encode_fs_state(fs.snapshot(), fs)))
+    nodes = good["nodes"]
+    tmp = next(i for i, n in enumerate(nodes) if n["kind"] == "dir"
+               and "work" in n.get("entries", {}))
+    work = nodes[tmp]["entries"]["work"]
+    a_txt = nodes[work]["entries"]["a.txt"]
+    big = base64.b64encode(bytes(100_000)).decode()
+
+    def extra(node: dict):
+        def change(d):
+            d["nodes"].append(node)
+            d["nodes"][work]["entries"]["extra"] = len(d["nodes"]) - 1
+            d["next_ino"] += 1
+        return change
+
+    base = {"ino": 10_000, "times": [0, 0, 0]}
+    cases = {
+        "two names": lambda d: d["nodes"][tmp]["entries"].__setitem__("b.txt", a_txt),
+        # read-only contents are never charged: only the library zip may be one
+        "read-only data": extra({**base, "kind": "file", "dev": vfs.DEV_RO,
+                                 "writable": False, "opens": 0, "linked": True,
+                                 "data": {"b64": big, "mutable": False}}),
+        # a writable directory outside the scratch device gave back budget it never took
+        "writable device dir": extra({**base, "kind": "dir", "dev": vfs.DEV_DEVICES,
+                                      "writable": True, "removed": False, "hidden": False,
+                                      "entries": {}}),
+        # a descriptor with more rights than opening the file would give
+        "write rights on the zip": lambda d: d["fds"].__setitem__("9", {
+            "node": next(i for i, n in enumerate(d["nodes"]) if n["kind"] == "file"
+                         and n["data"] == {"zip": True}),
+            "pos": 0, "flags": 0, "base": vfs.RIGHTS_ALL, "inh": 0, "preopen": None}),
+    }
+    for name, change in cases.items():
+        data = json.loads(json.dumps(good))
+        change(data)
+        with pytest.raises(ValueError):
+            vfs.decode_fs_state(data, vfs.MemoryFS(zip_bytes, scratch_bytes=256 * 1024))
+            pytest.fail(name)
+    # counts the file system keeps are recounted, never read: opens from the descriptors
+    data = json.loads(json.dumps(good))
+    data["nodes"][a_txt]["opens"] = 7
+    state = vfs.decode_fs_state(data, vfs.MemoryFS(zip_bytes, scratch_bytes=256 * 1024))
+    other = vfs.MemoryFS(zip_bytes, scratch_bytes=256 * 1024)
+    other.restore(state)
+    m2 = FakeMem(other)
+    used = other.used_bytes
+    assert _path_call(other, m2, "path_unlink_file", "tmp/work/a.txt") == 0
+    assert other.used_bytes == used  # still open
+    assert other.fd_close(None, fd) == 0
+    assert other.used_bytes == used - vfs.NODE_COST - 5
+
+
+def test_image_headers_are_capped_before_parsing(tmp_path):
+    """A header of tiny JSON containers (20 MiB of `{},` parses into some 450 MiB of
+    dicts) is refused from its size and shape, before it is parsed."""
+    path = tmp_path / "agent.img"
+    with PythonExecExecutor(timeout_seconds=30) as ex:
+        assert ex.execute("k = 1").success
+        ex.save(path)
+    data = path.read_bytes()
+    start = len(MAGIC) + 4
+    size = int.from_bytes(data[len(MAGIC):start], "little")
+    head = data[start:start + size]
+    pad = b'"pad":[' + b"{}," * (7 * MiB) + b"{}],"
+    head = head[:1] + pad + head[1:]
+    out = MAGIC + len(head).to_bytes(4, "little") + head + data[start + size:-32]
+    bad = tmp_path / "bad.img"
+    bad.write_bytes(out + hashlib.sha256(out).digest())
+    del data, head, out, pad
+    gc.collect()
+    before = _rss()
+    with pytest.raises(ImageError, match="header"):
+        PythonExecExecutor.load(bad, timeout_seconds=30)
+    grown = _rss() - before
+    assert grown < 120 * MiB, f"the host grew by {grown / MiB:.0f} MiB"
+
+
+def test_keyed_images(tmp_path):
+    key = os.urandom(32)
+    keyed, plain = tmp_path / "keyed.img", tmp_path / "plain.img"
+    with PythonExecExecutor(timeout_seconds=30) as ex:
+        assert ex.execute("k = 41").success
+        ex.save(keyed, key=key)
+        ex.save(plain)
+    with PythonExecExecutor.load(keyed, key=key, timeout_seconds=30) as ex:
+        assert ex.execute("k += 1", return_globals=["k"]).globals == {"k": 42}
+    with pytest.raises(ImageError, match="not saved with this key"):
+        PythonExecExecutor.load(keyed, key=os.urandom(32))
+    with pytest.raises(ImageError, match="saved without a key"):
+        PythonExecExecutor.load(plain, key=key)
+    with pytest.raises(ImageError, match="saved with a key"):
+        PythonExecExecutor.load(keyed)
+    # a keyed file altered and given a fresh plain checksum is refused too
+    data = keyed.read_bytes()
+    forged = tmp_path / "forged.img"
+    body = MAGIC + data[len(MAGIC):-32]
+    forged.write_bytes(body + hashlib.sha256(body).digest())
+    with pytest.raises(ImageError, match="saved without a key"):
+        PythonExecExecutor.load(forged, key=key)
+    with pytest.raises((TypeError, ImageError)):
+        PythonExecExecutor.load(keyed, key="not bytes")  # type: ignore[arg-type]
 
 
 # ====================================================================== class 6

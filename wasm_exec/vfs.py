@@ -173,6 +173,12 @@ _c_char = ctypes.c_char
 _addressof = ctypes.addressof
 
 
+def scratch_budget(memory_bytes: int) -> int:
+    """The scratch budget of an interpreter with this memory limit: a quarter of it, at
+    least 16 MiB."""
+    return max(16 << 20, int(memory_bytes) // 4)
+
+
 def guest_env() -> dict[str, str]:
     """Environment variables the guest should see (set by :func:`setup_source`)."""
     return dict(GUEST_ENV)
@@ -1634,14 +1640,25 @@ def encode_fs_state(state: FSState, fs: MemoryFS) -> dict[str, Any]:
     return {"root": root, "nodes": out, "fds": fds, "next_ino": state.next_ino}
 
 
+def max_image_nodes(scratch_bytes: int, max_fds: int = DEFAULT_MAX_FDS) -> int:
+    """How many nodes a saved file system can hold: what its scratch budget pays for,
+    directories removed while a descriptor holds them, and the skeleton."""
+    return scratch_bytes // NODE_COST + max_fds + 64
+
+
 def decode_fs_state(data: dict[str, Any], fs: MemoryFS) -> FSState:
     """The FSState that ``encode_fs_state`` wrote, for ``fs``; ValueError when the data is
-    not one (every number is range-checked, the tree's shape is rebuilt from the entries,
-    scratch usage is recounted: a file cannot lift ``fs``'s budget or loop the tree)."""
+    not one. Nothing the data says about the host's own bookkeeping is believed: every
+    number is range-checked, the tree's shape is rebuilt from the entries (each node under
+    exactly one name, no loops), only the scratch device is writable and only it holds
+    contents of the file's own, descriptors have no more rights than opening the node
+    would give, and the scratch usage, the open counts, which nodes are linked and the
+    parents are recounted: a file cannot lift ``fs``'s budget or loop the tree."""
     overlay = _overlay(fs._zip, fs._overlays)
     raw = data["nodes"]
-    if not isinstance(raw, list) or len(raw) > 1_000_000:
-        raise ValueError("nodes")
+    most = max_image_nodes(fs.scratch_bytes, fs.max_fds)
+    if not isinstance(raw, list) or len(raw) > most:
+        raise ValueError(f"nodes (at most {most} for this scratch budget)")
     limit = 1 << 63
 
     def number(value: Any, low: int = 0, high: int = limit) -> int:
@@ -1667,33 +1684,42 @@ def decode_fs_state(data: dict[str, Any], fs: MemoryFS) -> FSState:
         if dev not in (DEV_RO, DEV_SCRATCH, DEV_DEVICES):
             raise ValueError("device")
         writable = e["writable"]
-        if type(writable) is not bool or (writable and dev == DEV_RO):
+        if type(writable) is not bool:
             raise ValueError("writable")
         ino = number(e["ino"], 1)
         node: _Node
         if e["kind"] == "dir":
+            # only the scratch device is writable, and all of it
+            if writable != (dev == DEV_SCRATCH):
+                raise ValueError("writable")
             node = _Dir(ino, dev, writable, 0, None)
-            node.removed = e["removed"] is True
-            node.hidden = e["hidden"] is True
+            if e["hidden"] is not False or type(e["removed"]) is not bool:
+                raise ValueError("a directory's flags")
         elif e["kind"] == "file":
             d = e["data"]
             if d is None:
+                # a device (/dev/null): no contents
+                if dev != DEV_DEVICES:
+                    raise ValueError("a file without contents outside /dev")
                 content: Any = None
+            elif writable != (dev == DEV_SCRATCH):
+                raise ValueError("writable")
             elif isinstance(d, dict) and d.get("zip") is True:
-                if writable or dev != DEV_RO:
+                if dev != DEV_RO:
                     raise ValueError("the library zip as a writable file")
                 content = fs._zip
             elif isinstance(d, dict) and isinstance(d.get("b64"), str):
-                blob = base64.b64decode(d["b64"], validate=True)
-                mutable = d.get("mutable") is True
-                if mutable != (dev == DEV_SCRATCH):
-                    raise ValueError("file contents")
-                content = bytearray(blob) if mutable else blob
+                # contents of the file's own are scratch files (charged to the budget);
+                # read-only ones come from the runtime, never from an image
+                if dev != DEV_SCRATCH or d.get("mutable") is not True:
+                    raise ValueError("file contents outside the scratch area")
+                content = bytearray(base64.b64decode(d["b64"], validate=True))
             else:
                 raise ValueError("file contents")
             node = _File(ino, dev, writable, 0, content)
-            node.opens = number(e["opens"], 0, 1 << 20)
-            node.linked = e["linked"] is True
+            number(e["opens"], 0, 1 << 20)  # (recounted below)
+            if type(e["linked"]) is not bool:
+                raise ValueError("linked")
         else:
             raise ValueError("node kind")
         times = e["times"]
@@ -1712,8 +1738,9 @@ def decode_fs_state(data: dict[str, Any], fs: MemoryFS) -> FSState:
     root = get(data["root"], True)
     if type(root) is not _Dir or root.dev != DEV_RO:
         raise ValueError("root")
-    # the shape: every directory reached once from the root (so no cycles, no directory in
-    # two places); parents are those that hold them, never what the file says
+    # the shape: every node reached once from the root (so no cycles, no directory in two
+    # places, no file under two names); parents are those that hold them, never what the
+    # file says
     seen = {id(root)}
     walk = [(root, raw[made.index(root)])]
     while walk:
@@ -1726,11 +1753,12 @@ def decode_fs_state(data: dict[str, Any], fs: MemoryFS) -> FSState:
                     or len(name.encode("utf-8", "surrogatepass")) > NAME_MAX):
                 raise ValueError("a file name")
             child = get(r, True)
+            if id(child) in seen:
+                raise ValueError("a file or directory under more than one name, or a "
+                                 "directory in two places (a loop)")
+            seen.add(id(child))
+            child.parent = parent
             if type(child) is _Dir:
-                if id(child) in seen:
-                    raise ValueError("a directory in two places, or a loop")
-                seen.add(id(child))
-                child.parent = parent
                 walk.append((child, raw[number(r)]))
             parent.entries[name] = child  # type: ignore[attr-defined]
     fds: dict[int, _Fd] = {}
@@ -1739,32 +1767,50 @@ def decode_fs_state(data: dict[str, Any], fs: MemoryFS) -> FSState:
         raise ValueError("fds")
     for key, f in items.items():
         fd_number = int(key)
-        number(fd_number, 0, 1 << 31)
+        number(fd_number, PREOPEN_FD, 1 << 31)
         preopen = f["preopen"]
         node = get(f["node"], False)
         if preopen is not None and (fd_number != PREOPEN_FD or preopen != "/" or node is not root):
             raise ValueError("preopen")
-        fd = _Fd(node, number(f["flags"], 0, 1 << 16), number(f["base"], 0, 1 << 64),
-                 number(f["inh"], 0, 1 << 64), preopen)
+        base, inh = number(f["base"], 0, 1 << 64), number(f["inh"], 0, 1 << 64)
+        # no more rights than path_open gives for the node
+        if type(node) is _Dir:
+            if base & ~DIR_RIGHTS or inh & ~RIGHTS_ALL:
+                raise ValueError("a descriptor's rights")
+        elif (base & ~FILE_RIGHTS or inh
+              or (not node.writable and base & (R_FD_WRITE | R_FD_ALLOCATE
+                                                | R_FD_FILESTAT_SET_SIZE))):
+            raise ValueError("a descriptor's rights")
+        fd = _Fd(node, number(f["flags"], 0, FDFLAGS_ALL + 1), base, inh, preopen)
         fd.pos = number(f["pos"])
         fds[fd_number] = fd
     if fds.get(PREOPEN_FD) is None or fds[PREOPEN_FD].node is not root:
         raise ValueError("the preopened directory")
-    # what the scratch area holds, recounted (the tree and files kept open)
-    counted: dict[int, _Node] = {}
+    # what the host keeps for itself, recounted: which nodes are linked (in the tree),
+    # which directories were removed, how many descriptors hold each file
     for node in made:
-        if node.dev == DEV_SCRATCH:
-            counted[id(node)] = node
+        linked = id(node) in seen
+        if type(node) is _Dir:
+            node.removed = not linked
+        else:
+            node.linked = linked  # type: ignore[attr-defined]
+    for f in fds.values():
+        if type(f.node) is _File and f.node.dev == DEV_SCRATCH:
+            f.node.opens += 1
+    # what the scratch area holds: the tree's scratch nodes, and the files removed from it
+    # while a descriptor holds them (a removed directory gave its budget back already)
     scratch_root: Any = root
     for part in SCRATCH_ROOT.strip("/").split("/"):
         scratch_root = scratch_root.entries.get(part) if type(scratch_root) is _Dir else None
+    held = {id(f.node): f.node for f in fds.values()}
     used = 0
-    for node in counted.values():
-        if node is scratch_root:
+    for node in made:
+        if node.dev != DEV_SCRATCH or node is scratch_root:
             continue
-        used += NODE_COST
-        if type(node) is _File and node.data is not None:
-            used += len(node.data)
+        if id(node) in seen or (type(node) is _File and id(node) in held):
+            used += NODE_COST
+            if type(node) is _File:
+                used += len(node.data)  # type: ignore[attr-defined]
     if used > fs.scratch_bytes:
         raise ValueError(f"the scratch files need {used} bytes, more than the budget of "
                          f"{fs.scratch_bytes}")
