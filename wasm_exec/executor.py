@@ -27,7 +27,7 @@ from .protocol import (
 )
 from .runtime import EngineSettings, get_image, load_pin, profiles
 from .session import STOP_CANCELLED, CallLimits, MemoryImage, Session, SessionDead
-from .vfs import MemoryFS, shared_zip
+from .vfs import MemoryFS, scratch_budget, shared_zip
 
 # top-level packages the scientific runtime has and the minimal one lacks
 SCIENTIFIC_PACKAGES = frozenset({
@@ -367,12 +367,14 @@ class PythonExecExecutor:
                 pass
             raise
 
-    def save(self, path: str | os.PathLike[str]) -> int:
+    def save(self, path: str | os.PathLike[str], *, key: bytes | None = None) -> int:
         """Save this agent's interpreter to ``path``; returns the file's size in bytes.
 
         The file holds the interpreter as of the end of its last call (compressed, with a
         checksum, tied to this runtime build); :meth:`load` continues it in another
-        executor, in this process or another.
+        executor, in this process or another. ``key`` (bytes): sign the file with
+        HMAC-SHA256 instead of the checksum; ``load(path, key=key)`` then accepts only
+        files saved with that key.
         """
         with self._lock:
             self._check_open()
@@ -384,7 +386,8 @@ class PythonExecExecutor:
             if image is None or fs is None:
                 raise ImageError("the interpreter has no memory image yet; try again")
             return images.save(path, image, runtime=self.runtime, allowed=self.policy.allowed,
-                               default_imports=dict(self.policy.default_imports), fs=fs)
+                               default_imports=dict(self.policy.default_imports), fs=fs,
+                               key=key)
 
     @classmethod
     def load(
@@ -399,14 +402,30 @@ class PythonExecExecutor:
         pool: SessionPool | None = None,
         rollback: bool = True,
         rollback_standby: bool = False,
+        key: bytes | None = None,
     ) -> PythonExecExecutor:
         """An executor that continues the interpreter saved by :meth:`save`.
 
         The allow-list, default imports and runtime are the saved ones; limits are given
         here as for a new executor. A damaged or truncated file, or one saved by another
         runtime build or wasm-exec version, raises :class:`ImageError` and nothing runs.
+        With ``key`` (bytes), only a file that :meth:`save` signed with the same key is
+        accepted. The file is re-accounted under these limits: it never gives the agent
+        more (memory, scratch files, descriptors), and one larger than an image within
+        them could be is refused before it is read whole or parsed.
         """
-        header, body = images.read(path)
+        try:
+            built = Limits.build(
+                limits if isinstance(limits, Limits) else dict(limits or {}), fuel=fuel,
+                timeout_seconds=timeout_seconds, memory_bytes=memory_bytes,
+                max_output_bytes=max_output_bytes)
+        except ValueError as e:
+            raise ConfigurationError(str(e)) from e
+        memory_limit = built.memory_bytes
+        # what an image within these limits can hold (its file system: the one its
+        # interpreter will get)
+        bounds = images.ReadLimits.for_load(memory_limit, scratch_budget(memory_limit))
+        header, body = images.read(path, key=key, limits=bounds)
         runtime = header.get("runtime")
         if not isinstance(runtime, str) or runtime not in profiles():
             raise ImageError(f"{path} names an unknown runtime {runtime!r}")
@@ -416,21 +435,14 @@ class PythonExecExecutor:
             defaults = {str(k): str(v) for k, v in dict(header["default_imports"]).items()}
         except (KeyError, TypeError, ValueError) as e:
             raise ImageError(f"{path} has a damaged header") from e
-        try:
-            built = Limits.build(
-                limits if isinstance(limits, Limits) else dict(limits or {}), fuel=fuel,
-                timeout_seconds=timeout_seconds, memory_bytes=memory_bytes,
-                max_output_bytes=max_output_bytes)
-        except ValueError as e:
-            raise ConfigurationError(str(e)) from e
-        memory_limit = built.memory_bytes
         size = header.get("memory_size")
         if type(size) is int and size > memory_limit:
             raise ImageError(f"{path} holds an interpreter of {size} bytes of memory, more "
                              f"than the memory limit of {memory_limit} bytes; load it with a "
                              "larger memory_bytes")
         rt = get_image(EngineSettings(fuel=True), runtime)
-        fs = MemoryFS(shared_zip(rt.stdlib_zip()), zip_path=rt.pin.zip_path)
+        fs = MemoryFS(shared_zip(rt.stdlib_zip()), zip_path=rt.pin.zip_path,
+                      scratch_bytes=scratch_budget(memory_limit))
         memory_image = images.decode(header, body, fs, max_memory=memory_limit)
         return cls(whitelisted_imports=allowed, default_imports=defaults, limits=built,
                    pool=pool, runtime=runtime, rollback=rollback,

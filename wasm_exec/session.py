@@ -42,7 +42,7 @@ from .protocol import (
     validate_ready,
 )
 from .runtime import RuntimeImage, runner_identity
-from .vfs import MemoryFS, setup_source, shared_zip
+from .vfs import MemoryFS, scratch_budget, setup_source, shared_zip
 
 ERRNO_SUCCESS = 0
 ERRNO_BADF = 8
@@ -260,7 +260,7 @@ class Session:
         # the standard library zip, read-only from host memory; a scratch area in host
         # memory for writes (never the host's files)
         self._fs = MemoryFS(shared_zip(image.stdlib_zip()), zip_path=image.pin.zip_path,
-                            scratch_bytes=max(16 << 20, memory_bytes // 4))
+                            scratch_bytes=scratch_budget(memory_bytes))
         self._fs.install(linker, lambda: self._memory, stdio_read=self._fd_read,
                          stdio_write=self._fd_write)
         # the reactor's own host door (`_host.call`) is not used: refused

@@ -173,6 +173,12 @@ _c_char = ctypes.c_char
 _addressof = ctypes.addressof
 
 
+def scratch_budget(memory_bytes: int) -> int:
+    """The scratch budget of an interpreter with this memory limit: a quarter of it, at
+    least 16 MiB."""
+    return max(16 << 20, int(memory_bytes) // 4)
+
+
 def guest_env() -> dict[str, str]:
     """Environment variables the guest should see (set by :func:`setup_source`)."""
     return dict(GUEST_ENV)
@@ -217,7 +223,7 @@ def shared_zip(path: str | os.PathLike[str]) -> Any:
 
 # ------------------------------------------------------------------ nodes
 class _Node:
-    __slots__ = ("ino", "dev", "writable", "atim", "mtim", "ctim", "shared")
+    __slots__ = ("ino", "dev", "writable", "atim", "mtim", "ctim", "shared", "parent", "snap")
 
     def __init__(self, ino: int, dev: int, writable: bool, now: int) -> None:
         self.ino = ino
@@ -225,6 +231,13 @@ class _Node:
         self.writable = writable
         self.atim = self.mtim = self.ctim = now
         self.shared = False  # part of a process-wide read-only tree: never copied
+        # the directory that holds it (itself for the root and for a node no directory
+        # holds any more); in a snapshot's copies it means nothing (restore recomputes it)
+        self.parent: _Node = self
+        # the copy of this node (and of everything below it) in the latest snapshot, or
+        # None once it changed since: a snapshot copies only what changed (and the path
+        # to it), the rest of the tree is shared between snapshots (see MemoryFS._dirty)
+        self.snap: _Node | None = None
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _Node:
         if self.shared:
@@ -253,13 +266,14 @@ class _File(_Node):
 
 
 class _Dir(_Node):
-    __slots__ = ("entries", "parent", "removed", "hidden")
+    __slots__ = ("entries", "removed", "hidden")
 
     def __init__(self, ino: int, dev: int, writable: bool, now: int,
                  parent: _Dir | None) -> None:
         super().__init__(ino, dev, writable, now)
         self.entries: dict[str, _Node] = {}
-        self.parent = parent if parent is not None else self
+        if parent is not None:
+            self.parent = parent
         self.removed = False
         self.hidden = False  # can be walked through, but does not exist itself
 
@@ -276,7 +290,8 @@ class _Fd:
         self.inh = inh
         self.preopen = preopen
         # a directory's entries as of the read that started at cookie 0: later reads
-        # continue that listing instead of building it again (a listing is linear work)
+        # continue that listing instead of building it again (a listing is linear work);
+        # kept only within MemoryFS.max_listed_entries over all descriptors
         self.listing: list[tuple[str, _Node]] | None = None
 
 
@@ -324,6 +339,12 @@ class MemoryFS:
         self._overlays = tuple(overlays)
         self.scratch_bytes = int(scratch_bytes)
         self.max_fds = int(max_fds)
+        # entries of directory listings kept for open descriptors (about 64 bytes of host
+        # memory each), over all of them: as many as the scratch area can hold nodes, so
+        # at most an eighth of its budget; a listing past the cap is read from the
+        # directory itself at each call (slower, same answers)
+        self.max_listed_entries = max(1024, self.scratch_bytes // NODE_COST)
+        self._listed = 0
         self._used = 0
         self._next_ino = 1
         self._mem: MemGetter = _no_memory
@@ -374,6 +395,11 @@ class MemoryFS:
         """Scratch bytes in use (file contents plus NODE_COST per node)."""
         return self._used
 
+    @property
+    def listed_entries(self) -> int:
+        """Directory entries kept for open descriptors' listings (see max_listed_entries)."""
+        return self._listed
+
     def bind_memory(self, getter: MemGetter) -> None:
         """Set how to find guest memory: ``getter(caller) -> (base address, size)``."""
         self._mem = getter
@@ -407,21 +433,52 @@ class MemoryFS:
         return sorted({0, 1, 2} | set(self._fds))
 
     def snapshot(self) -> FSState:
-        """A deep copy of the tree and fd table (the zip bytes are shared, not copied).
+        """A copy of the tree and fd table that never changes (the zip bytes are shared).
 
-        Take it between turns (no wasm frame live)."""
+        Only what changed since the previous snapshot is copied (with the directories
+        above it); the rest is shared with that snapshot, so an unchanged tree costs the
+        size of the fd table, whatever the number of files. Take it between turns (no
+        wasm frame live)."""
+        _freeze(self._root)
+        fds: dict[int, _Fd] = {}
+        for fd, f in self._fds.items():
+            node = f.node
+            if not node.shared and node.snap is None:
+                _freeze(node)  # a file or directory no directory holds any more
+            g = object.__new__(_Fd)
+            for slot in _Fd.__slots__:
+                setattr(g, slot, getattr(f, slot))
+            g.node = node if node.shared else node.snap  # type: ignore[assignment]
+            g.listing = None  # (a cache)
+            fds[fd] = g
+        return FSState(self._root.snap, fds, self._used, self._next_ino,  # type: ignore
+                       self._zip)
+
+    def _full_snapshot(self) -> FSState:
+        """A snapshot that copies everything (what :meth:`snapshot` must equal; tests)."""
         root, fds = _clone(self._root, self._fds, self._zip, self._zip)
         return FSState(root, fds, self._used, self._next_ino, self._zip)
+
+    def _dirty(self, node: _Node) -> None:
+        """``node`` changes: it and the directories above it leave the latest snapshot.
+
+        (A node out of the snapshot has every directory above it out too, so the walk
+        stops at the first one already out.)"""
+        while node.snap is not None:
+            node.snap = None
+            node = node.parent
 
     def restore(self, state: FSState) -> None:
         """Replace the tree and fd table by a copy of ``state`` (reusable many times)."""
         if not 0 <= state.used <= self.scratch_bytes:
             raise ValueError(f"the saved file system uses {state.used} bytes, more than "
                              f"this one's scratch budget of {self.scratch_bytes}")
-        root, fds = _clone(state.root, state.fds, state.zip_data, self._zip)
+        root, fds = _clone(state.root, state.fds, state.zip_data, self._zip,
+                           link=state.zip_data is self._zip)
         self._root, self._fds = root, fds
         self._used = state.used
         self._next_ino = state.next_ino
+        self._listed = 0
 
     # -------------------------------------------------------------- stdio defaults
     def _default_stdio_read(self, caller: Any, fd: int, iovs: int, iovs_len: int,
@@ -555,6 +612,7 @@ class MemoryFS:
 
     def _drop(self, node: _Node) -> None:
         """``node`` left the tree: give back its budget unless an fd still holds it."""
+        self._dirty(node)
         if type(node) is _Dir:
             node.removed = True  # type: ignore[attr-defined]
             if node.writable:
@@ -565,6 +623,7 @@ class MemoryFS:
             self._used -= NODE_COST + len(node.data)  # type: ignore[attr-defined]
 
     def _resize(self, node: _File, new_size: int) -> int:
+        self._dirty(node)
         data = node.data
         old = len(data)
         if new_size > old:
@@ -679,6 +738,7 @@ class MemoryFS:
             return EINVAL
         if not node.writable or node.dev != DEV_SCRATCH:
             return EROFS if node.dev != DEV_DEVICES else ESUCCESS
+        self._dirty(node)
         now = time.time_ns()
         if f & FST_ATIM:
             node.atim = atim & _M64
@@ -799,6 +859,7 @@ class MemoryFS:
             return ESUCCESS, want
         if want == 0:
             return ESUCCESS, 0
+        self._dirty(node)
         pos = len(data) if e.flags & FDFLAG_APPEND else (e.pos if offset is None else offset)
         end = pos + want
         old = len(data)
@@ -869,6 +930,7 @@ class MemoryFS:
         return ESUCCESS
 
     def _release(self, e: _Fd) -> None:
+        self._unlist(e)
         node = e.node
         if type(node) is _File and node.dev == DEV_SCRATCH:
             node.opens -= 1
@@ -891,13 +953,24 @@ class MemoryFS:
         cookie &= _M64
         items = e.listing
         if cookie == 0 or items is None:
-            items = [(".", node), ("..", node.parent)]  # type: ignore
-            items.extend(node.entries.items())  # type: ignore[attr-defined]
-            e.listing = items
+            self._unlist(e)
+            items = None
+            count = len(node.entries) + 2  # type: ignore[attr-defined]
+            if self._listed + count <= self.max_listed_entries:
+                items = [(".", node), ("..", node.parent)]
+                items.extend(node.entries.items())  # type: ignore[attr-defined]
+                e.listing = items
+                self._listed += count
+        if items is not None:
+            found: Any = itertools.islice(items, cookie, None)
+        else:
+            # past the cap: read from the directory as it is now (cookie-th entry on)
+            found = itertools.islice(itertools.chain(
+                ((".", node), ("..", node.parent)), node.entries.items()),  # type: ignore
+                cookie, None)
         parts = []
         have = 0
-        for i in range(cookie, len(items)):
-            name, child = items[i]
+        for i, (name, child) in enumerate(found, cookie):
             raw = name.encode()
             parts.append(DIRENT.pack(i + 1, child.ino, len(raw), _filetype(child)))
             parts.append(raw)
@@ -908,6 +981,11 @@ class MemoryFS:
         if blob:
             _memmove(base + buf, blob, len(blob))
         return self._put_u32(caller, bufused_ptr, len(blob))
+
+    def _unlist(self, e: _Fd) -> None:
+        if e.listing is not None:
+            self._listed -= len(e.listing)
+            e.listing = None
 
     def fd_sync(self, caller: Any, fd: int) -> int:
         return ESUCCESS if fd in self._fds or 0 <= fd < STDIO_FDS else EBADF
@@ -991,6 +1069,8 @@ class MemoryFS:
                 return ENOSPC
             now = time.time_ns()
             node = _File(self._ino(), DEV_SCRATCH, True, now, bytearray())
+            node.parent = parent
+            self._dirty(parent)
             parent.entries[name] = node
             parent.mtim = parent.ctim = now
         elif oflags & O_CREAT and oflags & O_EXCL:
@@ -1016,6 +1096,7 @@ class MemoryFS:
                 base &= ~(R_FD_WRITE | R_FD_ALLOCATE | R_FD_FILESTAT_SET_SIZE)
             inh = 0
             if oflags & O_TRUNC and node.data is not None and node.data:
+                self._dirty(node)
                 self._used -= len(node.data)
                 node.data = bytearray()
                 node.mtim = node.ctim = time.time_ns()
@@ -1067,6 +1148,7 @@ class MemoryFS:
         if not self._charge(NODE_COST):
             return ENOSPC
         now = time.time_ns()
+        self._dirty(parent)
         parent.entries[name] = _Dir(self._ino(), DEV_SCRATCH, True, now, parent)
         parent.mtim = parent.ctim = now
         return ESUCCESS
@@ -1086,6 +1168,7 @@ class MemoryFS:
             return EROFS
         if node.entries:
             return ENOTEMPTY
+        self._dirty(parent)
         del parent.entries[name]
         parent.mtim = parent.ctim = time.time_ns()
         self._drop(node)
@@ -1104,6 +1187,7 @@ class MemoryFS:
             return ENOTDIR
         if not parent.writable or node.dev != DEV_SCRATCH:
             return EROFS
+        self._dirty(parent)
         del parent.entries[name]
         parent.mtim = parent.ctim = time.time_ns()
         self._drop(node)
@@ -1148,12 +1232,15 @@ class MemoryFS:
                     return ENOTEMPTY
             elif s_dir:
                 return ENOTDIR
+            self._dirty(dp)
             del dp.entries[dn]
             self._drop(dnode)
+        self._dirty(sp)
+        self._dirty(dp)
+        self._dirty(snode)
         del sp.entries[sn]
         dp.entries[dn] = snode
-        if s_dir:
-            snode.parent = dp
+        snode.parent = dp
         now = time.time_ns()
         sp.mtim = sp.ctim = dp.mtim = dp.ctim = snode.ctim = now
         return ESUCCESS
@@ -1390,51 +1477,104 @@ def _shared_path(start: _Dir, parts: list[str], hidden: bool) -> _Dir | None:
     return node
 
 
-def _clone(root: _Dir, fds: dict[int, _Fd], zip_from: Any,
-           zip_to: Any) -> tuple[_Dir, dict[int, _Fd]]:
-    """A copy of a tree and its fd table, without recursion (a deep tree must not exhaust
-    Python's stack): shared nodes are kept, scratch file contents copied, and file data
-    that is ``zip_from`` becomes ``zip_to``."""
-    copies: dict[int, _Node] = {}
+def _copy_node(node: _Node) -> _Node:
+    new = object.__new__(type(node))
+    for cls in type(node).__mro__:
+        for slot in getattr(cls, "__slots__", ()):
+            setattr(new, slot, getattr(node, slot))
+    new.parent = new
+    new.snap = None
+    return new
+
+
+def _freeze(top: _Node) -> None:
+    """Give ``top`` and every node under it its snapshot copy (``snap``): a node that has
+    one keeps it, the others are copied, children before their directory (no recursion:
+    a deep tree must not exhaust Python's stack). Work: the nodes that changed since the
+    last snapshot, the entries of the directories that hold them, and their contents."""
+    if top.shared or top.snap is not None:
+        return
     order: list[_Node] = []
-    pending: list[_Node] = [root] + [f.node for f in fds.values()]
-    while pending:
-        node = pending.pop()
-        if node.shared or id(node) in copies:
-            continue
-        new = object.__new__(type(node))
-        for cls in type(node).__mro__:
-            for slot in getattr(cls, "__slots__", ()):
-                setattr(new, slot, getattr(node, slot))
-        copies[id(node)] = new
+    stack: list[_Node] = [top]
+    while stack:
+        node = stack.pop()
         order.append(node)
         if type(node) is _Dir:
-            pending.extend(node.entries.values())
-            pending.append(node.parent)
-
-    def get(node: _Node) -> _Node:
-        return node if node.shared else copies[id(node)]
-
-    for node in order:
-        new = copies[id(node)]
+            for child in node.entries.values():
+                if child.snap is None and not child.shared:
+                    stack.append(child)
+    for node in reversed(order):
+        new = _copy_node(node)
         if type(node) is _Dir:
-            new.entries = {name: get(child) for name, child in node.entries.items()}  # type: ignore[attr-defined]
-            new.parent = get(node.parent)  # type: ignore[attr-defined]
-        elif type(node) is _File:
+            new.entries = {name: child if child.shared else child.snap  # type: ignore
+                           for name, child in node.entries.items()}
+        elif isinstance(node.data, bytearray):  # type: ignore[attr-defined]
+            new.data = bytearray(node.data)  # type: ignore[attr-defined]
+        node.snap = new
+
+
+def _clone(root: _Dir, fds: dict[int, _Fd], zip_from: Any, zip_to: Any,
+           link: bool = False) -> tuple[_Dir, dict[int, _Fd]]:
+    """A copy of a tree and its fd table, without recursion (a deep tree must not exhaust
+    Python's stack): shared nodes are kept, scratch file contents copied, and file data
+    that is ``zip_from`` becomes ``zip_to``. What a node's copy only keeps for the host
+    (the directory above it, how many descriptors hold a file) is recounted from the
+    tree and the fd table. ``link``: ``root`` is a snapshot (it never changes), so each
+    copy starts as unchanged since it (its ``snap``)."""
+    copies: dict[int, _Node] = {}
+
+    def make(node: _Node) -> _Node:
+        new = _copy_node(node)
+        if link:
+            new.snap = node
+        if type(node) is _File:
+            new.opens = 0  # type: ignore[attr-defined]
             data = node.data
             if data is zip_from:
                 new.data = zip_to  # type: ignore[attr-defined]
             elif isinstance(data, bytearray):
                 new.data = bytearray(data)  # type: ignore[attr-defined]
+        copies[id(node)] = new
+        return new
+
+    def walk(top: _Node) -> _Node:
+        new_top = make(top)
+        stack = [(top, new_top)]
+        while stack:
+            node, new = stack.pop()
+            if type(node) is not _Dir:
+                continue
+            entries: dict[str, _Node] = {}
+            for name, child in node.entries.items():
+                if child.shared:
+                    entries[name] = child
+                    continue
+                c = copies.get(id(child))
+                if c is None:
+                    c = make(child)
+                    stack.append((child, c))
+                c.parent = new
+                entries[name] = c
+            new.entries = entries  # type: ignore[attr-defined]
+        return new_top
+
+    new_root = walk(root)
     new_fds: dict[int, _Fd] = {}
     for fd, f in fds.items():
+        node = f.node
+        if node.shared:
+            target = node
+        else:
+            target = copies.get(id(node)) or walk(node)
+            if type(target) is _File and target.dev == DEV_SCRATCH:
+                target.opens += 1
         g = object.__new__(_Fd)
         for slot in _Fd.__slots__:
             setattr(g, slot, getattr(f, slot))
-        g.node = get(f.node)
+        g.node = target
         g.listing = None  # (a cache)
         new_fds[fd] = g
-    return copies[id(root)], new_fds  # type: ignore[return-value]
+    return new_root, new_fds  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------ saving to a file
@@ -1461,6 +1601,10 @@ def encode_fs_state(state: FSState, fs: MemoryFS) -> dict[str, Any]:
 
     root = ref(state.root)
     fds = {}
+    opens: dict[int, int] = {}  # (counted here: a snapshot's copies may keep an old count)
+    for f in state.fds.values():
+        if type(f.node) is _File and f.node.dev == DEV_SCRATCH:
+            opens[id(f.node)] = opens.get(id(f.node), 0) + 1
     for fd, f in state.fds.items():
         fds[str(fd)] = {"node": ref(f.node), "pos": f.pos, "flags": f.flags, "base": f.base,
                         "inh": f.inh, "preopen": f.preopen}
@@ -1478,7 +1622,7 @@ def encode_fs_state(state: FSState, fs: MemoryFS) -> dict[str, Any]:
             entry["entries"] = {name: ref(child) for name, child in node.entries.items()}
         elif type(node) is _File:
             entry["kind"] = "file"
-            entry["opens"] = node.opens
+            entry["opens"] = opens.get(id(node), 0)
             entry["linked"] = node.linked
             if node.member is not None:
                 raise ValueError("an unloaded archive member outside the library")
@@ -1496,14 +1640,25 @@ def encode_fs_state(state: FSState, fs: MemoryFS) -> dict[str, Any]:
     return {"root": root, "nodes": out, "fds": fds, "next_ino": state.next_ino}
 
 
+def max_image_nodes(scratch_bytes: int, max_fds: int = DEFAULT_MAX_FDS) -> int:
+    """How many nodes a saved file system can hold: what its scratch budget pays for,
+    directories removed while a descriptor holds them, and the skeleton."""
+    return scratch_bytes // NODE_COST + max_fds + 64
+
+
 def decode_fs_state(data: dict[str, Any], fs: MemoryFS) -> FSState:
     """The FSState that ``encode_fs_state`` wrote, for ``fs``; ValueError when the data is
-    not one (every number is range-checked, the tree's shape is rebuilt from the entries,
-    scratch usage is recounted: a file cannot lift ``fs``'s budget or loop the tree)."""
+    not one. Nothing the data says about the host's own bookkeeping is believed: every
+    number is range-checked, the tree's shape is rebuilt from the entries (each node under
+    exactly one name, no loops), only the scratch device is writable and only it holds
+    contents of the file's own, descriptors have no more rights than opening the node
+    would give, and the scratch usage, the open counts, which nodes are linked and the
+    parents are recounted: a file cannot lift ``fs``'s budget or loop the tree."""
     overlay = _overlay(fs._zip, fs._overlays)
     raw = data["nodes"]
-    if not isinstance(raw, list) or len(raw) > 1_000_000:
-        raise ValueError("nodes")
+    most = max_image_nodes(fs.scratch_bytes, fs.max_fds)
+    if not isinstance(raw, list) or len(raw) > most:
+        raise ValueError(f"nodes (at most {most} for this scratch budget)")
     limit = 1 << 63
 
     def number(value: Any, low: int = 0, high: int = limit) -> int:
@@ -1529,33 +1684,42 @@ def decode_fs_state(data: dict[str, Any], fs: MemoryFS) -> FSState:
         if dev not in (DEV_RO, DEV_SCRATCH, DEV_DEVICES):
             raise ValueError("device")
         writable = e["writable"]
-        if type(writable) is not bool or (writable and dev == DEV_RO):
+        if type(writable) is not bool:
             raise ValueError("writable")
         ino = number(e["ino"], 1)
         node: _Node
         if e["kind"] == "dir":
+            # only the scratch device is writable, and all of it
+            if writable != (dev == DEV_SCRATCH):
+                raise ValueError("writable")
             node = _Dir(ino, dev, writable, 0, None)
-            node.removed = e["removed"] is True
-            node.hidden = e["hidden"] is True
+            if e["hidden"] is not False or type(e["removed"]) is not bool:
+                raise ValueError("a directory's flags")
         elif e["kind"] == "file":
             d = e["data"]
             if d is None:
+                # a device (/dev/null): no contents
+                if dev != DEV_DEVICES:
+                    raise ValueError("a file without contents outside /dev")
                 content: Any = None
+            elif writable != (dev == DEV_SCRATCH):
+                raise ValueError("writable")
             elif isinstance(d, dict) and d.get("zip") is True:
-                if writable or dev != DEV_RO:
+                if dev != DEV_RO:
                     raise ValueError("the library zip as a writable file")
                 content = fs._zip
             elif isinstance(d, dict) and isinstance(d.get("b64"), str):
-                blob = base64.b64decode(d["b64"], validate=True)
-                mutable = d.get("mutable") is True
-                if mutable != (dev == DEV_SCRATCH):
-                    raise ValueError("file contents")
-                content = bytearray(blob) if mutable else blob
+                # contents of the file's own are scratch files (charged to the budget);
+                # read-only ones come from the runtime, never from an image
+                if dev != DEV_SCRATCH or d.get("mutable") is not True:
+                    raise ValueError("file contents outside the scratch area")
+                content = bytearray(base64.b64decode(d["b64"], validate=True))
             else:
                 raise ValueError("file contents")
             node = _File(ino, dev, writable, 0, content)
-            node.opens = number(e["opens"], 0, 1 << 20)
-            node.linked = e["linked"] is True
+            number(e["opens"], 0, 1 << 20)  # (recounted below)
+            if type(e["linked"]) is not bool:
+                raise ValueError("linked")
         else:
             raise ValueError("node kind")
         times = e["times"]
@@ -1574,8 +1738,9 @@ def decode_fs_state(data: dict[str, Any], fs: MemoryFS) -> FSState:
     root = get(data["root"], True)
     if type(root) is not _Dir or root.dev != DEV_RO:
         raise ValueError("root")
-    # the shape: every directory reached once from the root (so no cycles, no directory in
-    # two places); parents are those that hold them, never what the file says
+    # the shape: every node reached once from the root (so no cycles, no directory in two
+    # places, no file under two names); parents are those that hold them, never what the
+    # file says
     seen = {id(root)}
     walk = [(root, raw[made.index(root)])]
     while walk:
@@ -1588,11 +1753,12 @@ def decode_fs_state(data: dict[str, Any], fs: MemoryFS) -> FSState:
                     or len(name.encode("utf-8", "surrogatepass")) > NAME_MAX):
                 raise ValueError("a file name")
             child = get(r, True)
+            if id(child) in seen:
+                raise ValueError("a file or directory under more than one name, or a "
+                                 "directory in two places (a loop)")
+            seen.add(id(child))
+            child.parent = parent
             if type(child) is _Dir:
-                if id(child) in seen:
-                    raise ValueError("a directory in two places, or a loop")
-                seen.add(id(child))
-                child.parent = parent
                 walk.append((child, raw[number(r)]))
             parent.entries[name] = child  # type: ignore[attr-defined]
     fds: dict[int, _Fd] = {}
@@ -1601,32 +1767,50 @@ def decode_fs_state(data: dict[str, Any], fs: MemoryFS) -> FSState:
         raise ValueError("fds")
     for key, f in items.items():
         fd_number = int(key)
-        number(fd_number, 0, 1 << 31)
+        number(fd_number, PREOPEN_FD, 1 << 31)
         preopen = f["preopen"]
         node = get(f["node"], False)
         if preopen is not None and (fd_number != PREOPEN_FD or preopen != "/" or node is not root):
             raise ValueError("preopen")
-        fd = _Fd(node, number(f["flags"], 0, 1 << 16), number(f["base"], 0, 1 << 64),
-                 number(f["inh"], 0, 1 << 64), preopen)
+        base, inh = number(f["base"], 0, 1 << 64), number(f["inh"], 0, 1 << 64)
+        # no more rights than path_open gives for the node
+        if type(node) is _Dir:
+            if base & ~DIR_RIGHTS or inh & ~RIGHTS_ALL:
+                raise ValueError("a descriptor's rights")
+        elif (base & ~FILE_RIGHTS or inh
+              or (not node.writable and base & (R_FD_WRITE | R_FD_ALLOCATE
+                                                | R_FD_FILESTAT_SET_SIZE))):
+            raise ValueError("a descriptor's rights")
+        fd = _Fd(node, number(f["flags"], 0, FDFLAGS_ALL + 1), base, inh, preopen)
         fd.pos = number(f["pos"])
         fds[fd_number] = fd
     if fds.get(PREOPEN_FD) is None or fds[PREOPEN_FD].node is not root:
         raise ValueError("the preopened directory")
-    # what the scratch area holds, recounted (the tree and files kept open)
-    counted: dict[int, _Node] = {}
+    # what the host keeps for itself, recounted: which nodes are linked (in the tree),
+    # which directories were removed, how many descriptors hold each file
     for node in made:
-        if node.dev == DEV_SCRATCH:
-            counted[id(node)] = node
+        linked = id(node) in seen
+        if type(node) is _Dir:
+            node.removed = not linked
+        else:
+            node.linked = linked  # type: ignore[attr-defined]
+    for f in fds.values():
+        if type(f.node) is _File and f.node.dev == DEV_SCRATCH:
+            f.node.opens += 1
+    # what the scratch area holds: the tree's scratch nodes, and the files removed from it
+    # while a descriptor holds them (a removed directory gave its budget back already)
     scratch_root: Any = root
     for part in SCRATCH_ROOT.strip("/").split("/"):
         scratch_root = scratch_root.entries.get(part) if type(scratch_root) is _Dir else None
+    held = {id(f.node): f.node for f in fds.values()}
     used = 0
-    for node in counted.values():
-        if node is scratch_root:
+    for node in made:
+        if node.dev != DEV_SCRATCH or node is scratch_root:
             continue
-        used += NODE_COST
-        if type(node) is _File and node.data is not None:
-            used += len(node.data)
+        if id(node) in seen or (type(node) is _File and id(node) in held):
+            used += NODE_COST
+            if type(node) is _File:
+                used += len(node.data)  # type: ignore[attr-defined]
     if used > fs.scratch_bytes:
         raise ValueError(f"the scratch files need {used} bytes, more than the budget of "
                          f"{fs.scratch_bytes}")
