@@ -99,10 +99,6 @@ def test_memory_cap_raises_memoryerror_and_survives(make_executor):
     assert r.globals == {"keep": "me"} and not r.state_reset
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue 12 note): on the 3.13 runtime an agent "
-                   "that holds all of its memory gets MemoryError again in the next call before "
-                   "its code runs (the runner needs memory to read the request); reset() "
-                   "recovers. Needs a memory reserve the runner frees at the start of a call.")
 def test_memory_cap_with_growing_list(make_executor):
     ex = make_executor(memory_bytes=64 * 1024 * 1024)
     r = ex.execute("x = []\nwhile True:\n    x.append('y' * 10000)")
