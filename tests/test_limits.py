@@ -99,15 +99,62 @@ def test_memory_cap_raises_memoryerror_and_survives(make_executor):
     assert r.globals == {"keep": "me"} and not r.state_reset
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue 12 note): on the 3.13 runtime an agent "
-                   "that holds all of its memory gets MemoryError again in the next call before "
-                   "its code runs (the runner needs memory to read the request); reset() "
-                   "recovers. Needs a memory reserve the runner frees at the start of a call.")
 def test_memory_cap_with_growing_list(make_executor):
     ex = make_executor(memory_bytes=64 * 1024 * 1024)
     r = ex.execute("x = []\nwhile True:\n    x.append('y' * 10000)")
     assert not r.success and r.error_type == "MemoryError"
     assert ex.execute("del x\nz = 1", return_globals=["z"]).globals == {"z": 1}
+
+
+FILL_LIST = "x = []\nwhile True:\n    x.append('y' * 10000)"
+FILL_DICT = "d = {}\ni = 0\nwhile True:\n    d[i] = b'z' * 1000\n    i += 1"
+
+
+def test_memory_exhausted_again_and_again_keeps_state(make_executor):
+    # the runner's reserve is held only while the agent's code runs: after any number of
+    # calls that each fill the memory, the next call still starts, and nothing is lost
+    ex = make_executor(memory_bytes=64 * 1024 * 1024)
+    assert ex.execute("keep = 41").success
+    for fill in (FILL_LIST, FILL_LIST.replace("x", "w"), FILL_DICT, FILL_LIST.replace("x", "v")):
+        r = ex.execute(fill)
+        assert not r.success and r.error_type == "MemoryError", r.error
+        assert not r.interpreter_lost and not r.state_reset
+    r = ex.execute("del x, w, d, v\nkeep += 1", return_globals=["keep"])
+    assert r.success and r.globals == {"keep": 42}, r.error
+
+
+def test_memory_freed_serves_other_sizes(make_executor):
+    # memory freed by small objects serves large ones (and the other way round): the
+    # interpreter's allocator coalesces what is freed
+    ex = make_executor(memory_bytes=64 * 1024 * 1024)
+    assert ex.execute(FILL_DICT).error_type == "MemoryError"
+    r = ex.execute("n = len(d)\ndel d\nbig = bytearray(24 << 20)\nk = len(big)",
+                   return_globals=["k"])
+    assert r.success and r.globals == {"k": 24 << 20}, r.error
+    assert ex.execute("del big\nints = list(range(500_000))").success
+    assert ex.execute("del ints\n" + FILL_LIST).error_type == "MemoryError"
+    r = ex.execute("del x\nblobs = [bytes(1 << 20) for _ in range(24)]\nk = len(blobs)",
+                   return_globals=["k"])
+    assert r.success and r.globals == {"k": 24}, r.error
+
+
+def test_memory_reserve_does_not_lift_the_cap(make_executor):
+    # the reserve is memory of the interpreter's, under the same limit: what the agent can
+    # hold, before and after running out, stays below memory_bytes
+    cap = 64 * 1024 * 1024
+    ex = make_executor(memory_bytes=cap)
+    total = ("got = []\nn = 0\ntry:\n    while True:\n        got.append(bytearray(1 << 16))"
+             "\n        n += 1 << 16\nexcept MemoryError:\n    pass\ndel got")
+    sizes = []
+    for _ in range(3):
+        r = ex.execute(total, return_globals=["n"])
+        assert r.success and 0 < r.globals["n"] < cap, r.error
+        assert r.memory_bytes <= cap
+        sizes.append(r.globals["n"])
+    assert max(sizes) - min(sizes) < 2 << 20  # (no call gets the reserve on top)
+    r = ex.execute("b = bytearray(" + str(cap - (1 << 20)) + ")")
+    assert r.error_type == "MemoryError" and r.memory_bytes <= cap
+    assert ex.execute("z = 1", return_globals=["z"]).globals == {"z": 1}
 
 
 def test_output_cap_truncates_with_marker(make_executor):

@@ -1436,7 +1436,18 @@ def _wasm_exec_boot():
     _b64 = binascii.b2a_base64
     sources = {}
     source_order = []
-    reserve = [bytearray(1 << 20)]  # headroom to report a MemoryError and recover
+    # Headroom the agent's code never gets: held (in pieces, so that it can be taken again
+    # around the few objects the runner made meanwhile) only while the agent's code runs,
+    # and let go before the runner reads a request and after the code ends. So an agent
+    # that filled its memory still has its next call read, compiled and run (to free it),
+    # and its MemoryError reported. (The pieces are memory of the interpreter's: the
+    # memory limit holds them too, and they never add to what the agent may use.)
+    reserve = [bytearray(1 << 14) for _ in range(64)]
+    reserve_slots = tuple(range(64))
+    pressed = [False]  # memory ran short in the last call: collect everything at its end
+    NO_MEMORY = ("the sandbox's memory is full (its memory limit is reached): this call could "
+                 "not start, and none of its code ran. Free memory (for example `del` the "
+                 "large objects, in a short call of its own) or reset the executor.")
     runner_blob = []
 
     def no_default(o):
@@ -1775,6 +1786,28 @@ def _wasm_exec_boot():
                     agent_builtins[k] = v
         return replaced
 
+    def release_reserve():
+        """Let the reserve go (its first piece by a plain store, which needs no memory)."""
+        reserve[0] = None
+        for i in reserve_slots:
+            reserve[i] = None
+
+    def take_reserve():
+        """Take as much of the reserve back as memory allows."""
+        for i in reserve_slots:
+            if reserve[i] is None:
+                try:
+                    reserve[i] = _bytearray(1 << 14)
+                except _MemoryError:
+                    pressed[0] = True
+                    return
+
+    def no_memory_reply(call_id, why):
+        """The answer to a call that memory let neither start nor answer."""
+        return {"id": call_id, "ok": False, "error_type": "MemoryError",
+                "error_message": why, "traceback": "MemoryError: " + why + "\n",
+                "globals": {}, "globals_errors": {}}
+
     def run_call(req, cell_no):
         code_text = req["code"]
         filename = "<cell-" + _str(cell_no) + ">"
@@ -1790,6 +1823,7 @@ def _wasm_exec_boot():
             for k, v in values.items():
                 ns[k] = v
         reply = {"id": req["id"], "ok": True}
+        started = False
         try:
             compiled = None
             if req.get("display") is True:
@@ -1800,14 +1834,23 @@ def _wasm_exec_boot():
                     compiled = None
             if compiled is None:
                 compiled = _compile(code_text, filename, "exec", dont_inherit=True)
-            _exec(compiled, ns)
+            started = True
+            take_reserve()
+            try:
+                _exec(compiled, ns)
+            finally:
+                release_reserve()
             del compiled
         except _BaseException as exc:
             if _isinstance(exc, _MemoryError):
-                reserve[0] = None
+                pressed[0] = True
             reply["ok"] = False
             try:
-                tname, msg, text = describe(exc)
+                # (memory running out, not the parser's own MemoryError, which says why)
+                if not started and _type(exc) is _MemoryError and not exc.args:
+                    tname, msg, text = "MemoryError", NO_MEMORY, "MemoryError: " + NO_MEMORY + "\n"
+                else:
+                    tname, msg, text = describe(exc)
             except _BaseException:
                 tname, msg, text = "Exception", "<unprintable>", ""
             # (capped: the reply has to fit the host's cap, whatever the message)
@@ -1875,11 +1918,6 @@ def _wasm_exec_boot():
         reply["globals_errors"] = errs
         if req.get("figures") is True:
             reply["figures"] = collect_figures(max_bytes - used)
-        if reserve[0] is None and reply["ok"]:
-            try:
-                reserve[0] = _bytearray(1 << 20)
-            except _MemoryError:
-                pass
         return reply
 
     cell_counter = [0]
@@ -1901,6 +1939,8 @@ def _wasm_exec_boot():
 
     def step():
         """Read one request and answer it; False when the channel has ended."""
+        release_reserve()  # (for reading the request: before any answer list exists)
+        pressed[0] = False
         box = []
         # (the read also restores the standard streams)
         "<wasm-exec request slot>".__defaults__ = ("read", box)
@@ -1911,19 +1951,39 @@ def _wasm_exec_boot():
         if raw is None:
             return False
         repair_streams()  # (what the streams let go of is dropped here, in the runner)
-        req = json_loads(raw.decode("utf-8"))
+        reply = None
+        try:
+            req = json_loads(raw.decode("utf-8"))
+        except _MemoryError:
+            # too little memory even to decode the request: its id is the first `,"id":`
+            # in it (a string in JSON holds its quotes escaped, and the values sent in
+            # come after the id)
+            at = raw.find(b',"id":')
+            if at < 0:
+                raise
+            at += 6
+            end = at
+            while end < _len(raw) and 47 < raw[end] < 58:
+                end += 1
+            req = {"id": _int(raw[at:end]), "op": "exec"}
+            reply = no_memory_reply(req["id"], NO_MEMORY)
         del raw
         if req.get("op") == "exit":
             return False
         cell_counter[0] += 1
-        try:
-            reply = run_call(req, cell_counter[0])
-        except _BaseException as e:
-            reply = {"id": req["id"], "ok": False, "error_type": "RunnerError",
-                     "error_message": "the sandbox runner failed: "
-                     + _join((_qualname(_type(e)),)),
-                     "traceback": "", "globals": {}, "globals_errors": {}}
-        full = reserve[0] is None  # (before the answer list exists: see the top)
+        if reply is None:
+            try:
+                reply = run_call(req, cell_counter[0])
+            except _BaseException as e:
+                if _isinstance(e, _MemoryError):
+                    reply = no_memory_reply(req["id"], "the sandbox's memory is full (its memory "
+                                            "limit is reached): the call could not be answered")
+                else:
+                    reply = {"id": req["id"], "ok": False, "error_type": "RunnerError",
+                             "error_message": "the sandbox runner failed: "
+                             + _join((_qualname(_type(e)),)),
+                             "traceback": "", "globals": {}, "globals_errors": {}}
+        full = pressed[0]  # (before the answer list exists: see the top)
         box = []
         "<wasm-exec request slot>".__defaults__ = ("collect", box, full)
         del "<wasm-exec request slot>".__defaults__
@@ -1932,7 +1992,12 @@ def _wasm_exec_boot():
         # (a reactor's turn goes on after the answer: turn_step gives sys back the
         # runner's streams first, and keeps what they replace until the next call, so no
         # stream object or finalizer of the agent's runs in between)
-        payload = reply_bytes(reply)
+        try:
+            payload = reply_bytes(reply)
+        except _MemoryError:
+            payload = reply_bytes(no_memory_reply(req["id"], "the sandbox's memory is full (its "
+                                                  "memory limit is reached): the call's answer "
+                                                  "could not be built"))
         del reply, req
         "<wasm-exec request slot>".__defaults__ = ("reply", [], payload)
         del "<wasm-exec request slot>".__defaults__
@@ -1976,6 +2041,7 @@ def _wasm_exec_boot():
                reseed_generators,
                install_hook, read_exact, read_frame, json_loads, json_dumps, reply_bytes,
                json_key, plain, holds_container, on_path, needs_plain, repair_namespace,
+               release_reserve, take_reserve, no_memory_reply,
                text_broken, repair_streams, shorten, format_tb,
                describe, flush_streams, convert, no_default, _exit, _unavailable, _gc_nothing,
                _gc_false, _gc_zero, _gc_collect, _gc_counts, _gc_list]
