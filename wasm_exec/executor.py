@@ -371,8 +371,10 @@ class PythonExecExecutor:
         """``execute`` for event loops: runs on a worker thread, never blocks the loop.
 
         Cancelling the awaiting task (or ``asyncio.wait_for`` timing out) affects this
-        call only. Cancelled while it runs, it stops the guest at once: the interpreter is
-        lost, and the next call starts a fresh one (``state_reset=True``). Cancelled while
+        call only. Cancelled while it runs, it stops the guest at once and the call is
+        rolled back (the agent keeps its state from its last answered call; with
+        ``rollback=False`` the interpreter is lost and the next call says
+        ``state_reset=True``). Cancelled while
         it still waits for the executor (another call is running), it never runs, and the
         running call goes on. No thread is left running the agent's code.
         """
