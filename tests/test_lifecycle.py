@@ -78,6 +78,8 @@ def test_reset_discards_state(ex):
     ex.reset()
     r = ex.execute("", return_globals=["a"])
     assert "a" in r.globals_errors
+    assert r.state_reset  # (the result says so, as after an eviction)
+    assert not ex.execute("").state_reset
 
 
 def test_calls_on_one_executor_are_serialised(make_executor):

@@ -187,6 +187,7 @@ class PythonExecExecutor:
         self._rollback_standby: Session | None = None
         self._rollback_thread: threading.Thread | None = None
         self._reset_pending = False
+        self._calls = 0  # calls that got the executor (see _Ticket.deliver)
         # (the interpreter, and the standby one for roll-backs: closed if the executor is
         # garbage collected unclosed)
         self._holder: list[Session | None] = [None, None]
@@ -246,94 +247,116 @@ class PythonExecExecutor:
         with self._call_lock(ticket) as go:
             if not go:
                 return _not_run()
-            if self._closed:
-                raise ExecutorClosedError("this executor is closed; create a new one")
-            reset = self._reset_pending
-            session = self._session
-            if session is None or not session.alive:
-                session = self._replace_session()
-                reset = True
-            self._reset_pending = False
-            payload = {"op": "exec", "code": code, "return": names, "display": bool(display),
-                       "return_all": bool(return_all), "figures": self.runtime != "minimal",
-                       "max_depth": MAX_JSON_DEPTH}
-            limits_for_call = CallLimits(
-                fuel=call_limits.fuel, timeout_seconds=call_limits.timeout_seconds,
-                max_output_bytes=call_limits.max_output_bytes,
-                # (the values' cap, the error texts, and per name its key and message,
-                # each character at most 6 bytes as an escape)
-                max_reply_bytes=call_limits.max_globals_bytes + 1_000_000
-                + sum(6 * len(n) + 3_100 for n in names),
-                max_globals_bytes=call_limits.max_globals_bytes)
-            started = time.perf_counter()
+            self._calls += 1
+            result = self._execute_locked(code, names, globals_json, call_limits, display,
+                                          return_all, ticket)
+            if ticket is not None and result.state_reset and not ticket.deliver(self._calls):
+                # cancelled: no one reads this result, so the next call reports the reset
+                self._reset_pending = True
+            return result
+
+    def _execute_locked(self, code: str, names: list[str], globals_json: str,
+                        call_limits: Limits, display: bool, return_all: bool,
+                        ticket: _Ticket | None) -> ExecutionResult:
+        """One call, with the executor held (see ``_execute``)."""
+        if self._closed:
+            raise ExecutorClosedError("this executor is closed; create a new one")
+        reset = self._reset_pending
+        session = self._session
+        if session is None or not session.alive:
+            session = self._replace_session()
+            reset = True
+        self._reset_pending = False
+        payload = {"op": "exec", "code": code, "return": names, "display": bool(display),
+                   "return_all": bool(return_all), "figures": self.runtime != "minimal",
+                   "max_depth": MAX_JSON_DEPTH}
+        limits_for_call = CallLimits(
+            fuel=call_limits.fuel, timeout_seconds=call_limits.timeout_seconds,
+            max_output_bytes=call_limits.max_output_bytes,
+            # (the values' cap, the error texts, and per name its key and message,
+            # each character at most 6 bytes as an escape)
+            max_reply_bytes=call_limits.max_globals_bytes + 1_000_000
+            + sum(6 * len(n) + 3_100 for n in names),
+            max_globals_bytes=call_limits.max_globals_bytes)
+        started = time.perf_counter()
+        if ticket is not None and not ticket.start(session):
+            self._reset_pending = reset  # (still to be reported by the next call)
+            return _not_run()
+        try:
+            outcome = session.call(payload, limits_for_call, globals_json)
+        except SessionDead:
+            session = self._replace_session()
+            reset = True
             if ticket is not None and not ticket.start(session):
-                self._reset_pending = reset  # (still to be reported by the next call)
+                self._reset_pending = True
                 return _not_run()
-            try:
-                outcome = session.call(payload, limits_for_call, globals_json)
-            except SessionDead:
-                session = self._replace_session()
-                reset = True
-                if ticket is not None and not ticket.start(session):
-                    self._reset_pending = True
-                    return _not_run()
-                outcome = session.call(payload, limits_for_call, globals_json)
-            if ticket is not None and ticket.finish() and outcome.died is None:
-                # cancelled as the call ended: the cancel reached the interpreter after
-                # its answer (its result goes to no one), so it would stop the next call
-                # instead; it is replaced, as after a cancel during the call
-                self._discard(session)
+            outcome = session.call(payload, limits_for_call, globals_json)
+        if ticket is not None and ticket.finish() and outcome.died is None:
+            # cancelled as the call ended: the cancel reached the interpreter after
+            # its answer (its result goes to no one), so it would stop the next call
+            # instead. The interpreter is replaced by one restored from its latest
+            # image: taken after this call's answer, or before this call when the stop
+            # cut the end of its turn (as if the cancel had come during the call)
+            session.close()  # (stops it: no image is being taken any more)
+            image = session.latest_image if self.rollback else None
+            self._discard(session)
+            restored = (self._restore_for_rollback(image)
+                        if image is not None and not self._closed else None)
+            if restored is not None:
+                self._session = restored
+                self._holder[0] = restored
+            else:
                 self._reset_pending = True
                 self._prepare_spare()
-            duration = outcome.duration or (time.perf_counter() - started)
-            self._last_used = time.monotonic()
-            common = dict(stdout=outcome.stdout, stderr=outcome.stderr,
-                          stdout_truncated=outcome.stdout_truncated,
-                          stderr_truncated=outcome.stderr_truncated,
-                          duration_seconds=duration, fuel_used=outcome.fuel_used,
-                          memory_bytes=outcome.memory_bytes, state_reset=reset)
-            if outcome.died is not None:
-                # roll back a call that a limit, a cancel or a crash stopped; not one that
-                # broke the protocol (the interpreter itself is then suspect: so may its
-                # last image be), nor a death between calls (the last image may miss the
-                # last answer)
-                image = (session.latest_image if self.rollback and outcome.died.during_call
-                         and outcome.died.reason != "protocol" else None)
-                self._discard(session)
-                if image is not None and not self._closed:
-                    restored = self._restore_for_rollback(image)
-                    if restored is not None:
-                        self._session = restored
-                        self._holder[0] = restored
-                        return self._stopped(outcome.died, call_limits, common,
-                                             rolled_back=True)
-                self._reset_pending = True
-                self._prepare_spare()
-                return self._stopped(outcome.died, call_limits, common)
-            assert outcome.reply is not None
-            try:
-                reply = validate_call_reply(outcome.reply, outcome.call_id)
-            except ProtocolError as e:
-                self._reset_pending = True
-                self._discard(session)
-                return self._stopped(SessionDead("protocol", str(e)), call_limits, common)
-            common["figures"] = reply.get("figures", [])
-            if (self.rollback_standby and self.rollback
-                    and self._rollback_standby is None):
-                image = session.latest_image
-                if image is not None:
-                    self._prepare_rollback_standby(image)
-            if reply["ok"]:
-                return ExecutionResult(success=True, globals=reply["globals"],
-                                       globals_errors=reply["globals_errors"], **common)
-            etype, emsg = reply["error_type"], reply["error_message"]
-            if etype == "ModuleNotFoundError" and emsg.startswith("No module named '"):
-                emsg += _runtime_hint(emsg[len("No module named '"):].rstrip("'"),
-                                      self.runtime)
-            return ExecutionResult(
-                success=False, error=f"{etype}: {emsg}" if emsg else etype,
-                error_type=etype, error_message=emsg, traceback=reply["traceback"],
-                globals=reply["globals"], globals_errors=reply["globals_errors"], **common)
+        duration = outcome.duration or (time.perf_counter() - started)
+        self._last_used = time.monotonic()
+        common = dict(stdout=outcome.stdout, stderr=outcome.stderr,
+                      stdout_truncated=outcome.stdout_truncated,
+                      stderr_truncated=outcome.stderr_truncated,
+                      duration_seconds=duration, fuel_used=outcome.fuel_used,
+                      memory_bytes=outcome.memory_bytes, state_reset=reset)
+        if outcome.died is not None:
+            # roll back a call that a limit, a cancel or a crash stopped; not one that
+            # broke the protocol (the interpreter itself is then suspect: so may its
+            # last image be), nor a death between calls (the last image may miss the
+            # last answer)
+            image = (session.latest_image if self.rollback and outcome.died.during_call
+                     and outcome.died.reason != "protocol" else None)
+            self._discard(session)
+            if image is not None and not self._closed:
+                restored = self._restore_for_rollback(image)
+                if restored is not None:
+                    self._session = restored
+                    self._holder[0] = restored
+                    return self._stopped(outcome.died, call_limits, common,
+                                         rolled_back=True)
+            self._reset_pending = True
+            self._prepare_spare()
+            return self._stopped(outcome.died, call_limits, common)
+        assert outcome.reply is not None
+        try:
+            reply = validate_call_reply(outcome.reply, outcome.call_id)
+        except ProtocolError as e:
+            self._reset_pending = True
+            self._discard(session)
+            return self._stopped(SessionDead("protocol", str(e)), call_limits, common)
+        common["figures"] = reply.get("figures", [])
+        if (self.rollback_standby and self.rollback
+                and self._rollback_standby is None):
+            image = session.latest_image
+            if image is not None:
+                self._prepare_rollback_standby(image)
+        if reply["ok"]:
+            return ExecutionResult(success=True, globals=reply["globals"],
+                                   globals_errors=reply["globals_errors"], **common)
+        etype, emsg = reply["error_type"], reply["error_message"]
+        if etype == "ModuleNotFoundError" and emsg.startswith("No module named '"):
+            emsg += _runtime_hint(emsg[len("No module named '"):].rstrip("'"),
+                                  self.runtime)
+        return ExecutionResult(
+            success=False, error=f"{etype}: {emsg}" if emsg else etype,
+            error_type=etype, error_message=emsg, traceback=reply["traceback"],
+            globals=reply["globals"], globals_errors=reply["globals_errors"], **common)
 
     async def aexecute(
         self,
@@ -348,8 +371,10 @@ class PythonExecExecutor:
         """``execute`` for event loops: runs on a worker thread, never blocks the loop.
 
         Cancelling the awaiting task (or ``asyncio.wait_for`` timing out) affects this
-        call only. Cancelled while it runs, it stops the guest at once: the interpreter is
-        lost, and the next call starts a fresh one (``state_reset=True``). Cancelled while
+        call only. Cancelled while it runs, it stops the guest at once and the call is
+        rolled back (the agent keeps its state from its last answered call; with
+        ``rollback=False`` the interpreter is lost and the next call says
+        ``state_reset=True``). Cancelled while
         it still waits for the executor (another call is running), it never runs, and the
         running call goes on. No thread is left running the agent's code.
         """
@@ -362,9 +387,16 @@ class PythonExecExecutor:
         except asyncio.CancelledError:
             ticket.cancel()
             try:
-                await asyncio.wait_for(asyncio.shield(future), timeout=10)
+                result = await asyncio.wait_for(asyncio.shield(future), timeout=10)
             except BaseException:  # the call's own outcome no longer matters
                 pass
+            else:
+                # it ended before the cancel reached it, and no one reads its result: the
+                # next call reports a reset it saw (unless another call has run since)
+                if result.state_reset and ticket.delivered_as is not None:
+                    with self._lock:
+                        if self._calls == ticket.delivered_as:
+                            self._reset_pending = True
             raise
 
     def save(self, path: str | os.PathLike[str], *, key: bytes | None = None) -> int:
@@ -455,11 +487,13 @@ class PythonExecExecutor:
             session.cancel()
 
     def reset(self) -> None:
-        """Throw away this agent's state: the next call runs on a fresh interpreter."""
+        """Throw away this agent's state: the next call runs on a fresh interpreter (and
+        its result says ``state_reset=True``)."""
         with self._lock:
             self._check_open()
             self._drop_rollback_standby()
             self._replace_session()
+            self._reset_pending = True
 
     def release(self) -> bool:
         """Free the interpreter but keep the executor usable (used to evict idle agents).
@@ -765,6 +799,7 @@ class _Ticket:
         self.cancelled = False
         self._session: Session | None = None
         self._stopped = False
+        self.delivered_as: int | None = None
 
     def start(self, session: Session) -> bool:
         """The call is about to run on ``session``; False if it was cancelled already."""
@@ -772,6 +807,15 @@ class _Ticket:
             if self.cancelled:
                 return False
             self._session = session
+            return True
+
+    def deliver(self, call_number: int) -> bool:
+        """The call's result is ready (it was the executor's ``call_number``-th call);
+        False when the call was cancelled already (no one will read the result)."""
+        with self._lock:
+            if self.cancelled:
+                return False
+            self.delivered_as = call_number
             return True
 
     def finish(self) -> bool:

@@ -429,7 +429,7 @@ class Session:
                 self._abort(STOP_CANCELLED)
             thread.join(5)
             if thread.is_alive():
-                self._abort(STOP_CANCELLED)
+                self._abort(STOP_CANCELLED, force=True)
                 thread.join(5)
         _ticker.remove(self._engine)
         if thread is not None and thread.is_alive():
@@ -471,13 +471,17 @@ class Session:
                     continue
                 frame = self._requests.pop(0)
                 pending = self._pending
-            if not frame:
-                return  # closed
-            if pending is None or pending.frame is not frame:
-                continue
+                if not frame:
+                    return  # closed
+                if pending is None or pending.frame is not frame:
+                    continue
+                # (under the lock: a cancel sees either no call yet, and the loop stops
+                # before this one, or this call, and stops it in wasm)
+                self._call = pending
             self._inbuf = frame
-            self._call = pending
             self._arm(pending)
+            if self._abort_reason is not None:  # (cancelled while the call was armed)
+                raise _Abort(self._abort_reason)
             self._turn(STEP_SOURCE)
             self._inbuf = b""
             if pending.reply is None:
@@ -602,11 +606,17 @@ class Session:
                            max(0.0, end - call.started) if call.started else 0.0,
                            self._memory_bytes, call.call_id, died)
 
-    def _abort(self, reason: str) -> None:
+    def _abort(self, reason: str, force: bool = False) -> None:
         if self._abort_reason is None:
             self._abort_reason = reason
         with self._cv:
             self._cv.notify_all()
+            # a cancel with no call in wasm (none taken yet, or the end of the previous
+            # turn still running, after its answer): the serving loop stops before the
+            # next call, and that turn ends and leaves its image (the roll-back's), as
+            # after any answered call
+            if reason == STOP_CANCELLED and self._call is None and not force:
+                return
         # push the epoch past any deadline: the guest traps at its next check
         for _ in range(self._deadline_ticks + 2):
             self._engine.increment_epoch()
@@ -664,6 +674,12 @@ class Session:
         if self._closing and reason in (STOP_EXIT, STOP_CANCELLED):
             reason, detail = STOP_CANCELLED, "the executor was closed"
         during = self._call is not None and self._call is not self._boot
+        pending = self._pending
+        if (not during and pending is not None and not pending.done.is_set()
+                and self._image_of == self._answered and self._boot.done.is_set()):
+            # stopped before it took the call waiting for it, with the image of its last
+            # answered turn taken: that call is rolled back like one stopped while it ran
+            during = True
         self._dead = SessionDead(reason, detail, during)
         call = self._call
         if call is not None:
