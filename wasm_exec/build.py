@@ -40,7 +40,7 @@ from typing import Any
 
 from .errors import RuntimeBuildError
 
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "3"
 LOCK_FILE = "build.lock.json"
 ZIP_NAME = "python313.zip"
 ZIP_PATH = "/usr/local/lib/python313.zip"
@@ -49,7 +49,6 @@ WASM_NAME = "python.wasm"
 CONFIGURE_OVERRIDES = {
     "PKG_CONFIG": "false",
     "ac_cv_header_zlib_h": "yes",
-    "py_cv_module__socket": "n/a",
     "ac_cv_header_libintl_h": "no",
     "ac_cv_func_textdomain": "no",
     "ac_cv_func_bind_textdomain_codeset": "no",
@@ -60,7 +59,8 @@ CONFIGURE_OVERRIDES = {
     "ac_cv_func_timerfd_create": "no",
     "ac_cv_func_setgroups": "no",
 }
-CFLAGS = "-O2"
+# (-DSOCK_RAW: the socket module's fallback getaddrinfo names it; WASI's headers do not)
+CFLAGS = "-O2 -DSOCK_RAW=3"
 # zig's linker front end refuses --stack-first; an 8 MiB C stack, 20 MiB initial memory
 LDFLAGS_NODIST = "-Wl,-z,stack-size=8388608 -Wl,--initial-memory=20971520"
 ZLIB_SOURCES = ("adler32", "crc32", "deflate", "infback", "inffast", "inflate", "inftrees",
@@ -294,7 +294,8 @@ def _extract(tarball: Path, dest: Path) -> Path:
     return tops[0]
 
 
-def pack_stdlib(native_python: Path, lib: Path, sysconfig_dir: Path, out: Path) -> int:
+def pack_stdlib(native_python: Path, lib: Path, sysconfig_dir: Path, out: Path,
+                work: Path) -> int:
     """The standard library as bytecode (``.pyc``, hash-based, unchecked) in a stored zip.
 
     The native build of the same CPython compiles (same magic number; it is built without
@@ -305,6 +306,7 @@ import marshal, os, sys
 from importlib.util import MAGIC_NUMBER
 lib, sysconfig_dir, dest, prefix = sys.argv[1:5]
 skip = set(sys.argv[5].split(","))
+work = sys.argv[6].encode()
 entries = []
 for root, dirs, files in os.walk(lib):
     rel = os.path.relpath(root, lib)
@@ -321,7 +323,9 @@ for f in os.listdir(sysconfig_dir):
 header = MAGIC_NUMBER + b"\\x01\\x00\\x00\\x00" + bytes(8)
 for path, arc in entries:
     with open(path, "rb") as fh:
-        code = compile(fh.read(), prefix + "/" + arc, "exec", dont_inherit=True)
+        # (the build's own paths, in the sysconfig data, read as /build)
+        code = compile(fh.read().replace(work, b"/build"), prefix + "/" + arc, "exec",
+                       dont_inherit=True)
     target = os.path.join(dest, arc[:-3] + ".pyc")
     os.makedirs(os.path.dirname(target), exist_ok=True)
     with open(target, "wb") as fh:
@@ -330,7 +334,7 @@ for path, arc in entries:
     with tempfile.TemporaryDirectory(prefix="wasm-exec-stdlib-") as tmp:
         proc = subprocess.run([str(native_python), "-I", "-S", "-c", script, str(lib),
                                str(sysconfig_dir), tmp, ZIP_PATH,
-                               ",".join(sorted(STDLIB_SKIP))],
+                               ",".join(sorted(STDLIB_SKIP)), str(work)],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeBuildError("compiling the standard library failed:\n"
@@ -489,8 +493,11 @@ def build(r: Recipe, out_dir: Path, work_root: Path, *, log: Log = print,
     if not (cross / "Makefile").is_file():
         cross.mkdir(exist_ok=True)
         step("wasi: configure (wasm32-wasi, zig cc)")
+        # (build paths are mapped to /build in what the compiler writes: a reproducible
+        # module whatever the cache directory)
+        cflags = f"{CFLAGS} -ffile-prefix-map={work}=/build"
         cenv = dict(env, CONFIG_SITE=str(src / "Tools" / "wasm" / "config.site-wasm32-wasi"),
-                    CC=tc["cc"], AR=tc["ar"], RANLIB=tc["ranlib"], CFLAGS=CFLAGS,
+                    CC=tc["cc"], AR=tc["ar"], RANLIB=tc["ranlib"], CFLAGS=cflags,
                     ZLIB_CFLAGS=f"-I{zlib_prefix / 'include'}",
                     ZLIB_LIBS=f"-L{zlib_prefix / 'lib'} -lz", **CONFIGURE_OVERRIDES)
         _run([str(src / "configure"), "-q", "--host=wasm32-unknown-wasi",
@@ -503,14 +510,23 @@ def build(r: Recipe, out_dir: Path, work_root: Path, *, log: Log = print,
                  if ln.startswith("CONFIGURE_LDFLAGS_NODIST=") else ln
                  for ln in text.splitlines()]
         makefile.write_text("\n".join(lines) + "\n")
+    # getpath's compiled-in source folder (unused: the runtime's paths are configured) read
+    # as /build, so the module does not depend on where the cache is
+    makefile = cross / "Makefile"
+    text = makefile.read_text()
+    if "-DVPATH='\"$(VPATH)\"'" in text:
+        makefile.write_text(text.replace("-DVPATH='\"$(VPATH)\"'", "-DVPATH='\"/build\"'"))
     step(f"wasi: compile (make -j{jobs})")
-    _run(["make", f"-j{jobs}", "-s", "all"], cross, log_file, env, "wasi make")
+    # (not `all`: its command-line python.wasm would need the name-service stubs that only
+    # the reactor carries; the reactor's link below builds every object it needs)
+    _run(["make", f"-j{jobs}", "-s", "pybuilddir.txt"], cross, log_file, env, "wasi make")
     step("wasi: link the reactor")
     (cross / "wasm_exec_reactor.c").write_text(r.reactor_c)
     (cross / "reactor.mk").write_text(REACTOR_MK.format(src="wasm_exec_reactor.c"))
     for stale in ("wasm_exec_reactor.o", "wasm_exec_reactor.wasm"):
         (cross / stale).unlink(missing_ok=True)
-    _run(["make", "-f", "Makefile", "-f", "reactor.mk", "wasm_exec_reactor.wasm"], cross,
+    _run(["make", f"-j{jobs}", "-f", "Makefile", "-f", "reactor.mk", "wasm_exec_reactor.wasm"],
+         cross,
          log_file, env, "reactor link")
 
     staging = out_dir.with_name(out_dir.name + ".staging")
@@ -519,7 +535,7 @@ def build(r: Recipe, out_dir: Path, work_root: Path, *, log: Log = print,
     staging.mkdir(parents=True)
     step("stdlib: pack the standard library as bytecode")
     sysconfig_dir = next((cross / "build").glob("lib.wasi-wasm32-*"))
-    count = pack_stdlib(native_python, src / "Lib", sysconfig_dir, staging / ZIP_NAME)
+    count = pack_stdlib(native_python, src / "Lib", sysconfig_dir, staging / ZIP_NAME, work)
     step(f"stdlib: {count} modules, {(staging / ZIP_NAME).stat().st_size / 1e6:.1f} MB")
     step("pre-initialise: boot the interpreter once, bake its memory into the module")
     preinitialise(cross / "wasm_exec_reactor.wasm", staging / ZIP_NAME, staging / WASM_NAME)

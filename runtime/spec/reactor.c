@@ -18,6 +18,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <netdb.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -278,6 +279,21 @@ __attribute__((import_module("host"), import_name("call")))
 extern int32_t wasm_exec_host_call(const char *req, int32_t req_len, char **out_ptr,
                                    int32_t *out_len);
 
+/* The socket module's name-service calls: WASI has no resolver and this sandbox no network,
+ * so every lookup fails as "host not found" (the module itself builds, so that the
+ * standard library modules that import it, asyncio and urllib among them, import). */
+static int resolver_errno = 0;
+int *__h_errno_location(void) { return &resolver_errno; }
+struct hostent *gethostbyname(const char *name) { resolver_errno = HOST_NOT_FOUND; return NULL; }
+struct hostent *gethostbyaddr(const void *addr, socklen_t len, int type) {
+    resolver_errno = HOST_NOT_FOUND;
+    return NULL;
+}
+struct servent *getservbyname(const char *name, const char *proto) { return NULL; }
+struct servent *getservbyport(int port, const char *proto) { return NULL; }
+struct protoent *getprotobyname(const char *name) { return NULL; }
+const char *hstrerror(int err) { return "no name service in the sandbox"; }
+
 static PyObject *host_call(PyObject *self, PyObject *arg) {
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
@@ -339,7 +355,10 @@ static int start(void) {
     config.write_bytecode = 0;
     config.install_signal_handlers = 0;
     config.pathconfig_warnings = 0;
-    config.use_hash_seed = 0;
+    /* a fixed hash seed: the build is reproducible (every agent of one build shares the
+     * start-up state baked into the module anyway, the seed included) */
+    config.use_hash_seed = 1;
+    config.hash_seed = 0;
     PyStatus st = PyConfig_SetString(&config, &config.program_name, L"python3.13");
     if (!PyStatus_Exception(st)) st = PyConfig_SetString(&config, &config.home, L"/usr/local");
     if (!PyStatus_Exception(st)) st = PyConfig_SetString(&config, &config.executable, L"");
@@ -425,7 +444,7 @@ error:
 }
 
 __attribute__((export_name("shutdown")))
-int32_t shutdown(void) {
+int32_t wasm_exec_shutdown(void) {
     if (!started || failed) return 0;
     return Py_FinalizeEx();
 }

@@ -1,8 +1,11 @@
-# wasm-exec guest runner: runs INSIDE the WebAssembly sandbox (CPython 3.12 on WASI).
+# wasm-exec guest runner: runs INSIDE the WebAssembly sandbox (a pre-initialised CPython
+# reactor on WASI: 3.13 for the default runtime, 3.15 for the scientific one).
 #
-# The host starts `python -S -c <bootstrap> <this file>`; the bootstrap compiles this file
-# as "<wasm-exec-runner>" and runs it. It reads framed requests from fd 0 and answers
-# each with one write on fd 1 that carries the session token.
+# The host's first turn compiles this file as "<wasm-exec-runner>" and runs it (boot: the
+# hook, the import guard, the default imports, then the ready message); every later turn
+# is `_reactor._run_turn`, which reads one framed request from fd 0 and answers it with one
+# write on fd 1 that carries the session token. Between turns no frame of the guest is
+# live, so the host can image the interpreter's memory.
 #
 # Security design (README, "Threat model"):
 # - The WebAssembly boundary is the real wall: no preopened directory, no sockets, no
