@@ -47,16 +47,36 @@ def test_codec_lookups_load_only_codec_modules(name):
     assert new <= CODEC_MODULES, sorted(new - CODEC_MODULES)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (issue 13 class 10): an implicit grant is given to any import that is not an "
-    "import statement, so the agent's own __import__('_strptime') is granted and "
-    "_strptime.os (outside the allow-list, not loaded at boot) becomes reachable; "
-    "likewise __import__('encodings.idna') loads stringprep"))
 @pytest.mark.parametrize("code", [
     "m = __import__('_strptime')\nm.os.listdir('/')",
-    "m = __import__('encodings.idna')",
+    "import builtins\nm = list(map(__import__, ['_strptime']))",
 ])
-def test_the_agents_own_import_of_an_implicit_module_is_refused(code):
+def test_strptime_is_not_granted_without_time_or_datetime(code):
+    # (_strptime is imported by C code only behind time.strptime / datetime.strptime)
     with PythonExecExecutor(timeout_seconds=20) as ex:
+        r = ex.execute(code)
+        assert not r.success and r.error_type == "ImportError", r.error
+
+
+def test_strptime_still_works_where_time_is_allowed():
+    with PythonExecExecutor(whitelisted_imports=["time", "datetime"], timeout_seconds=20) as ex:
+        r = ex.execute("import time, datetime\n"
+                       "y = time.strptime('2026-12-06', '%Y-%m-%d').tm_year\n"
+                       "d = datetime.datetime.strptime('06/12/26', '%d/%m/%y').month",
+                       return_globals=["y", "d"])
+        assert r.globals == {"y": 2026, "d": 12}, r.error
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "open (issue 13 class 10): where time or datetime is allowed, the implicit grant of "
+    "_strptime also answers the agent's own __import__('_strptime') (a C caller and a "
+    "direct call look the same to the guard), and _strptime.os is then reachable; "
+    "__import__('encodings.idna') loads stringprep (harmless data, but not asked for)"))
+@pytest.mark.parametrize("code,allowed", [
+    ("m = __import__('_strptime')\nm.os.listdir('/')", ["time"]),
+    ("m = __import__('encodings.idna')", []),
+])
+def test_the_agents_own_import_of_an_implicit_module_is_refused(code, allowed):
+    with PythonExecExecutor(whitelisted_imports=allowed, timeout_seconds=20) as ex:
         r = ex.execute(code)
         assert not r.success and r.error_type == "ImportError", r.error

@@ -80,6 +80,16 @@ STEP_SOURCE = b"pass"
 
 # modules CPython's own C code imports on the caller's behalf (never by a statement)
 IMPLICIT_IMPORTS = ("unicodedata", "_strptime", "encodings")
+# ... and which of them only C code behind an allowed module makes: `_strptime` is imported
+# by time.strptime and datetime.strptime (it imports os, which an agent's own
+# __import__('_strptime') would then reach), so it is granted only where one is allowed
+IMPLICIT_ONLY_WITH = {"_strptime": frozenset({"time", "datetime", "_strptime"})}
+
+
+def implicit_imports(allowed: frozenset[str]) -> list[str]:
+    """The modules CPython's C code may import on the agent's behalf, for this allow-list."""
+    return [m for m in IMPLICIT_IMPORTS
+            if m not in IMPLICIT_ONLY_WITH or allowed & IMPLICIT_ONLY_WITH[m]]
 
 
 STOP_FUEL = "fuel"
@@ -296,7 +306,8 @@ class Session:
             self._thread.start()
             return
         init = {"token": self._token.hex(), "allowed": sorted(allowed),
-                "implicit": list(IMPLICIT_IMPORTS), "default_imports": dict(default_imports),
+                "implicit": implicit_imports(frozenset(allowed)),
+                "default_imports": dict(default_imports),
                 # the runtime's genuine compiled modules: all the import machinery may load
                 "code_index": image.code_index(), "turns": True,
                 "preload": list(image.pin.preload)}
