@@ -145,7 +145,8 @@ def _run(cmd: list[str], cwd: Path, log_file: Path, env: dict[str, str] | None =
             f"{log_file}:\n" + "\n".join(tail))
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
+    """A file's SHA-256, read in 1 MiB pieces."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -195,7 +196,7 @@ def fetch_sources(sources: list[Source], dest: Path, log: Log) -> dict[str, Path
     missing: list[Source] = []
     for s in sources:
         path = dest / s.file
-        if path.is_file() and path.stat().st_size == s.size and _sha256(path) == s.sha256:
+        if path.is_file() and path.stat().st_size == s.size and sha256_of(path) == s.sha256:
             found[s.package] = path
         else:
             missing.append(s)
@@ -233,7 +234,7 @@ def fetch_sources(sources: list[Source], dest: Path, log: Log) -> dict[str, Path
                 raise RuntimeBuildError(
                     f"apt-get could not download {s.file} (Debian {s.suite} source package "
                     f"{s.package}); put the file in {dest} by hand and run the build again")
-            digest = _sha256(path)
+            digest = sha256_of(path)
             if digest != s.sha256 or path.stat().st_size != s.size:
                 path.unlink()
                 raise RuntimeBuildError(
@@ -541,7 +542,7 @@ def build(r: Recipe, out_dir: Path, work_root: Path, *, log: Log = print,
     preinitialise(cross / "wasm_exec_reactor.wasm", staging / ZIP_NAME, staging / WASM_NAME)
     licences(staging / "licenses", src, zsrc_top, zig)
     outputs = [{"file": name, "size": (staging / name).stat().st_size,
-                "sha256": _sha256(staging / name)} for name in (WASM_NAME, ZIP_NAME)]
+                "sha256": sha256_of(staging / name)} for name in (WASM_NAME, ZIP_NAME)]
     lock = {"key": key, "recipe": RECIPE_VERSION, "profile": r.profile,
             "inputs": {"cpython": r.cpython.__dict__, "zlib": r.zlib.__dict__,
                        "ziglang": r.ziglang,

@@ -209,12 +209,7 @@ def runtime_file(pin: Pin, name: str) -> Path:
     return find_runtime(pin).parent / name
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256_of = build.sha256_of
 
 
 def verify(path: Path, pin: Pin | PinnedFile) -> None:
