@@ -80,6 +80,7 @@ wasm_exec_reactor.wasm: wasm_exec_reactor.o $(LINK_PYTHON_DEPS)
 
 # what the interpreter runs once at build time, baked into every agent's start
 PREINIT_SOURCE = "pass"
+PREINIT_VERSION = "2"  # (the pre-initialisation's own recipe: its clock, its file system)
 
 Log = Callable[[str], None]
 
@@ -102,6 +103,9 @@ class Recipe:
     zlib: Source
     ziglang: str  # the PyPI version of ziglang
     reactor_c: str  # the reactor's C source
+    # the outputs' SHA-256 of a reference build of these inputs (the build is reproducible:
+    # a rebuild anywhere should give the same bytes)
+    expected: dict[str, str] | None = None
 
     def work_key(self) -> str:
         """What the compiled CPython depends on (its work folder is reused while only the
@@ -117,7 +121,8 @@ class Recipe:
         """Every input of the published runtime."""
         text = json.dumps({"work": self.work_key(),
                            "reactor": hashlib.sha256(self.reactor_c.encode()).hexdigest(),
-                           "preinit": PREINIT_SOURCE, "skip": sorted(STDLIB_SKIP)},
+                           "preinit": [PREINIT_SOURCE, PREINIT_VERSION],
+                           "skip": sorted(STDLIB_SKIP)},
                           sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -126,7 +131,7 @@ def recipe(profile: str, spec: dict[str, Any]) -> Recipe:
     b = spec["build"]
     reactor_c = resources.files("wasm_exec._spec").joinpath("reactor.c").read_text("utf-8")
     return Recipe(profile, Source(**b["cpython"]), Source(**b["zlib"]), b["ziglang"],
-                  reactor_c)
+                  reactor_c, b.get("expected_outputs"))
 
 
 # ------------------------------------------------------------------ helpers
@@ -368,9 +373,23 @@ def preinitialise(wasm: Path, stdlib_zip: Path, out: Path) -> None:
         fs = MemoryFS(stdlib_zip.read_bytes(), zip_path=ZIP_PATH)
         memory: list[Any] = []
         fs.install(linker, lambda: memory[0])
-        i32 = wasmtime.ValType.i32()
+        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
         linker.define_func("host", "call", wasmtime.FuncType([i32] * 4, [i32]),
                            lambda *args: -1)
+        ticks = [0]
+
+        def clock_time_get(caller: wasmtime.Caller, clock_id: int, precision: int,
+                           out: int) -> int:
+            # a clock that advances 1 us a reading from fixed origins: what start-up
+            # records of the time is the same in every build (a reproducible module)
+            ticks[0] += 1
+            now = ticks[0] * 1000 + (1_735_689_600 * 10**9 if clock_id == 0 else 0)
+            memory[0].write(caller, now.to_bytes(8, "little"), out)
+            return 0
+
+        linker.define_func("wasi_snapshot_preview1", "clock_time_get",
+                           wasmtime.FuncType([i32, i64, i32], [i32]), clock_time_get,
+                           access_caller=True)
         instance = linker.instantiate(store, module)
         memory.append(instance.exports(store)["memory"])
         state["fs"] = fs
@@ -552,6 +571,14 @@ def build(r: Recipe, out_dir: Path, work_root: Path, *, log: Log = print,
             "outputs": outputs,
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": round(time.monotonic() - started, 1)}
+    if r.expected:
+        got = {o["file"]: o["sha256"] for o in outputs}
+        same = got == r.expected
+        lock["reproduced"] = same
+        step("reproducible: the outputs match the pinned reference build" if same else
+             "note: the outputs differ from the pinned reference build (pins.json "
+             "expected_outputs); the runtime works, but was not reproduced bit for bit "
+             "(a different reactor.c or toolchain, or a bug in the build's determinism)")
     (staging / LOCK_FILE).write_text(json.dumps(lock, indent=2) + "\n")
     if out_dir.exists():
         shutil.rmtree(out_dir)
