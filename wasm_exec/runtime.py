@@ -25,7 +25,7 @@ from typing import Any
 
 import wasmtime
 
-from . import build, codeindex, preinit
+from . import build, codeindex
 from .errors import RuntimeNotFoundError, RuntimeVerificationError
 
 ENV_DIR = "WASM_EXEC_RUNTIME_DIR"
@@ -326,27 +326,10 @@ class RuntimeImage:
         self.pin = pin
         self.wasm = wasm
         self._code_index: dict[str, object] | None = None
-        self._base: bytes | None = None
 
     def file(self, name: str) -> Path:
         """Another pinned file of this runtime (e.g. the scientific stdlib zip)."""
         return self.wasm.parent / name
-
-    def base_memory(self) -> bytes:
-        """The module's initial memory (what a fresh instance holds before any turn)."""
-        if self._base is None:
-            with _index_lock:
-                if self._base is None:
-                    self._base = preinit.initial_memory(self.wasm.read_bytes())
-        return self._base
-
-    def differing_runs(self, image: Any) -> list[tuple[int, int]]:
-        """Where a memory image differs from a fresh instance's memory (cached on it)."""
-        runs = getattr(image, "_runs", None)
-        if runs is None:
-            runs = preinit.differing_runs(image.memory, self.base_memory(), image.size)
-            object.__setattr__(image, "_runs", runs)
-        return runs  # type: ignore[no-any-return]
 
     def stdlib_zip(self) -> Path:
         """The runtime's standard library zip (served to the guest at ``pin.zip_path``)."""
