@@ -401,3 +401,19 @@ def test_many_files_with_long_names_cost_the_host_no_more_than_their_charge():
         # (measured: 9 MiB for 21,842 files; with 512 charged a node, 65,533 files cost
         # 46 MiB against a 32 MiB cap)
         assert grown <= scratch, (files, grown >> 20)
+
+
+def test_returned_values_are_counted_before_the_host_parses_them(ex):
+    """A reply within its byte cap can hold millions of tiny values; the host counts them
+    before it makes Python objects of them, and a name past the budget is a per-name error
+    (the agent's state stays)."""
+    from wasm_exec.protocol import MAX_RETURNED_VALUES
+
+    r = ex.execute(f"many = [[] for _ in range({MAX_RETURNED_VALUES + 10})]\n"
+                   "few = list(range(200_000))\nkeep = 1",
+                   return_globals=["few", "many", "keep"])
+    assert r.success, r.error
+    assert "too many values" in r.globals_errors["many"]
+    assert r.globals["keep"] == 1 and len(r.globals["few"]) == 200_000
+    assert ex.execute("n = len(many)", return_globals=["n"]).globals == {
+        "n": MAX_RETURNED_VALUES + 10}

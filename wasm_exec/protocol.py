@@ -87,6 +87,17 @@ def validate_ready(reply: dict[str, Any]) -> dict[str, str]:
     return {_str(k, "alias", 200): _str(v, "error", 2000) for k, v in errors.items()}
 
 
+# Returned values are parsed into Python objects on the host: a reply within its byte cap
+# can still hold millions of tiny values (`[[],[],...]` grows about 20 times as Python
+# objects), so the values of one call are counted before parsing (an upper bound: commas
+# and openers, in strings too) and a name past the budget is a per-name error.
+MAX_RETURNED_VALUES = 1_000_000
+
+
+def _value_count(text: str) -> int:
+    return text.count(",") + text.count("[") + text.count("{") + 1
+
+
 def validate_call_reply(reply: dict[str, Any], call_id: int) -> dict[str, Any]:
     """Check a call reply's shape and types; parse the returned globals."""
     if reply.get("id") != call_id:
@@ -104,8 +115,17 @@ def validate_call_reply(reply: dict[str, Any], call_id: int) -> dict[str, Any]:
     if not isinstance(raw_globals, dict) or not isinstance(raw_errors, dict):
         raise ProtocolError("reply globals are not JSON objects")
     values: dict[str, Any] = {}
+    too_many: dict[str, str] = {}
+    budget = MAX_RETURNED_VALUES
     for name, text in raw_globals.items():
         text = _str(text, f"globals[{name!r}]", 1 << 40)
+        count = _value_count(text)
+        if count > budget:
+            too_many[_str(name, "name", 1000)] = (
+                f"too many values to return (about {count:,}; a call returns at most "
+                f"{MAX_RETURNED_VALUES:,} in all): return fewer items, or a summary")
+            continue
+        budget -= count
         try:
             values[name] = json.loads(text)
         except (ValueError, RecursionError) as e:
@@ -113,6 +133,7 @@ def validate_call_reply(reply: dict[str, Any], call_id: int) -> dict[str, Any]:
     out["globals"] = values
     out["globals_errors"] = {_str(k, "name", 1000): _str(v, "error", 2000)
                              for k, v in raw_errors.items()}
+    out["globals_errors"].update(too_many)
     figures = reply.get("figures", [])
     if not isinstance(figures, list):
         raise ProtocolError("reply figures are not a list")
