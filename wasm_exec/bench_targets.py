@@ -36,11 +36,6 @@ def _median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
-
-
 # ------------------------------------------------------------------ ours
 
 def _ours(repeat: int) -> dict[str, Any]:
@@ -122,32 +117,10 @@ def _ours(repeat: int) -> dict[str, Any]:
     return out
 
 
-_MEMORY_CHILD = """
-import gc, json, sys, time
-from wasm_exec import PythonExecExecutor
-def rss():
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * 4096
-n, rollback = int(sys.argv[1]), sys.argv[2] == "1"
-PythonExecExecutor(rollback=rollback).close(); gc.collect(); time.sleep(0.5)
-before = rss()
-agents = [PythonExecExecutor(rollback=rollback) for _ in range(n)]
-for a in agents:
-    a.execute("x = 1")
-gc.collect(); time.sleep(1.0)
-print(json.dumps({"per_agent": (rss() - before) / n}))
-for a in agents:
-    a.close()
-"""
-
-
 def _ours_memory(rollback: bool) -> float:
-    proc = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(AGENTS_FOR_MEMORY),
-                           "1" if rollback else "0"], capture_output=True, text=True,
-                          timeout=600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory benchmark failed: {proc.stderr[-2000:]}")
-    return float(json.loads(proc.stdout.strip().splitlines()[-1])["per_agent"]) / (1 << 20)
+    from .bench import idle_memory
+
+    return idle_memory(AGENTS_FOR_MEMORY, rollback)["per_agent_rss"] / (1 << 20)
 
 
 # ------------------------------------------------------------------ native and eryx
