@@ -552,11 +552,7 @@ class Session:
                            self._image.pin.sha256, self._token)
 
     def _restore(self, image: MemoryImage, memory_bytes: int) -> None:
-        """Make this instance the interpreter of ``image`` (before its thread runs).
-
-        (Writing only the pages where the image differs from the module's baked memory, the
-        rest staying copy-on-write, was tried: it passed every focused test but the soak test
-        found agents whose state was wrong after restores, so the whole image is written.)"""
+        """Make this instance the interpreter of ``image`` (before its thread runs)."""
         assert self._memory is not None and self._fs is not None
         if image.runtime_sha256 != self._image.pin.sha256:
             raise ValueError("the memory image belongs to another runtime build")
@@ -569,11 +565,8 @@ class Session:
             self._memory.grow(self._store, (image.size - have + page - 1) // page)
         base = ctypes.addressof(self._memory.data_ptr(self._store).contents)
         source = image.memory
-        view = None if isinstance(source, bytes) else (ctypes.c_char * image.size).from_buffer(
-            source)
-        src = source if view is None else ctypes.addressof(view)
-        ctypes.memmove(base, src, image.size)
-        del src, view
+        ctypes.memmove(base, source if isinstance(source, bytes)
+                       else (ctypes.c_char * image.size).from_buffer(source), image.size)
         self._fs.restore(image.fs)
         self._boot_source = b""
         self.default_import_errors = dict(image.default_import_errors)
