@@ -105,7 +105,9 @@ def load_pin(profile: str = PROFILE) -> Pin:
         raise RuntimeNotFoundError(f"unknown runtime profile {profile!r}; known: {sorted(data)}")
     p: dict[str, Any] = data[profile]  # type: ignore[assignment]
     subdir = p["subdir"]
-    files = tuple(PinnedFile(f["file"], f["member"], f["size"], f["sha256"]) for f in p["files"])
+    # (a profile built from source names its files only: sizes and sums come from its lock)
+    files = tuple(PinnedFile(f["file"], f.get("member", ""), int(f.get("size", 0)),
+                             str(f.get("sha256", ""))) for f in p["files"])
     recipe_build = p.get("build")
     if recipe_build is not None:
         subdir = f"{profile}-{build.recipe(profile, p).key()}"
@@ -117,7 +119,7 @@ def load_pin(profile: str = PROFILE) -> Pin:
                                          str(outs.get(f.file, {}).get("sha256", "")))
                               for f in files)
                 break
-    return Pin(profile, subdir, p["requirement"], files, p["licenses_under"],
+    return Pin(profile, subdir, p.get("requirement", ""), files, p.get("licenses_under", ""),
                p["download_mb"], p["compile_hint"], p["description"],
                tuple(p.get("preload", ())), p.get("zip_path", Pin.zip_path), recipe_build,
                str(p.get("python_version", "")))
