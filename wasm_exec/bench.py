@@ -14,8 +14,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -176,37 +174,9 @@ def bench_marshal(repeat: int) -> list[Row]:
                 *[v * 1000 for v in _stats(samples)], repeat, nat * 1000)]
 
 
-_MEMORY_CHILD = r"""
-import gc, json, sys, time
-from wasm_exec import PythonExecExecutor
-def rss():
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * 4096
-n = int(sys.argv[1])
-rollback = len(sys.argv) < 3 or sys.argv[2] == "1"
-PythonExecExecutor(rollback=rollback).close(); gc.collect(); time.sleep(0.5)
-before = rss()
-agents = [PythonExecExecutor(rollback=rollback) for _ in range(n)]
-linear = [a.execute("x = 1").memory_bytes for a in agents]
-gc.collect(); time.sleep(1.0)
-after = rss()
-print(json.dumps({"per_agent_rss": (after - before) / n, "linear": sum(linear) / n}))
-for a in agents: a.close()
-"""
-
-
-def idle_memory(n: int, rollback: bool = True) -> dict[str, float]:
-    """Host RSS growth per idle agent (and its guest linear memory), ``n`` agents in a
-    fresh process."""
-    proc = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(n),
-                           "1" if rollback else "0"], capture_output=True, text=True,
-                          timeout=600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory benchmark failed: {proc.stderr[-2000:]}")
-    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
-
-
 def bench_memory(counts: tuple[int, ...]) -> list[Row]:
+    from .bench_targets import idle_memory
+
     rows = []
     for n in counts:
         got = idle_memory(n)
