@@ -78,11 +78,15 @@ _runner_blobs: dict[tuple[str, str], str] = {}
 # the source of every turn after the boot: the runner's turn step ignores it
 STEP_SOURCE = b"pass"
 
-# modules CPython's own C code imports on the caller's behalf (never by a statement)
-IMPLICIT_IMPORTS = ("unicodedata", "_strptime", "encodings")
+# modules CPython's own C code imports on the caller's behalf (never by a statement):
+# `\N{...}` escapes load unicodedata, time.strptime and datetime.strptime load _strptime.
+# The grant loads the module and answers the caller with an empty stand-in (C code reads
+# sys.modules itself), so the agent's own __import__ of one of them gets no module. The
+# codec machinery needs no grant: encodings' own code imports its codec modules.
+IMPLICIT_IMPORTS = ("unicodedata", "_strptime")
 # ... and which of them only C code behind an allowed module makes: `_strptime` is imported
-# by time.strptime and datetime.strptime (it imports os, which an agent's own
-# __import__('_strptime') would then reach), so it is granted only where one is allowed
+# by time.strptime and datetime.strptime (and itself imports os, locale and calendar), so
+# it is granted only where one of them is allowed
 IMPLICIT_ONLY_WITH = {"_strptime": frozenset({"time", "datetime", "_strptime"})}
 
 

@@ -758,7 +758,16 @@ def _wasm_exec_boot():
                 if allowed_name(absname):
                     ok = True
                 elif not statement and (absname in implicit_names or top in implicit_names):
-                    ok = True  # imports CPython's C code makes for the caller
+                    # an import CPython's C code makes for the caller (time.strptime loading
+                    # _strptime): C calls __import__ for its side effect and then reads
+                    # sys.modules, and the agent's own __import__ call looks the same from
+                    # here, so the module is loaded but the guard answers with a stand-in
+                    if not package_paths_intact(absname):
+                        raise _PermissionError(
+                            "Import of '" + absname + "' refused: the __path__ of a package it "
+                            "belongs to was changed to point outside the package")
+                    give(frame, box, absname, "implicit")
+                    return
                 elif children:
                     ok = True  # `from a import b` under an entry `a.b`
                     for child in children:
@@ -1136,6 +1145,10 @@ def _wasm_exec_boot():
         mode = box.pop()
         if mode == "raw":
             return box.pop()(name, globals, locals, fl, level)
+        if mode == "implicit":
+            box.pop()(absname, None, None, (), 0)
+            return ModuleType_(absname + " (loaded for the interpreter's own use; not "
+                               "importable by the agent's code)")
         # The agent's import (or an implicit one): the import machinery gets no fromlist, so
         # no module __getattr__ runs while the import is granted; children are read from
         # the modules' own dicts and submodules imported by their full names.
@@ -2082,7 +2095,7 @@ def _wasm_exec_boot():
     raw = guard_impl.__code__.co_code
     import_calls = frozenset(i for i in range(0, len(raw), 2)
                              if raw[i] == call_op and raw[i + 1] == 5)
-    if len(import_calls) != 4:
+    if len(import_calls) != 5:
         raise RuntimeError("runner: the guard's calls of the real import were not found")
     # the runtime's own compiled modules (BLAKE2b-128 digests, with their names; the
     # table is built when first needed, off the cold start)
