@@ -114,6 +114,12 @@ class ExecutionResult(BaseModel):
         default_factory=list,
         description="PNG images of the matplotlib figures the call left open (scientific "
         "runtime); they are closed afterwards. Counted against max_globals_bytes.")
+    imports: list[tuple[str, str | None]] | None = Field(
+        default=None,
+        description="With execute(..., trace_imports=True): each import the import guard was "
+        "asked for during the call (the agent's and the libraries'), in order, with the "
+        "name of the grant rule that allowed it, or None where it was refused (at most "
+        "256). None when not asked for.")
 
 
 class PythonExecExecutor:
@@ -212,6 +218,7 @@ class PythonExecExecutor:
         limits: Mapping[str, Any] | None = None,
         display: bool = False,
         return_all: bool = False,
+        trace_imports: bool = False,
     ) -> ExecutionResult:
         """Run ``code`` in this executor's interpreter.
 
@@ -221,13 +228,16 @@ class PythonExecExecutor:
         a single statement runs as at the interactive prompt (an expression's value is
         printed). With ``return_all=True`` every global that converts to JSON comes back
         (modules, functions, classes and other objects are left out without an error).
+        With ``trace_imports=True``, ``result.imports`` lists each import the guard was
+        asked for during the call, with the rule that granted it (None: refused).
         """
         return self._execute(code, globals_dict, return_globals, limits, display, return_all,
-                             None)
+                             None, trace_imports)
 
     def _execute(self, code: str, globals_dict: Mapping[str, Any] | None,
                  return_globals: Iterable[str] | None, limits: Mapping[str, Any] | None,
-                 display: bool, return_all: bool, ticket: _Ticket | None) -> ExecutionResult:
+                 display: bool, return_all: bool, ticket: _Ticket | None,
+                 trace_imports: bool = False) -> ExecutionResult:
         call_limits = self._call_limits(limits)
         if not isinstance(code, str):
             raise InputError(f"code must be a str, not {type(code).__name__}")
@@ -249,7 +259,7 @@ class PythonExecExecutor:
                 return _not_run()
             self._calls += 1
             result = self._execute_locked(code, names, globals_json, call_limits, display,
-                                          return_all, ticket)
+                                          return_all, ticket, trace_imports)
             if ticket is not None and result.state_reset and not ticket.deliver(self._calls):
                 # cancelled: no one reads this result, so the next call reports the reset
                 self._reset_pending = True
@@ -257,7 +267,8 @@ class PythonExecExecutor:
 
     def _execute_locked(self, code: str, names: list[str], globals_json: str,
                         call_limits: Limits, display: bool, return_all: bool,
-                        ticket: _Ticket | None) -> ExecutionResult:
+                        ticket: _Ticket | None, trace_imports: bool = False
+                        ) -> ExecutionResult:
         """One call, with the executor held (see ``_execute``)."""
         if self._closed:
             raise ExecutorClosedError("this executor is closed; create a new one")
@@ -270,6 +281,8 @@ class PythonExecExecutor:
         payload = {"op": "exec", "code": code, "return": names, "display": bool(display),
                    "return_all": bool(return_all), "figures": self.runtime != "minimal",
                    "max_depth": MAX_JSON_DEPTH}
+        if trace_imports:
+            payload["trace_imports"] = True
         limits_for_call = CallLimits(
             fuel=call_limits.fuel, timeout_seconds=call_limits.timeout_seconds,
             max_output_bytes=call_limits.max_output_bytes,
@@ -341,6 +354,8 @@ class PythonExecExecutor:
             self._discard(session)
             return self._stopped(SessionDead("protocol", str(e)), call_limits, common)
         common["figures"] = reply.get("figures", [])
+        if trace_imports:
+            common["imports"] = reply.get("imports", [])
         if (self.rollback_standby and self.rollback
                 and self._rollback_standby is None):
             image = session.latest_image
@@ -367,6 +382,7 @@ class PythonExecExecutor:
         limits: Mapping[str, Any] | None = None,
         display: bool = False,
         return_all: bool = False,
+        trace_imports: bool = False,
     ) -> ExecutionResult:
         """``execute`` for event loops: runs on a worker thread, never blocks the loop.
 
@@ -381,7 +397,8 @@ class PythonExecExecutor:
         loop = asyncio.get_running_loop()
         ticket = _Ticket()
         future = loop.run_in_executor(None, lambda: self._execute(
-            code, globals_dict, return_globals, limits, display, return_all, ticket))
+            code, globals_dict, return_globals, limits, display, return_all, ticket,
+            trace_imports))
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:

@@ -134,6 +134,16 @@ def validate_call_reply(reply: dict[str, Any], call_id: int) -> dict[str, Any]:
     out["globals_errors"] = {_str(k, "name", 1000): _str(v, "error", 2000)
                              for k, v in raw_errors.items()}
     out["globals_errors"].update(too_many)
+    imports = reply.get("imports", [])
+    if not isinstance(imports, list) or len(imports) > 256:
+        raise ProtocolError("reply imports are not a list of at most 256 items")
+    out["imports"] = []
+    for item in imports:
+        if (not isinstance(item, list) or len(item) != 2
+                or not (item[1] is None or isinstance(item[1], str))):
+            raise ProtocolError("a traced import is not [name, rule or null]")
+        out["imports"].append((_str(item[0], "import", 1000),
+                               None if item[1] is None else _str(item[1], "rule", 100)))
     figures = reply.get("figures", [])
     if not isinstance(figures, list):
         raise ProtocolError("reply figures are not a list")

@@ -19,7 +19,6 @@ import threading
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -83,12 +82,12 @@ class Pin:
 
 
 def profiles() -> list[str]:
-    data = json.loads(resources.files("wasm_exec._spec").joinpath("pins.json").read_text())
+    data = json.loads(spec_file("pins.json").read_text())
     return sorted(data)
 
 
 def _pins() -> dict[str, dict[str, object]]:
-    text = resources.files("wasm_exec._spec").joinpath("pins.json").read_text()
+    text = spec_file("pins.json").read_text()
     return json.loads(text)  # type: ignore[no-any-return]
 
 
@@ -128,10 +127,13 @@ def load_pin(profile: str = PROFILE) -> Pin:
 _runner_cache: list[tuple[object, str, str]] = []
 
 
+spec_file = build.spec_file
+
+
 def runner_identity() -> tuple[str, str]:
     """The guest runner's source code (runs inside the sandbox) and its SHA-256, read again
     only when the file changes (every interpreter and every image needs them)."""
-    path = resources.files("wasm_exec._spec").joinpath("runner.py")
+    path = spec_file("runner.py")
     try:
         st = os.stat(str(path))
         stamp: object = (st.st_mtime_ns, st.st_size)
