@@ -19,9 +19,11 @@ from .errors import (
 )
 from .executor import ExecutionResult, PythonExecExecutor
 from .pool import SessionPool
+from .protocol import StopReason
 from .resolver import PythonExecExecutorResolver
 
 __all__ = [
+    "StopReason",
     "ConfigurationError",
     "ExecutionResult",
     "ExecutorClosedError",

@@ -21,6 +21,7 @@ from .pool import SessionKey, SessionPool
 from .protocol import (
     MAX_JSON_DEPTH,
     ProtocolError,
+    StopReason,
     check_json_value,
     is_plain_json,
     validate_call_reply,
@@ -53,20 +54,25 @@ def _runtime_hint(module: str, runtime: str) -> str:
 MAX_RETURN_NAMES = 10_000
 MAX_NAME_CHARS = 1_000
 
-LimitName = Literal["fuel", "timeout", "memory", "stack_overflow", "exit", "crash",
-                    "protocol", "cancelled"]
+# (the name ExecutionResult.limit had before StopReason; kept for type annotations)
+LimitName = StopReason
 
 _STOP_TEXT = {
-    "fuel": "Fuel limit exceeded: the call used its whole budget of {fuel} fuel units",
-    "timeout": "Timeout: the call ran past its deadline of {timeout} s",
-    "stack_overflow": "The interpreter's WebAssembly stack overflowed (too deep recursion "
-                      "in C code)",
-    "exit": "The code ended the interpreter ({detail})",
-    "crash": "The interpreter crashed ({detail})",
-    "protocol": "The interpreter broke the sandbox protocol ({detail})",
-    "cancelled": "The call was cancelled",
-    "memory": "Memory limit exceeded",
+    StopReason.FUEL: "Fuel limit exceeded: the call used its whole budget of {fuel} fuel "
+                     "units",
+    StopReason.TIMEOUT: "Timeout: the call ran past its deadline of {timeout} s",
+    StopReason.STACK_OVERFLOW: "The interpreter's WebAssembly stack overflowed (too deep "
+                               "recursion in C code)",
+    StopReason.EXIT: "The code ended the interpreter ({detail})",
+    StopReason.CRASH: "The interpreter crashed ({detail})",
+    StopReason.PROTOCOL: "The interpreter broke the sandbox protocol ({detail})",
+    StopReason.CANCELLED: "The call was cancelled",
+    StopReason.MEMORY: "Memory limit exceeded",
 }
+# the error_type of a stopped call
+_STOP_ERROR_TYPE = {StopReason.FUEL: "FuelExhausted", StopReason.TIMEOUT: "TimeoutError",
+                    StopReason.STACK_OVERFLOW: "StackOverflow",
+                    StopReason.CANCELLED: "Cancelled"}
 
 
 class ExecutionResult(BaseModel):
@@ -795,13 +801,11 @@ class PythonExecExecutor:
         else:
             text += ". The interpreter was lost: the next call starts a fresh one " \
                     "(earlier variables are gone, default imports are rebound)."
-        etype = {"fuel": "FuelExhausted", "timeout": "TimeoutError",
-                 "stack_overflow": "StackOverflow", "cancelled": "Cancelled"}.get(
-                     reason, "SandboxError")
+        etype = _STOP_ERROR_TYPE.get(reason, "SandboxError")
         if reason == STOP_CANCELLED and self._closed:
             text = "The executor was closed while the call ran."
         return ExecutionResult(success=False, error=text, error_type=etype,
-                               error_message=text, limit=reason,  # type: ignore[arg-type]
+                               error_message=text, limit=reason,
                                interpreter_lost=not rolled_back, rolled_back=rolled_back,
                                **common)
 

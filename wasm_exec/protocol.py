@@ -21,6 +21,7 @@ import base64
 import binascii
 import json
 import math
+from enum import StrEnum
 from typing import Any
 
 REQUEST_MAGIC = b"WXQ1"
@@ -31,6 +32,22 @@ REPLY_HEADER = len(REPLY_MAGIC) + TOKEN_BYTES + 4
 
 class ProtocolError(Exception):
     """The guest sent something that is not a valid reply."""
+
+
+
+class StopReason(StrEnum):
+    """Why a call ended without the interpreter's answer (``ExecutionResult.limit``).
+
+    The values are the strings the API has always used (``result.limit == "fuel"``)."""
+
+    FUEL = "fuel"  # the call's fuel budget ran out
+    TIMEOUT = "timeout"  # its wall-clock deadline passed
+    MEMORY = "memory"  # the interpreter's memory cap was reached
+    STACK_OVERFLOW = "stack_overflow"  # the WebAssembly stack overflowed
+    EXIT = "exit"  # the interpreter itself exited
+    CRASH = "crash"  # a WebAssembly trap, or the interpreter stopped answering
+    PROTOCOL = "protocol"  # the interpreter broke the sandbox protocol
+    CANCELLED = "cancelled"  # the caller cancelled the call (or closed the executor)
 
 
 def encode_request(payload: dict[str, Any]) -> bytes:

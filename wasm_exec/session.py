@@ -37,6 +37,7 @@ from .protocol import (
     REPLY_HEADER,
     ProtocolError,
     ReplyReader,
+    StopReason,
     encode_request,
     encode_request_with_globals,
     validate_ready,
@@ -96,20 +97,21 @@ def implicit_imports(allowed: frozenset[str]) -> list[str]:
             if m not in IMPLICIT_ONLY_WITH or allowed & IMPLICIT_ONLY_WITH[m]]
 
 
-STOP_FUEL = "fuel"
-STOP_TIMEOUT = "timeout"
-STOP_MEMORY = "memory"
-STOP_STACK = "stack_overflow"
-STOP_EXIT = "exit"
-STOP_CRASH = "crash"
-STOP_PROTOCOL = "protocol"
-STOP_CANCELLED = "cancelled"
+# why an interpreter stopped (short names for protocol.StopReason's members)
+STOP_FUEL = StopReason.FUEL
+STOP_TIMEOUT = StopReason.TIMEOUT
+STOP_MEMORY = StopReason.MEMORY
+STOP_STACK = StopReason.STACK_OVERFLOW
+STOP_EXIT = StopReason.EXIT
+STOP_CRASH = StopReason.CRASH
+STOP_PROTOCOL = StopReason.PROTOCOL
+STOP_CANCELLED = StopReason.CANCELLED
 
 
 class SessionDead(Exception):
-    """The interpreter is gone; ``reason`` says why (one of the STOP_* names)."""
+    """The interpreter is gone; ``reason`` says why."""
 
-    def __init__(self, reason: str, detail: str, during_call: bool = True) -> None:
+    def __init__(self, reason: StopReason, detail: str, during_call: bool = True) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail

@@ -1979,7 +1979,9 @@ def _wasm_exec_boot():
         flush_streams()
         out = {}
         errs = {}
-        max_bytes = req.get("max_globals_bytes", 10_000_000)
+        # (the host sends the call's cap with every call; the fallback is the host's
+        # default, Limits.max_globals_bytes: 16 MiB)
+        max_bytes = req.get("max_globals_bytes", 16 << 20)
         used = 0
         names = req.get("return", ())
         max_depth = req.get("max_depth")
