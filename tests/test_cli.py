@@ -306,3 +306,54 @@ def test_build_runtime_compiles_every_variant(tmp_path):
     p = subprocess.run([sys.executable, "-m", "wasm_exec", "run", "--fuel", "none", "-c",
                         "print('ran')"], capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 0 and p.stdout == "ran\n" and "precompiling" not in p.stderr
+
+
+# ---------------------------------------------------------------- installing
+def test_build_extra_pins_the_toolchain_the_build_wants():
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert extras["build"] == [f"ziglang=={runtime.build_recipe('minimal').ziglang}"]
+    assert any(r.startswith("mcp") for r in extras["mcp"])
+    assert set(extras["mcp"]) <= set(extras["test"])  # CI runs the MCP tests
+
+
+@pytest.mark.slow
+def test_installs_as_a_package(tmp_path):
+    """A wheel built from a copy of the checkout holds the code and the runtime's recipe
+    (never a runtime); installed elsewhere, it finds the runtime in the user cache."""
+    import shutil
+    import zipfile
+
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "__pycache__", "*.egg-info", "build", ".*_cache", "*.wasm",
+        "*.cwasm", "*.codeindex.json", "scientific", "licenses", "bench-results*.json"))
+    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                        "--disable-pip-version-check", "-w", str(tmp_path / "dist"), str(src)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    (wheel,) = (tmp_path / "dist").glob("wasm_exec-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for needed in ("wasm_exec/_spec/pins.json", "wasm_exec/_spec/runner.py",
+                   "wasm_exec/_spec/reactor.c", "wasm_exec/py.typed",
+                   "wasm_exec/mcp_server.py", "wasm_exec/clean.py"):
+        assert needed in names, needed
+    assert not [n for n in names if n.endswith((".wasm", ".cwasm", ".zip"))]
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "wasm-exec = wasm_exec.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    site = tmp_path / "site"
+    p = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q",
+                        "--disable-pip-version-check", "--target", str(site), str(wheel)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    env = dict(os.environ, PYTHONPATH=str(site))
+    p = subprocess.run([sys.executable, "-c", "import wasm_exec, sys; "
+                        "print(wasm_exec.__file__); print(wasm_exec.__version__)"],
+                       capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
+    where, version = p.stdout.split()
+    assert where.startswith(str(site)) and version == _pyproject_version()
+    p = subprocess.run([sys.executable, "-m", "wasm_exec", "run", "-c", "print(6 * 7)"],
+                       capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert p.returncode == 0 and p.stdout == "42\n", p.stderr

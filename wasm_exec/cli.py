@@ -459,20 +459,20 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=_repl)
 
     b = sub.add_parser("build-runtime", help="build (default runtime, from pinned sources: "
-                       "about 5 minutes on 2 cores, once) or fetch (scientific) the runtime, "
+                       "about 4 minutes on 2 cores, once) or fetch (scientific) the runtime, "
                        "verify and precompile it")
     b.add_argument("--dest", help="install directory (default: $WASM_EXEC_RUNTIME_DIR, else "
                    "~/.cache/wasm-exec)")
     b.add_argument("--profile", default="minimal", choices=runtime.profiles(),
                    help="which runtime: minimal (default: CPython 3.13 built here; 72M on "
-                   "disk with both compiled variants, plus a 600M build tree that 'wasm-exec "
+                   "disk with both compiled variants, plus a 597M build tree that 'wasm-exec "
                    "clean --keep-runtimes' removes) or scientific (numpy, pandas, "
-                   "matplotlib...; a 98 MB download, 750M on disk with both variants, a few "
+                   "matplotlib...; a 98 MB download, 751M on disk with both variants, a few "
                    "minutes to precompile)")
     b.add_argument("--default-variant-only", action="store_true",
                    help="precompile only the fuel-metered variant (the one for --fuel none "
-                   "is then compiled on first use, and announced; saves 27M, or 290M for "
-                   "scientific)")
+                   "is then compiled on first use, and announced; saves 26M of disk, or "
+                   "273M for scientific)")
     b.add_argument("--all-variants", action="store_true",
                    help=argparse.SUPPRESS)  # (the default now; kept for old scripts)
     b.set_defaults(func=_build_runtime)
