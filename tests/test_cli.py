@@ -87,6 +87,7 @@ ROOT = Path(__file__).resolve().parent.parent
     (["--globals", "[1, 2]"], "--globals", "expected a JSON object"),
     (["--globals", "{oops"], "--globals", "expected a JSON object or @file.json"),
     (["--globals", "@/nonexistent/g.json"], "--globals", "cannot read"),
+    (["--return", "1x"], "--return", "the name of a global"),
 ])
 def test_bad_option_value_is_one_line_exit_2(args, option, accepts):
     p = cli("run", "-c", "print(1)", *args)

@@ -149,6 +149,14 @@ def default_import_arg(text: str) -> tuple[str, str]:
     return alias.strip(), module.strip()
 
 
+def name_arg(text: str) -> str:
+    """``--return``: a global's name."""
+    if not text.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected the name of a global (an identifier); "
+                                         f"got {text!r}")
+    return text
+
+
 def _limits(args: argparse.Namespace) -> dict[str, Any]:
     limits: dict[str, Any] = {}
     if args.fuel is not ...:  # (... : not given; None: metering off)
@@ -374,8 +382,8 @@ def _mcp(args: argparse.Namespace) -> int:
     try:
         from . import mcp_server
     except ImportError as e:
-        raise UsageError(f"wasm-exec mcp needs the MCP SDK ({e.name} is missing): "
-                         "pip install 'wasm-exec[mcp]'") from None
+        raise UsageError(f"the mcp command needs the MCP SDK ({e.name} is missing); "
+                         "install it with: pip install 'wasm-exec[mcp]'") from None
     return mcp_server.main(args)
 
 
@@ -449,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("file", nargs="?", help="a file to run, or - for stdin")
     add_policy_args(r)
     r.add_argument("--globals", help="JSON object of globals, or @file.json")
-    r.add_argument("--return", dest="ret", action="append", metavar="NAME",
+    r.add_argument("--return", dest="ret", action="append", metavar="NAME", type=name_arg,
                    help="a global to print after the run (repeatable)")
     r.add_argument("--json", action="store_true", help="print the whole result as JSON")
     r.set_defaults(func=_run)
@@ -515,6 +523,7 @@ def add_mcp_args(m: argparse.ArgumentParser) -> None:
                    help="port for --transport http (default 8000; 0 picks a free one)")
     add_policy_args(m)
     m.add_argument("--max-sessions", type=positive_int_arg("--max-sessions"), default=16,
+                   metavar="N",
                    help="sandboxes alive at once; beyond that the least recently used idle "
                    "one is released (default 16)")
     m.add_argument("--idle-timeout", type=timeout_arg, default=1800.0, metavar="SECONDS",
