@@ -154,19 +154,39 @@ def test_repl_banner_names_the_runtime_python():
     assert f"wasm-exec {wasm_exec.__version__}" in first
 
 
+def _read_until(proc: subprocess.Popen, marker: bytes, seen: bytearray) -> None:
+    """Read the process's stdout into ``seen`` until ``marker`` is in it (at most 120 s)."""
+    import select
+
+    deadline = time.monotonic() + 120
+    while marker not in seen:
+        assert time.monotonic() < deadline, bytes(seen)
+        ready, _, _ = select.select([proc.stdout], [], [], 1)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            assert chunk, bytes(seen)  # (the REPL ended early)
+            seen += chunk
+
+
 def test_repl_ctrl_c_cancels_the_call_and_keeps_state():
     proc = subprocess.Popen([sys.executable, "-m", "wasm_exec", "repl", "--timeout", "120"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE)
+    seen = bytearray()
     try:
-        proc.stdin.write("x = 41\nwhile True: x += 1\n")
+        _read_until(proc, b"\n>>> ", seen)  # the banner, then the first prompt
+        proc.stdin.write(b"x = 41\n")
         proc.stdin.flush()
-        time.sleep(2)  # (the loop is running: its deadline is two minutes away)
+        _read_until(proc, b">>> >>> ", seen)  # x = 41 ran: the REPL waits for input again
+        proc.stdin.write(b"while True: x += 1\n")
+        proc.stdin.flush()
+        time.sleep(2)  # (the loop runs: its deadline is two minutes away)
         proc.send_signal(signal.SIGINT)
-        proc.stdin.write("x + 1\n")
+        proc.stdin.write(b"x + 1\n")
         proc.stdin.close()
         assert proc.wait(timeout=60) == 0  # the REPL survived (and did not wait 120 s)
-        out, err = proc.stdout.read(), proc.stderr.read()
+        out = (bytes(seen) + proc.stdout.read()).decode()
+        err = proc.stderr.read().decode()
     finally:
         proc.kill()
         proc.wait()
