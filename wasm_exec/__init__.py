@@ -7,6 +7,7 @@
 42
 """
 
+from ._version import __version__
 from .config import Limits, Policy
 from .errors import (
     ConfigurationError,
@@ -37,4 +38,5 @@ __all__ = [
     "RuntimeVerificationError",
     "SessionPool",
     "WasmExecError",
+    "__version__",
 ]
