@@ -7,12 +7,15 @@ list ``sys.modules`` before and after), reaching everything else by object walks
 
 from __future__ import annotations
 
+import hashlib
+import json
 import textwrap
 
 import pytest
 
 from tests.scientific_support import needs_scientific
 from wasm_exec import PythonExecExecutor
+from wasm_exec.images import MAGIC
 
 
 def _new_modules(ex: PythonExecExecutor, code: str) -> tuple[set[str], dict]:
@@ -102,3 +105,36 @@ def test_scientific_library_run_time_imports_still_work(make_executor):
         "m = pd.Series(['a1', 'b']).str.contains('\\\\N{DIGIT ONE}').tolist()",
         return_globals=["v", "m"])
     assert r.success and r.globals["m"] == [True, False] and r.globals["v"], r.error
+
+
+# ------------------------------------------------------------------------------------
+# 2. An image file whose file system names a file with a lone surrogate: it loaded, and
+# every listing of that directory then crashed the interpreter (a UnicodeEncodeError in
+# the host's fd_readdir), rolled back each time.
+
+def _rewrite_image(src, dst, edit) -> None:
+    data = open(src, "rb").read()
+    size = int.from_bytes(data[16:20], "little")
+    header = json.loads(data[20:20 + size])
+    edit(header)
+    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    out = MAGIC + len(head).to_bytes(4, "little") + head + data[20 + size:-32]
+    open(dst, "wb").write(out + hashlib.sha256(out).digest())
+
+
+@pytest.mark.parametrize("bad", ["\udc80x", "a\x00b"])
+def test_image_file_names_that_are_not_utf8_are_refused(tmp_path, bad):
+    from wasm_exec.errors import ImageError
+
+    with PythonExecExecutor(whitelisted_imports=["os"], timeout_seconds=10) as ex:
+        assert ex.execute("open('/tmp/work/victim.txt', 'w').write('x')").success
+        ex.save(tmp_path / "a.img")
+
+    def rename(header):
+        for node in header["fs"]["nodes"]:
+            if node["kind"] == "dir" and "victim.txt" in node["entries"]:
+                node["entries"][bad] = node["entries"].pop("victim.txt")
+
+    _rewrite_image(tmp_path / "a.img", tmp_path / "b.img", rename)
+    with pytest.raises(ImageError, match="file name"):
+        PythonExecExecutor.load(tmp_path / "b.img")
