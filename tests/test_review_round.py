@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import textwrap
+import tracemalloc
 
 import pytest
 
 from tests.scientific_support import needs_scientific
 from wasm_exec import PythonExecExecutor
 from wasm_exec.images import MAGIC
+from wasm_exec.protocol import REPLY_MAGIC, ProtocolError, ReplyReader
 
 
 def _new_modules(ex: PythonExecExecutor, code: str) -> tuple[set[str], dict]:
@@ -138,3 +140,61 @@ def test_image_file_names_that_are_not_utf8_are_refused(tmp_path, bad):
     _rewrite_image(tmp_path / "a.img", tmp_path / "b.img", rename)
     with pytest.raises(ImageError, match="file name"):
         PythonExecExecutor.load(tmp_path / "b.img")
+
+
+# ------------------------------------------------------------------------------------
+# 3. A reply within its byte cap that is mostly JSON containers: the runner's reply is
+# the agent's to word (it can rewrite the runner's variables and closure cells), and the
+# host parsed it whole: 10 MB of `[],` became about 340 MiB of Python objects on the host
+# for an agent limited to 256 MiB. The host bounds the reply's containers before parsing.
+
+def _frame(token: bytes, payload: bytes) -> bytes:
+    return REPLY_MAGIC + token + len(payload).to_bytes(4, "little") + payload
+
+
+def test_reply_of_many_containers_is_refused_before_parsing():
+    token = b"T" * 16
+    bomb = (b'{"id":1,"ok":true,"globals":{},"globals_errors":{},"pad":['
+            + b"[]," * 2_000_000 + b"[]]}")
+    reader = ReplyReader(token, len(bomb) + 10)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProtocolError, match="containers"):
+            reader.decode(_frame(token, bomb))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * len(bomb), peak  # (parsed, it took about 20 times its size)
+
+
+def test_large_returned_values_still_parse():
+    token = b"T" * 16
+    # 1.2M containers, in strings with escaped quotes and backslashes next to brackets
+    value = json.dumps([[i, {"k": [i], "s": '\\"[{\\'}] for i in range(400_000)])
+    reply = json.dumps({"id": 1, "ok": True, "globals": {"x": value},
+                        "globals_errors": {}, "figures": []}).encode()
+    out = ReplyReader(token, len(reply) + 10).decode(_frame(token, reply))
+    assert out["globals"]["x"] == value
+
+
+def test_an_agent_that_words_a_container_bomb_reply_loses_only_that_call(make_executor):
+    ex = make_executor(whitelisted_imports=["sys"], timeout_seconds=20)
+    assert ex.execute("keep = 1").success
+    r = ex.execute(textwrap.dedent("""
+        import sys
+        turn = sys.modules['_reactor'].__dict__['_run_turn']
+        step = [c.cell_contents for c in turn.__closure__
+                if getattr(c.cell_contents, '__name__', '') == 'step'][0]
+        for cell in step.__closure__:
+            if getattr(cell.cell_contents, '__name__', '') == 'run_call':
+                def bomb(req, n, real=cell.cell_contents):
+                    reply = real(req, n)
+                    reply['pad'] = [[]] * 2_000_000
+                    return reply
+                cell.cell_contents = bomb
+        """))
+    assert r.success, r.error
+    r = ex.execute("x = 2", return_globals=["x"])
+    assert not r.success and r.interpreter_lost and "containers" in r.error, r
+    r = ex.execute("y = 3", return_globals=["y"])
+    assert r.success and r.globals == {"y": 3} and r.state_reset
