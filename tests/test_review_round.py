@@ -198,3 +198,50 @@ def test_an_agent_that_words_a_container_bomb_reply_loses_only_that_call(make_ex
     assert not r.success and r.interpreter_lost and "containers" in r.error, r
     r = ex.execute("y = 3", return_globals=["y"])
     assert r.success and r.globals == {"y": 3} and r.state_reset
+
+
+# ------------------------------------------------------------------------------------
+# 4. Agent code after the answer. Python 3.13+ lets any code write the variables of a
+# live frame (frame.f_locals), and closure cells are writable: a value the agent plants
+# in the runner's turn frame is dropped, and its finalizer run, after the reply was sent.
+# It runs outside any call (with the host's idle fuel and a 10 s deadline), and the
+# caller's next call waits for it.
+
+POST_ANSWER = textwrap.dedent("""
+    import sys
+    ran = []
+    class Late:
+        def __del__(self):
+            ran.append(1)
+    f = sys._getframe()
+    while f is not None:
+        if 'source' in f.f_locals and 'number' in f.f_locals:
+            f.f_locals['source'] = Late()
+        f = f.f_back
+    """)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "open: on Python 3.13+ the agent can write a live runner frame's variables "
+    "(frame.f_locals) and the runner's closure cells, so it can plant a value whose "
+    "finalizer runs when the turn's frames end, after the reply (bounded by the host's "
+    "idle fuel, 200,000,000 units, and a 10 s deadline; the next call waits for it)"))
+def test_no_agent_code_runs_after_the_answer(make_executor):
+    ex = make_executor(whitelisted_imports=["sys"])
+    assert ex.execute(POST_ANSWER).success
+    r = ex.execute("n = len(ran)", return_globals=["n"])
+    assert r.globals == {"n": 0}
+
+
+def test_an_interpreter_lost_after_its_answer_does_not_cost_the_next_call(make_executor):
+    # (the code planted above, looping until the idle fuel runs out: the interpreter dies
+    # after the answer, while the next call waits. That call never ran: it was reported
+    # as a fuel stop of its own, "the call used its whole budget". It now runs on a fresh
+    # interpreter, whose result says the state was reset)
+    ex = make_executor(whitelisted_imports=["sys"])
+    assert ex.execute("keep = 1").success
+    assert ex.execute(POST_ANSWER.replace("ran.append(1)", "while True: pass")).success
+    r = ex.execute("x = 2", return_globals=["x"])
+    assert r.success and r.globals == {"x": 2} and r.state_reset, r.error
+    r = ex.execute("y = x + 1", return_globals=["y"])
+    assert r.success and r.globals == {"y": 3} and not r.state_reset, r.error

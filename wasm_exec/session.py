@@ -143,6 +143,7 @@ class CallOutcome:
     memory_bytes: int
     call_id: int = 0
     died: SessionDead | None = None
+    taken: bool = True  # False: the interpreter died before it took the call (it never ran)
 
 
 @dataclass
@@ -606,7 +607,7 @@ class Session:
             died = self._dead or SessionDead(STOP_CRASH, "the interpreter stopped answering")
         return CallOutcome(call.reply, out, err, call.out_dropped, call.err_dropped, fuel_used,
                            max(0.0, end - call.started) if call.started else 0.0,
-                           self._memory_bytes, call.call_id, died)
+                           self._memory_bytes, call.call_id, died, bool(call.started))
 
     def _abort(self, reason: str, force: bool = False) -> None:
         if self._abort_reason is None:
