@@ -245,3 +245,51 @@ def test_an_interpreter_lost_after_its_answer_does_not_cost_the_next_call(make_e
     assert r.success and r.globals == {"x": 2} and r.state_reset, r.error
     r = ex.execute("y = x + 1", return_globals=["y"])
     assert r.success and r.globals == {"y": 3} and not r.state_reset, r.error
+
+
+# ------------------------------------------------------------------------------------
+# 5. Guest pointers at or above 2 GiB. WASI pointers are u32, but wasmtime hands an i32
+# parameter to a Python host function as a signed int: the session's own host functions
+# (clock_time_get, poll_oneoff, fd_read/fd_write on stdio, and host_alloc's result) took
+# an address of 2 GiB or more (an interpreter may have up to 4 GiB) for a negative one and
+# refused it with EFAULT. (The file system's calls already read them as u32.)
+
+class _SparseMemory:
+    """Stands in for wasmtime.Memory: 2 GiB and a page of anonymous, untouched pages."""
+
+    def __init__(self) -> None:
+        import ctypes
+        import mmap
+
+        self.buf = mmap.mmap(-1, (1 << 31) + 4096)
+        self._first = ctypes.c_ubyte.from_buffer(self.buf)
+
+    def data_ptr(self, caller):
+        import ctypes
+
+        return ctypes.pointer(self._first)
+
+    def data_len(self, caller):
+        return len(self.buf)
+
+
+def _signed(address: int) -> int:
+    return address - (1 << 32) if address >= 1 << 31 else address
+
+
+def test_host_functions_take_guest_pointers_above_2_gib():
+    import struct
+
+    from wasm_exec.session import ERRNO_SUCCESS, Session
+
+    session = Session.__new__(Session)
+    session._memory = _SparseMemory()
+    high = (1 << 31) + 64
+    assert session._clock_time_get(None, 0, 0, _signed(high)) == ERRNO_SUCCESS
+    assert struct.unpack_from("<Q", session._memory.buf, high)[0] > 0
+    session._inbuf = b"request"
+    iovec = (1 << 31) + 256
+    struct.pack_into("<II", session._memory.buf, iovec, (1 << 31) + 512, 16)
+    assert session._fd_read(None, 0, _signed(iovec), 1, _signed(high)) == ERRNO_SUCCESS
+    assert session._memory.buf[(1 << 31) + 512:(1 << 31) + 519] == b"request"
+    assert struct.unpack_from("<I", session._memory.buf, high)[0] == 7
