@@ -293,3 +293,24 @@ def test_host_functions_take_guest_pointers_above_2_gib():
     assert session._fd_read(None, 0, _signed(iovec), 1, _signed(high)) == ERRNO_SUCCESS
     assert session._memory.buf[(1 << 31) + 512:(1 << 31) + 519] == b"request"
     assert struct.unpack_from("<I", session._memory.buf, high)[0] == 7
+
+
+def test_stdio_writes_of_more_than_2_gib_in_all_are_refused_not_raised():
+    # (several iovecs whose lengths add up past what nwritten, a u32, can hold: the
+    # host function raised struct.error, a host error that crashed the interpreter)
+    import struct
+
+    from wasm_exec.session import ERRNO_INVAL, Session
+
+    session = Session.__new__(Session)
+    session._memory = _SparseMemory()
+    session._call = None
+    table = 4096
+    struct.pack_into("<IIII", session._memory.buf, table, 0, 1 << 31, 0, 1 << 31)
+    assert session._fd_write(None, 2, table, 2, table + 64) == ERRNO_INVAL
+    # (the file system's own console, used without the session's stdio, likewise)
+    from wasm_exec.vfs import EINVAL, MemoryFS
+
+    fs = MemoryFS(b"", overlays=())
+    fs.bind_memory(lambda caller: session._mem(caller))
+    assert fs.fd_write(None, 1, table, 2, table + 64) == EINVAL

@@ -51,6 +51,7 @@ ERRNO_INVAL = 28
 
 TICK_SECONDS = 0.005
 MAX_IOVS = 1024  # POSIX IOV_MAX: the guest's libc never sends more
+MAX_IO_BYTES = (1 << 31) - 1  # the most one read or write moves (SSIZE_MAX of wasm32)
 # guest pointers are u32, but wasmtime hands an i32 to a host function as a signed int (an
 # address of 2 GiB or more arrives negative): pointers are read through this mask
 U32 = 0xFFFFFFFF
@@ -771,6 +772,8 @@ class Session:
             total += length
             if length:
                 chunks.append((buf, length))
+        if total > MAX_IO_BYTES:
+            return ERRNO_INVAL  # (what nwritten, a u32, cannot count: POSIX's EINVAL)
         if fd == 1 and chunks and total >= REPLY_HEADER:
             first_buf, first_len = next((b, n) for b, n in chunks if n)
             head = ctypes.string_at(base + first_buf, min(first_len, REPLY_HEADER))

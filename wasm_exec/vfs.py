@@ -499,9 +499,10 @@ class MemoryFS:
         if type(vecs) is int:
             return vecs
         out = self.console[fd]
-        total = 0
+        total = sum(n for _, n in vecs)  # type: ignore[union-attr]
+        if total > MAX_IO_BYTES:
+            return EINVAL  # (more than nwritten, a u32, can count)
         for p, n in vecs:  # type: ignore[union-attr]
-            total += n
             take = min(n, CONSOLE_CAP - len(out))
             if take > 0:
                 out += _string_at(base + p, take)
