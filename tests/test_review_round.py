@@ -314,3 +314,19 @@ def test_stdio_writes_of_more_than_2_gib_in_all_are_refused_not_raised():
     fs = MemoryFS(b"", overlays=())
     fs.bind_memory(lambda caller: session._mem(caller))
     assert fs.fd_write(None, 1, table, 2, table + 64) == EINVAL
+
+
+def test_a_directory_cookie_past_the_end_reads_nothing():
+    # (a cookie of 2**63 or more made itertools.islice raise ValueError in the host)
+    import struct
+
+    from wasm_exec.session import Session
+    from wasm_exec.vfs import ESUCCESS, PREOPEN_FD, MemoryFS
+
+    session = Session.__new__(Session)
+    session._memory = _SparseMemory()
+    fs = MemoryFS(b"", overlays=())
+    fs.bind_memory(lambda caller: session._mem(caller))
+    for cookie in (-1, 1 << 63, 1000):
+        assert fs.fd_readdir(None, PREOPEN_FD, 4096, 1024, cookie, 8192) == ESUCCESS
+        assert struct.unpack_from("<I", session._memory.buf, 8192)[0] == 0

@@ -955,6 +955,8 @@ class MemoryFS:
         if buf + buf_len > size:
             return EFAULT
         cookie &= _M64
+        if cookie >= 1 << 62:  # (past any listing's end; islice takes at most sys.maxsize)
+            return self._put_u32(caller, bufused_ptr, 0)
         items = e.listing
         if cookie == 0 or items is None:
             self._unlist(e)
