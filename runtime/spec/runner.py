@@ -616,12 +616,12 @@ def _wasm_exec_boot():
             for the agent (PathFinder.find_distributions() loaded importlib.metadata, and
             os, shutil, zipfile... with it; help() pydoc and subprocess). Libraries the
             agent imported keep their own statements (the allow-list admits them)."""
-            if state[0] or absname in implicit_names or is_loaded(absname):
+            if state[0] or absname in implicit_names:
                 return False
             mod = module_of(code)
             if mod is None or mod not in interpreter_modules or allowed_name(mod):
                 return False
-            return not in_granted_import(requester)
+            return not is_loaded(absname) and not in_granted_import(requester)
 
         def fromlist_child(requester, absname):
             """Whether `absname` is a submodule of what the guard granting the import under
