@@ -303,6 +303,13 @@ class PythonExecExecutor:
             return _not_run()
         try:
             outcome = session.call(payload, limits_for_call, globals_json)
+            died = outcome.died
+            if (died is not None and not outcome.taken and not died.during_call
+                    and died.reason != STOP_CANCELLED and not self._closed):
+                # it died after its last answer, before it took this call (code the agent
+                # left in the runner's frames ran past the idle limits): this call never
+                # ran, so it runs on a fresh interpreter, as after a death between calls
+                raise died
         except SessionDead:
             session = self._replace_session()
             reset = True

@@ -21,6 +21,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from enum import StrEnum
 from typing import Any
 
@@ -56,6 +57,30 @@ def encode_request(payload: dict[str, Any]) -> bytes:
     return REQUEST_MAGIC + len(body).to_bytes(4, "little") + body
 
 
+# A reply is one JSON object with a few containers of its own (its globals, their errors,
+# the figures); returned values travel inside it as JSON text, in strings. The runner's
+# reply is the agent's to word, though (Python 3.13+ code can rewrite a live frame's
+# variables, and closure cells are writable), and each `[]` of a reply becomes a Python
+# object of 56 bytes or more on the host: 10 MB of `[],` took about 340 MiB to parse. So
+# the containers outside strings are counted before parsing.
+MAX_REPLY_CONTAINERS = 100_000
+_STRING = re.compile(rb'"[^"]*"')
+_NOT_QUOTE_OR_OPENER = bytes(c for c in range(256) if c not in b'"[{')
+
+
+def _containers(body: bytes) -> int:
+    """How many JSON containers (``[`` or ``{``) ``body`` holds outside its strings (in C;
+    exact only when the plain count of openers is over MAX_REPLY_CONTAINERS)."""
+    plain = body.count(b"[") + body.count(b"{")
+    if plain <= MAX_REPLY_CONTAINERS:
+        return plain
+    # escaped backslashes, then escaped quotes, out: every quote left opens or closes a
+    # string; of the rest only quotes and openers matter
+    skeleton = body.replace(b"\\\\", b"").replace(b'\\"', b"").translate(
+        None, _NOT_QUOTE_OR_OPENER)
+    return len(_STRING.sub(b"", skeleton))
+
+
 class ReplyReader:
     """Recognises and decodes reply frames for one session (size-capped)."""
 
@@ -80,6 +105,10 @@ class ReplyReader:
         if len(frame) - REPLY_HEADER != size:
             raise ProtocolError("reply length does not match its header")
         body = frame[REPLY_HEADER:]
+        containers = _containers(body)
+        if containers > MAX_REPLY_CONTAINERS:
+            raise ProtocolError(f"reply holds {containers} JSON containers outside its strings "
+                                f"(a reply has a few; at most {MAX_REPLY_CONTAINERS})")
         try:
             reply = json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as e:

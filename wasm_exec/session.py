@@ -52,6 +52,10 @@ ERRNO_INVAL = 28
 
 TICK_SECONDS = 0.005
 MAX_IOVS = 1024  # POSIX IOV_MAX: the guest's libc never sends more
+MAX_IO_BYTES = (1 << 31) - 1  # the most one read or write moves (SSIZE_MAX of wasm32)
+# guest pointers are u32, but wasmtime hands an i32 to a host function as a signed int (an
+# address of 2 GiB or more arrives negative): pointers are read through this mask
+U32 = 0xFFFFFFFF
 # the guest's monotonic clocks start near zero: they say nothing about the host's uptime
 _CLOCK_ORIGIN = time.monotonic_ns() - 1_000_000_000
 IDLE_FUEL = 200_000_000
@@ -145,6 +149,7 @@ class CallOutcome:
     memory_bytes: int
     call_id: int = 0
     died: SessionDead | None = None
+    taken: bool = True  # False: the interpreter died before it took the call (it never ran)
 
 
 @dataclass
@@ -461,10 +466,10 @@ class Session:
         """Run one turn of the reactor (on the session thread)."""
         assert self._memory is not None
         ptr = self._host_alloc(self._store, len(source))
-        if not isinstance(ptr, int) or ptr <= 0:
+        if not isinstance(ptr, int) or not ptr & U32:
             self._fail(STOP_MEMORY, "no memory left for the turn")
-        self._memory.write(self._store, source, ptr)
-        self._turn_func(self._store, ptr, len(source))
+        self._memory.write(self._store, source, ptr & U32)
+        self._turn_func(self._store, ptr, len(source))  # (the i32 as host_alloc gave it)
 
     def _serve_turns(self, store: wasmtime.Store) -> None:
         """The session thread of a reactor runtime: the boot turn (unless restored from
@@ -608,7 +613,7 @@ class Session:
             died = self._dead or SessionDead(STOP_CRASH, "the interpreter stopped answering")
         return CallOutcome(call.reply, out, err, call.out_dropped, call.err_dropped, fuel_used,
                            max(0.0, end - call.started) if call.started else 0.0,
-                           self._memory_bytes, call.call_id, died)
+                           self._memory_bytes, call.call_id, died, bool(call.started))
 
     def _abort(self, reason: str, force: bool = False) -> None:
         if self._abort_reason is None:
@@ -724,7 +729,8 @@ class Session:
         base, size = self._mem(caller)
         if iovs_len < 0 or iovs_len > MAX_IOVS:
             return ERRNO_INVAL
-        if iovs < 0 or iovs + 8 * iovs_len > size:
+        iovs &= U32
+        if iovs + 8 * iovs_len > size:
             return ERRNO_FAULT
         total = 0
         for i in range(iovs_len):
@@ -742,7 +748,8 @@ class Session:
 
     def _put_u32(self, caller: wasmtime.Caller, ptr: int, value: int) -> int:
         base, size = self._mem(caller)
-        if ptr < 0 or ptr + 4 > size:
+        ptr &= U32
+        if ptr + 4 > size:
             return ERRNO_FAULT
         ctypes.memmove(base + ptr, struct.pack("<I", value), 4)
         return ERRNO_SUCCESS
@@ -754,7 +761,8 @@ class Session:
         base, size = self._mem(caller)
         if iovs_len < 0 or iovs_len > MAX_IOVS:
             return ERRNO_INVAL
-        if iovs < 0 or iovs + 8 * iovs_len > size:
+        iovs &= U32
+        if iovs + 8 * iovs_len > size:
             return ERRNO_FAULT
         call = self._call
         total = 0
@@ -766,6 +774,8 @@ class Session:
             total += length
             if length:
                 chunks.append((buf, length))
+        if total > MAX_IO_BYTES:
+            return ERRNO_INVAL  # (what nwritten, a u32, cannot count: POSIX's EINVAL)
         if fd == 1 and chunks and total >= REPLY_HEADER:
             first_buf, first_len = next((b, n) for b, n in chunks if n)
             head = ctypes.string_at(base + first_buf, min(first_len, REPLY_HEADER))
@@ -824,7 +834,8 @@ class Session:
         else:
             return ERRNO_INVAL
         base, size = self._mem(caller)
-        if out_ptr < 0 or out_ptr + 8 > size:
+        out_ptr &= U32
+        if out_ptr + 8 > size:
             return ERRNO_FAULT
         ctypes.memmove(base + out_ptr, struct.pack("<Q", now), 8)
         return ERRNO_SUCCESS
@@ -834,7 +845,9 @@ class Session:
         if nsubs <= 0:
             return ERRNO_INVAL
         base, size = self._mem(caller)
-        if in_ptr < 0 or in_ptr + 48 * nsubs > size or out_ptr < 0 or out_ptr + 32 * nsubs > size:
+        in_ptr &= U32
+        out_ptr &= U32
+        if in_ptr + 48 * nsubs > size or out_ptr + 32 * nsubs > size:
             return ERRNO_FAULT
         data = ctypes.string_at(base + in_ptr, 48 * nsubs)
         events: list[bytes] = []

@@ -499,9 +499,10 @@ class MemoryFS:
         if type(vecs) is int:
             return vecs
         out = self.console[fd]
-        total = 0
+        total = sum(n for _, n in vecs)  # type: ignore[union-attr]
+        if total > MAX_IO_BYTES:
+            return EINVAL  # (more than nwritten, a u32, can count)
         for p, n in vecs:  # type: ignore[union-attr]
-            total += n
             take = min(n, CONSOLE_CAP - len(out))
             if take > 0:
                 out += _string_at(base + p, take)
@@ -954,6 +955,8 @@ class MemoryFS:
         if buf + buf_len > size:
             return EFAULT
         cookie &= _M64
+        if cookie >= 1 << 62:  # (past any listing's end; islice takes at most sys.maxsize)
+            return self._put_u32(caller, bufused_ptr, 0)
         items = e.listing
         if cookie == 0 or items is None:
             self._unlist(e)
@@ -1752,9 +1755,11 @@ def decode_fs_state(data: dict[str, Any], fs: MemoryFS) -> FSState:
         if not isinstance(entries, dict):
             raise ValueError("entries")
         for name, r in entries.items():
-            if (not isinstance(name, str) or not name or "/" in name or name in (".", "..")
-                    or len(name.encode("utf-8", "surrogatepass")) > NAME_MAX):
-                raise ValueError("a file name")
+            # (a name the guest could have made: UTF-8 text without NUL; a lone surrogate
+            # would make every listing of its directory fail in the host)
+            if (not isinstance(name, str) or not name or "/" in name or "\0" in name
+                    or name in (".", "..") or not _utf8_name(name)):
+                raise ValueError(f"a file name ({name[:40]!r})")
             child = get(r, True)
             if id(child) in seen:
                 raise ValueError("a file or directory under more than one name, or a "
@@ -1821,6 +1826,14 @@ def decode_fs_state(data: dict[str, Any], fs: MemoryFS) -> FSState:
     if made and next_ino <= max(n.ino for n in made):
         raise ValueError("next_ino")
     return FSState(root, fds, used, next_ino, fs._zip)
+
+
+def _utf8_name(name: str) -> bool:
+    """Whether ``name`` encodes as UTF-8 in at most NAME_MAX bytes."""
+    try:
+        return len(name.encode("utf-8")) <= NAME_MAX
+    except UnicodeEncodeError:
+        return False
 
 
 def _shared_paths(fs: MemoryFS) -> dict[int, list[str]]:

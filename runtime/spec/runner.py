@@ -155,7 +155,8 @@ def _wasm_exec_boot():
     def install_hook(token, allowed, prefixes, real_import, create_builtin, exec_builtin,
                      trusted_codes, roles, REQUEST, guard_T, builtin_types, streams,
                      impl_code, implicit_names, request_sites, builtin_B, import_calls,
-                     load_code, real_find_and_load, code_index, blake2b, a2b_base64):
+                     load_code, real_find_and_load, code_index, blake2b, a2b_base64,
+                     interpreter_modules):
         # Everything the hook uses is a local of this function (own cells, shared with
         # no other closure), bound before any agent code exists.
         _type = type
@@ -601,6 +602,44 @@ def _wasm_exec_boot():
                         stack.append(c)
             return False
 
+        def module_of(code):
+            """The module whose file holds library code `code` (from its file name), or None."""
+            fn = code.co_filename
+            if _type(fn) is not _str:
+                return None
+            if fn.startswith("<frozen ") and fn.endswith(">"):
+                return fn[8:-1]
+            for root in library_roots:
+                if fn.startswith(root + "/"):
+                    rel = fn[_len(root) + 1:]
+                    if rel.endswith(".py"):
+                        rel = rel[:-3]
+                    elif rel.endswith(".pyc"):
+                        rel = rel[:-4]
+                    else:
+                        return None
+                    if rel.endswith("/__init__"):
+                        rel = rel[:-9]
+                    return rel.replace("/", ".")
+            return None
+
+        def interpreter_statement(requester, code, absname):
+            """Whether an import statement in library `code` (run by `requester`) must not
+            load `absname`: the code belongs to a module the interpreter loaded for itself
+            (before the agent's imports: importlib's machinery, site's help, os on the
+            scientific runtime) that the allow-list does not name, it runs outside any
+            granted import, and `absname` is not loaded yet. Such modules are reachable by
+            an object walk whatever the allow-list says, so their statements would import
+            for the agent (PathFinder.find_distributions() loaded importlib.metadata, and
+            os, shutil, zipfile... with it; help() pydoc and subprocess). Libraries the
+            agent imported keep their own statements (the allow-list admits them)."""
+            if state[0] or absname in implicit_names:
+                return False
+            mod = module_of(code)
+            if mod is None or mod not in interpreter_modules or allowed_name(mod):
+                return False
+            return not is_loaded(absname) and not in_granted_import(requester)
+
         def fromlist_child(requester, absname):
             """Whether `absname` is a submodule of what the guard granting the import under
             way (with `requester` in it) was asked for."""
@@ -662,7 +701,8 @@ def _wasm_exec_boot():
         def library_statement(a):
             # a library's own import statement: the name is the one in its code, and a
             # relative one stays inside the file's own package
-            if not (a["library"] and a["statement"]):
+            if not (a["library"] and a["statement"]) or interpreter_statement(
+                    a["requester"], a["code"], a["absname"]):
                 return False
             code = a["code"]
             raw = code.co_code
@@ -1448,6 +1488,10 @@ def _wasm_exec_boot():
     _init_text = _io.TextIOWrapper.__init__
     _flush_buffer = _io.BufferedWriter.flush
 
+    # the modules the interpreter loaded for itself (reachable by object walks whatever
+    # the allow-list says: their import statements load nothing new for the agent)
+    interpreter_modules = frozenset(k for k in sys.modules if type(k) is str)
+
     # modules libraries import by a computed name while they are imported (sysconfig's
     # _sysconfigdata): loaded now, so that such an import finds them loaded (see own_import)
     for modname in init.get("preload", ()):
@@ -2217,14 +2261,15 @@ def _wasm_exec_boot():
                  _imp.create_builtin, _imp.exec_builtin, trusted_codes, roles, REQUEST, T,
                  builtin_types, (stdout, stderr), guard_impl.__code__, implicit,
                  request_sites, B, import_calls, load_named.__code__,
-                 bootstrap._find_and_load, code_index, _blake2.blake2b, binascii.a2b_base64)
+                 bootstrap._find_and_load, code_index, _blake2.blake2b, binascii.a2b_base64,
+                 interpreter_modules)
     bootstrap._find_and_load = load_named  # (C's imports look it up there by name too)
     if hasattr(sys, "set_lazy_imports_filter"):  # Python 3.15+ (PEP 810)
         sys.set_lazy_imports_filter(lazy_filter)
         # the agent may not take the filter away, nor make every import lazy
         for fname in ("set_lazy_imports_filter", "set_lazy_imports"):
             sys.__dict__[fname] = _unavailable
-    del bootstrap, code_index
+    del bootstrap, code_index, interpreter_modules
     del trusted_codes, roles
 
     _imp.create_builtin = MethodType(guard_create_builtin, B)
