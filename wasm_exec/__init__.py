@@ -20,9 +20,11 @@ from .errors import (
 from .executor import ExecutionResult, PythonExecExecutor
 from .pool import SessionPool
 from .resolver import PythonExecExecutorResolver
+from .state_store import DirectoryStateStore, RedisStateStore, StateStore, StateStoreError
 
 __all__ = [
     "ConfigurationError",
+    "DirectoryStateStore",
     "ExecutionResult",
     "ExecutorClosedError",
     "ImageError",
@@ -31,8 +33,11 @@ __all__ = [
     "Policy",
     "PythonExecExecutor",
     "PythonExecExecutorResolver",
+    "RedisStateStore",
     "RuntimeNotFoundError",
     "RuntimeVerificationError",
     "SessionPool",
+    "StateStore",
+    "StateStoreError",
     "WasmExecError",
 ]
