@@ -347,9 +347,11 @@ def bench_snapshots(repeat: int) -> list[Row]:
 
 
 def run(repeat: int = 5, memory_counts: tuple[int, ...] = (1, 10, 50)) -> dict[str, Any]:
+    from .bench_state import bench_state_store
+
     rows: list[Row] = []
     for part in (bench_new_agent, bench_per_call, bench_cpu, bench_marshal, bench_parallel,
-                 bench_snapshots):
+                 bench_snapshots, bench_state_store):
         rows.extend(part(repeat))
     rows.extend(bench_memory(memory_counts))
     return {
