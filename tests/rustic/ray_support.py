@@ -49,7 +49,7 @@ from wasm_exec_ray_agents import CodeExecutionAgent, CodeRequest  # noqa: E402
 
 RESOLVER = "wasm_exec.integrations.rustic.WasmExecExecutorResolver"
 RUSTIC_EXECUTOR = ("rustic_ai.core.guild.agent_ext.depends.code_execution.stateful."
-                   "PythonExecExecutorResolver")
+                   "python_exec_executor.PythonExecExecutorResolver")
 ORG = "wasm_exec_org"
 KEY_ENV = "WASM_EXEC_RAY_STATE_KEY"
 
