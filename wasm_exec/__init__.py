@@ -7,6 +7,7 @@
 42
 """
 
+from ._version import __version__
 from .config import Limits, Policy
 from .errors import (
     ConfigurationError,
@@ -19,10 +20,12 @@ from .errors import (
 )
 from .executor import ExecutionResult, PythonExecExecutor
 from .pool import SessionPool
+from .protocol import StopReason
 from .resolver import PythonExecExecutorResolver
 from .state_store import DirectoryStateStore, RedisStateStore, StateStore, StateStoreError
 
 __all__ = [
+    "StopReason",
     "ConfigurationError",
     "DirectoryStateStore",
     "ExecutionResult",
@@ -40,4 +43,5 @@ __all__ = [
     "StateStore",
     "StateStoreError",
     "WasmExecError",
+    "__version__",
 ]
