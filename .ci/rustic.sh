@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # CI for the Rustic AI integration (Rustic AI needs Python >= 3.13; the main suite runs on
 # the project's own Python and skips tests/rustic there).
-# Creates .venv313 if missing (wasm-exec[test] + rusticai-core, runtime checked/built),
-# then runs tests/rustic and fails if a test failed or if the tests were skipped.
+# Creates .venv313 if missing (wasm-exec[test,ray]: rusticai-core, rusticai-ray and
+# rusticai-redis; runtime checked/built), makes sure redis-server is installed (the Ray
+# guild test starts its own Redis and Ray cluster on loopback), then runs tests/rustic and
+# fails if a test failed or if the tests were skipped.
 # Set PYTHON313=/path/to/python3.13 to choose the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,10 +50,15 @@ else
     python313="$venv/bin/python"
 fi
 
-# creates the venv if missing, installs wasm-exec[test] (editable), checks/builds the runtime
-PYTHON="$python313" bash build_runtime.sh --venv "$venv" --extras test
+# creates the venv if missing, installs wasm-exec[test,ray] (editable: Ray and Rustic's Ray
+# engine and Redis messaging with it), checks/builds the runtime
+started=$(date +%s)
+PYTHON="$python313" bash build_runtime.sh --venv "$venv" --extras test,ray
 echo "[rustic] installing $rustic_spec into $venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check "$rustic_spec"
+echo "[rustic] environment ready in $(( $(date +%s) - started )) s"
+bash .ci/services.sh
+export WASM_EXEC_REQUIRE_REDIS=1
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -12,17 +12,25 @@ from wasm_exec import PythonExecExecutor
 collect_ignore = [] if importlib.util.find_spec("rustic_ai") else ["rustic"]
 
 
+# marks whose skips CI turns into failures: CI installs what they need and says so
+_REQUIRED = {"scientific": "WASM_EXEC_REQUIRE_SCIENTIFIC", "redis": "WASM_EXEC_REQUIRE_REDIS"}
+
+
 def pytest_collection_modifyitems(config, items):
-    """CI builds the scientific runtime and sets WASM_EXEC_REQUIRE_SCIENTIFIC=1: there a
-    scientific test must run, never skip (without the runtime it would skip elsewhere)."""
-    if os.environ.get("WASM_EXEC_REQUIRE_SCIENTIFIC") != "1":
+    """CI builds the scientific runtime and installs redis-server, and sets
+    WASM_EXEC_REQUIRE_SCIENTIFIC=1 / WASM_EXEC_REQUIRE_REDIS=1: there a test with the
+    `scientific` / `redis` mark must run, never skip (elsewhere it would skip without
+    what it needs)."""
+    required = [mark for mark, env in _REQUIRED.items() if os.environ.get(env) == "1"]
+    if not required:
         return
     for item in items:
-        if item.get_closest_marker("scientific"):
-            for mark in item.iter_markers("skipif"):
-                if mark.args and mark.args[0]:
-                    pytest.fail(f"{item.nodeid}: the scientific runtime is required here "
-                                f"({mark.kwargs.get('reason')})", pytrace=False)
+        for mark_name in required:
+            if item.get_closest_marker(mark_name):
+                for mark in item.iter_markers("skipif"):
+                    if mark.args and mark.args[0]:
+                        pytest.fail(f"{item.nodeid}: {mark_name} is required here "
+                                    f"({mark.kwargs.get('reason')})", pytrace=False)
 
 
 @pytest.fixture

@@ -22,10 +22,12 @@ from .executor import ExecutionResult, PythonExecExecutor
 from .pool import SessionPool
 from .protocol import StopReason
 from .resolver import PythonExecExecutorResolver
+from .state_store import DirectoryStateStore, RedisStateStore, StateStore, StateStoreError
 
 __all__ = [
     "StopReason",
     "ConfigurationError",
+    "DirectoryStateStore",
     "ExecutionResult",
     "ExecutorClosedError",
     "ImageError",
@@ -34,9 +36,12 @@ __all__ = [
     "Policy",
     "PythonExecExecutor",
     "PythonExecExecutorResolver",
+    "RedisStateStore",
     "RuntimeNotFoundError",
     "RuntimeVerificationError",
     "SessionPool",
+    "StateStore",
+    "StateStoreError",
     "WasmExecError",
     "__version__",
 ]

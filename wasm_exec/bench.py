@@ -348,9 +348,11 @@ def bench_snapshots(repeat: int) -> list[Row]:
 
 def run(repeat: int = 5, memory_counts: tuple[int, ...] = (1, 10, 50),
         log: Any = None) -> dict[str, Any]:
+    from .bench_state import bench_state_store
+
     rows: list[Row] = []
     parts = (bench_new_agent, bench_per_call, bench_cpu, bench_marshal, bench_parallel,
-             bench_snapshots)
+             bench_snapshots, bench_state_store)
     started = time.monotonic()
     for i, part in enumerate(parts, 1):
         if log:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import threading
 import time
@@ -16,7 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import images
 from .config import Limits, Policy
-from .errors import ConfigurationError, ExecutorClosedError, ImageError, InputError
+from .errors import (
+    ConfigurationError,
+    ExecutorClosedError,
+    ImageError,
+    InputError,
+    WasmExecError,
+)
 from .pool import SessionKey, SessionPool
 from .protocol import (
     MAX_JSON_DEPTH,
@@ -28,6 +35,14 @@ from .protocol import (
 )
 from .runtime import EngineSettings, get_image, load_pin, profiles
 from .session import STOP_CANCELLED, CallLimits, MemoryImage, Session, SessionDead
+from .state_store import (
+    AgentState,
+    StateStore,
+    StateStoreError,
+    check_identity,
+    check_key,
+    open_state_store,
+)
 from .vfs import MemoryFS, scratch_budget, shared_zip
 
 # top-level packages the scientific runtime has and the minimal one lacks
@@ -48,6 +63,8 @@ def _runtime_hint(module: str, runtime: str) -> str:
                 "PythonExecExecutor(runtime=\"scientific\"))")
     return ""
 
+
+_log = logging.getLogger("wasm_exec.state_store")
 
 # how many names return_globals may list, and how long each may be (the reply carries
 # each name twice, and has to fit the host's cap)
@@ -154,6 +171,9 @@ class PythonExecExecutor:
         runtime: str = "minimal",
         rollback: bool = True,
         rollback_standby: bool = False,
+        state_store: StateStore | str | os.PathLike[str] | None = None,
+        state_key: str | tuple[str, ...] | None = None,
+        state_store_key: bytes | str | None = None,
         _restore: MemoryImage | None = None,
     ) -> None:
         try:
@@ -203,12 +223,27 @@ class PythonExecExecutor:
         # (the interpreter, and the standby one for roll-backs: closed if the executor is
         # garbage collected unclosed)
         self._holder: list[Session | None] = [None, None]
-        if _restore is not None:
+        # the agent's image in a state store: saved after each answered call, and what a
+        # new executor of the same identity continues from (see state_store.py)
+        self._state: AgentState | None = None
+        self._resume = False  # the next call continues from the store (after release())
+        if state_store is not None or state_key is not None or state_store_key is not None:
+            self._state = _agent_state(self, state_store, state_key, state_store_key)
+            if _restore is None:
+                stored = self._stored_image()
+                if stored is not None:
+                    try:
+                        self._session = self._key.restore(stored, keep_images=self.rollback)
+                    except ValueError as e:
+                        _log.warning("agent %r starts on a fresh interpreter: %s",
+                                     self._state.identity, e)
+                        self._reset_pending = True
+        if self._session is None and _restore is not None:
             try:
                 self._session = self._key.restore(_restore, keep_images=self.rollback)
             except ValueError as e:
                 raise ImageError(str(e)) from e
-        else:
+        elif self._session is None:
             self._session = self._new_session()
         self._holder[0] = self._session
         self._finalizer = weakref.finalize(self, _close_session, self._holder,
@@ -280,6 +315,9 @@ class PythonExecExecutor:
             raise ExecutorClosedError("this executor is closed; create a new one")
         reset = self._reset_pending
         session = self._session
+        if session is None and self._resume:
+            session = self._resume_from_store()  # (released: continue from the store)
+            reset = session is None
         if session is None or not session.alive:
             session = self._replace_session()
             reset = True
@@ -369,6 +407,8 @@ class PythonExecExecutor:
         common["figures"] = reply.get("figures", [])
         if trace_imports:
             common["imports"] = reply.get("imports", [])
+        if self._state is not None:
+            self._state.request_save(session)  # (in the background: the caller goes on)
         if (self.rollback_standby and self.rollback
                 and self._rollback_standby is None):
             image = session.latest_image
@@ -524,12 +564,16 @@ class PythonExecExecutor:
             self._drop_rollback_standby()
             self._replace_session()
             self._reset_pending = True
+            self._resume = False
+            if self._state is not None:
+                self._state.forget()  # (a later executor of this agent starts fresh too)
 
     def release(self) -> bool:
         """Free the interpreter but keep the executor usable (used to evict idle agents).
 
-        The next call starts a fresh interpreter and reports ``state_reset=True``.
-        Returns False (and does nothing) when a call is running.
+        The next call starts a fresh interpreter and reports ``state_reset=True``; with a
+        ``state_store``, it continues from the stored image instead (the state of the last
+        answered call). Returns False (and does nothing) when a call is running.
         """
         if not self._lock.acquire(blocking=False):
             return False
@@ -539,6 +583,7 @@ class PythonExecExecutor:
             self._drop_rollback_standby()
             if session is not None:
                 self._reset_pending = True
+                self._resume = self._state is not None
                 session.close()
             return True
         finally:
@@ -576,7 +621,73 @@ class PythonExecExecutor:
         if spare is not None:
             spare.join(60)
         self._drop_spare()
+        if self._state is not None:
+            # the last answered call's image reaches the store (a failure was logged)
+            with contextlib.suppress(WasmExecError):
+                self._state.flush(timeout=60)
+            self._state.close()
         self._finalizer.detach()
+
+    # ---------------------------------------------------------- state store
+    @property
+    def state_store(self) -> StateStore | None:
+        """The store this agent's image is saved to after each answered call (or None)."""
+        return self._state.store if self._state is not None else None
+
+    def flush_state(self, timeout: float | None = 60.0) -> bool:
+        """Wait until the image of the last answered call is in the state store (saves run
+        in the background, after the result is returned). False on timeout; raises
+        :class:`StateStoreError` when that save failed. True at once without a store."""
+        if self._state is None:
+            return True
+        return self._state.flush(timeout)
+
+    def forget_state(self) -> None:
+        """Delete this agent's image from the state store (and drop saves not yet done):
+        a later executor of this identity starts fresh. The live interpreter is kept."""
+        if self._state is not None:
+            with self._lock:
+                self._resume = False
+                self._state.forget()
+
+    def _stored_image(self) -> MemoryImage | None:
+        """The image in the state store to continue from (None: none, or not usable,
+        which is logged and makes the first result say ``state_reset=True``)."""
+        assert self._state is not None
+        rt = get_image(self._settings, self.runtime)
+        fs = MemoryFS(shared_zip(rt.stdlib_zip()), zip_path=rt.pin.zip_path,
+                      scratch_bytes=scratch_budget(self.limits.memory_bytes))
+        try:
+            return self._state.load(self.limits.memory_bytes,
+                                    scratch_budget(self.limits.memory_bytes), fs,
+                                    rt.pin.sha256)
+        except (ImageError, StateStoreError) as e:
+            _log.warning("agent %r starts on a fresh interpreter: %s",
+                         self._state.identity, e)
+            self._reset_pending = True
+            return None
+
+    def _resume_from_store(self) -> Session | None:
+        """After ``release()``: an interpreter continuing from the stored image."""
+        assert self._state is not None
+        self._resume = False
+        with contextlib.suppress(WasmExecError):
+            self._state.flush(timeout=60)
+        image = self._stored_image()
+        if image is None:
+            return None
+        if self.on_session_start is not None:
+            self.on_session_start(self)
+        try:
+            session = self._key.restore(image, keep_images=self.rollback)
+        except Exception as e:  # noqa: BLE001 - a fresh interpreter instead
+            _log.warning("agent %r starts on a fresh interpreter: %s", self._state.identity,
+                         e)
+            return None
+        self._session = session
+        self._holder[0] = session
+        self._reset_pending = False
+        return session
 
     def __enter__(self) -> PythonExecExecutor:
         return self
@@ -858,6 +969,25 @@ class _Ticket:
             if self._session is not None:
                 self._stopped = True
                 self._session.cancel()
+
+
+def _agent_state(executor: PythonExecExecutor, store: Any, identity: Any,
+                 key: Any) -> AgentState:
+    """The executor's place in its state store (ConfigurationError when misconfigured)."""
+    if store is None or identity is None:
+        raise ConfigurationError("a state store needs both state_store (a directory, a "
+                                 "redis:// URL or a StateStore) and state_key (the agent's "
+                                 "identity: a str or a tuple of str)")
+    try:
+        identity = check_identity(identity)
+        key = check_key(key)
+        opened = open_state_store(store)
+    except (TypeError, ValueError, StateStoreError) as e:
+        raise ConfigurationError(str(e)) from e
+    return AgentState(opened, identity, key=key, runtime=executor.runtime,
+                      allowed=executor.policy.allowed,
+                      default_imports=dict(executor.policy.default_imports),
+                      owns_store=opened is not store)
 
 
 def _not_run() -> ExecutionResult:

@@ -115,8 +115,31 @@ def save(path: str | os.PathLike[str], image: MemoryImage, *, runtime: str,
     """Write ``image`` to ``path`` (atomically); returns the file's size in bytes.
 
     ``key``: sign the file with HMAC-SHA256 under this key (see :func:`read`)."""
+    parts = encode(image, runtime=runtime, allowed=allowed, default_imports=default_imports,
+                   fs=fs, level=level, key=key)
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=str(target.parent or "."), prefix=".wasm-exec-image-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for part in parts:
+                f.write(part)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return sum(len(p) for p in parts)
+
+
+def encode(image: MemoryImage, *, runtime: str, allowed: frozenset[str],
+           default_imports: dict[str, str], fs: MemoryFS, level: int = 1,
+           key: bytes | None = None, body: bytes | None = None) -> list[bytes]:
+    """The bytes of an image file, in parts (written one after the other they are the
+    file :func:`save` writes). ``body``: the memory already compressed as one zlib stream
+    (else it is compressed here, at ``level``)."""
     key = _key(key)
-    body = zlib.compress(image.memory, level)
+    if body is None:
+        body = zlib.compress(image.memory, level)
     header = {
         "format": FORMAT, "runtime": runtime, "runtime_sha256": image.runtime_sha256,
         "runner_sha256": runner_sha256(), "whitelisted_imports": sorted(allowed),
@@ -131,19 +154,8 @@ def save(path: str | os.PathLike[str], image: MemoryImage, *, runtime: str,
              body]
     for part in parts:
         digest.update(part)
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=str(target.parent or "."), prefix=".wasm-exec-image-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for part in parts:
-                f.write(part)
-            f.write(digest.digest())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return sum(len(p) for p in parts) + 32
+    parts.append(digest.digest())
+    return parts
 
 
 def read(path: str | os.PathLike[str], *, key: bytes | None = None,
@@ -159,23 +171,45 @@ def read(path: str | os.PathLike[str], *, key: bytes | None = None,
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             start = f.read(PREAMBLE)
-            magic = start[:len(MAGIC)]
-            if magic not in (MAGIC, MAGIC_KEYED):
-                raise ImageError(f"{path} is not a wasm-exec interpreter image")
-            if len(start) < PREAMBLE or size < PREAMBLE + TRAILER:
-                raise ImageError(f"{path} is truncated")
-            head_size = int.from_bytes(start[len(MAGIC):], "little")
-            if head_size > limits.max_header:
-                raise ImageError(
-                    f"{path} has a header of {head_size} bytes, more than an image within "
-                    f"these limits can have ({limits.max_header}); it was not read")
-            if size > PREAMBLE + head_size + limits.max_body + TRAILER:
-                raise ImageError(
-                    f"{path} is {size} bytes, more than an image within these limits can "
-                    "be (its memory is larger than the memory limit allows); it was not read")
+            _check_size(start, size, limits, path)
             data = start + f.read(size - PREAMBLE)
     except OSError as e:
         raise ImageError(f"cannot read the image {path}: {e}") from e
+    return _verify(data, key, limits, path)
+
+
+def read_bytes(data: bytes, *, key: bytes | None = None, limits: ReadLimits | None = None,
+               name: object = "the image") -> tuple[dict[str, Any], memoryview]:
+    """:func:`read` for an image held in memory (``name`` names it in errors)."""
+    key = _key(key)
+    limits = limits or _UNBOUNDED
+    _check_size(data[:PREAMBLE], len(data), limits, name)
+    return _verify(data, key, limits, name)
+
+
+def _check_size(start: bytes, size: int, limits: ReadLimits, path: object) -> None:
+    """Refuse a file by its first bytes and its size, before it is read whole."""
+    magic = start[:len(MAGIC)]
+    if magic not in (MAGIC, MAGIC_KEYED):
+        raise ImageError(f"{path} is not a wasm-exec interpreter image")
+    if len(start) < PREAMBLE or size < PREAMBLE + TRAILER:
+        raise ImageError(f"{path} is truncated")
+    head_size = int.from_bytes(start[len(MAGIC):], "little")
+    if head_size > limits.max_header:
+        raise ImageError(
+            f"{path} has a header of {head_size} bytes, more than an image within "
+            f"these limits can have ({limits.max_header}); it was not read")
+    if size > PREAMBLE + head_size + limits.max_body + TRAILER:
+        raise ImageError(
+            f"{path} is {size} bytes, more than an image within these limits can "
+            "be (its memory is larger than the memory limit allows); it was not read")
+
+
+def _verify(data: bytes, key: bytes | None, limits: ReadLimits,
+            path: object) -> tuple[dict[str, Any], memoryview]:
+    """The header and memory of ``data`` (the whole file, its size checked already)."""
+    magic = data[:len(MAGIC)]
+    head_size = int.from_bytes(data[len(MAGIC):PREAMBLE], "little")
     view = memoryview(data)  # (slices of it copy nothing)
     signed, trailer = view[:-TRAILER], data[-TRAILER:]
     if key is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 import weakref
@@ -14,6 +15,13 @@ from .config import Limits, Policy
 from .errors import ConfigurationError, ExecutorClosedError
 from .executor import PythonExecExecutor
 from .pool import SessionPool
+from .state_store import (
+    StateStore,
+    StateStoreError,
+    check_key,
+    open_state_store,
+    state_name,
+)
 
 # an agent's identity: its id and the scope parts after it, kept apart (never joined)
 AgentKey = tuple[str, ...]
@@ -46,6 +54,14 @@ class PythonExecExecutorResolver:
     and so is any idle for ``idle_timeout_seconds``. A
     released agent keeps its executor; its next call runs on a fresh interpreter and its
     result says ``state_reset=True``. Thread-safe.
+
+    With ``state_store`` (a directory, a ``redis://`` URL or a
+    :class:`~wasm_exec.state_store.StateStore`) every agent's interpreter is saved there
+    after each answered call, under a name derived from its key ``(agent_id, *scope)``:
+    an agent resolved later, by this resolver or by one in another process, continues
+    from its last answered call, and so does a released agent (instead of a fresh
+    interpreter). ``state_store_key`` (bytes, at least 16) signs the images: only images
+    saved with that key, for that agent, load.
     """
 
     def __init__(
@@ -58,6 +74,8 @@ class PythonExecExecutorResolver:
         pool_size: int = 2,
         runtime: str = "minimal",
         limits: Limits | Mapping[str, Any] | None = None,
+        state_store: StateStore | str | os.PathLike[str] | None = None,
+        state_store_key: bytes | str | None = None,
         **limit_overrides: Any,
     ) -> None:
         if type(max_agents) is not int or max_agents < 1:
@@ -80,6 +98,17 @@ class PythonExecExecutorResolver:
             raise ConfigurationError(str(e)) from e
         self.max_agents = max_agents
         self.runtime = runtime
+        self.state_store: StateStore | None = None
+        self._state_store_key: bytes | None = None
+        if state_store is not None:
+            try:
+                self._state_store_key = check_key(state_store_key)
+                self.state_store = open_state_store(state_store)
+            except (TypeError, ValueError, StateStoreError) as e:
+                raise ConfigurationError(str(e)) from e
+        elif state_store_key is not None:
+            raise ConfigurationError("state_store_key needs a state_store")
+        owned_store = self.state_store if self.state_store is not state_store else None
         # interpreters booted ahead of need: new agents and resets start at once
         self.pool = SessionPool(size=pool_size)
         self.idle_timeout_seconds = idle_timeout_seconds
@@ -91,7 +120,7 @@ class PythonExecExecutorResolver:
         # a resolver dropped without close() ends its interpreters too: the reaper thread
         # and the executors' callbacks hold it only weakly
         self._finalizer = weakref.finalize(self, _close_all, self._executors, self._lock,
-                                           self._stop, self.pool)
+                                           self._stop, self.pool, owned_store)
         if idle_timeout_seconds is not None:
             period = min(30.0, max(0.05, idle_timeout_seconds / 4))
             self._reaper = threading.Thread(
@@ -116,10 +145,14 @@ class PythonExecExecutorResolver:
                 self._executors.move_to_end(key)
                 return executor
             self._make_room(exclude=None)
+            stored: dict[str, Any] = {}
+            if self.state_store is not None:
+                stored = dict(state_store=self.state_store, state_key=key,
+                              state_store_key=self._state_store_key)
             executor = PythonExecExecutor(
                 whitelisted_imports=self.policy.whitelisted_imports,
                 default_imports=self.policy.default_imports, limits=self.limits,
-                pool=self.pool, runtime=self.runtime)
+                pool=self.pool, runtime=self.runtime, **stored)
             executor.on_session_start = _weak_callback(self._on_session_start)
             self._executors[key] = executor
             return executor
@@ -136,12 +169,16 @@ class PythonExecExecutorResolver:
             return [k for k, e in self._executors.items() if e.has_interpreter]
 
     def forget(self, agent_id: str, *scope: str) -> None:
-        """Close and drop one agent's executor (named by the parts given to ``resolve``)."""
+        """Close and drop one agent's executor (named by the parts given to ``resolve``),
+        and its image in the state store if there is one: the agent is gone."""
         key = _key(agent_id, scope)
         with self._lock:
             executor = self._executors.pop(key, None)
         if executor is not None:
+            executor.forget_state()
             executor.close()
+        elif self.state_store is not None:
+            self.state_store.delete(state_name(key))
 
     def close(self) -> None:
         """End every interpreter. Later ``resolve`` calls raise ExecutorClosedError."""
@@ -198,15 +235,18 @@ def _reap_loop(ref: weakref.ReferenceType[PythonExecExecutorResolver], stop: thr
 
 
 def _close_all(executors: OrderedDict[AgentKey, PythonExecExecutor], lock: threading.RLock,
-               stop: threading.Event, pool: SessionPool) -> None:
+               stop: threading.Event, pool: SessionPool,
+               store: StateStore | None = None) -> None:
     """End a resolver's interpreters (its close(), or the resolver was collected)."""
     with lock:
         closing = list(executors.values())
         executors.clear()
     stop.set()
     for e in closing:
-        e.close()
+        e.close()  # (with a state store: after its last image is saved)
     pool.close()
+    if store is not None:
+        store.close()
 
 
 def _weak_callback(method: Callable[[PythonExecExecutor], None],

@@ -417,6 +417,21 @@ class Session:
                 self._cv.wait(left)
             return self.latest_image if self._dead is None else None
 
+    def answered_image(self, timeout: float = 30.0) -> MemoryImage | None:
+        """The image taken after the last answered call (waiting for it, or asking for
+        one), also when the interpreter has stopped since (as a roll-back uses it); None
+        when there is none (the interpreter died before it was taken)."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while self._image_of != self._answered and self._dead is None:
+                self._want_image = True
+                self._cv.notify_all()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cv.wait(min(left, 0.05))  # (a death is not notified)
+            return self.latest_image if self._image_of == self._answered else None
+
     def reload(self, image: MemoryImage, memory_bytes: int) -> bool:
         """Make this restored, never-used interpreter that of ``image`` instead (its pages
         are mapped already, so this copies at memory speed). False when it cannot (it was

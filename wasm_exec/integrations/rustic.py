@@ -46,6 +46,7 @@ This module needs Rustic AI (``pip install rusticai-core``, Python >= 3.13).
 from __future__ import annotations
 
 import asyncio
+import os
 import textwrap
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -82,6 +83,7 @@ from ..executor import ExecutionResult, PythonExecExecutor
 from ..pool import SessionPool
 from ..resolver import PythonExecExecutorResolver
 from ..runtime import profiles
+from ..state_store import check_key
 
 __all__ = [
     "WasmCodeExecutor",
@@ -291,10 +293,12 @@ class WasmCodeExecutor(CodeExecutor):
         return _to_rustic(code, result)
 
     def _do_shutdown(self) -> None:
-        """End the interpreter now; the next call runs on a fresh one (empty state)."""
+        """End the interpreter now; the next call runs on a fresh one (empty state). With
+        a state store, the agent's stored image is deleted too."""
         with self._swap_lock:
             current, self._executor = self._executor, None
         if current is not None:
+            current.forget_state()
             current.close()
 
     # ------------------------------------------------------- wasm-exec's API
@@ -395,6 +399,13 @@ class WasmExecExecutorResolver(DependencyResolver[CodeExecutor]):
     so every agent counts against the same ``max_agents`` bound. The same
     org/guild/agent always gets the same interpreter (its state kept); different agents
     are isolated.
+
+    ``state_store`` (a directory or a ``redis://`` URL) saves each agent's interpreter
+    after every answered call, keyed by ``(agent_id, guild_id, org_id)``: an agent whose
+    process died (a Ray actor restarted, or recreated on another node) continues from its
+    last answered call. ``state_store_key_env`` names an environment variable holding
+    the key that signs the images (at least 16 bytes; ``state_store_key`` gives it
+    directly, but a guild spec is not the place for a secret).
     """
 
     memoize_resolution = True
@@ -412,9 +423,13 @@ class WasmExecExecutorResolver(DependencyResolver[CodeExecutor]):
         max_agents: int = 64,
         idle_timeout_seconds: float | None = 1800.0,
         runtime: str = "minimal",
+        state_store: str | None = None,
+        state_store_key: str | None = None,
+        state_store_key_env: str | None = None,
     ) -> None:
         super().__init__()
         self.runtime: str = _check_runtime("WasmExecExecutorResolver", runtime)
+        store_key = _store_key(state_store, state_store_key, state_store_key_env)
         overrides: dict[str, Any] = dict(limits or {})
         overrides.update(Limits.shortcuts(fuel=fuel, timeout_seconds=timeout_seconds,
                                           memory_bytes=memory_bytes,
@@ -430,7 +445,8 @@ class WasmExecExecutorResolver(DependencyResolver[CodeExecutor]):
             call_limits.timeout_seconds if "timeout_seconds" in overrides else None)
         self._pool_key: _PoolKey = (
             policy.whitelisted_imports, tuple(sorted(policy.default_imports.items())),
-            call_limits, max_agents, idle_timeout_seconds, self.runtime)
+            call_limits, max_agents, idle_timeout_seconds, self.runtime,
+            str(state_store) if state_store is not None else None, store_key)
         _shared_pool(self._pool_key)  # start the pool now, so every agent finds it
 
     @property
@@ -603,8 +619,10 @@ class WasmCodeInterpreterResolver(DependencyResolver[CodeRunner]):
 
 
 # ------------------------------------------------------------ shared pools
-# allow-list, default imports, limits, max_agents, idle_timeout_seconds, runtime
-_PoolKey = tuple[frozenset[str], tuple[tuple[str, str], ...], Limits, int, float | None, str]
+# allow-list, default imports, limits, max_agents, idle_timeout_seconds, runtime,
+# state store, its key
+_PoolKey = tuple[frozenset[str], tuple[tuple[str, str], ...], Limits, int, float | None, str,
+                 str | None, bytes | None]
 _pools: dict[_PoolKey, PythonExecExecutorResolver] = {}
 _pools_lock = threading.Lock()
 
@@ -613,10 +631,12 @@ def _shared_pool(key: _PoolKey) -> PythonExecExecutorResolver:
     with _pools_lock:
         pool = _pools.get(key)
         if pool is None:
-            allowed, defaults, limits, max_agents, idle_timeout_seconds, runtime = key
+            (allowed, defaults, limits, max_agents, idle_timeout_seconds, runtime, store,
+             store_key) = key
             pool = PythonExecExecutorResolver(
                 allowed, dict(defaults), max_agents=max_agents,
-                idle_timeout_seconds=idle_timeout_seconds, limits=limits, runtime=runtime)
+                idle_timeout_seconds=idle_timeout_seconds, limits=limits, runtime=runtime,
+                state_store=store, state_store_key=store_key)
             _pools[key] = pool
         return pool
 
@@ -635,8 +655,9 @@ def _runner_pool(size: int) -> SessionPool:
 def close_shared_resolvers() -> None:
     """End every interpreter that the resolvers of this module started.
 
-    That is the pools of :class:`WasmExecExecutorResolver` (agents' state is gone;
-    executors already handed out keep working, each on a fresh interpreter in a new pool)
+    That is the pools of :class:`WasmExecExecutorResolver` (agents' state is gone, unless
+    a state store keeps it; executors already handed out keep working, each on a fresh
+    interpreter in a new pool, or one continuing from the store)
     and the ready interpreters of :class:`WasmCodeInterpreter` (later runs use a new
     pool). Useful at the end of a test or when a process winds down its guilds.
     """
@@ -652,6 +673,29 @@ def close_shared_resolvers() -> None:
 
 
 # ---------------------------------------------------------------- mapping
+def _store_key(store: Any, key: Any, key_env: Any) -> bytes | None:
+    """The state store's signing key, from ``state_store_key`` or the environment variable
+    ``state_store_key_env`` names (ConfigurationError when misconfigured)."""
+    owner = "WasmExecExecutorResolver"
+    if store is not None and not isinstance(store, str):
+        raise ConfigurationError(f"{owner}: state_store must be a directory path or a "
+                                 f"redis:// URL (a str), not {type(store).__name__}")
+    if key is not None and key_env is not None:
+        raise ConfigurationError(f"{owner}: give state_store_key or state_store_key_env, "
+                                 "not both")
+    if key_env is not None:
+        if not isinstance(key_env, str) or not os.environ.get(key_env):
+            raise ConfigurationError(f"{owner}: state_store_key_env names {key_env!r}, an "
+                                     "environment variable that is not set (or empty) here")
+        key = os.environ[key_env]
+    if key is not None and store is None:
+        raise ConfigurationError(f"{owner}: a state store key needs a state_store")
+    try:
+        return check_key(key)
+    except (TypeError, ValueError) as e:
+        raise ConfigurationError(f"{owner}: {e}") from e
+
+
 def _check_runtime(owner: str, runtime: Any) -> str:
     known = profiles()
     if not isinstance(runtime, str) or runtime not in known:
