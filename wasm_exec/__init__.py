@@ -18,6 +18,7 @@ from .errors import (
     WasmExecError,
 )
 from .executor import ExecutionResult, PythonExecExecutor
+from .files import FileInfo
 from .pool import SessionPool
 from .resolver import PythonExecExecutorResolver
 
@@ -25,6 +26,7 @@ __all__ = [
     "ConfigurationError",
     "ExecutionResult",
     "ExecutorClosedError",
+    "FileInfo",
     "ImageError",
     "InputError",
     "Limits",

@@ -17,6 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import images
 from .config import Limits, Policy
 from .errors import ConfigurationError, ExecutorClosedError, ImageError, InputError
+from .files import (
+    FileData,
+    FileInfo,
+    check_files,
+    check_output_files,
+    file_bytes,
+    listing,
+    read_all,
+    write_all,
+)
 from .pool import SessionKey, SessionPool
 from .protocol import (
     MAX_JSON_DEPTH,
@@ -27,7 +37,8 @@ from .protocol import (
 )
 from .runtime import EngineSettings, get_image, load_pin, profiles
 from .session import STOP_CANCELLED, CallLimits, MemoryImage, Session, SessionDead
-from .vfs import MemoryFS, scratch_budget, shared_zip
+from .tools import ToolBox, ToolFunction, check_tools
+from .vfs import MemoryFS, host_path, scratch_budget, shared_zip
 
 # top-level packages the scientific runtime has and the minimal one lacks
 SCIENTIFIC_PACKAGES = frozenset({
@@ -114,6 +125,28 @@ class ExecutionResult(BaseModel):
         default_factory=list,
         description="PNG images of the matplotlib figures the call left open (scientific "
         "runtime); they are closed afterwards. Counted against max_globals_bytes.")
+    files: dict[str, bytes] = Field(
+        default_factory=dict,
+        description="The files named in output_files, read from the agent's file system "
+        "after the call, by the name given.")
+    files_errors: dict[str, str] = Field(
+        default_factory=dict,
+        description="Names from output_files that could not be read, with the reason.")
+
+
+class _CallExtras:
+    """What a call brings besides its code and globals: files in, names of files out,
+    tools, and the event loop of an ``aexecute`` (where async tools run)."""
+
+    __slots__ = ("files", "output_files", "tools", "loop")
+
+    def __init__(self, files: list[tuple[str, bytes]], output_files: list[tuple[str, str]],
+                 tools: dict[str, ToolFunction],
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.files = files
+        self.output_files = output_files
+        self.tools = tools
+        self.loop = loop
 
 
 class PythonExecExecutor:
@@ -125,7 +158,11 @@ class PythonExecExecutor:
 
     Variables, functions, classes and imports live on between calls. Limits (fuel,
     timeout, memory, output) come from ``limits`` (or keyword arguments) and can be
-    overridden per call with ``execute(..., limits={...})``.
+    overridden per call with ``execute(..., limits={...})``. ``tools`` maps names to host
+    callables that the agent's code calls like functions (JSON data in and out; see
+    :mod:`wasm_exec.tools`). The agent's files (``write_file``, ``read_file``,
+    ``list_files``, ``delete_file``; ``execute(files=..., output_files=...)``) live in its
+    sandbox, under ``/tmp`` (the working directory is ``/tmp/work``).
     """
 
     def __init__(
@@ -142,8 +179,10 @@ class PythonExecExecutor:
         runtime: str = "minimal",
         rollback: bool = True,
         rollback_standby: bool = False,
+        tools: Mapping[str, ToolFunction] | None = None,
         _restore: MemoryImage | None = None,
     ) -> None:
+        self._tools = check_tools(tools, where="tools", error=ConfigurationError)
         try:
             self.policy = Policy(
                 whitelisted_imports=whitelisted_imports,  # type: ignore[arg-type]
@@ -212,6 +251,9 @@ class PythonExecExecutor:
         limits: Mapping[str, Any] | None = None,
         display: bool = False,
         return_all: bool = False,
+        files: Mapping[str, FileData] | None = None,
+        output_files: Iterable[str] | None = None,
+        tools: Mapping[str, ToolFunction] | None = None,
     ) -> ExecutionResult:
         """Run ``code`` in this executor's interpreter.
 
@@ -221,13 +263,28 @@ class PythonExecExecutor:
         a single statement runs as at the interactive prompt (an expression's value is
         printed). With ``return_all=True`` every global that converts to JSON comes back
         (modules, functions, classes and other objects are left out without an error).
+
+        ``files`` (name -> bytes or str) are written into the agent's files before the
+        code runs, as :meth:`write_file` would (they stay, also when a limit stops the
+        call); the files named in ``output_files`` come back in ``result.files`` (those
+        that cannot be read in ``result.files_errors``). ``tools`` (name -> callable) adds
+        to, or replaces, this executor's tools for this call.
         """
         return self._execute(code, globals_dict, return_globals, limits, display, return_all,
-                             None)
+                             None, self._extras(files, output_files, tools))
+
+    def _extras(self, files: Mapping[str, FileData] | None,
+                output_files: Iterable[str] | None,
+                tools: Mapping[str, ToolFunction] | None,
+                loop: asyncio.AbstractEventLoop | None = None) -> _CallExtras:
+        merged = dict(self._tools)
+        merged.update(check_tools(tools, where="tools", error=InputError))
+        return _CallExtras(check_files(files), check_output_files(output_files), merged, loop)
 
     def _execute(self, code: str, globals_dict: Mapping[str, Any] | None,
                  return_globals: Iterable[str] | None, limits: Mapping[str, Any] | None,
-                 display: bool, return_all: bool, ticket: _Ticket | None) -> ExecutionResult:
+                 display: bool, return_all: bool, ticket: _Ticket | None,
+                 extras: _CallExtras | None = None) -> ExecutionResult:
         call_limits = self._call_limits(limits)
         if not isinstance(code, str):
             raise InputError(f"code must be a str, not {type(code).__name__}")
@@ -249,7 +306,7 @@ class PythonExecExecutor:
                 return _not_run()
             self._calls += 1
             result = self._execute_locked(code, names, globals_json, call_limits, display,
-                                          return_all, ticket)
+                                          return_all, ticket, extras)
             if ticket is not None and result.state_reset and not ticket.deliver(self._calls):
                 # cancelled: no one reads this result, so the next call reports the reset
                 self._reset_pending = True
@@ -257,7 +314,8 @@ class PythonExecExecutor:
 
     def _execute_locked(self, code: str, names: list[str], globals_json: str,
                         call_limits: Limits, display: bool, return_all: bool,
-                        ticket: _Ticket | None) -> ExecutionResult:
+                        ticket: _Ticket | None,
+                        extras: _CallExtras | None = None) -> ExecutionResult:
         """One call, with the executor held (see ``_execute``)."""
         if self._closed:
             raise ExecutorClosedError("this executor is closed; create a new one")
@@ -270,6 +328,13 @@ class PythonExecExecutor:
         payload = {"op": "exec", "code": code, "return": names, "display": bool(display),
                    "return_all": bool(return_all), "figures": self.runtime != "minimal",
                    "max_depth": MAX_JSON_DEPTH}
+        extras = extras or _CallExtras([], [], dict(self._tools))
+        box = None
+        if extras.tools:
+            payload["tools"] = sorted(extras.tools)
+            box = ToolBox(extras.tools, max_calls=call_limits.max_tool_calls,
+                          max_bytes=call_limits.max_globals_bytes, loop=extras.loop)
+        writes = write_all(extras.files) if extras.files else None
         limits_for_call = CallLimits(
             fuel=call_limits.fuel, timeout_seconds=call_limits.timeout_seconds,
             max_output_bytes=call_limits.max_output_bytes,
@@ -283,14 +348,38 @@ class PythonExecExecutor:
             self._reset_pending = reset  # (still to be reported by the next call)
             return _not_run()
         try:
-            outcome = session.call(payload, limits_for_call, globals_json)
-        except SessionDead:
-            session = self._replace_session()
-            reset = True
-            if ticket is not None and not ticket.start(session):
-                self._reset_pending = True
-                return _not_run()
-            outcome = session.call(payload, limits_for_call, globals_json)
+            try:
+                if writes is not None:
+                    session.files(writes, changes=True)
+                outcome = session.call(payload, limits_for_call, globals_json, box)
+            except SessionDead:
+                session = self._replace_session()
+                reset = True
+                if ticket is not None and not ticket.start(session):
+                    self._reset_pending = True
+                    return _not_run()
+                if writes is not None:
+                    session.files(writes, changes=True)
+                outcome = session.call(payload, limits_for_call, globals_json, box)
+        except BaseException:
+            # (files that did not fit: nothing ran; the ticket lets go of the session)
+            if ticket is not None:
+                ticket.finish()
+            self._reset_pending = self._reset_pending or reset
+            raise
+        out_files: dict[str, bytes] = {}
+        out_errors: dict[str, str] = {}
+        if extras.output_files:
+            if outcome.died is None:
+                try:
+                    out_files, out_errors = session.files(read_all(extras.output_files),
+                                                          changes=False)
+                except SessionDead:
+                    out_errors = {name: "the interpreter was stopped before the file could "
+                                  "be read" for name, _path in extras.output_files}
+            else:
+                out_errors = {name: "not read: a limit stopped the call, and what it wrote "
+                              "is not kept" for name, _path in extras.output_files}
         if ticket is not None and ticket.finish() and outcome.died is None:
             # cancelled as the call ended: the cancel reached the interpreter after
             # its answer (its result goes to no one), so it would stop the next call
@@ -314,7 +403,8 @@ class PythonExecExecutor:
                       stdout_truncated=outcome.stdout_truncated,
                       stderr_truncated=outcome.stderr_truncated,
                       duration_seconds=duration, fuel_used=outcome.fuel_used,
-                      memory_bytes=outcome.memory_bytes, state_reset=reset)
+                      memory_bytes=outcome.memory_bytes, state_reset=reset,
+                      files=out_files, files_errors=out_errors)
         if outcome.died is not None:
             # roll back a call that a limit, a cancel or a crash stopped; not one that
             # broke the protocol (the interpreter itself is then suspect: so may its
@@ -367,6 +457,9 @@ class PythonExecExecutor:
         limits: Mapping[str, Any] | None = None,
         display: bool = False,
         return_all: bool = False,
+        files: Mapping[str, FileData] | None = None,
+        output_files: Iterable[str] | None = None,
+        tools: Mapping[str, ToolFunction] | None = None,
     ) -> ExecutionResult:
         """``execute`` for event loops: runs on a worker thread, never blocks the loop.
 
@@ -377,11 +470,15 @@ class PythonExecExecutor:
         ``state_reset=True``). Cancelled while
         it still waits for the executor (another call is running), it never runs, and the
         running call goes on. No thread is left running the agent's code.
+
+        ``files``, ``output_files`` and ``tools`` as for :meth:`execute`; a tool that is a
+        coroutine function (``async def``) runs on this event loop.
         """
         loop = asyncio.get_running_loop()
+        extras = self._extras(files, output_files, tools, loop)
         ticket = _Ticket()
         future = loop.run_in_executor(None, lambda: self._execute(
-            code, globals_dict, return_globals, limits, display, return_all, ticket))
+            code, globals_dict, return_globals, limits, display, return_all, ticket, extras))
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -421,6 +518,63 @@ class PythonExecExecutor:
                                default_imports=dict(self.policy.default_imports), fs=fs,
                                key=key)
 
+    # ------------------------------------------------------------------ files
+    def write_file(self, path: str | os.PathLike[str], data: FileData) -> None:
+        """Put a file into the agent's file system (its directories are made as needed).
+
+        ``path`` is relative to the working directory (``/tmp/work``) or absolute under
+        ``/tmp``; ``data`` is bytes, or a str written as UTF-8. The file counts against
+        the agent's file space (a quarter of ``memory_bytes``, at least 16 MiB): one that
+        does not fit raises :class:`InputError` and nothing changes. A call running now
+        is not raced: the write waits for it. The file stays, also when a later call is
+        stopped by a limit and rolled back.
+        """
+        target = host_path(path)
+        content = file_bytes(data, "data")
+        self._files_job(lambda fs: fs.host_write(target, content), changes=True)
+
+    def read_file(self, path: str | os.PathLike[str]) -> bytes:
+        """The contents of a file of the agent's (``FileNotFoundError`` when there is
+        none, ``IsADirectoryError`` for a directory)."""
+        target = host_path(path)
+        return self._files_job(lambda fs: fs.host_read(target),  # type: ignore[no-any-return]
+                               changes=False)
+
+    def list_files(self, path: str | os.PathLike[str] = ".", *,
+                   recursive: bool = False) -> list[FileInfo]:
+        """What a directory of the agent's holds (default: the working directory), as
+        :class:`FileInfo` entries sorted by name; ``recursive`` lists everything below."""
+        target = host_path(path)
+        return self._files_job(listing(target, bool(recursive)),  # type: ignore[no-any-return]
+                               changes=False)
+
+    def delete_file(self, path: str | os.PathLike[str]) -> None:
+        """Delete a file of the agent's, or a directory with everything in it
+        (``FileNotFoundError`` when there is none). Its space is free again."""
+        target = host_path(path)
+        self._files_job(lambda fs: fs.host_delete(target), changes=True)
+
+    def _files_job(self, fn: Callable[[MemoryFS], Any], *, changes: bool) -> Any:
+        """``fn(fs)`` on the agent's file system, between calls (a running call is
+        waited for); a lost interpreter is replaced first, as the next call would."""
+        with self._lock:
+            self._check_open()
+            session = self._session
+            if session is None or not session.alive:
+                session = self._replace_session()
+                self._reset_pending = True
+            try:
+                return session.files(fn, changes=changes)
+            except SessionDead:
+                session = self._replace_session()
+                self._reset_pending = True
+                return session.files(fn, changes=changes)
+
+    @property
+    def tools(self) -> dict[str, ToolFunction]:
+        """The host functions every call offers the agent's code (a copy)."""
+        return dict(self._tools)
+
     @classmethod
     def load(
         cls,
@@ -435,6 +589,7 @@ class PythonExecExecutor:
         rollback: bool = True,
         rollback_standby: bool = False,
         key: bytes | None = None,
+        tools: Mapping[str, ToolFunction] | None = None,
     ) -> PythonExecExecutor:
         """An executor that continues the interpreter saved by :meth:`save`.
 
@@ -444,7 +599,8 @@ class PythonExecExecutor:
         With ``key`` (bytes), only a file that :meth:`save` signed with the same key is
         accepted. The file is re-accounted under these limits: it never gives the agent
         more (memory, scratch files, descriptors), and one larger than an image within
-        them could be is refused before it is read whole or parsed.
+        them could be is refused before it is read whole or parsed. The agent's files come
+        with it. ``tools`` as for a new executor (an image holds no host functions).
         """
         try:
             built = Limits.build(
@@ -478,7 +634,7 @@ class PythonExecExecutor:
         memory_image = images.decode(header, body, fs, max_memory=memory_limit)
         return cls(whitelisted_imports=allowed, default_imports=defaults, limits=built,
                    pool=pool, runtime=runtime, rollback=rollback,
-                   rollback_standby=rollback_standby, _restore=memory_image)
+                   rollback_standby=rollback_standby, tools=tools, _restore=memory_image)
 
     def cancel(self) -> None:
         """Stop the call running now (from another thread); its interpreter is lost."""
