@@ -37,7 +37,7 @@ from .protocol import (
 )
 from .runtime import EngineSettings, get_image, load_pin, profiles
 from .session import STOP_CANCELLED, CallLimits, MemoryImage, Session, SessionDead
-from .tools import ToolBox, ToolFunction, check_tools
+from .tools import ToolBox, ToolFunction, check_tools, serving
 from .vfs import MemoryFS, host_path, scratch_budget, shared_zip
 
 # top-level packages the scientific runtime has and the minimal one lacks
@@ -557,6 +557,7 @@ class PythonExecExecutor:
     def _files_job(self, fn: Callable[[MemoryFS], Any], *, changes: bool) -> Any:
         """``fn(fs)`` on the agent's file system, between calls (a running call is
         waited for); a lost interpreter is replaced first, as the next call would."""
+        self._check_not_serving()
         with self._lock:
             self._check_open()
             session = self._session
@@ -715,10 +716,19 @@ class PythonExecExecutor:
         return self._closed
 
     # ------------------------------------------------------------ internals
+    def _check_not_serving(self) -> None:
+        session = self._session
+        if session is not None and serving() is session:
+            raise RuntimeError(
+                "a tool called the executor whose call it serves: that would wait for the "
+                "call, which waits for the tool. Return data from the tool instead (files "
+                "too: the agent's code can write what the tool returns)")
+
     @contextlib.contextmanager
     def _call_lock(self, ticket: _Ticket | None) -> Iterator[bool]:
         """Hold the executor for one call; yields False when ``ticket`` was cancelled
         before the call got the executor (it then never runs)."""
+        self._check_not_serving()
         if ticket is None:
             with self._lock:
                 yield True

@@ -961,7 +961,7 @@ class Session:
         if worker is None or (last is not None and not last.done.is_set()):
             if worker is not None:
                 worker.stop()  # (it ends once the function it still runs returns)
-            worker = self._tool_worker = ToolWorker()
+            worker = self._tool_worker = ToolWorker(self)
 
         def wake() -> None:
             with self._cv:

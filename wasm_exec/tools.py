@@ -220,12 +220,21 @@ class ToolJob:
         return value_answer(self.name, self.value, max_bytes)
 
 
+_serving = threading.local()
+
+
+def serving() -> object | None:
+    """The session whose tool the current thread runs (None outside a tool)."""
+    return getattr(_serving, "owner", None)
+
+
 class ToolWorker:
     """A daemon thread that runs one session's host functions, one at a time. A function
     still running when its call stopped waiting keeps this thread; the session then starts
     another worker for its next tool call."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: object) -> None:
+        self._owner = owner
         self._jobs: list[ToolJob | None] = []
         self._cv = threading.Condition()
         self._thread = threading.Thread(target=self._serve, name="wasm-exec-tool",
@@ -243,6 +252,7 @@ class ToolWorker:
             self._cv.notify()
 
     def _serve(self) -> None:
+        _serving.owner = self._owner
         while True:
             with self._cv:
                 while not self._jobs:
