@@ -266,3 +266,44 @@ def test_closed_executor(make):
 def test_host_module_cannot_be_allowed():
     with pytest.raises(ConfigurationError, match="_host"):
         PythonExecExecutor(whitelisted_imports=["_host"])
+
+
+def test_host_files_and_roll_backs_with_a_standby_interpreter(make):
+    # with rollback_standby, an interpreter is restored in the background from an image
+    # that shares its memory with the later image holding the host's files
+    ex = make(rollback_standby=True)
+    for round_no in range(3):
+        assert ex.execute(f"k = {round_no}").success
+        ex.write_file(f"host-{round_no}.txt", str(round_no))
+        r = ex.execute("k = -1\nopen('lost.txt', 'w').write('x')\nwhile True: pass",
+                       limits={"fuel": 50_000_000})
+        assert r.rolled_back, r.error
+        r = ex.execute(f"v = [k, open('host-{round_no}.txt').read()]", return_globals=["v"])
+        assert r.globals == {"v": [round_no, str(round_no)]}, r.error
+    assert sorted(f.name for f in ex.list_files()) == ["host-0.txt", "host-1.txt",
+                                                       "host-2.txt"]
+
+
+def test_file_methods_from_many_threads_while_calls_run(make):
+    ex = make()
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(20):
+                ex.write_file(f"t{n}/f{i}.txt", f"{n}:{i}")
+                assert ex.read_file(f"t{n}/f{i}.txt") == f"{n}:{i}".encode()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for _ in range(20):
+        assert ex.execute("x = 1").success
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    r = ex.execute("got = sorted(open(f't{n}/f{i}.txt').read() for n in range(3) "
+                   "for i in range(20))", return_globals=["got"])
+    assert r.globals["got"] == sorted(f"{n}:{i}" for n in range(3) for i in range(20))

@@ -262,6 +262,9 @@ class Session:
         self._image_of = -1  # ... and the one latest_image was taken after
         self._want_image = False  # an image is wanted although keep_images is off
         self._buffers: list[mmap.mmap] = []  # image memory this session allocated
+        # earlier images that share the latest image's memory (the latest one took the
+        # host's files after them: see files()); its pages are reused only once they are gone
+        self._sharers: list[weakref.ref[MemoryImage]] = []
         self._boot_source = b""
         self._started_ns = time.monotonic_ns()
         self._memory_bytes = 0
@@ -448,10 +451,10 @@ class Session:
             with self._cv:
                 image = self.latest_image
                 if image is not None and self._image_of == self._answered:
-                    # the same memory with the files as they are now; its pages are no
-                    # longer reused for the next image (the previous image object may
-                    # still be held, by a standby being restored from it)
-                    self._buffers = [b for b in self._buffers if b is not image.memory]
+                    # the same memory with the files as they are now (the previous image
+                    # object may still be held, by a standby being restored from it: its
+                    # pages are reused for a later image only once it is gone)
+                    self._sharers.append(weakref.ref(image))
                     try:
                         self.latest_image = dataclasses.replace(image, fs=self._fs.snapshot())
                     except Exception:  # noqa: BLE001 - no image: a stop then loses the state
@@ -597,10 +600,12 @@ class Session:
                 old = self.latest_image
                 reuse = None
                 if (old is not None and any(old.memory is b for b in self._buffers)
-                        and sys.getrefcount(old) <= 3):  # the attribute, `old`, the call
+                        and sys.getrefcount(old) <= 3  # the attribute, `old`, the call
+                        and all(ref() is None for ref in self._sharers)):
                     reuse = old.memory
                     self.latest_image = None
                 del old
+                self._sharers = []  # (the next image is in pages of its own)
             image = self._capture_or_none(reuse)
             with self._cv:
                 self._publish(image)
