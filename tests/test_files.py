@@ -307,3 +307,23 @@ def test_file_methods_from_many_threads_while_calls_run(make):
     r = ex.execute("got = sorted(open(f't{n}/f{i}.txt').read() for n in range(3) "
                    "for i in range(20))", return_globals=["got"])
     assert r.globals["got"] == sorted(f"{n}:{i}" for n in range(3) for i in range(20))
+
+
+@needs_scientific
+@pytest.mark.scientific
+def test_dataframes_and_figures_as_files():
+    with PythonExecExecutor(runtime="scientific", timeout_seconds=60,
+                            whitelisted_imports=["pandas", "matplotlib.pyplot"],
+                            default_imports={"pd": "pandas", "plt": "matplotlib.pyplot"}) as ex:
+        ex.write_file("in.csv", "a,b\n1,2\n3,4\n")
+        r = ex.execute("df = pd.read_csv('in.csv')\n"
+                       "df['c'] = df.a + df.b\n"
+                       "df.to_csv('table.csv', index=False)\n"
+                       "fig, ax = plt.subplots()\n"
+                       "ax.plot(df.a, df.c)\n"
+                       "fig.savefig('chart.png')\n"
+                       "plt.close(fig)\n",
+                       output_files=["table.csv", "chart.png"])
+        assert r.success, r.error
+        assert r.files["table.csv"] == b"a,b,c\n1,2,3\n3,4,7\n"
+        assert r.files["chart.png"].startswith(b"\x89PNG")

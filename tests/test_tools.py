@@ -403,3 +403,24 @@ def test_the_host_reads_tool_requests_as_untrusted():
     name, fn, args, kwargs = tools_mod.parse_request(
         box, b'{"tool": "f", "args": [[1, 2]], "kwargs": {}}')
     assert (name, fn, args, kwargs) == ("f", len, [[1, 2]], {})
+
+
+def test_a_kept_stub_in_a_call_without_tools(make):
+    ex = make()
+    assert ex.execute("keep = f", tools={"f": lambda: 1}).success
+    r = ex.execute("keep()")
+    assert r.error_type == "ToolError" and "did not answer" in r.error_message
+    assert ex.execute("v = 1").success
+
+
+def test_tool_threads_end_with_their_interpreter(make):
+    def tool_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "wasm-exec-tool"}
+
+    before = tool_threads()
+    ex = make(tools={"ping": lambda: 1})
+    assert ex.execute("ping()").success and ex.execute("ping()").success
+    (ours,) = tool_threads() - before  # one worker, reused from call to call
+    ex.close()
+    ours.join(10)
+    assert not ours.is_alive()
