@@ -327,3 +327,13 @@ def test_dataframes_and_figures_as_files():
         assert r.success, r.error
         assert r.files["table.csv"] == b"a,b,c\n1,2,3\n3,4,7\n"
         assert r.files["chart.png"].startswith(b"\x89PNG")
+
+
+def test_results_with_files_turn_into_json(make):
+    import base64
+    import json
+
+    ex = make()
+    r = ex.execute("open('b.bin', 'wb').write(bytes(range(256)))", output_files=["b.bin"])
+    data = json.loads(r.model_dump_json())
+    assert base64.b64decode(data["files"]["b.bin"]) == bytes(range(256))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -12,7 +13,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from . import images
 from .config import Limits, Policy
@@ -132,6 +133,11 @@ class ExecutionResult(BaseModel):
     files_errors: dict[str, str] = Field(
         default_factory=dict,
         description="Names from output_files that could not be read, with the reason.")
+
+    @field_serializer("files", when_used="json")
+    def _files_as_base64(self, files: dict[str, bytes]) -> dict[str, str]:
+        # (in JSON, file contents are standard base64: they are often not text)
+        return {name: base64.b64encode(data).decode("ascii") for name, data in files.items()}
 
 
 class _CallExtras:

@@ -25,6 +25,11 @@ for a non-terminal stream (file type unknown, not seekable).
 
 The snapshot's ``os.environ`` and working directory were fixed when it was made (empty,
 ``/``), so the guest learns its places from :func:`setup_source`, run as the first turn.
+
+The host puts files in and reads them out with :meth:`MemoryFS.host_write`,
+``host_read``, ``host_list`` and ``host_delete`` (the executor's file API), on paths that
+:func:`host_path` made: only under the scratch root, charged to the same budget as the
+guest's own writes.
 """
 
 from __future__ import annotations
