@@ -7,7 +7,8 @@
 # The build needs apt-get (Debian's source packages), make, tar, xz and a C compiler for
 # the native build Python; the WASI toolchain is PyPI's ziglang, installed here.
 #
-# Usage: bash build_runtime.sh [--venv DIR [--extras test]] [--dest DIR] [--all-variants]
+# Usage: bash build_runtime.sh [--venv DIR [--extras test]] [--dest DIR] [--profile scientific]
+#                              [--default-variant-only]
 #   --venv DIR     create DIR as a virtual environment (if missing), install wasm-exec
 #                  into it (editable) and use its Python
 #   --extras LIST  extras to install with --venv, e.g. "test" or "test,dev"

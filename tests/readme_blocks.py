@@ -13,13 +13,15 @@ def blocks(lang: str) -> list[str]:
     return [body for kind, body in _BLOCK.findall(README.read_text()) if kind == lang]
 
 
-def python_blocks(*, rustic: bool = False, scientific: bool = False) -> list[str]:
-    """Python blocks; those that need Rustic AI or the scientific runtime say so on their
-    first line (``# requires: rustic`` / ``# requires: scientific``)."""
+def python_blocks(*, rustic: bool = False, scientific: bool = False,
+                  mcp: bool = False) -> list[str]:
+    """Python blocks; those that need Rustic AI, the scientific runtime or the MCP SDK say
+    so on their first line (``# requires: rustic`` / ``scientific`` / ``mcp``)."""
     out = []
     for b in blocks("python"):
         is_rustic = b.startswith("# requires: rustic")
         is_scientific = b.startswith("# requires: scientific")
-        if is_rustic == rustic and is_scientific == scientific:
+        is_mcp = b.startswith("# requires: mcp")
+        if is_rustic == rustic and is_scientific == scientific and is_mcp == mcp:
             out.append(b)
     return out

@@ -67,16 +67,62 @@ def test_strptime_still_works_where_time_is_allowed():
         assert r.globals == {"y": 2026, "d": 12}, r.error
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (issue 13 class 10): where time or datetime is allowed, the implicit grant of "
-    "_strptime also answers the agent's own __import__('_strptime') (a C caller and a "
-    "direct call look the same to the guard), and _strptime.os is then reachable; "
-    "__import__('encodings.idna') loads stringprep (harmless data, but not asked for)"))
-@pytest.mark.parametrize("code,allowed", [
-    ("m = __import__('_strptime')\nm.os.listdir('/')", ["time"]),
-    ("m = __import__('encodings.idna')", []),
+@pytest.mark.parametrize("code", [
+    "m = __import__('_strptime')\nr = sorted(vars(m))",
+    "import importlib\nm = importlib.__import__('_strptime')\nr = sorted(vars(m))",
+    "m = __import__('_strptime', globals(), globals(), [], 0)\nr = sorted(vars(m))",
+    "m = __import__('_strptime', fromlist=['os'])\nr = sorted(vars(m))",
 ])
-def test_the_agents_own_import_of_an_implicit_module_is_refused(code, allowed):
-    with PythonExecExecutor(whitelisted_imports=allowed, timeout_seconds=20) as ex:
+def test_the_agents_own_import_of_strptime_gets_no_module(code):
+    # where time is allowed, C code (time.strptime) imports _strptime by calling
+    # __import__ from the agent's frame and then reads sys.modules: the call looks the
+    # same as the agent's own, so the grant loads the module but answers with an empty
+    # stand-in; the agent never holds _strptime (nor its os, locale, calendar)
+    with PythonExecExecutor(whitelisted_imports=["time", "importlib"],
+                            timeout_seconds=20) as ex:
+        r = ex.execute(code + "\nname = m.__name__", return_globals=["r", "name"])
+        assert r.success, r.error
+        assert r.globals["r"] == ["__doc__", "__loader__", "__name__", "__package__",
+                                  "__spec__"], r.globals
+        assert "not importable" in r.globals["name"]
+        attack = ex.execute("m = __import__('_strptime')\nm.os.listdir('/')")
+        assert not attack.success and attack.error_type == "AttributeError", attack.error
+        # ... and time.strptime itself still works in the same interpreter
+        ok = ex.execute("import time\ny = time.strptime('2026', '%Y').tm_year",
+                        return_globals=["y"])
+        assert ok.globals == {"y": 2026}, ok.error
+
+
+@pytest.mark.parametrize("code", [
+    "m = __import__('encodings.idna')",
+    "m = __import__('encodings')",
+    "m = __import__('encodings', fromlist=['sys'])",
+    "from encodings import sys",
+    "import encodings.aliases",
+])
+def test_the_agent_cannot_import_the_codec_package(code):
+    # the codec machinery imports its codec modules from encodings' own code, which the
+    # library rules grant; the agent's own import of the package (whose namespace holds
+    # the real sys and codecs) is refused, and nothing new loads
+    with PythonExecExecutor(whitelisted_imports=[], timeout_seconds=20) as ex:
         r = ex.execute(code)
         assert not r.success and r.error_type == "ImportError", r.error
+    new, _ = _new_modules(code)
+    assert not new, sorted(new)
+
+
+@pytest.mark.parametrize("code", [
+    "r = 'x'.encode('idna').decode('ascii')",
+    "r = b'\\xff'.decode('cp1252')",
+    "r = 'caf\u00e9'.encode('utf-7').decode('utf-7')",
+    "r = '\\N{BULLET}'",
+    "r = eval(r'\"\\N{GREEK SMALL LETTER ALPHA}\"')",
+    "import codecs\nr = codecs.lookup('rot13').name",
+    "import unicodedata\nr = unicodedata.name('a')",
+    "r = open('/tmp/f', 'w', encoding='latin-1').write('x') and 'ok'",
+])
+def test_what_the_implicit_imports_serve_still_works(code):
+    with PythonExecExecutor(whitelisted_imports=["codecs", "unicodedata"],
+                            timeout_seconds=20) as ex:
+        r = ex.execute(code, return_globals=["r"])
+        assert r.success and isinstance(r.globals.get("r"), str), r.error

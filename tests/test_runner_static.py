@@ -83,3 +83,32 @@ def test_hook_shares_no_closure_cell_with_other_functions():
     read = {m.id for f in ast.walk(hook) if isinstance(f, ast.FunctionDef) and f is not hook
             for m in ast.walk(f) if isinstance(m, ast.Name) and isinstance(m.ctx, ast.Load)}
     assert (read & boot_names) - own == set()
+
+
+def test_the_guards_tuple_is_unpacked_whole_wherever_it_is_read():
+    # T's fields carry meaning by position; every reader names them all by unpacking, so
+    # a field added at boot without updating a reader fails here, not in the sandbox
+    import ast
+
+    tree = ast.parse(runner_source())
+    built = [n for n in ast.walk(tree) if isinstance(n, ast.Assign)
+             and any(isinstance(t, ast.Name) and t.id == "T" for t in n.targets)]
+    assert len(built) == 1 and isinstance(built[0].value, ast.Tuple)
+    size = len(built[0].value.elts)
+    readers = {}
+    for fn in ast.walk(tree):
+        if isinstance(fn, ast.FunctionDef) and fn.name in (
+                "guard_impl", "guard_call", "guard_import_module"):
+            for n in ast.walk(fn):
+                if (isinstance(n, ast.Assign) and isinstance(n.value, ast.Name)
+                        and n.value.id == "T" and isinstance(n.targets[0], ast.Tuple)):
+                    elts = n.targets[0].elts
+                    starred = [e for e in elts if isinstance(e, ast.Starred)]
+                    readers[fn.name] = (len(elts), bool(starred))
+                elif isinstance(n, ast.Subscript) and isinstance(n.value, ast.Name) \
+                        and n.value.id == "T":
+                    readers[fn.name + " (indexed)"] = None
+    assert readers["guard_impl"] == (size, False)
+    assert readers["guard_import_module"] == (size, False)
+    assert readers["guard_call"][1]  # (*_fields, impl, import_name_op): named from the end
+    assert not any(k.endswith("(indexed)") for k in readers), readers

@@ -7,6 +7,7 @@
 42
 """
 
+from ._version import __version__
 from .config import Limits, Policy
 from .errors import (
     ConfigurationError,
@@ -20,9 +21,11 @@ from .errors import (
 from .executor import ExecutionResult, PythonExecExecutor
 from .files import FileInfo
 from .pool import SessionPool
+from .protocol import StopReason
 from .resolver import PythonExecExecutorResolver
 
 __all__ = [
+    "StopReason",
     "ConfigurationError",
     "ExecutionResult",
     "ExecutorClosedError",
@@ -37,4 +40,5 @@ __all__ = [
     "RuntimeVerificationError",
     "SessionPool",
     "WasmExecError",
+    "__version__",
 ]

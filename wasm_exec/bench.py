@@ -346,11 +346,20 @@ def bench_snapshots(repeat: int) -> list[Row]:
     return rows
 
 
-def run(repeat: int = 5, memory_counts: tuple[int, ...] = (1, 10, 50)) -> dict[str, Any]:
+def run(repeat: int = 5, memory_counts: tuple[int, ...] = (1, 10, 50),
+        log: Any = None) -> dict[str, Any]:
     rows: list[Row] = []
-    for part in (bench_new_agent, bench_per_call, bench_cpu, bench_marshal, bench_parallel,
-                 bench_snapshots):
+    parts = (bench_new_agent, bench_per_call, bench_cpu, bench_marshal, bench_parallel,
+             bench_snapshots)
+    started = time.monotonic()
+    for i, part in enumerate(parts, 1):
+        if log:
+            log(f"[{time.monotonic() - started:4.0f} s] {i}/{len(parts) + 1}: "
+                f"{part.__name__.removeprefix('bench_').replace('_', ' ')}")
         rows.extend(part(repeat))
+    if log:
+        log(f"[{time.monotonic() - started:4.0f} s] {len(parts) + 1}/{len(parts) + 1}: "
+            f"memory for {', '.join(map(str, memory_counts))} agents")
     rows.extend(bench_memory(memory_counts))
     return {
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
@@ -374,10 +383,16 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    import sys
 
-    p = argparse.ArgumentParser(prog="wasm-exec bench", description=__doc__)
-    p.add_argument("--repeat", type=int, default=5, help="runs per row (default 5)")
+    from .cli import OneLineParser, positive_int_arg
+
+    def progress(message: str) -> None:  # (stderr: stdout keeps the table)
+        print(f"bench: {message}", file=sys.stderr, flush=True)
+
+    p = OneLineParser(prog="wasm-exec bench", description=__doc__)
+    p.add_argument("--repeat", type=positive_int_arg("--repeat"), default=5,
+                   help="runs per row (default 5)")
     p.add_argument("--json", default="bench-results.json", help="where to write the figures")
     p.add_argument("--quick", action="store_true", help="3 runs, memory for 1 and 10 agents")
     p.add_argument("--targets", action="store_true",
@@ -390,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         from . import bench_targets
 
         rows = bench_targets.run(3 if args.quick else args.repeat, args.native_python,
-                                 args.rival_python, log=lambda m: print(m, flush=True))
+                                 args.rival_python, log=progress)
         print(bench_targets.format_table(rows))
         with open(args.json, "w") as f:
             json.dump([asdict(r) for r in rows], f, indent=2)
@@ -398,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     repeat = 3 if args.quick else args.repeat
     counts = (1, 10) if args.quick else (1, 10, 50)
-    result = run(repeat, counts)
+    progress(f"{repeat} runs per row; about a minute or more, a line per part")
+    result = run(repeat, counts, log=progress)
     print(format_table(result))
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)

@@ -251,9 +251,10 @@ def run(repeat: int = 5, native_python: str | None = None,
                            str(AGENTS_FOR_MEMORY))
         except RuntimeError as e:
             log(f"eryx could not be measured: {e}")
-    log("wasm-exec ...")
+    log("wasm-exec: first results, calls, the CPU loop, a stop ...")
     ours = _ours(repeat)
     gc.collect()
+    log("wasm-exec: idle memory, roll-back off and on ...")
     mem_off = _ours_memory(rollback=False)
     mem_on = _ours_memory(rollback=True)
     r = rival.get

@@ -127,9 +127,20 @@ class Recipe:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+
+def spec_file(name: str) -> Any:
+    """A file of the runtime spec (runner, pins, reactor source): the checkout's own
+    ``runtime/spec`` when this package runs from a source tree (a git worktree on
+    ``PYTHONPATH`` beside an editable install of another one reads its own), else the
+    installed package data."""
+    here = Path(__file__).resolve().parent.parent / "runtime" / "spec" / name
+    if here.is_file():
+        return here
+    return resources.files("wasm_exec._spec").joinpath(name)
+
 def recipe(profile: str, spec: dict[str, Any]) -> Recipe:
     b = spec["build"]
-    reactor_c = resources.files("wasm_exec._spec").joinpath("reactor.c").read_text("utf-8")
+    reactor_c = spec_file("reactor.c").read_text("utf-8")
     return Recipe(profile, Source(**b["cpython"]), Source(**b["zlib"]), b["ziglang"],
                   reactor_c, b.get("expected_outputs"))
 

@@ -32,6 +32,7 @@ from .pool import SessionKey, SessionPool
 from .protocol import (
     MAX_JSON_DEPTH,
     ProtocolError,
+    StopReason,
     check_json_value,
     is_plain_json,
     validate_call_reply,
@@ -65,20 +66,25 @@ def _runtime_hint(module: str, runtime: str) -> str:
 MAX_RETURN_NAMES = 10_000
 MAX_NAME_CHARS = 1_000
 
-LimitName = Literal["fuel", "timeout", "memory", "stack_overflow", "exit", "crash",
-                    "protocol", "cancelled"]
+# (the name ExecutionResult.limit had before StopReason; kept for type annotations)
+LimitName = StopReason
 
 _STOP_TEXT = {
-    "fuel": "Fuel limit exceeded: the call used its whole budget of {fuel} fuel units",
-    "timeout": "Timeout: the call ran past its deadline of {timeout} s",
-    "stack_overflow": "The interpreter's WebAssembly stack overflowed (too deep recursion "
-                      "in C code)",
-    "exit": "The code ended the interpreter ({detail})",
-    "crash": "The interpreter crashed ({detail})",
-    "protocol": "The interpreter broke the sandbox protocol ({detail})",
-    "cancelled": "The call was cancelled",
-    "memory": "Memory limit exceeded",
+    StopReason.FUEL: "Fuel limit exceeded: the call used its whole budget of {fuel} fuel "
+                     "units",
+    StopReason.TIMEOUT: "Timeout: the call ran past its deadline of {timeout} s",
+    StopReason.STACK_OVERFLOW: "The interpreter's WebAssembly stack overflowed (too deep "
+                               "recursion in C code)",
+    StopReason.EXIT: "The code ended the interpreter ({detail})",
+    StopReason.CRASH: "The interpreter crashed ({detail})",
+    StopReason.PROTOCOL: "The interpreter broke the sandbox protocol ({detail})",
+    StopReason.CANCELLED: "The call was cancelled",
+    StopReason.MEMORY: "Memory limit exceeded",
 }
+# the error_type of a stopped call
+_STOP_ERROR_TYPE = {StopReason.FUEL: "FuelExhausted", StopReason.TIMEOUT: "TimeoutError",
+                    StopReason.STACK_OVERFLOW: "StackOverflow",
+                    StopReason.CANCELLED: "Cancelled"}
 
 
 class ExecutionResult(BaseModel):
@@ -126,6 +132,12 @@ class ExecutionResult(BaseModel):
         default_factory=list,
         description="PNG images of the matplotlib figures the call left open (scientific "
         "runtime); they are closed afterwards. Counted against max_globals_bytes.")
+    imports: list[tuple[str, str | None]] | None = Field(
+        default=None,
+        description="With execute(..., trace_imports=True): each import the import guard was "
+        "asked for during the call (the agent's and the libraries'), in order, with the "
+        "name of the grant rule that allowed it, or None where it was refused (at most "
+        "256). None when not asked for.")
     files: dict[str, bytes] = Field(
         default_factory=dict,
         description="The files named in output_files, read from the agent's file system "
@@ -257,6 +269,7 @@ class PythonExecExecutor:
         limits: Mapping[str, Any] | None = None,
         display: bool = False,
         return_all: bool = False,
+        trace_imports: bool = False,
         files: Mapping[str, FileData] | None = None,
         output_files: Iterable[str] | None = None,
         tools: Mapping[str, ToolFunction] | None = None,
@@ -269,6 +282,8 @@ class PythonExecExecutor:
         a single statement runs as at the interactive prompt (an expression's value is
         printed). With ``return_all=True`` every global that converts to JSON comes back
         (modules, functions, classes and other objects are left out without an error).
+        With ``trace_imports=True``, ``result.imports`` lists each import the guard was
+        asked for during the call, with the rule that granted it (None: refused).
 
         ``files`` (name -> bytes or str) are written into the agent's files before the
         code runs, as :meth:`write_file` would (they stay, also when a limit stops the
@@ -277,7 +292,7 @@ class PythonExecExecutor:
         to, or replaces, this executor's tools for this call.
         """
         return self._execute(code, globals_dict, return_globals, limits, display, return_all,
-                             None, self._extras(files, output_files, tools))
+                             None, trace_imports, self._extras(files, output_files, tools))
 
     def _extras(self, files: Mapping[str, FileData] | None,
                 output_files: Iterable[str] | None,
@@ -290,6 +305,7 @@ class PythonExecExecutor:
     def _execute(self, code: str, globals_dict: Mapping[str, Any] | None,
                  return_globals: Iterable[str] | None, limits: Mapping[str, Any] | None,
                  display: bool, return_all: bool, ticket: _Ticket | None,
+                 trace_imports: bool = False,
                  extras: _CallExtras | None = None) -> ExecutionResult:
         call_limits = self._call_limits(limits)
         if not isinstance(code, str):
@@ -312,7 +328,7 @@ class PythonExecExecutor:
                 return _not_run()
             self._calls += 1
             result = self._execute_locked(code, names, globals_json, call_limits, display,
-                                          return_all, ticket, extras)
+                                          return_all, ticket, trace_imports, extras)
             if ticket is not None and result.state_reset and not ticket.deliver(self._calls):
                 # cancelled: no one reads this result, so the next call reports the reset
                 self._reset_pending = True
@@ -320,7 +336,7 @@ class PythonExecExecutor:
 
     def _execute_locked(self, code: str, names: list[str], globals_json: str,
                         call_limits: Limits, display: bool, return_all: bool,
-                        ticket: _Ticket | None,
+                        ticket: _Ticket | None, trace_imports: bool = False,
                         extras: _CallExtras | None = None) -> ExecutionResult:
         """One call, with the executor held (see ``_execute``)."""
         if self._closed:
@@ -334,6 +350,8 @@ class PythonExecExecutor:
         payload = {"op": "exec", "code": code, "return": names, "display": bool(display),
                    "return_all": bool(return_all), "figures": self.runtime != "minimal",
                    "max_depth": MAX_JSON_DEPTH}
+        if trace_imports:
+            payload["trace_imports"] = True
         extras = extras or _CallExtras([], [], dict(self._tools))
         box = None
         if extras.tools:
@@ -437,6 +455,8 @@ class PythonExecExecutor:
             self._discard(session)
             return self._stopped(SessionDead("protocol", str(e)), call_limits, common)
         common["figures"] = reply.get("figures", [])
+        if trace_imports:
+            common["imports"] = reply.get("imports", [])
         if (self.rollback_standby and self.rollback
                 and self._rollback_standby is None):
             image = session.latest_image
@@ -463,6 +483,7 @@ class PythonExecExecutor:
         limits: Mapping[str, Any] | None = None,
         display: bool = False,
         return_all: bool = False,
+        trace_imports: bool = False,
         files: Mapping[str, FileData] | None = None,
         output_files: Iterable[str] | None = None,
         tools: Mapping[str, ToolFunction] | None = None,
@@ -484,7 +505,8 @@ class PythonExecExecutor:
         extras = self._extras(files, output_files, tools, loop)
         ticket = _Ticket()
         future = loop.run_in_executor(None, lambda: self._execute(
-            code, globals_dict, return_globals, limits, display, return_all, ticket, extras))
+            code, globals_dict, return_globals, limits, display, return_all, ticket,
+            trace_imports, extras))
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -950,13 +972,11 @@ class PythonExecExecutor:
         else:
             text += ". The interpreter was lost: the next call starts a fresh one " \
                     "(earlier variables are gone, default imports are rebound)."
-        etype = {"fuel": "FuelExhausted", "timeout": "TimeoutError",
-                 "stack_overflow": "StackOverflow", "cancelled": "Cancelled"}.get(
-                     reason, "SandboxError")
+        etype = _STOP_ERROR_TYPE.get(reason, "SandboxError")
         if reason == STOP_CANCELLED and self._closed:
             text = "The executor was closed while the call ran."
         return ExecutionResult(success=False, error=text, error_type=etype,
-                               error_message=text, limit=reason,  # type: ignore[arg-type]
+                               error_message=text, limit=reason,
                                interpreter_lost=not rolled_back, rolled_back=rolled_back,
                                **common)
 

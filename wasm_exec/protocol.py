@@ -21,6 +21,7 @@ import base64
 import binascii
 import json
 import math
+from enum import StrEnum
 from typing import Any
 
 REQUEST_MAGIC = b"WXQ1"
@@ -31,6 +32,22 @@ REPLY_HEADER = len(REPLY_MAGIC) + TOKEN_BYTES + 4
 
 class ProtocolError(Exception):
     """The guest sent something that is not a valid reply."""
+
+
+
+class StopReason(StrEnum):
+    """Why a call ended without the interpreter's answer (``ExecutionResult.limit``).
+
+    The values are the strings the API has always used (``result.limit == "fuel"``)."""
+
+    FUEL = "fuel"  # the call's fuel budget ran out
+    TIMEOUT = "timeout"  # its wall-clock deadline passed
+    MEMORY = "memory"  # the interpreter's memory cap was reached
+    STACK_OVERFLOW = "stack_overflow"  # the WebAssembly stack overflowed
+    EXIT = "exit"  # the interpreter itself exited
+    CRASH = "crash"  # a WebAssembly trap, or the interpreter stopped answering
+    PROTOCOL = "protocol"  # the interpreter broke the sandbox protocol
+    CANCELLED = "cancelled"  # the caller cancelled the call (or closed the executor)
 
 
 def encode_request(payload: dict[str, Any]) -> bytes:
@@ -134,6 +151,16 @@ def validate_call_reply(reply: dict[str, Any], call_id: int) -> dict[str, Any]:
     out["globals_errors"] = {_str(k, "name", 1000): _str(v, "error", 2000)
                              for k, v in raw_errors.items()}
     out["globals_errors"].update(too_many)
+    imports = reply.get("imports", [])
+    if not isinstance(imports, list) or len(imports) > 256:
+        raise ProtocolError("reply imports are not a list of at most 256 items")
+    out["imports"] = []
+    for item in imports:
+        if (not isinstance(item, list) or len(item) != 2
+                or not (item[1] is None or isinstance(item[1], str))):
+            raise ProtocolError("a traced import is not [name, rule or null]")
+        out["imports"].append((_str(item[0], "import", 1000),
+                               None if item[1] is None else _str(item[1], "rule", 100)))
     figures = reply.get("figures", [])
     if not isinstance(figures, list):
         raise ProtocolError("reply figures are not a list")

@@ -1,8 +1,8 @@
 """Find, fetch, verify and precompile the pinned CPython-on-WASI runtime.
 
-Lookup order for the runtime directory: ``$WASM_EXEC_RUNTIME_DIR``, then the ``runtime/``
-folder of a source checkout, then the user cache directory
-(``$XDG_CACHE_HOME/wasm-exec`` or ``~/.cache/wasm-exec``).
+Lookup order for the runtime directory: ``$WASM_EXEC_RUNTIME_DIR``, then the user cache
+directory (``$XDG_CACHE_HOME/wasm-exec`` or ``~/.cache/wasm-exec``). Runtimes, their
+compiled forms and the build tree live there only, never inside a source checkout.
 """
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,10 @@ from .errors import RuntimeNotFoundError, RuntimeVerificationError
 ENV_DIR = "WASM_EXEC_RUNTIME_DIR"
 MAX_WASM_STACK = 2 << 20
 PROFILE = "minimal"
-BUILD_COMMAND = "bash build_runtime.sh   (or: python -m wasm_exec build-runtime)"
+BUILD_COMMAND = "wasm-exec build-runtime   (from a source checkout: bash build_runtime.sh)"
+# what the library says while it works for a long time (precompiling a runtime on first
+# use): the command line shows it on stderr; a library user sees it through ``logging``
+logger = logging.getLogger("wasm_exec")
 
 
 @dataclass(frozen=True)
@@ -83,12 +87,12 @@ class Pin:
 
 
 def profiles() -> list[str]:
-    data = json.loads(resources.files("wasm_exec._spec").joinpath("pins.json").read_text())
+    data = json.loads(spec_file("pins.json").read_text())
     return sorted(data)
 
 
 def _pins() -> dict[str, dict[str, object]]:
-    text = resources.files("wasm_exec._spec").joinpath("pins.json").read_text()
+    text = spec_file("pins.json").read_text()
     return json.loads(text)  # type: ignore[no-any-return]
 
 
@@ -128,10 +132,13 @@ def load_pin(profile: str = PROFILE) -> Pin:
 _runner_cache: list[tuple[object, str, str]] = []
 
 
+spec_file = build.spec_file
+
+
 def runner_identity() -> tuple[str, str]:
     """The guest runner's source code (runs inside the sandbox) and its SHA-256, read again
     only when the file changes (every interpreter and every image needs them)."""
-    path = resources.files("wasm_exec._spec").joinpath("runner.py")
+    path = spec_file("runner.py")
     try:
         st = os.stat(str(path))
         stamp: object = (st.st_mtime_ns, st.st_size)
@@ -151,7 +158,8 @@ def runner_source() -> str:
 
 
 def checkout_dir() -> Path | None:
-    """The ``runtime/`` folder when wasm_exec runs from a source checkout."""
+    """The ``runtime/`` folder when wasm_exec runs from a source checkout (it holds the
+    pins and the guest runner; runtimes are never looked for or written there)."""
     candidate = Path(__file__).resolve().parent.parent / "runtime"
     if (candidate / "spec" / "pins.json").is_file():
         return candidate
@@ -164,13 +172,12 @@ def user_cache_dir() -> Path:
 
 
 def search_dirs() -> list[Path]:
+    """Where runtimes are looked for: ``$WASM_EXEC_RUNTIME_DIR`` (when set), then the user
+    cache directory."""
     dirs: list[Path] = []
     env = os.environ.get(ENV_DIR)
     if env:
         dirs.append(Path(env))
-    co = checkout_dir()
-    if co is not None:
-        dirs.append(co)
     dirs.append(user_cache_dir())
     return dirs
 
@@ -187,8 +194,8 @@ def default_install_dir() -> Path:
 def build_command(profile: str) -> str:
     if profile == PROFILE:
         return BUILD_COMMAND
-    return (f"bash build_runtime.sh --profile {profile}   "
-            f"(or: python -m wasm_exec build-runtime --profile {profile})")
+    return (f"wasm-exec build-runtime --profile {profile}   "
+            f"(from a source checkout: bash build_runtime.sh --profile {profile})")
 
 
 def find_runtime(pin: Pin | None = None) -> Path:
@@ -294,10 +301,10 @@ def precompile(settings: EngineSettings, *, pin: Pin | None = None, wasm: Path |
         if out.is_file():
             return out
         verify(wasm, pin)
+        started = time.monotonic()
         if log:
-            log(f"precompiling {wasm.name} for wasmtime {wasmtime_version()} "
-                f"(fuel={'on' if settings.fuel else 'off'}); this takes {pin.compile_hint}, "
-                "once")
+            log(f"precompiling the {pin.profile} runtime for wasmtime {wasmtime_version()}, "
+                f"{variant_name(settings)}: {pin.compile_hint}, once")
         engine = wasmtime.Engine(settings.config())
         module = wasmtime.Module.from_file(engine, str(wasm))
         data = module.serialize()
@@ -311,7 +318,24 @@ def precompile(settings: EngineSettings, *, pin: Pin | None = None, wasm: Path |
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+        if log:
+            log(f"precompiled {out.name} in {time.monotonic() - started:.0f} s "
+                f"({out.stat().st_size / 1e6:.0f} MB)")
         return out
+
+
+def variant_name(settings: EngineSettings) -> str:
+    """How people name a compiled variant: what option needs it."""
+    return "fuel metering on" if settings.fuel else "fuel metering off (fuel=None)"
+
+
+def variants() -> list[EngineSettings]:
+    """Every compiled variant an executor's options can need (fuel on, fuel off)."""
+    return [EngineSettings(fuel=True), EngineSettings(fuel=False)]
+
+
+def _announce(message: str) -> None:
+    logger.info("%s", message)
 
 
 class RuntimeImage:
@@ -382,7 +406,9 @@ def get_image(settings: EngineSettings, profile: str = PROFILE) -> RuntimeImage:
                 if not other.is_file() or other.stat().st_size != entry.size:
                     raise RuntimeNotFoundError(
                         f"{other} is missing or damaged; run: {build_command(profile)}")
-            image = RuntimeImage(settings, precompile(settings, pin=pin, wasm=wasm), pin, wasm)
+            # a variant build-runtime did not make is compiled now: said, not silent
+            image = RuntimeImage(settings, precompile(settings, pin=pin, wasm=wasm,
+                                                      log=_announce), pin, wasm)
             _images[(profile, settings)] = image
         return image
 
@@ -390,8 +416,11 @@ def get_image(settings: EngineSettings, profile: str = PROFILE) -> RuntimeImage:
 # ------------------------------------------------------------------ install
 
 def install(dest: Path | None = None, *, profile: str = PROFILE,
-            log: Callable[[str], None] = print, precompile_all: bool = False) -> Path:
-    """Fetch a pinned runtime profile through the package index, verify, precompile it."""
+            log: Callable[[str], None] = print, precompile_all: bool = True) -> Path:
+    """Build or fetch a pinned runtime profile, verify it, and precompile it: every
+    variant the options can need (fuel on and off), or only the default one (fuel on)
+    with ``precompile_all=False`` (the other is then compiled, and announced, on first
+    use)."""
     pin = load_pin(profile)
     base = Path(dest) if dest else default_install_dir()
     folder = base / pin.subdir if pin.subdir else base
@@ -414,11 +443,18 @@ def install(dest: Path | None = None, *, profile: str = PROFILE,
     if not missing:
         log(f"{pin.profile} runtime is present and verified in {folder}")
     else:
-        log(f"fetching {pin.requirement} from the package index (about {pin.download_mb} MB)")
+        log(f"fetching {pin.requirement} from the package index (about {pin.download_mb} MB; "
+            "pip's progress follows)")
         with tempfile.TemporaryDirectory(dir=str(folder)) as tmp:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary",
-                   ":all:", "--disable-pip-version-check", "-q", "-d", tmp, pin.requirement]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+                   ":all:", "--disable-pip-version-check", "-d", tmp, pin.requirement]
+            # pip's own lines and progress bar (its stdout) go to our stderr, so that
+            # stdout stays clean; its errors are kept for the message below
+            try:
+                shown: int = sys.stderr.fileno()
+            except (AttributeError, ValueError, OSError):  # a stream with no descriptor
+                shown = subprocess.DEVNULL
+            proc = subprocess.run(cmd, stdout=shown, stderr=subprocess.PIPE, text=True)
             if proc.returncode != 0:
                 raise RuntimeNotFoundError(
                     f"could not download {pin.requirement}: {proc.stderr.strip()[-2000:]}")
@@ -469,16 +505,13 @@ def _finish_install(pin: Pin, folder: Path, log: Callable[[str], None],
                     precompile_all: bool) -> Path:
     """Verify, precompile and index an installed runtime."""
     module = folder / pin.file
-    settings = [EngineSettings(fuel=True)]
-    if precompile_all:
-        settings.append(EngineSettings(fuel=False))
+    settings = variants() if precompile_all else variants()[:1]
     for s in settings:
         existing = compiled_path(module, s, pin)
         if existing.is_file():
-            log(f"precompiled module up to date: {existing.name}")
+            log(f"precompiled module up to date ({variant_name(s)}): {existing.name}")
             continue
-        path = precompile(s, pin=pin, wasm=module, log=log)
-        log(f"precompiled module: {path.name}")
+        precompile(s, pin=pin, wasm=module, log=log)
     # the digests of the runtime's own compiled modules (the import policy's list)
     zips = [folder / f.file for f in pin.files[1:] if f.file.endswith(".zip")]
     index = codeindex.load_or_build(module, zips, pin.sha256)

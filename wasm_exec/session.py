@@ -44,6 +44,7 @@ from .protocol import (
     REPLY_HEADER,
     ProtocolError,
     ReplyReader,
+    StopReason,
     encode_request,
     encode_request_with_globals,
     validate_ready,
@@ -96,11 +97,15 @@ _runner_blobs: dict[tuple[str, str], str] = {}
 # the source of every turn after the boot: the runner's turn step ignores it
 STEP_SOURCE = b"pass"
 
-# modules CPython's own C code imports on the caller's behalf (never by a statement)
-IMPLICIT_IMPORTS = ("unicodedata", "_strptime", "encodings")
+# modules CPython's own C code imports on the caller's behalf (never by a statement):
+# `\N{...}` escapes load unicodedata, time.strptime and datetime.strptime load _strptime.
+# The grant loads the module and answers the caller with an empty stand-in (C code reads
+# sys.modules itself), so the agent's own __import__ of one of them gets no module. The
+# codec machinery needs no grant: encodings' own code imports its codec modules.
+IMPLICIT_IMPORTS = ("unicodedata", "_strptime")
 # ... and which of them only C code behind an allowed module makes: `_strptime` is imported
-# by time.strptime and datetime.strptime (it imports os, which an agent's own
-# __import__('_strptime') would then reach), so it is granted only where one is allowed
+# by time.strptime and datetime.strptime (and itself imports os, locale and calendar), so
+# it is granted only where one of them is allowed
 IMPLICIT_ONLY_WITH = {"_strptime": frozenset({"time", "datetime", "_strptime"})}
 
 
@@ -110,20 +115,21 @@ def implicit_imports(allowed: frozenset[str]) -> list[str]:
             if m not in IMPLICIT_ONLY_WITH or allowed & IMPLICIT_ONLY_WITH[m]]
 
 
-STOP_FUEL = "fuel"
-STOP_TIMEOUT = "timeout"
-STOP_MEMORY = "memory"
-STOP_STACK = "stack_overflow"
-STOP_EXIT = "exit"
-STOP_CRASH = "crash"
-STOP_PROTOCOL = "protocol"
-STOP_CANCELLED = "cancelled"
+# why an interpreter stopped (short names for protocol.StopReason's members)
+STOP_FUEL = StopReason.FUEL
+STOP_TIMEOUT = StopReason.TIMEOUT
+STOP_MEMORY = StopReason.MEMORY
+STOP_STACK = StopReason.STACK_OVERFLOW
+STOP_EXIT = StopReason.EXIT
+STOP_CRASH = StopReason.CRASH
+STOP_PROTOCOL = StopReason.PROTOCOL
+STOP_CANCELLED = StopReason.CANCELLED
 
 
 class SessionDead(Exception):
-    """The interpreter is gone; ``reason`` says why (one of the STOP_* names)."""
+    """The interpreter is gone; ``reason`` says why."""
 
-    def __init__(self, reason: str, detail: str, during_call: bool = True) -> None:
+    def __init__(self, reason: StopReason, detail: str, during_call: bool = True) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail

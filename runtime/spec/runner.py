@@ -7,6 +7,23 @@
 # write on fd 1 that carries the session token. Between turns no frame of the guest is
 # live, so the host can image the interpreter's memory.
 #
+# Map of this file (one function, _wasm_exec_boot, whose locals are the runner: nothing
+# here may read a global or builtin name after boot, see tests/test_runner_static.py):
+# - channel: reading the framed init request;
+# - install_hook: the audit hook and everything it holds. Inside it: the facts it checks
+#   (roles by code identity, library files, granted imports), `grant_rules` (the ordered,
+#   named rules that decide each import the guard is asked for), `handlers` (one small
+#   function per (role, operation) a trusted runner function may ask for), and `check`
+#   (the audit events it refuses);
+# - the guard: guard_impl and its entry points (__import__, importlib.import_module),
+#   the built-in module loader wrappers, the lazy-import filter;
+# - the agent's world: its namespace, builtins, gc stand-ins, streams;
+# - a call: run_call (bind globals, compile, run, convert the reply), step / turn_step
+#   (one request per reactor turn);
+# - arming: binding the request slot, the trusted code table, the roles, the hook.
+# Lint: ruff checks this file like the package; its exceptions are marked `noqa` where
+# they stand, with the reason (the request slot is a lambda; a name kept alive on purpose).
+#
 # Security design (README, "Threat model"):
 # - The WebAssembly boundary is the real wall: no preopened directory, no sockets, no
 #   processes, no host environment. Everything here is policy on top of it.
@@ -49,11 +66,11 @@ def _wasm_exec_boot():
     import _imp
     import _io
     import _json
+    import _operator
     import _signal
     import binascii
     import builtins
     import gc
-    import _operator
     import importlib
     import itertools
     import marshal
@@ -450,7 +467,7 @@ def _wasm_exec_boot():
             """Whether a granted import of grant[0] may load module `name`: the module
             itself, a package above it, or (for a library's own import statement) a
             submodule its `from ... import` names."""
-            absname, mode = grant
+            absname, mode = grant[0], grant[1]
             if name == absname or absname.startswith(name + "."):
                 return True
             return mode == "raw" and name.rpartition(".")[0] == absname
@@ -634,245 +651,331 @@ def _wasm_exec_boot():
                 return False
             return names_constant(code, absname)
 
-        def give(frame, box, absname, mode):
-            """Grant guard `frame` the real import of `absname`, called as `mode`."""
-            grants[_id(frame)] = (absname, mode)
+        # grants made in the current call, for the reply's import trace: (module name,
+        # the rule that granted it, or None where the guard refused); at most this many
+        trace = []
+        TRACE_MAX = 256
+
+        def give(frame, box, absname, mode, rule):
+            """Grant guard `frame` the real import of `absname`, called as `mode`
+            ("raw": a library's own import, as asked; "policy": the agent's import, as
+            the guard shapes it; "implicit": loaded for C code, answered with a stand-in),
+            because of grant rule `rule`."""
+            grants[_id(frame)] = (absname, mode, rule)
+            if _len(trace) < TRACE_MAX:
+                trace.append((absname, rule))
             box.append(real_import)
             box.append(mode)
 
+        # ------------------------------------------------------------ grant rules
+        # Each import the guard is asked for is decided by the first of these rules whose
+        # test holds (`a` holds the request's facts: see grant); none holding means refused.
+        # A rule names its mode (see give) and whether the packages above the module must
+        # still have their own __path__ (the agent could point one elsewhere).
+        def library_statement(a):
+            # a library's own import statement: the name is the one in its code, and a
+            # relative one stays inside the file's own package
+            if not (a["library"] and a["statement"]):
+                return False
+            code = a["code"]
+            raw = code.co_code
+            lasti = a["lasti"]
+            oparg = raw[lasti + 1]
+            if lasti >= 2 and raw[lasti - 2] == _EXTENDED_ARG:
+                oparg |= raw[lasti - 1] << 8
+            oparg >>= _IMPORT_SHIFT
+            names_ = code.co_names
+            stmt_name = names_[oparg] if oparg < _len(names_) else None
+            fn = code.co_filename
+            absname = a["absname"]
+            top = a["top"]
+            return (_type(stmt_name) is _str and stmt_name == a["name"]
+                    and (absname == a["name"] or ("/" + top + "/") in fn
+                         or fn.startswith("<frozen " + top)))
+
+        def on_allow_list(a):
+            return allowed_name(a["absname"])
+
+        def implicit_for_c(a):
+            # an import CPython's C code makes for the caller (time.strptime loading
+            # _strptime): C calls __import__ for its side effect and then reads
+            # sys.modules, and the agent's own __import__ call looks the same from here,
+            # so the module is loaded but the guard answers with a stand-in
+            return not a["statement"] and (a["absname"] in implicit_names
+                                           or a["top"] in implicit_names)
+
+        def allowed_children(a):
+            # `from a import b` under an entry `a.b`
+            if not a["children"]:
+                return False
+            for child in a["children"]:
+                if not allowed_name(a["absname"] + "." + child):
+                    return False
+            return True
+
+        def package_own_submodule(a):
+            # a package importing its own submodule by name at run time: matplotlib
+            # loading its backend, or (Python 3.15) a lazy import of the package's own
+            # module taking effect where the name is first used
+            top = a["top"]
+            return (a["library"] and not a["statement"]
+                    and ("/" + top + "/") in a["code"].co_filename
+                    and (allowed_top(top) or is_loaded(top)))
+
+        def library_gets_loaded(a):
+            # library code at run time asking, by name, for a module that is loaded
+            # already (C code of a package getting `os`, say): it gains nothing new
+            return a["library"] and not a["statement"] and is_loaded(a["absname"])
+
+        def machinery_fromlist(a):
+            # the machinery's own `from package import submodule` (Python 3.15 calls
+            # __import__ for it): a submodule of the package the granted import named
+            return (is_pinned("fromlist", a["requester"])
+                    and fromlist_child(a["requester"], a["absname"]))
+
+        def library_own_import(a):
+            # an import a library makes for itself while a granted import runs (see
+            # own_import)
+            return (a["library"] and in_granted_import(a["requester"])
+                    and own_import(a["requester"], a["code"], a["absname"], a["fromlist"]))
+
+        # (name, test, mode, check the packages' __path__)
+        grant_rules = (
+            ("library import statement", library_statement, "raw", False),
+            ("allow-list", on_allow_list, "policy", True),
+            ("import by C for the caller", implicit_for_c, "implicit", True),
+            ("allowed submodules of a from-import", allowed_children, "policy", True),
+            ("package's own submodule", package_own_submodule, "raw", False),
+            ("library asking for a loaded module", library_gets_loaded, "raw", False),
+            ("machinery's from-import", machinery_fromlist, "raw", False),
+            ("library's own import during an import", library_own_import, "raw", False),
+        )
+
+        # ------------------------------------------------------- requests, by role
+        # Each trusted runner function has a role (see `roles` at boot); a request names
+        # an operation; `handlers` maps (role, operation) to the function that answers.
+        def main_read(frame, op, box, req):
+            header = read_exact(8)
+            if header is None or header[:4] != b"WXQ1":
+                box.append(None)
+                return
+            box.append(read_exact(_int.from_bytes(header[4:8], "little")))
+            repair(box)
+            restore_streams(box)
+            grants.clear()  # (between calls no import is under way)
+            loads.clear()
+            trace.clear()
+
+        def main_reply(frame, op, box, req):
+            payload = req[2] if _len(req) > 2 else None
+            if _type(payload) is not _bytes:
+                raise _PermissionError("bad reply")
+            # one write: the host takes a single fd_write on fd 1 that starts with the
+            # magic and the session token as the reply
+            _write(1, _header + _len(payload).to_bytes(4, "little") + payload)
+
+        def main_restore(frame, op, box, req):
+            restore_streams(box)
+
+        def main_reactor_reset(frame, op, box, req):
+            reset_reactor(box)
+            restore_streams(box)
+
+        def main_boot_done(frame, op, box, req):
+            snapshot_machinery()
+            for key, mod in _dict_items(_modules):
+                if _type(key) is _str and key == "_reactor":
+                    d = mod.__dict__
+                    reactor_state.append((d, _tuple(_dict_items(d))))
+                    for value in _dict_values(d):
+                        if _type(value) is _FunctionType:
+                            reactor_functions.append((
+                                value, value.__code__, value.__defaults__,
+                                value.__kwdefaults__))
+                if _type(key) is _str and key == "builtins":
+                    d = mod.__dict__
+                    boot_dicts.append((d, _dict_copy(d), _tuple(_dict_items(d))))
+            # the runner's streams, their buffers and files: their own attributes (an
+            # instance `flush` would shadow the method) and their settings
+            for stream in streams:
+                for obj in (stream, stream.buffer, stream.buffer.raw):
+                    d = obj.__dict__
+                    stream_attrs.append((obj, _tuple(_dict_items(d))))
+                    boot_dicts.append((d, _dict_copy(d), _tuple(_dict_items(d))))
+            grants.clear()
+            loads.clear()
+            trace.clear()
+            state[0] = False
+
+        def main_collect(frame, op, box, req):
+            # which generations are due, as the automatic collector would decide
+            counts = _get_count()
+            generation = 0 if counts[0] >= 100 else -1  # young objects to look at
+            for g in (1, 2):
+                if counts[g] >= _thresholds[g]:
+                    generation = g
+            if _len(req) > 2 and req[2] is True:
+                generation = 2
+            if generation >= 0:
+                box.append(generation)
+                box.append(_collect)
+
+        def main_imports(frame, op, box, req):
+            # the grants (and refusals) of this call so far, oldest first
+            for item in trace:
+                box.append(item)
+
+        def reseed_generators_of(frame, op, box, req):
+            # the random generators of the modules the code has loaded (reseeded after
+            # the interpreter was restored from an image)
+            for name in ("random", "numpy.random"):
+                found = module_named(name)
+                box.append(None if found is absent else found)
+
+        def figures_pyplot(frame, op, box, req):
+            # matplotlib.pyplot, if the code has loaded it
+            found = module_named("matplotlib.pyplot")
+            box.append(None if found is absent else found)
+
+        def guard_grant(frame, op, box, req):
+            # req: ("grant", box, T, absname, name, children, fromlist)
+            if _len(req) != 7 or req[2] is not guard_T:
+                raise _PermissionError("not allowed")
+            entry = frame.f_back
+            if entry is None or role_of(entry.f_code) != "entry":
+                raise _PermissionError("not allowed")
+            requester = entry.f_back
+            absname = req[3]
+            name = req[4]
+            children = req[5]
+            fromlist = req[6]
+            if (_type(absname) is not _str or _type(name) is not _str
+                    or _type(children) is not _tuple or _type(fromlist) is not _tuple
+                    or requester is None):
+                raise _PermissionError("bad request")
+            for child in children + fromlist:
+                if _type(child) is not _str:
+                    raise _PermissionError("bad request")
+            code = requester.f_code
+            lasti = requester.f_lasti
+            raw = code.co_code
+            statement = 0 <= lasti < _len(raw) - 1 and raw[lasti] == _IMPORT_NAME
+            # C code of a built-in module being loaded (through the runner's loader
+            # wrapper) imports on behalf of the library code that asked for it (or of the
+            # real import a guard called, when no Python frame came between)
+            library = library_file(code) or role_of(code) in ("builtin", "guard")
+            facts = {"absname": absname, "name": name, "top": absname.partition(".")[0],
+                     "children": children, "fromlist": fromlist, "requester": requester,
+                     "code": code, "lasti": lasti, "statement": statement,
+                     "library": library}
+            for rule, test, mode, check_paths in grant_rules:
+                if test(facts):
+                    if check_paths and not package_paths_intact(absname):
+                        raise _PermissionError(
+                            "Import of '" + absname + "' refused: the __path__ of a package "
+                            "it belongs to was changed to point outside the package")
+                    give(frame, box, absname, mode, rule)
+                    return
+            if _len(trace) < TRACE_MAX:
+                trace.append((absname, None))
+            # refused: the guard raises ImportError
+
+        def lazy_allowed(frame, op, box, req):
+            stmt = frame.f_back  # the frame running the `lazy import` statement
+            ok = False
+            if stmt is not None and library_file(stmt.f_code):
+                raw = stmt.f_code.co_code
+                lasti = stmt.f_lasti
+                ok = 0 <= lasti < _len(raw) and raw[lasti] == _IMPORT_NAME
+            box.append(ok)
+
+        def load_module(frame, op, box, req):
+            # req: ("load", box, name): the runner's _find_and_load is about to load
+            # `name`. Inside a granted import it may load only what was granted (a C
+            # callable the agent planted in the machinery's path could ask for anything)
+            if _len(req) != 3 or _type(req[2]) is not _str:
+                raise _PermissionError("bad request")
+            name = req[2]
+            caller = frame.f_back
+            if not state[0] and caller is not None:
+                guard_frame = granting_guard(caller)
+                # inside a granted import only what it was granted, whoever calls: the
+                # one exception is C code of a built-in module being initialised (a
+                # Cython module importing by name without the guard; the frame below is
+                # then the runner's built-in loader)
+                if guard_frame is not None and role_of(caller.f_code) != "builtin":
+                    grant = grants.get(_id(guard_frame))
+                    if grant is None or not may_load(name, grant):
+                        raise _ModuleNotFoundError(
+                            "Import of '" + name + "' is not allowed here (the import "
+                            "under way may load only the module it names)", name=name)
+            loads[_id(frame)] = name
+            box.append(real_find_and_load)
+
+        def builtin_loader(frame, op, box, req):
+            # req: ("create", box, name, B) | ("exec", box, B): only inside a granted
+            # import, never the modules the runner keeps for itself, and only with the
+            # runner's own tool tuple B (the agent can rebind the method over another)
+            if op == "create":
+                if _len(req) != 4 or req[3] is not builtin_B:
+                    raise _PermissionError("not allowed")
+                name = req[2]
+                if _type(name) is not _str or name in reserved_builtins:
+                    raise _PermissionError("loading that built-in module is not allowed")
+                if not state[0] and name != loading_name(frame.f_back):
+                    raise _PermissionError(
+                        "a built-in module may be created only by the import of its name")
+            elif _len(req) != 3 or req[2] is not builtin_B:
+                raise _PermissionError("not allowed")
+            if not (state[0] or in_granted_import(frame.f_back)):
+                raise _PermissionError(
+                    "loading built-in modules outside an import is not allowed")
+            box.append(create_builtin if op == "create" else exec_builtin)
+
+        def tool_call_host(frame, op, box, req):
+            # req: ("tool", box, request): one tool call through the host's door. What it
+            # grants is what the host grants any agent: the host checks the tool's name,
+            # the arguments (JSON) and the limits of the call running now
+            if _len(req) != 3 or _type(req[2]) is not _bytes:
+                raise _PermissionError("bad request")
+            try:
+                answer = _host_call(req[2])
+            except _BaseException:
+                answer = None  # refused, or its answer did not fit in memory
+            box.append(answer if _type(answer) is _bytes else None)
+
+        handlers = {
+            ("tool", "tool"): tool_call_host,
+            ("main", "read"): main_read,
+            ("main", "reply"): main_reply,
+            ("main", "restore"): main_restore,
+            ("main", "reactor_reset"): main_reactor_reset,
+            ("main", "boot_done"): main_boot_done,
+            ("main", "collect"): main_collect,
+            ("main", "imports"): main_imports,
+            ("reseed", "generators"): reseed_generators_of,
+            ("figures", "pyplot"): figures_pyplot,
+            ("guard", "grant"): guard_grant,
+            ("lazy", "lazy"): lazy_allowed,
+            ("load", "load"): load_module,
+            ("builtin", "create"): builtin_loader,
+            ("builtin", "exec"): builtin_loader,
+        }
+
         def serve(frame, role, req):
-            """A trusted runner function asked for something; `req` says what."""
+            """A trusted runner function asked for something; `req` says what: (operation,
+            answer list, arguments...). The role comes from the asking code's identity; the
+            operation and the list are checked to be exactly a str and a list."""
             if _type(req) is not _tuple or _len(req) < 2:
                 raise _PermissionError("bad request")
             op = req[0]
             box = req[1]
             if _type(op) is not _str or _type(box) is not _list:
                 raise _PermissionError("bad request")
-            if role == "main":
-                if op == "read":
-                    header = read_exact(8)
-                    if header is None or header[:4] != b"WXQ1":
-                        box.append(None)
-                        return
-                    box.append(read_exact(_int.from_bytes(header[4:8], "little")))
-                    repair(box)
-                    restore_streams(box)
-                    grants.clear()  # (between calls no import is under way)
-                    loads.clear()
-                elif op == "reply":
-                    payload = req[2] if _len(req) > 2 else None
-                    if _type(payload) is not _bytes:
-                        raise _PermissionError("bad reply")
-                    # one write: the host takes a single fd_write on fd 1 that starts with
-                    # the magic and the session token as the reply
-                    _write(1, _header + _len(payload).to_bytes(4, "little") + payload)
-                elif op == "restore":
-                    restore_streams(box)
-                elif op == "reactor_reset":
-                    reset_reactor(box)
-                    restore_streams(box)
-                elif op == "boot_done":
-                    snapshot_machinery()
-                    for key, mod in _dict_items(_modules):
-                        if _type(key) is _str and key == "_reactor":
-                            d = mod.__dict__
-                            reactor_state.append((d, _tuple(_dict_items(d))))
-                            for value in _dict_values(d):
-                                if _type(value) is _FunctionType:
-                                    reactor_functions.append((
-                                        value, value.__code__, value.__defaults__,
-                                        value.__kwdefaults__))
-                        if _type(key) is _str and key == "builtins":
-                            d = mod.__dict__
-                            boot_dicts.append((d, _dict_copy(d), _tuple(_dict_items(d))))
-                    # the runner's streams, their buffers and files: their own attributes
-                    # (an instance `flush` would shadow the method) and their settings
-                    for stream in streams:
-                        for obj in (stream, stream.buffer, stream.buffer.raw):
-                            d = obj.__dict__
-                            stream_attrs.append((obj, _tuple(_dict_items(d))))
-                            boot_dicts.append((d, _dict_copy(d), _tuple(_dict_items(d))))
-
-                    grants.clear()
-                    loads.clear()
-                    state[0] = False
-                elif op == "collect":
-                    # which generations are due, as the automatic collector would decide
-                    counts = _get_count()
-                    generation = 0 if counts[0] >= 100 else -1  # young objects to look at
-                    for g in (1, 2):
-                        if counts[g] >= _thresholds[g]:
-                            generation = g
-                    if _len(req) > 2 and req[2] is True:
-                        generation = 2
-                    if generation >= 0:
-                        box.append(generation)
-                        box.append(_collect)
-                else:
-                    raise _PermissionError("bad request")
-                return
-            if role == "tool":
-                # req: ("tool", box, request): one tool call through the host's door. What
-                # it grants is what the host grants any agent: the host checks the tool's
-                # name, the arguments (JSON) and the limits of the call running now
-                if op != "tool" or _len(req) != 3 or _type(req[2]) is not _bytes:
-                    raise _PermissionError("bad request")
-                try:
-                    answer = _host_call(req[2])
-                except _BaseException:
-                    answer = None  # refused, or its answer did not fit in memory
-                box.append(answer if _type(answer) is _bytes else None)
-                return
-            if role == "figures" and op == "generators":
-                # the random generators of the modules the code has loaded (reseeded after
-                # the interpreter was restored from an image)
-                for name in ("random", "numpy.random"):
-                    found = module_named(name)
-                    box.append(None if found is absent else found)
-                return
-            if role == "figures":
-                if op != "pyplot":
-                    raise _PermissionError("bad request")
-                # matplotlib.pyplot, if the code has loaded it
-                found = module_named("matplotlib.pyplot")
-                box.append(None if found is absent else found)
-                return
-            if role == "guard":
-                # req: ("grant", box, T, absname, name, children, fromlist)
-                if _len(req) != 7 or req[2] is not guard_T or op != "grant":
-                    raise _PermissionError("not allowed")
-                entry = frame.f_back
-                if entry is None or role_of(entry.f_code) != "entry":
-                    raise _PermissionError("not allowed")
-                requester = entry.f_back
-                absname = req[3]
-                name = req[4]
-                children = req[5]
-                fromlist = req[6]
-                if (_type(absname) is not _str or _type(name) is not _str
-                        or _type(children) is not _tuple or _type(fromlist) is not _tuple
-                        or requester is None):
-                    raise _PermissionError("bad request")
-                for child in children + fromlist:
-                    if _type(child) is not _str:
-                        raise _PermissionError("bad request")
-                code = requester.f_code
-                lasti = requester.f_lasti
-                raw = code.co_code
-                statement = 0 <= lasti < _len(raw) - 1 and raw[lasti] == _IMPORT_NAME
-                # C code of a built-in module being loaded (through the runner's loader
-                # wrapper) imports on behalf of the library code that asked for it
-                # (or of the real import a guard called, when no Python frame came between)
-                library = library_file(code) or role_of(code) in ("builtin", "guard")
-                top = absname.partition(".")[0]
-                if library and statement:
-                    # a library's own import statement: the name is the one in its code,
-                    # and a relative one stays inside the file's own package
-                    oparg = raw[lasti + 1]
-                    if lasti >= 2 and raw[lasti - 2] == _EXTENDED_ARG:
-                        oparg |= raw[lasti - 1] << 8
-                    oparg >>= _IMPORT_SHIFT
-                    names_ = code.co_names
-                    stmt_name = names_[oparg] if oparg < _len(names_) else None
-                    fn = code.co_filename
-                    if (_type(stmt_name) is _str and stmt_name == name
-                            and (absname == name or ("/" + top + "/") in fn
-                                 or fn.startswith("<frozen " + top))):
-                        give(frame, box, absname, "raw")
-                        return
-                if allowed_name(absname):
-                    ok = True
-                elif not statement and (absname in implicit_names or top in implicit_names):
-                    ok = True  # imports CPython's C code makes for the caller
-                elif children:
-                    ok = True  # `from a import b` under an entry `a.b`
-                    for child in children:
-                        if not allowed_name(absname + "." + child):
-                            ok = False
-                else:
-                    ok = False
-                if ok:
-                    if not package_paths_intact(absname):
-                        raise _PermissionError(
-                            "Import of '" + absname + "' refused: the __path__ of a package it "
-                            "belongs to was changed to point outside the package")
-                    give(frame, box, absname, "policy")
-                elif (library and not statement and ("/" + top + "/") in code.co_filename
-                      and (allowed_top(top) or is_loaded(top))):
-                    # a package importing its own submodule by name at run time: matplotlib
-                    # loading its backend, or (Python 3.15) a lazy import of the package's
-                    # own module taking effect where the name is first used
-                    give(frame, box, absname, "raw")
-                elif library and not statement and is_loaded(absname):
-                    # library code at run time asking, by name, for a module that is loaded
-                    # already (C code of a package getting `os`, say): it gains nothing new
-                    give(frame, box, absname, "raw")
-                elif (is_pinned("fromlist", requester)
-                      and fromlist_child(requester, absname)):
-                    # the machinery's own `from package import submodule` (Python 3.15 calls
-                    # __import__ for it): a submodule of the package the granted import named
-                    give(frame, box, absname, "raw")
-                elif library and in_granted_import(requester) and own_import(
-                        requester, code, absname, fromlist):
-                    # an import a library makes for itself while a granted import runs
-                    # (see own_import)
-                    give(frame, box, absname, "raw")
-                return  # refused: the guard raises ImportError
-            if role == "lazy":
-                if op != "lazy":
-                    raise _PermissionError("bad request")
-                stmt = frame.f_back  # the frame running the `lazy import` statement
-                ok = False
-                if stmt is not None and library_file(stmt.f_code):
-                    raw = stmt.f_code.co_code
-                    lasti = stmt.f_lasti
-                    ok = 0 <= lasti < _len(raw) and raw[lasti] == _IMPORT_NAME
-                box.append(ok)
-                return
-            if role == "load":
-                # req: ("load", box, name): the runner's _find_and_load is about to load
-                # `name`. Inside a granted import it may load only what was granted (a C
-                # callable the agent planted in the machinery's path could ask for anything)
-                if op != "load" or _len(req) != 3 or _type(req[2]) is not _str:
-                    raise _PermissionError("bad request")
-                name = req[2]
-                caller = frame.f_back
-                if not state[0] and caller is not None:
-                    guard_frame = granting_guard(caller)
-                    # inside a granted import only what it was granted, whoever calls: the
-                    # one exception is C code of a built-in module being initialised (a
-                    # Cython module importing by name without the guard; the frame below
-                    # is then the runner's built-in loader)
-                    if guard_frame is not None and role_of(caller.f_code) != "builtin":
-                        grant = grants.get(_id(guard_frame))
-                        if grant is None or not may_load(name, grant):
-                            raise _ModuleNotFoundError(
-                                "Import of '" + name + "' is not allowed here (the import "
-                                "under way may load only the module it names)", name=name)
-                loads[_id(frame)] = name
-                box.append(real_find_and_load)
-                return
-            if role == "builtin":
-                # req: ("create", box, name, B) | ("exec", box, B): only inside a granted
-                # import, never the modules the runner keeps for itself, and only with the
-                # runner's own tool tuple B (the agent can rebind the method over another)
-                if op == "create":
-                    if _len(req) != 4 or req[3] is not builtin_B:
-                        raise _PermissionError("not allowed")
-                    name = req[2]
-                    if _type(name) is not _str or name in reserved_builtins:
-                        raise _PermissionError("loading that built-in module is not allowed")
-                    if not state[0] and name != loading_name(frame.f_back):
-                        raise _PermissionError(
-                            "a built-in module may be created only by the import of its name")
-                elif op != "exec" or _len(req) != 3 or req[2] is not builtin_B:
-                    raise _PermissionError("not allowed")
-                if not (state[0] or in_granted_import(frame.f_back)):
-                    raise _PermissionError(
-                        "loading built-in modules outside an import is not allowed")
-                box.append(create_builtin if op == "create" else exec_builtin)
-                return
-            raise _PermissionError("not allowed")
+            handler = _dict_get(handlers, (role, op))
+            if handler is None:
+                raise _PermissionError("not allowed")
+            handler(frame, op, box, req)
 
         def check(event, args):
             if event == "object.__setattr__" and _len(args) == 3 and args[0] is REQUEST:
@@ -1045,9 +1148,10 @@ def _wasm_exec_boot():
 
     # ------------------------------------------------------------------ the guard
     def guard_impl(T, name, globals, locals, fromlist, level):
+        # T's fields, named (T is built at boot, below: an immutable tuple)
         (allowed_set, prefixes, implicit_set, ModuleType_, module_dict_, type_, str_, int_,
          tuple_, list_, dict_, len_, isinstance_, getattr_, sorted_, repr_, ImportError_,
-         TypeError_, ValueError_, range_, BaseException_, _request, impl,
+         TypeError_, ValueError_, range_, BaseException_, _request, _impl,
          import_name_op) = T
         # The fromlist is read first: it may be an iterable the agent wrote, and no code of
         # the agent's may run in this frame once the decisions below are being made (on
@@ -1161,6 +1265,10 @@ def _wasm_exec_boot():
         mode = box.pop()
         if mode == "raw":
             return box.pop()(name, globals, locals, fl, level)
+        if mode == "implicit":
+            box.pop()(absname, None, None, (), 0)
+            return ModuleType_(absname + " (loaded for the interpreter's own use; not "
+                               "importable by the agent's code)")
         # The agent's import (or an implicit one): the import machinery gets no fromlist, so
         # no module __getattr__ runs while the import is granted; children are read from
         # the modules' own dicts and submodules imported by their full names.
@@ -1236,11 +1344,15 @@ def _wasm_exec_boot():
 
     def guard_call(T, name, globals=None, locals=None, fromlist=(), level=0):
         """The sandbox's __import__: applies the import allow-list to agent code."""
-        return T[22](T, name, globals, locals, fromlist, level)
+        *_fields, impl, _import_name_op = T  # (T's fields: see guard_impl)
+        return impl(T, name, globals, locals, fromlist, level)
 
     def guard_import_module(T, name, package=None):
         """importlib.import_module, routed through the sandbox's import guard."""
-        type_, str_, TypeError_ = T[5], T[6], T[17]
+        (_allowed, _prefixes, _implicit, _ModuleType, _module_dict, type_, str_, _int,
+         _tuple, _list, _dict, _len, _isinstance, _getattr, _sorted, _repr, _ImportError,
+         TypeError_, _ValueError, _range, _BaseException, _request, impl,
+         _import_name_op) = T  # (T's fields: see guard_impl)
         level = 0
         if type_(name) is str_ and name.startswith("."):
             if not package:
@@ -1250,9 +1362,9 @@ def _wasm_exec_boot():
                 if character != ".":
                     break
                 level += 1
-            return T[22](T, name[level:], {"__package__": package, "__name__": package},
-                         None, ("__name__",), level)
-        return T[22](T, name, None, None, ("__name__",), 0)
+            return impl(T, name[level:], {"__package__": package, "__name__": package},
+                        None, ("__name__",), level)
+        return impl(T, name, None, None, ("__name__",), 0)
 
     def lazy_filter(importer=None, name=None, fromlist=None, _ImportError=ImportError):
         """Python 3.15's lazy-imports filter: `lazy import` is for library code. In the
@@ -1300,6 +1412,8 @@ def _wasm_exec_boot():
     prefixes = tuple(a + "." for a in sorted(allowed))
     # modules CPython's C code imports on the caller's behalf (never by a statement)
     implicit = frozenset(init.get("implicit", ()))
+    # the guard's one argument, an immutable tuple: its users name the fields by unpacking
+    # it whole, in this order (guard_impl, guard_call, guard_import_module)
     T = (allowed, prefixes, implicit, ModuleType, module_dict, type, str, int, tuple, list,
          dict, len, isinstance, getattr, sorted, repr, ImportError, TypeError, ValueError,
          range, BaseException, REQUEST, guard_impl, IMPORT_NAME)
@@ -1965,7 +2079,8 @@ def _wasm_exec_boot():
             if name in agent_builtins:
                 del agent_builtins[name]
         tools_bound.clear()
-        replaced = repair_namespace()
+        # (kept alive until the call ends: no finalizer of what it replaced runs in repair)
+        replaced = repair_namespace()  # noqa: F841
         bind_tools(req.get("tools"))
         values = req.get("globals")
         if values:
@@ -2011,7 +2126,9 @@ def _wasm_exec_boot():
         flush_streams()
         out = {}
         errs = {}
-        max_bytes = req.get("max_globals_bytes", 10_000_000)
+        # (the host sends the call's cap with every call; the fallback is the host's
+        # default, Limits.max_globals_bytes: 16 MiB)
+        max_bytes = req.get("max_globals_bytes", 16 << 20)
         used = 0
         names = req.get("return", ())
         max_depth = req.get("max_depth")
@@ -2189,6 +2306,13 @@ def _wasm_exec_boot():
                              "error_message": "the sandbox runner failed: "
                              + _join((_qualname(_type(e)),)),
                              "traceback": "", "globals": {}, "globals_errors": {}}
+        if req.get("trace_imports") is True:
+            # which rule granted each import of the call (None: refused)
+            box = []
+            "<wasm-exec request slot>".__defaults__ = ("imports", box)
+            del "<wasm-exec request slot>".__defaults__
+            reply["imports"] = [[item[0], item[1]] for item in box]
+            box = None
         full = pressed[0]  # (before the answer list exists: see the top)
         box = []
         "<wasm-exec request slot>".__defaults__ = ("collect", box, full)
@@ -2258,7 +2382,7 @@ def _wasm_exec_boot():
              id(turn_step.__code__): (turn_step.__code__, "main"),
              id(guard_impl.__code__): (guard_impl.__code__, "guard"),
              id(collect_figures.__code__): (collect_figures.__code__, "figures"),
-             id(reseed_generators.__code__): (reseed_generators.__code__, "figures"),
+             id(reseed_generators.__code__): (reseed_generators.__code__, "reseed"),
              id(guard_call.__code__): (guard_call.__code__, "entry"),
              id(guard_import_module.__code__): (guard_import_module.__code__, "entry"),
              id(guard_create_builtin.__code__): (guard_create_builtin.__code__, "builtin"),
@@ -2287,7 +2411,7 @@ def _wasm_exec_boot():
     raw = guard_impl.__code__.co_code
     import_calls = frozenset(i for i in range(0, len(raw), 2)
                              if raw[i] == call_op and raw[i + 1] == 5)
-    if len(import_calls) != 4:
+    if len(import_calls) != 5:
         raise RuntimeError("runner: the guard's calls of the real import were not found")
     # the runtime's own compiled modules (BLAKE2b-128 digests, with their names; the
     # table is built when first needed, off the cold start)
