@@ -18,8 +18,11 @@
 # - the guard: guard_impl and its entry points (__import__, importlib.import_module),
 #   the built-in module loader wrappers, the lazy-import filter;
 # - the agent's world: its namespace, builtins, gc stand-ins, streams;
-# - a call: run_call (bind globals, compile, run, convert the reply), step / turn_step
-#   (one request per reactor turn);
+# - a call: run_call (bind globals and the host's tools, compile, run, convert the reply),
+#   step / turn_step (one request per reactor turn);
+# - tools: tool_call (one call through the host's door, `_host.call`, which only the hook
+#   holds), tool_plain (arguments as plain JSON data), the agents' stubs (make_tool, from
+#   source of their own file name) and bind_tools;
 # - arming: binding the request slot, the trusted code table, the roles, the hook.
 # Lint: ruff checks this file like the package; its exceptions are marked `noqa` where
 # they stand, with the reason (the request slot is a lambda; a name kept alive on purpose).
