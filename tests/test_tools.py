@@ -424,3 +424,35 @@ def test_tool_threads_end_with_their_interpreter(make):
     ex.close()
     ours.join(10)
     assert not ours.is_alive()
+
+
+def test_gc_walks_from_a_stub_are_refused(make):
+    ex = make(tools={"get_weather": get_weather}, whitelisted_imports=["sys"])
+    r = ex.execute("import sys\n"
+                   "gc = sys.modules['gc']\n"
+                   "out = []\n"
+                   "for name in ('get_referents', 'get_referrers', 'get_objects'):\n"
+                   "    try:\n"
+                   "        getattr(gc, name)(get_weather)\n"
+                   "        out.append(name + ': answered')\n"
+                   "    except Exception as e:\n"
+                   "        out.append(name + ': ' + type(e).__name__)\n",
+                   return_globals=["out"])
+    assert r.success, r.error
+    assert r.globals["out"] == ["get_referents: RuntimeError", "get_referrers: RuntimeError",
+                                "get_objects: RuntimeError"]
+
+
+def test_tools_of_a_loaded_image(make, rt, tmp_path):
+    ex = make(tools={"get_weather": get_weather})
+    ex.execute("w = get_weather('Oslo')")
+    path = tmp_path / "agent.img"
+    ex.save(path)
+    # an image holds no host function: load is given its tools like a new executor
+    with PythonExecExecutor.load(path, tools={"get_weather": get_weather}) as again:
+        r = again.execute("v = [w['city'], get_weather('Rome')['city']]",
+                          return_globals=["v"])
+        assert r.globals == {"v": ["Oslo", "Rome"]}, r.error
+    with PythonExecExecutor.load(path) as bare:
+        r = bare.execute("get_weather('Rome')")
+        assert r.error == "NameError: name 'get_weather' is not defined"
