@@ -8,8 +8,8 @@ import types
 from wasm_exec.runtime import runner_source
 
 # functions that run only while the interpreter boots, before any agent code exists
-BOOT_ONLY = {"read_exact", "read_frame", "_Ctx", "_Bound", "install_hook", "<dictcomp>",
-             "<genexpr>", "<listcomp>", "<setcomp>"}
+BOOT_ONLY = {"read_exact", "read_frame", "_Ctx", "_ToolCtx", "ToolError", "_Bound",
+             "install_hook", "<dictcomp>", "<genexpr>", "<listcomp>", "<setcomp>"}
 
 
 def _boot_code() -> types.CodeType:
@@ -37,6 +37,17 @@ def test_runner_functions_look_up_no_global_or_builtin_names():
         if names:
             offenders[code.co_name] = sorted(names)
     assert offenders == {}
+
+
+def test_tool_functions_reach_nothing_of_the_runner():
+    # the agent reaches tool_call (a stub's closure) and what its tuple holds: they must
+    # close over no cell of the runner's (cells are writable) and name no global
+    codes = {c.co_name: c for c in _nested(_boot_code())}
+    for name in ("tool_call", "tool_plain", "tool_default"):
+        code = codes[name]
+        assert code.co_freevars == (), name
+        assert not {i.argval for i in dis.get_instructions(code)
+                    if i.opname in ("LOAD_GLOBAL", "LOAD_NAME", "LOAD_DEREF")}, name
 
 
 def test_hook_and_guard_exist():

@@ -19,6 +19,7 @@ from .errors import (
     WasmExecError,
 )
 from .executor import ExecutionResult, PythonExecExecutor
+from .files import FileInfo
 from .pool import SessionPool
 from .protocol import StopReason
 from .resolver import PythonExecExecutorResolver
@@ -30,6 +31,7 @@ __all__ = [
     "DirectoryStateStore",
     "ExecutionResult",
     "ExecutorClosedError",
+    "FileInfo",
     "ImageError",
     "InputError",
     "Limits",

@@ -18,6 +18,8 @@ MAX_FUEL = 2**64 - 1
 RESERVED_MODULES = {
     "gc": "the sandbox runs the garbage collector itself (agent finalizers must never run "
           "inside the runner)",
+    "_host": "it is the sandbox's channel to the host, kept by the runner: give the "
+             "executor tools instead (PythonExecExecutor(tools={...}))",
 }
 
 
@@ -47,7 +49,12 @@ class Limits(BaseModel):
                                 description="Largest accepted source code.")
     max_globals_bytes: int = Field(default=16 * MiB, ge=1024, le=1024 * MiB,
                                    description="Cap on globals passed in and on globals "
-                                   "returned, each, as JSON.")
+                                   "returned, each, as JSON (and on each tool call's "
+                                   "arguments and result).")
+    max_tool_calls: int = Field(default=10_000, ge=0, le=1_000_000_000,
+                                description="Most calls of the host's tools one call may "
+                                "make (each also costs fuel and its time counts against "
+                                "the deadline).")
 
     @model_validator(mode="before")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -13,7 +14,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from . import images
 from .config import Limits, Policy
@@ -23,6 +24,16 @@ from .errors import (
     ImageError,
     InputError,
     WasmExecError,
+)
+from .files import (
+    FileData,
+    FileInfo,
+    check_files,
+    check_output_files,
+    file_bytes,
+    listing,
+    read_all,
+    write_all,
 )
 from .pool import SessionKey, SessionPool
 from .protocol import (
@@ -43,7 +54,8 @@ from .state_store import (
     check_key,
     open_state_store,
 )
-from .vfs import MemoryFS, scratch_budget, shared_zip
+from .tools import ToolBox, ToolFunction, check_tools, serving
+from .vfs import MemoryFS, host_path, scratch_budget, shared_zip
 
 # top-level packages the scientific runtime has and the minimal one lacks
 SCIENTIFIC_PACKAGES = frozenset({
@@ -143,6 +155,33 @@ class ExecutionResult(BaseModel):
         "asked for during the call (the agent's and the libraries'), in order, with the "
         "name of the grant rule that allowed it, or None where it was refused (at most "
         "256). None when not asked for.")
+    files: dict[str, bytes] = Field(
+        default_factory=dict,
+        description="The files named in output_files, read from the agent's file system "
+        "after the call, by the name given.")
+    files_errors: dict[str, str] = Field(
+        default_factory=dict,
+        description="Names from output_files that could not be read, with the reason.")
+
+    @field_serializer("files", when_used="json")
+    def _files_as_base64(self, files: dict[str, bytes]) -> dict[str, str]:
+        # (in JSON, file contents are standard base64: they are often not text)
+        return {name: base64.b64encode(data).decode("ascii") for name, data in files.items()}
+
+
+class _CallExtras:
+    """What a call brings besides its code and globals: files in, names of files out,
+    tools, and the event loop of an ``aexecute`` (where async tools run)."""
+
+    __slots__ = ("files", "output_files", "tools", "loop")
+
+    def __init__(self, files: list[tuple[str, bytes]], output_files: list[tuple[str, str]],
+                 tools: dict[str, ToolFunction],
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.files = files
+        self.output_files = output_files
+        self.tools = tools
+        self.loop = loop
 
 
 class PythonExecExecutor:
@@ -154,7 +193,11 @@ class PythonExecExecutor:
 
     Variables, functions, classes and imports live on between calls. Limits (fuel,
     timeout, memory, output) come from ``limits`` (or keyword arguments) and can be
-    overridden per call with ``execute(..., limits={...})``.
+    overridden per call with ``execute(..., limits={...})``. ``tools`` maps names to host
+    callables that the agent's code calls like functions (JSON data in and out; see
+    :mod:`wasm_exec.tools`). The agent's files (``write_file``, ``read_file``,
+    ``list_files``, ``delete_file``; ``execute(files=..., output_files=...)``) live in its
+    sandbox, under ``/tmp`` (the working directory is ``/tmp/work``).
     """
 
     def __init__(
@@ -174,8 +217,10 @@ class PythonExecExecutor:
         state_store: StateStore | str | os.PathLike[str] | None = None,
         state_key: str | tuple[str, ...] | None = None,
         state_store_key: bytes | str | None = None,
+        tools: Mapping[str, ToolFunction] | None = None,
         _restore: MemoryImage | None = None,
     ) -> None:
+        self._tools = check_tools(tools, where="tools", error=ConfigurationError)
         try:
             self.policy = Policy(
                 whitelisted_imports=whitelisted_imports,  # type: ignore[arg-type]
@@ -260,6 +305,9 @@ class PythonExecExecutor:
         display: bool = False,
         return_all: bool = False,
         trace_imports: bool = False,
+        files: Mapping[str, FileData] | None = None,
+        output_files: Iterable[str] | None = None,
+        tools: Mapping[str, ToolFunction] | None = None,
     ) -> ExecutionResult:
         """Run ``code`` in this executor's interpreter.
 
@@ -271,14 +319,29 @@ class PythonExecExecutor:
         (modules, functions, classes and other objects are left out without an error).
         With ``trace_imports=True``, ``result.imports`` lists each import the guard was
         asked for during the call, with the rule that granted it (None: refused).
+
+        ``files`` (name -> bytes or str) are written into the agent's files before the
+        code runs, as :meth:`write_file` would (they stay, also when a limit stops the
+        call); the files named in ``output_files`` come back in ``result.files`` (those
+        that cannot be read in ``result.files_errors``). ``tools`` (name -> callable) adds
+        to, or replaces, this executor's tools for this call.
         """
         return self._execute(code, globals_dict, return_globals, limits, display, return_all,
-                             None, trace_imports)
+                             None, trace_imports, self._extras(files, output_files, tools))
+
+    def _extras(self, files: Mapping[str, FileData] | None,
+                output_files: Iterable[str] | None,
+                tools: Mapping[str, ToolFunction] | None,
+                loop: asyncio.AbstractEventLoop | None = None) -> _CallExtras:
+        merged = dict(self._tools)
+        merged.update(check_tools(tools, where="tools", error=InputError))
+        return _CallExtras(check_files(files), check_output_files(output_files), merged, loop)
 
     def _execute(self, code: str, globals_dict: Mapping[str, Any] | None,
                  return_globals: Iterable[str] | None, limits: Mapping[str, Any] | None,
                  display: bool, return_all: bool, ticket: _Ticket | None,
-                 trace_imports: bool = False) -> ExecutionResult:
+                 trace_imports: bool = False,
+                 extras: _CallExtras | None = None) -> ExecutionResult:
         call_limits = self._call_limits(limits)
         if not isinstance(code, str):
             raise InputError(f"code must be a str, not {type(code).__name__}")
@@ -300,7 +363,7 @@ class PythonExecExecutor:
                 return _not_run()
             self._calls += 1
             result = self._execute_locked(code, names, globals_json, call_limits, display,
-                                          return_all, ticket, trace_imports)
+                                          return_all, ticket, trace_imports, extras)
             if ticket is not None and result.state_reset and not ticket.deliver(self._calls):
                 # cancelled: no one reads this result, so the next call reports the reset
                 self._reset_pending = True
@@ -308,8 +371,8 @@ class PythonExecExecutor:
 
     def _execute_locked(self, code: str, names: list[str], globals_json: str,
                         call_limits: Limits, display: bool, return_all: bool,
-                        ticket: _Ticket | None, trace_imports: bool = False
-                        ) -> ExecutionResult:
+                        ticket: _Ticket | None, trace_imports: bool = False,
+                        extras: _CallExtras | None = None) -> ExecutionResult:
         """One call, with the executor held (see ``_execute``)."""
         if self._closed:
             raise ExecutorClosedError("this executor is closed; create a new one")
@@ -327,6 +390,13 @@ class PythonExecExecutor:
                    "max_depth": MAX_JSON_DEPTH}
         if trace_imports:
             payload["trace_imports"] = True
+        extras = extras or _CallExtras([], [], dict(self._tools))
+        box = None
+        if extras.tools:
+            payload["tools"] = sorted(extras.tools)
+            box = ToolBox(extras.tools, max_calls=call_limits.max_tool_calls,
+                          max_bytes=call_limits.max_globals_bytes, loop=extras.loop)
+        writes = write_all(extras.files) if extras.files else None
         limits_for_call = CallLimits(
             fuel=call_limits.fuel, timeout_seconds=call_limits.timeout_seconds,
             max_output_bytes=call_limits.max_output_bytes,
@@ -340,21 +410,46 @@ class PythonExecExecutor:
             self._reset_pending = reset  # (still to be reported by the next call)
             return _not_run()
         try:
-            outcome = session.call(payload, limits_for_call, globals_json)
-            died = outcome.died
-            if (died is not None and not outcome.taken and not died.during_call
-                    and died.reason != STOP_CANCELLED and not self._closed):
-                # it died after its last answer, before it took this call (code the agent
-                # left in the runner's frames ran past the idle limits): this call never
-                # ran, so it runs on a fresh interpreter, as after a death between calls
-                raise died
-        except SessionDead:
-            session = self._replace_session()
-            reset = True
-            if ticket is not None and not ticket.start(session):
-                self._reset_pending = True
-                return _not_run()
-            outcome = session.call(payload, limits_for_call, globals_json)
+            try:
+                if writes is not None:
+                    session.files(writes, changes=True)
+                outcome = session.call(payload, limits_for_call, globals_json, box)
+                died = outcome.died
+                if (died is not None and not outcome.taken and not died.during_call
+                        and died.reason != STOP_CANCELLED and not self._closed):
+                    # it died after its last answer, before it took this call (code the
+                    # agent left in the runner's frames ran past the idle limits): this
+                    # call never ran, so it runs on a fresh interpreter, as after a death
+                    # between calls
+                    raise died
+            except SessionDead:
+                session = self._replace_session()
+                reset = True
+                if ticket is not None and not ticket.start(session):
+                    self._reset_pending = True
+                    return _not_run()
+                if writes is not None:
+                    session.files(writes, changes=True)
+                outcome = session.call(payload, limits_for_call, globals_json, box)
+        except BaseException:
+            # (files that did not fit: nothing ran; the ticket lets go of the session)
+            if ticket is not None:
+                ticket.finish()
+            self._reset_pending = self._reset_pending or reset
+            raise
+        out_files: dict[str, bytes] = {}
+        out_errors: dict[str, str] = {}
+        if extras.output_files:
+            if outcome.died is None:
+                try:
+                    out_files, out_errors = session.files(read_all(extras.output_files),
+                                                          changes=False)
+                except SessionDead:
+                    out_errors = {name: "the interpreter was stopped before the file could "
+                                  "be read" for name, _path in extras.output_files}
+            else:
+                out_errors = {name: "not read: a limit stopped the call, and what it wrote "
+                              "is not kept" for name, _path in extras.output_files}
         if ticket is not None and ticket.finish() and outcome.died is None:
             # cancelled as the call ended: the cancel reached the interpreter after
             # its answer (its result goes to no one), so it would stop the next call
@@ -378,7 +473,8 @@ class PythonExecExecutor:
                       stdout_truncated=outcome.stdout_truncated,
                       stderr_truncated=outcome.stderr_truncated,
                       duration_seconds=duration, fuel_used=outcome.fuel_used,
-                      memory_bytes=outcome.memory_bytes, state_reset=reset)
+                      memory_bytes=outcome.memory_bytes, state_reset=reset,
+                      files=out_files, files_errors=out_errors)
         if outcome.died is not None:
             # roll back a call that a limit, a cancel or a crash stopped; not one that
             # broke the protocol (the interpreter itself is then suspect: so may its
@@ -436,6 +532,9 @@ class PythonExecExecutor:
         display: bool = False,
         return_all: bool = False,
         trace_imports: bool = False,
+        files: Mapping[str, FileData] | None = None,
+        output_files: Iterable[str] | None = None,
+        tools: Mapping[str, ToolFunction] | None = None,
     ) -> ExecutionResult:
         """``execute`` for event loops: runs on a worker thread, never blocks the loop.
 
@@ -446,12 +545,16 @@ class PythonExecExecutor:
         ``state_reset=True``). Cancelled while
         it still waits for the executor (another call is running), it never runs, and the
         running call goes on. No thread is left running the agent's code.
+
+        ``files``, ``output_files`` and ``tools`` as for :meth:`execute`; a tool that is a
+        coroutine function (``async def``) runs on this event loop.
         """
         loop = asyncio.get_running_loop()
+        extras = self._extras(files, output_files, tools, loop)
         ticket = _Ticket()
         future = loop.run_in_executor(None, lambda: self._execute(
             code, globals_dict, return_globals, limits, display, return_all, ticket,
-            trace_imports))
+            trace_imports, extras))
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -491,6 +594,64 @@ class PythonExecExecutor:
                                default_imports=dict(self.policy.default_imports), fs=fs,
                                key=key)
 
+    # ------------------------------------------------------------------ files
+    def write_file(self, path: str | os.PathLike[str], data: FileData) -> None:
+        """Put a file into the agent's file system (its directories are made as needed).
+
+        ``path`` is relative to the working directory (``/tmp/work``) or absolute under
+        ``/tmp``; ``data`` is bytes, or a str written as UTF-8. The file counts against
+        the agent's file space (a quarter of ``memory_bytes``, at least 16 MiB): one that
+        does not fit raises :class:`InputError` and nothing changes. A call running now
+        is not raced: the write waits for it. The file stays, also when a later call is
+        stopped by a limit and rolled back.
+        """
+        target = host_path(path)
+        content = file_bytes(data, "data")
+        self._files_job(lambda fs: fs.host_write(target, content), changes=True)
+
+    def read_file(self, path: str | os.PathLike[str]) -> bytes:
+        """The contents of a file of the agent's (``FileNotFoundError`` when there is
+        none, ``IsADirectoryError`` for a directory)."""
+        target = host_path(path)
+        return self._files_job(lambda fs: fs.host_read(target),  # type: ignore[no-any-return]
+                               changes=False)
+
+    def list_files(self, path: str | os.PathLike[str] = ".", *,
+                   recursive: bool = False) -> list[FileInfo]:
+        """What a directory of the agent's holds (default: the working directory), as
+        :class:`FileInfo` entries sorted by name; ``recursive`` lists everything below."""
+        target = host_path(path)
+        return self._files_job(listing(target, bool(recursive)),  # type: ignore[no-any-return]
+                               changes=False)
+
+    def delete_file(self, path: str | os.PathLike[str]) -> None:
+        """Delete a file of the agent's, or a directory with everything in it
+        (``FileNotFoundError`` when there is none). Its space is free again."""
+        target = host_path(path)
+        self._files_job(lambda fs: fs.host_delete(target), changes=True)
+
+    def _files_job(self, fn: Callable[[MemoryFS], Any], *, changes: bool) -> Any:
+        """``fn(fs)`` on the agent's file system, between calls (a running call is
+        waited for); a lost interpreter is replaced first, as the next call would."""
+        self._check_not_serving()
+        with self._lock:
+            self._check_open()
+            session = self._session
+            if session is None or not session.alive:
+                session = self._replace_session()
+                self._reset_pending = True
+            try:
+                return session.files(fn, changes=changes)
+            except SessionDead:
+                session = self._replace_session()
+                self._reset_pending = True
+                return session.files(fn, changes=changes)
+
+    @property
+    def tools(self) -> dict[str, ToolFunction]:
+        """The host functions every call offers the agent's code (a copy)."""
+        return dict(self._tools)
+
     @classmethod
     def load(
         cls,
@@ -505,6 +666,7 @@ class PythonExecExecutor:
         rollback: bool = True,
         rollback_standby: bool = False,
         key: bytes | None = None,
+        tools: Mapping[str, ToolFunction] | None = None,
     ) -> PythonExecExecutor:
         """An executor that continues the interpreter saved by :meth:`save`.
 
@@ -514,7 +676,8 @@ class PythonExecExecutor:
         With ``key`` (bytes), only a file that :meth:`save` signed with the same key is
         accepted. The file is re-accounted under these limits: it never gives the agent
         more (memory, scratch files, descriptors), and one larger than an image within
-        them could be is refused before it is read whole or parsed.
+        them could be is refused before it is read whole or parsed. The agent's files come
+        with it. ``tools`` as for a new executor (an image holds no host functions).
         """
         try:
             built = Limits.build(
@@ -548,7 +711,7 @@ class PythonExecExecutor:
         memory_image = images.decode(header, body, fs, max_memory=memory_limit)
         return cls(whitelisted_imports=allowed, default_imports=defaults, limits=built,
                    pool=pool, runtime=runtime, rollback=rollback,
-                   rollback_standby=rollback_standby, _restore=memory_image)
+                   rollback_standby=rollback_standby, tools=tools, _restore=memory_image)
 
     def cancel(self) -> None:
         """Stop the call running now (from another thread); its interpreter is lost."""
@@ -700,10 +863,19 @@ class PythonExecExecutor:
         return self._closed
 
     # ------------------------------------------------------------ internals
+    def _check_not_serving(self) -> None:
+        session = self._session
+        if session is not None and serving() is session:
+            raise RuntimeError(
+                "a tool called the executor whose call it serves: that would wait for the "
+                "call, which waits for the tool. Return data from the tool instead (files "
+                "too: the agent's code can write what the tool returns)")
+
     @contextlib.contextmanager
     def _call_lock(self, ticket: _Ticket | None) -> Iterator[bool]:
         """Hold the executor for one call; yields False when ``ticket`` was cancelled
         before the call got the executor (it then never runs)."""
+        self._check_not_serving()
         if ticket is None:
             with self._lock:
                 yield True

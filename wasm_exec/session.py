@@ -15,11 +15,17 @@ no environment and no arguments):
   with the reply header and the session token is the reply.
 - ``poll_oneoff``: sleeping ends at the call's deadline.
 - ``clock_time_get``: host clocks, so that sleeps with absolute deadlines agree.
+- ``host.call`` (the reactor's host door, the guest's ``_host.call``): tool calls of the
+  running call (see :mod:`wasm_exec.tools`); refused outside a call.
+
+The host's own file operations (:meth:`Session.files`) run on the session thread too,
+between turns, so they never race a turn or the image taken after one.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import itertools
 import mmap
 import os
@@ -28,8 +34,9 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import wasmtime
 
@@ -43,7 +50,18 @@ from .protocol import (
     validate_ready,
 )
 from .runtime import RuntimeImage, runner_identity
+from .tools import (
+    REQUEST_OVERHEAD,
+    TOOL_CALL_FUEL,
+    ToolBox,
+    ToolJob,
+    ToolWorker,
+    error_answer,
+    parse_request,
+)
 from .vfs import MemoryFS, scratch_budget, setup_source, shared_zip
+
+T = TypeVar("T")
 
 ERRNO_SUCCESS = 0
 ERRNO_BADF = 8
@@ -167,6 +185,18 @@ class _Call:
     ended: float = 0.0
     deadline: float = 0.0
     fuel_left: int | None = None
+    tools: ToolBox | None = None
+
+
+@dataclass
+class _FilesJob:
+    """Host work on the file system, run on the session thread between turns."""
+
+    fn: Callable[[MemoryFS], Any]
+    changes: bool
+    done: threading.Event = field(default_factory=threading.Event)
+    value: Any = None
+    error: BaseException | None = None
 
 
 @dataclass(frozen=True)
@@ -243,6 +273,9 @@ class Session:
         self._image_of = -1  # ... and the one latest_image was taken after
         self._want_image = False  # an image is wanted although keep_images is off
         self._buffers: list[mmap.mmap] = []  # image memory this session allocated
+        # earlier images that share the latest image's memory (the latest one took the
+        # host's files after them: see files()); its pages are reused only once they are gone
+        self._sharers: list[weakref.ref[MemoryImage]] = []
         self._boot_source = b""
         self._started_ns = time.monotonic_ns()
         self._memory_bytes = 0
@@ -263,6 +296,9 @@ class Session:
         self._host_error: SessionDead | None = None
         self._lock = threading.Lock()  # one call at a time
         self._pending: _Call | None = None
+        self._jobs: list[_FilesJob] = []
+        self._tool_worker: ToolWorker | None = None
+        self._tool_job: ToolJob | None = None
         self._ids = itertools.count(1)
         self.default_import_errors: dict[str, str] = {}
         self.calls = 0
@@ -284,9 +320,9 @@ class Session:
                             scratch_bytes=scratch_budget(memory_bytes))
         self._fs.install(linker, lambda: self._memory, stdio_read=self._fd_read,
                          stdio_write=self._fd_write)
-        # the reactor's own host door (`_host.call`) is not used: refused
+        # the reactor's own host door (`_host.call`): the running call's tools
         linker.define_func("host", "call", wasmtime.FuncType([i32, i32, i32, i32], [i32]),
-                           lambda *args: -1)
+                           self._host_call, access_caller=True)
         linker.define_func("wasi_snapshot_preview1", "poll_oneoff",
                            wasmtime.FuncType([i32, i32, i32, i32], [i32]), self._poll_oneoff,
                            access_caller=True)
@@ -358,10 +394,12 @@ class Session:
         return self._memory_bytes
 
     def call(self, payload: dict[str, Any], limits: CallLimits,
-             globals_json: str = "{}") -> CallOutcome:
+             globals_json: str = "{}", tools: ToolBox | None = None) -> CallOutcome:
         """Run one request; returns its outcome, or ``died`` set when the interpreter died.
 
-        ``globals_json`` is the request's globals, already encoded as a JSON object.
+        ``globals_json`` is the request's globals, already encoded as a JSON object;
+        ``tools`` the host functions the call's code may call (its names are the
+        request's ``tools``).
         """
         with self._lock:
             if self._dead is not None:
@@ -371,7 +409,8 @@ class Session:
             if self._reseed:
                 payload["reseed"] = True  # restored from an image: fresh random numbers
                 self._reseed = False
-            call = _Call(call_id, encode_request_with_globals(payload, globals_json), limits)
+            call = _Call(call_id, encode_request_with_globals(payload, globals_json), limits,
+                         tools=tools)
             with self._cv:
                 self._requests.append(call.frame)
                 self._pending = call
@@ -390,6 +429,48 @@ class Session:
     def fs(self) -> MemoryFS:
         """The interpreter's in-memory file system."""
         return self._fs
+
+    def files(self, fn: Callable[[MemoryFS], T], *, changes: bool) -> T:
+        """``fn(fs)`` run on the session thread between turns (never during a call, nor
+        while an image is taken); returns its value or raises its exception. With
+        ``changes``, the latest image (when it is that of the last answered call) takes the
+        file system as ``fn`` left it: a later call stopped by a limit rolls back to the
+        files the host put in. Raises :class:`SessionDead` when the interpreter is gone."""
+        with self._lock:
+            if self._dead is not None:
+                raise self._dead
+            job = _FilesJob(fn, changes)
+            with self._cv:
+                self._jobs.append(job)
+                self._cv.notify_all()
+            while not job.done.wait(1.0):
+                if self._dead is not None or not self._thread.is_alive():
+                    break
+            if not job.done.is_set():
+                raise self._dead or SessionDead(STOP_CRASH, "the interpreter stopped")
+            if job.error is not None:
+                raise job.error
+            return job.value  # type: ignore[no-any-return]
+
+    def _run_files_job(self, job: _FilesJob) -> None:
+        """(On the session thread, between turns.)"""
+        try:
+            job.value = job.fn(self._fs)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            job.error = e
+        if job.changes:
+            with self._cv:
+                image = self.latest_image
+                if image is not None and self._image_of == self._answered:
+                    # the same memory with the files as they are now (the previous image
+                    # object may still be held, by a standby being restored from it: its
+                    # pages are reused for a later image only once it is gone)
+                    self._sharers.append(weakref.ref(image))
+                    try:
+                        self.latest_image = dataclasses.replace(image, fs=self._fs.snapshot())
+                    except Exception:  # noqa: BLE001 - no image: a stop then loses the state
+                        self.latest_image = None
+        job.done.set()
 
     @property
     def keep_images(self) -> bool:
@@ -469,6 +550,9 @@ class Session:
                 self._abort(STOP_CANCELLED, force=True)
                 thread.join(5)
         _ticker.remove(self._engine)
+        worker, self._tool_worker = self._tool_worker, None
+        if worker is not None:
+            worker.stop()
         if thread is not None and thread.is_alive():
             return  # still unwinding: leave the store to the garbage collector
         try:
@@ -498,23 +582,30 @@ class Session:
         while True:
             _ticker.remove(self._engine)  # idle: no epoch to advance
             with self._cv:
-                while (not self._requests and self._abort_reason is None
+                while (not self._requests and self._abort_reason is None and not self._jobs
                        and not (self._want_image and self._image_of != self._answered)):
                     self._cv.wait()
                 if self._abort_reason is not None:
                     raise _Abort(self._abort_reason)
-                if not self._requests:  # an image of the interpreter as it is now
+                job = None
+                if self._jobs and not (self._requests and not self._requests[0]):
+                    job = self._jobs.pop(0)  # (the host's files; a close goes first)
+                elif not self._requests:  # an image of the interpreter as it is now
                     self._publish(self._capture_or_none())
                     continue
-                frame = self._requests.pop(0)
-                pending = self._pending
-                if not frame:
-                    return  # closed
-                if pending is None or pending.frame is not frame:
-                    continue
-                # (under the lock: a cancel sees either no call yet, and the loop stops
-                # before this one, or this call, and stops it in wasm)
-                self._call = pending
+                else:
+                    frame = self._requests.pop(0)
+                    pending = self._pending
+                    if not frame:
+                        return  # closed
+                    if pending is None or pending.frame is not frame:
+                        continue
+                    # (under the lock: a cancel sees either no call yet, and the loop stops
+                    # before this one, or this call, and stops it in wasm)
+                    self._call = pending
+            if job is not None:
+                self._run_files_job(job)
+                continue
             self._inbuf = frame
             self._arm(pending)
             if self._abort_reason is not None:  # (cancelled while the call was armed)
@@ -535,10 +626,12 @@ class Session:
                 old = self.latest_image
                 reuse = None
                 if (old is not None and any(old.memory is b for b in self._buffers)
-                        and sys.getrefcount(old) <= 3):  # the attribute, `old`, the call
+                        and sys.getrefcount(old) <= 3  # the attribute, `old`, the call
+                        and all(ref() is None for ref in self._sharers)):
                     reuse = old.memory
                     self.latest_image = None
                 del old
+                self._sharers = []  # (the next image is in pages of its own)
             image = self._capture_or_none(reuse)
             with self._cv:
                 self._publish(image)
@@ -715,6 +808,11 @@ class Session:
         pending = self._pending
         if pending is not None and not pending.done.is_set():
             pending.done.set()
+        with self._cv:
+            jobs, self._jobs = self._jobs, []
+        for job in jobs:
+            job.error = self._dead
+            job.done.set()
         self._boot.done.set()
 
     # ------------------------------------------------------- host functions
@@ -837,6 +935,112 @@ class Session:
         self._call = None
         call.done.set()
 
+    # ------------------------------------------------------------ tools
+    def _host_call(self, caller: wasmtime.Caller, req: int, req_len: int, out_ptr: int,
+                   out_len_ptr: int) -> int:
+        """``host.call``: one tool call of the running call. The request is JSON the
+        guest wrote (untrusted: bounded and checked in :func:`tools.parse_request`); the
+        answer goes into memory the guest's own allocator gives (``host_alloc``), its
+        address and length at the two out-pointers. -1 (refused) outside a call that
+        offers tools, -2 (failed) for bad pointers or no memory for the answer."""
+        call = self._call
+        box = call.tools if call is not None and call is not self._boot else None
+        if call is None or box is None:
+            return -1
+        req &= _M32
+        req_len &= _M32
+        out_ptr &= _M32
+        out_len_ptr &= _M32
+        base, size = self._mem(caller)
+        if req + req_len > size or out_ptr + 4 > size or out_len_ptr + 4 > size:
+            return -2
+        box.calls += 1
+        if box.calls > box.max_calls:
+            answer = error_answer(
+                f"this call made {box.max_calls:,} tool calls, the most one call may make "
+                "(limits.max_tool_calls): do the rest in a later call, or ask for a "
+                "higher limit", "RuntimeError")
+        elif req_len > box.max_bytes + REQUEST_OVERHEAD:
+            answer = error_answer(
+                f"the tool call's arguments are {req_len:,} bytes as JSON; a tool call "
+                f"carries at most {box.max_bytes:,} (limits.max_globals_bytes)", "ValueError")
+        else:
+            raw = ctypes.string_at(base + req, req_len)
+            self._charge_fuel(call, TOOL_CALL_FUEL + req_len)
+            parsed = parse_request(box, raw)
+            del raw
+            if isinstance(parsed, bytes):
+                answer = parsed
+            else:
+                answer = self._run_tool(call, box, *parsed)
+        self._charge_fuel(call, len(answer))
+        return self._give_answer(caller, call, answer, out_ptr, out_len_ptr)
+
+    def _charge_fuel(self, call: _Call, amount: int) -> None:
+        """Take ``amount`` fuel from the running call (a fuel stop when it has less)."""
+        if not self._fuel_enabled or call.limits.fuel is None:
+            return
+        left = _safe_fuel(self._store)
+        if left is None:
+            return
+        if left <= amount:
+            self._store.set_fuel(0)
+            self._fail(STOP_FUEL, "fuel exhausted")
+        self._store.set_fuel(left - amount)
+
+    def _run_tool(self, call: _Call, box: ToolBox, name: str, fn: Any, args: list[Any],
+                  kwargs: dict[str, Any]) -> bytes:
+        """Run a host function on the session's tool worker while the call's deadline
+        runs: one slower than that (or a cancel) ends the call, like any deadline stop."""
+        worker = self._tool_worker
+        last = self._tool_job
+        if worker is None or (last is not None and not last.done.is_set()):
+            if worker is not None:
+                worker.stop()  # (it ends once the function it still runs returns)
+            worker = self._tool_worker = ToolWorker(self)
+
+        def wake() -> None:
+            with self._cv:
+                self._cv.notify_all()
+
+        job = self._tool_job = ToolJob(name, fn, args, kwargs, box.loop, wake)
+        worker.submit(job)
+        with self._cv:
+            while not job.done.is_set() and self._abort_reason is None:
+                left = call.deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                self._cv.wait(left)
+        if not job.done.is_set():
+            job.abandon()
+            if self._abort_reason is not None:
+                raise _Abort(self._abort_reason)
+            self._fail(STOP_TIMEOUT, f"deadline reached while the tool {name!r} ran")
+        return job.answer(box.max_bytes)
+
+    def _give_answer(self, caller: wasmtime.Caller, call: _Call, answer: bytes,
+                     out_ptr: int, out_len_ptr: int) -> int:
+        if self._abort_reason is not None:
+            raise _Abort(self._abort_reason)
+        if time.perf_counter() >= call.deadline:
+            self._fail(STOP_TIMEOUT, "deadline reached")
+        try:
+            ptr = self._host_alloc(caller, len(answer))
+        except wasmtime.Trap as e:
+            reason = {wasmtime.TrapCode.OUT_OF_FUEL: STOP_FUEL,
+                      wasmtime.TrapCode.INTERRUPT: STOP_TIMEOUT}.get(e.trap_code, STOP_CRASH)
+            self._fail(reason, _DETAIL.get(reason, "the guest's allocator failed"))
+        if not isinstance(ptr, int) or ptr <= 0:
+            return -2  # no memory for the answer: the stub raises ToolError
+        base, size = self._mem(caller)  # (the allocation may have grown the memory)
+        ptr &= _M32
+        if ptr + len(answer) > size:
+            return -2
+        ctypes.memmove(base + ptr, answer, len(answer))
+        ctypes.memmove(base + out_ptr, struct.pack("<I", ptr), 4)
+        ctypes.memmove(base + out_len_ptr, struct.pack("<I", len(answer)), 4)
+        return 0
+
     def _clock_time_get(self, caller: wasmtime.Caller, clock_id: int, precision: int,
                         out_ptr: int) -> int:
         if clock_id == 0:
@@ -913,7 +1117,10 @@ class Session:
         return self._put_u32(caller, nevents_ptr, len(events))
 
 
+_M32 = 0xFFFFFFFF
+
 _DETAIL = {
+    STOP_FUEL: "fuel exhausted",
     STOP_TIMEOUT: "deadline reached",
     STOP_CANCELLED: "the call was cancelled",
 }

@@ -18,8 +18,11 @@
 # - the guard: guard_impl and its entry points (__import__, importlib.import_module),
 #   the built-in module loader wrappers, the lazy-import filter;
 # - the agent's world: its namespace, builtins, gc stand-ins, streams;
-# - a call: run_call (bind globals, compile, run, convert the reply), step / turn_step
-#   (one request per reactor turn);
+# - a call: run_call (bind globals and the host's tools, compile, run, convert the reply),
+#   step / turn_step (one request per reactor turn);
+# - tools: tool_call (one call through the host's door, `_host.call`, which only the hook
+#   holds), tool_plain (arguments as plain JSON data), the agents' stubs (make_tool, from
+#   source of their own file name) and bind_tools;
 # - arming: binding the request slot, the trusted code table, the roles, the hook.
 # Lint: ruff checks this file like the package; its exceptions are marked `noqa` where
 # they stand, with the reason (the request slot is a lambda; a name kept alive on purpose).
@@ -78,7 +81,17 @@ def _wasm_exec_boot():
     import posix  # not os: importing os costs a cold start 7 ms
     import sys
 
+    # the host's request/reply door (tools): a capability of the hook alone. The module
+    # leaves the module table, and the hook refuses to create it again
+    import _host
+    host_call = _host.call
+    del sys.modules["_host"], _host
+
     RUNNER_FILE = "<wasm-exec-runner>"
+    TOOL_FILE = "<wasm-exec-tool>"  # the stubs of the host's tools (see make_tool)
+    TOOL_DOC = ("A tool of the host's: call it like a function. Arguments and the result "
+                "travel as JSON data (dict, list, str, int, float, bool, None); a failure of "
+                "the tool raises ToolError.")
     IMPORT_NAME = opcode.opmap["IMPORT_NAME"]
     EXTENDED_ARG = opcode.opmap["EXTENDED_ARG"]
     # how IMPORT_NAME's argument names its module: co_names[arg >> IMPORT_SHIFT] (the
@@ -156,7 +169,7 @@ def _wasm_exec_boot():
                      trusted_codes, roles, REQUEST, guard_T, builtin_types, streams,
                      impl_code, implicit_names, request_sites, builtin_B, import_calls,
                      load_code, real_find_and_load, code_index, blake2b, a2b_base64,
-                     interpreter_modules):
+                     interpreter_modules, host_call):
         # Everything the hook uses is a local of this function (own cells, shared with
         # no other closure), bound before any agent code exists.
         _type = type
@@ -170,6 +183,8 @@ def _wasm_exec_boot():
         _bool = bool
         _frozenset = frozenset
         _PermissionError = PermissionError
+        _BaseException = BaseException
+        _host_call = host_call  # (tools: the only way to the host's door)
         _ModuleNotFoundError = ModuleNotFoundError
         _blake2b = blake2b
         code_names = {}  # BLAKE2b-128 of a genuine .pyc -> its module (built when needed)
@@ -219,7 +234,7 @@ def _wasm_exec_boot():
                                 "tb_frame"))
         # built-in modules no one may create once booted: gc would let automatic collection
         # (and so finalizers inside the hook) back in
-        reserved_builtins = frozenset(("gc", "_testcapi", "_testinternalcapi"))
+        reserved_builtins = frozenset(("gc", "_testcapi", "_testinternalcapi", "_host"))
         always_deny = frozenset((
             "sys.addaudithook", "sys.settrace", "sys.setprofile", "sys._current_frames",
             "gc.get_objects", "gc.get_referrers", "gc.get_referents", "code.__new__",
@@ -959,7 +974,20 @@ def _wasm_exec_boot():
                     "loading built-in modules outside an import is not allowed")
             box.append(create_builtin if op == "create" else exec_builtin)
 
+        def tool_call_host(frame, op, box, req):
+            # req: ("tool", box, request): one tool call through the host's door. What it
+            # grants is what the host grants any agent: the host checks the tool's name,
+            # the arguments (JSON) and the limits of the call running now
+            if _len(req) != 3 or _type(req[2]) is not _bytes:
+                raise _PermissionError("bad request")
+            try:
+                answer = _host_call(req[2])
+            except _BaseException:
+                answer = None  # refused, or its answer did not fit in memory
+            box.append(answer if _type(answer) is _bytes else None)
+
         handlers = {
+            ("tool", "tool"): tool_call_host,
             ("main", "read"): main_read,
             ("main", "reply"): main_reply,
             ("main", "restore"): main_restore,
@@ -1468,6 +1496,14 @@ def _wasm_exec_boot():
     agent_builtins["quit"] = _exit
     agent_builtins["breakpoint"] = _unavailable
 
+    class ToolError(Exception):
+        """A tool (a function of the host's) failed: the message says how. ``tool`` is the
+        tool's name, ``error_type`` the name of what the host function raised."""
+
+    ToolError.__module__ = "builtins"
+    ToolError.__qualname__ = "ToolError"
+    agent_builtins["ToolError"] = ToolError
+
     main_module = ModuleType("__main__")
     ns = module_dict(main_module)
     ns.clear()
@@ -1641,7 +1677,7 @@ def _wasm_exec_boot():
         while tb is not None and count < 200:
             code = tb.tb_frame.f_code
             fn = _join((code.co_filename,))
-            if fn != RUNNER_FILE:
+            if fn != RUNNER_FILE and fn != TOOL_FILE:
                 lineno = tb.tb_lineno
                 lines.append('  File "' + fn + '", line ' + _str(lineno) + ", in "
                              + _join((code.co_name,)) + "\n")
@@ -1913,6 +1949,111 @@ def _wasm_exec_boot():
             pass
         return out
 
+    def tool_call(S, args, kwargs):
+        """One call of a tool of the host's: (True, its result) or (False, the exception
+        to raise). The agent's stub (see make_tool) raises it: so no frame of the runner's
+        is in its traceback."""
+        # S: (name, TT), an exact tuple the runner made; the agent may call this function
+        # with any S (or rewrite its variables): all it can do then is send the host bytes
+        # of its own, which the host reads like any tool call (see the hook's "tool" role)
+        name = S[0]
+        (plain_, H, encoders, scan_, ToolError_, TypeError_, ValueError_, RecursionError_,
+         type_, str_, bytes_, list_, join_, UnicodeEncodeError_) = S[1]
+        try:
+            data = plain_([list_(args), kwargs], H)
+        except TypeError_ as e:
+            return False, TypeError_(
+                name + "(): " + join_((str_(e),)) + "; tool arguments are JSON data (dict, "
+                "list, str, int, float, bool, None): convert other values first (numpy "
+                "values with .item() or .tolist())")
+        request = {"tool": name, "args": data[0], "kwargs": data[1]}
+        try:
+            try:
+                payload = join_(encoders[0](request, 0)).encode("utf-8")
+            except UnicodeEncodeError_:
+                payload = join_(encoders[1](request, 0)).encode("ascii")
+        except (ValueError_, RecursionError_) as e:
+            return False, TypeError_(name + "(): an argument cannot be sent as JSON ("
+                                     + join_((str_(e),)) + ")")
+        del data, request
+        box = []
+        "<wasm-exec request slot>".__defaults__ = ("tool", box, payload)
+        del "<wasm-exec request slot>".__defaults__
+        del payload
+        answer = box[0] if box else None
+        if type_(answer) is not bytes_:
+            return False, ToolError_(name + ": the host did not answer (no call is running, "
+                                     "or the answer did not fit in the sandbox's memory)")
+        reply = scan_(answer.decode("utf-8"), 0)[0]
+        del answer
+        if reply.get("ok") is True:
+            return True, reply.get("value")
+        error = ToolError_(reply.get("message"))
+        error.tool = name
+        error.error_type = reply.get("type")
+        return False, error
+
+    def tool_plain(value, H):
+        """A tool call's arguments as plain JSON data, read with the base types' own C
+        functions (nothing the agent defined runs: see plain()); TypeError when a value
+        is not JSON data."""
+        (max_depth, type_, dict_, list_, tuple_, str_, int_, float_, bool_, issubclass_,
+         len_, dict_items, list_copy, tuple_item, whole, str_of, int_of, float_of,
+         int_repr, float_repr, TypeError_, qualname, join_, inf) = H
+        root = [None]
+        todo = [(value, root, 0, 0)]
+        while todo:
+            v, into, slot, depth = todo.pop()
+            t = type_(v)
+            if t is str_ or t is int_ or t is float_ or t is bool_ or v is None:
+                into[slot] = v
+                continue
+            if depth > max_depth:
+                raise TypeError_("a value is nested more than " + str_(max_depth)
+                                 + " levels deep (or holds a cycle)")
+            if issubclass_(t, dict_):
+                out = {}
+                for key, item in list_(dict_items(v)):
+                    kt = type_(key)
+                    if kt is str_:
+                        pass
+                    elif key is True or key is False or key is None:
+                        key = "true" if key is True else "false" if key is False else "null"
+                    elif issubclass_(kt, str_):
+                        key = str_of(key)
+                    elif issubclass_(kt, int_):
+                        key = int_repr(key)
+                    elif issubclass_(kt, float_):
+                        f = float_of(key)
+                        key = ("NaN" if f != f else "Infinity" if f == inf
+                               else "-Infinity" if f == -inf else float_repr(f))
+                    else:
+                        raise TypeError_("a dict key is a " + join_((qualname(kt),))
+                                         + " (keys must be str, int, float, bool or None)")
+                    out[key] = None
+                    todo.append((item, out, key, depth + 1))
+                into[slot] = out
+            elif issubclass_(t, list_) or issubclass_(t, tuple_):
+                items = list_copy(v) if issubclass_(t, list_) else tuple_item(v, whole)
+                out = [None] * len_(items)
+                i = 0
+                for item in items:
+                    todo.append((item, out, i, depth + 1))
+                    i += 1
+                into[slot] = out
+            elif issubclass_(t, str_):
+                into[slot] = str_of(v)
+            elif issubclass_(t, int_):
+                into[slot] = int_of(v)
+            elif issubclass_(t, float_):
+                into[slot] = float_of(v)
+            else:
+                raise TypeError_("a " + join_((qualname(t),)) + " is not JSON data")
+        return root[0]
+
+    def tool_default(o, _TypeError=TypeError):
+        raise _TypeError("not JSON data")  # (tool_plain let only JSON data through)
+
     def reseed_generators():
         """After a restore from an image every copy would draw the same random numbers:
         seed `random` and numpy's global generator afresh (from the host's entropy)."""
@@ -1977,8 +2118,16 @@ def _wasm_exec_boot():
             sources.pop(source_order.pop(0), None)
         if req.get("reseed") is True:
             reseed_generators()
+        # the host's tools of this call are builtins of the agent's namespace (a global of
+        # the same name hides one); those of the previous call go first, so that the
+        # repair below counts the boot's builtins only
+        for name in tools_bound:
+            if name in agent_builtins:
+                del agent_builtins[name]
+        tools_bound.clear()
         # (kept alive until the call ends: no finalizer of what it replaced runs in repair)
         replaced = repair_namespace()  # noqa: F841
+        bind_tools(req.get("tools"))
         values = req.get("globals")
         if values:
             for k, v in values.items():
@@ -2082,6 +2231,63 @@ def _wasm_exec_boot():
         if req.get("figures") is True:
             reply["figures"] = collect_figures(max_bytes - used)
         return reply
+
+    # ------------------------------------------------------------- tools
+    class _ToolCtx:
+        strict = True
+        object_hook = None
+        object_pairs_hook = None
+        array_hook = None  # Python 3.15+
+        parse_float = float
+        parse_int = int
+        parse_constant = float  # NaN, Infinity, -Infinity
+        memo = {}
+
+    tool_encoders = tuple(_make_encoder(None, tool_default, enc, None, ":", ",", False, False,
+                                        True) for enc in (_encode_str, _encode_ascii))
+    tool_helpers = (400, type, dict, list, tuple, str, int, float, bool, issubclass, len,
+                    dict.items, list.copy, tuple.__getitem__, slice(None), str.__str__,
+                    int.__int__, float.__float__, int.__repr__, float.__repr__, TypeError,
+                    _qualname, _join, float("inf"))
+    TOOL_T = (tool_plain, tool_helpers, tool_encoders, _json.make_scanner(_ToolCtx()),
+              ToolError, TypeError, ValueError, RecursionError, type, str, bytes, list, _join,
+              UnicodeEncodeError)
+    del _ToolCtx
+    # the stub an agent calls: made (at boot, before any agent code) from source of its own
+    # file name, not the runner's, so that a ToolError's traceback holds the agent's frames
+    # and the stub's only (tracebacks can be read; the runner's frames cannot). `make_tool`
+    # stays with the runner; each stub's closure holds tool_call and its own tuple
+    _tool_globals = {"__builtins__": {}}
+    exec(compile("def make_tool(call, S, doc):\n"
+                 "    def tool(*args, **kwargs):\n"
+                 "        ok, value = call(S, args, kwargs)\n"
+                 "        if ok:\n"
+                 "            return value\n"
+                 "        raise value\n"
+                 "    tool.__doc__ = doc\n"
+                 "    return tool\n", TOOL_FILE, "exec"), _tool_globals)
+    make_tool = _tool_globals.pop("make_tool")
+    del _tool_globals
+    boot_builtin_names = frozenset(k for k, _v in builtin_items)
+    tool_stubs = {}  # name -> its stub (the same object from call to call)
+    tools_bound = []  # the names bound for the call running now
+
+    def bind_tools(names):
+        """Bind a stub in the agent's builtins for each tool the host offers this call."""
+        if _type(names) is not _list:
+            return
+        for name in names:
+            if _type(name) is not _str or name in boot_builtin_names:
+                continue  # (the host never sends one: it refuses such names)
+            stub = tool_stubs.get(name)
+            if stub is None:
+                if _len(tool_stubs) >= 4096:
+                    tool_stubs.clear()
+                stub = tool_stubs[name] = make_tool(tool_call, (name, TOOL_T), TOOL_DOC)
+                stub.__name__ = name
+                stub.__qualname__ = name
+            agent_builtins[name] = stub
+            tools_bound.append(name)
 
     cell_counter = [0]
     tail_garbage = []  # what the end of the last turn replaced, dropped in the next call
@@ -2198,7 +2404,8 @@ def _wasm_exec_boot():
     # object of the agent's (with a __setattr__ made of C callables) runs at a request site
     slot = "<wasm-exec request slot>"
     for fn in (guard_impl, guard_create_builtin, guard_exec_builtin, collect_figures,
-               reseed_generators, boot_reply, step, turn_step, load_named, lazy_filter):
+               reseed_generators, boot_reply, step, turn_step, load_named, lazy_filter,
+               tool_call):
         consts = fn.__code__.co_consts
         bound = tuple(REQUEST if type(c) is str and c == slot else c for c in consts)
         if sum(1 for c in bound if c is REQUEST) != 1:
@@ -2208,7 +2415,7 @@ def _wasm_exec_boot():
     trusted = [guard_impl, guard_call, guard_import_module, guard_create_builtin, load_named,
                lazy_filter,
                guard_exec_builtin, main, boot_reply, step, turn_step, run_call, collect_figures,
-               reseed_generators,
+               reseed_generators, tool_call, tool_plain, tool_default, bind_tools,
                install_hook, read_exact, read_frame, json_loads, json_dumps, reply_bytes,
                json_key, plain, holds_container, on_path, needs_plain, repair_namespace,
                release_reserve, take_reserve, no_memory_reply,
@@ -2228,6 +2435,7 @@ def _wasm_exec_boot():
              id(guard_exec_builtin.__code__): (guard_exec_builtin.__code__, "builtin"),
              id(load_named.__code__): (load_named.__code__, "load"),
              id(lazy_filter.__code__): (lazy_filter.__code__, "lazy"),
+             id(tool_call.__code__): (tool_call.__code__, "tool"),
              # (no request site: it may only re-open the runner's stdout and stderr)
              id(repair_streams.__code__): (repair_streams.__code__, "streams")}
     builtin_types = frozenset(k for k, v in builtins.__dict__.items() if type(v) is type)
@@ -2262,7 +2470,8 @@ def _wasm_exec_boot():
                  builtin_types, (stdout, stderr), guard_impl.__code__, implicit,
                  request_sites, B, import_calls, load_named.__code__,
                  bootstrap._find_and_load, code_index, _blake2.blake2b, binascii.a2b_base64,
-                 interpreter_modules)
+                 interpreter_modules, host_call)
+    del host_call
     bootstrap._find_and_load = load_named  # (C's imports look it up there by name too)
     if hasattr(sys, "set_lazy_imports_filter"):  # Python 3.15+ (PEP 810)
         sys.set_lazy_imports_filter(lazy_filter)

@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("rustic_ai")
 
 import asyncio  # noqa: E402
+import base64  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -314,33 +315,50 @@ def test_run_async_state_and_errors(executor: WasmCodeExecutor) -> None:
     asyncio.run(main())
 
 
-# ----------------------------------------------------------------------- no files
-def test_input_files_are_refused(executor: WasmCodeExecutor) -> None:
-    result = executor.run(py("x = 1"), input_files={"data.csv": b"a,b\n1,2\n"})
+# ------------------------------------------------------------------------ files
+def test_input_files_and_output_filenames(executor: WasmCodeExecutor) -> None:
+    result = executor.run(
+        py("rows = open('data.csv').read().splitlines()\n"
+           "open('summary.txt', 'w').write(f'{len(rows)} rows')\n"
+           "open('/tmp/raw.bin', 'wb').write(bytes([0, 255]))\n"),
+        input_files={"data.csv": b"a,b\n1,2\n3,4\n"},
+        output_filenames=["summary.txt", "/tmp/raw.bin", "missing.png"])
+    assert result.exit_code == 0, result.exception
+    assert result.output_files == {"summary.txt": b"3 rows", "/tmp/raw.bin": b"\x00\xff"}
+    assert len(result.logs) == 1 and "'missing.png'" in result.logs[0]
+    assert "no such file" in result.logs[0]
+    # the files stay with the agent's interpreter
+    assert executor.run(py("print(open('data.csv').read().count(','))")).stdout == "3\n"
+
+
+def test_bad_file_names_give_an_error_result(executor: WasmCodeExecutor) -> None:
+    result = executor.run(py("x = 1"), input_files={"../etc/passwd": b"x"})
     assert result.exit_code == -1
-    assert result.exception is not None
-    assert result.exception.type == "NotImplementedError"
-    assert "File I/O is not supported" in result.exception.message
-    assert "data.csv" in result.exception.message
+    assert result.exception is not None and result.exception.type == "InputError"
+    assert "'..'" in result.exception.message
     # nothing ran
     assert executor.run(py("print(x)")).exception.type == "NameError"  # type: ignore[union-attr]
+    result = executor.run(py("x = 1"), output_filenames=["/etc/passwd"])
+    assert result.exception is not None and "outside the agent's files" in \
+        result.exception.message
 
 
-def test_output_filenames_are_refused(executor: WasmCodeExecutor) -> None:
-    result = executor.run(py("x = 1"), output_filenames=["out.png"])
-    assert result.exit_code == -1
-    assert result.exception is not None
-    assert "File I/O is not supported" in result.exception.message
-    assert "out.png" in result.exception.message
-
-
-def test_files_are_refused_async(executor: WasmCodeExecutor) -> None:
+def test_files_async(executor: WasmCodeExecutor) -> None:
     async def main() -> None:
-        result = await executor.run_async(py("x = 1"), input_files={"a.txt": b"hi"})
-        assert result.exit_code == -1
-        assert result.exception is not None and "not supported" in result.exception.message
+        result = await executor.run_async(
+            py("open('b.txt', 'w').write(open('a.txt').read().upper())"),
+            input_files={"a.txt": b"hi"}, output_filenames=["b.txt"])
+        assert result.exit_code == 0, result.exception
+        assert result.output_files == {"b.txt": b"HI"}
 
     asyncio.run(main())
+
+
+def test_output_files_of_a_stopped_run(executor: WasmCodeExecutor) -> None:
+    result = executor.run(py("open('o.txt', 'w').write('x')\nwhile True: pass"),
+                          timeout_seconds=1, output_filenames=["o.txt"])
+    assert result.timed_out and result.output_files == {}
+    assert "limit stopped the call" in result.logs[0]
 
 
 # ------------------------------------------------------------- seed API, same state
@@ -493,6 +511,30 @@ class CodeExecutionAgent(Agent):
             ctx.send_dict({"status": "error", "error": result.error})
 
 
+class FileRequest(BaseModel):
+    """What the probe sends to a file-handling agent: code, files in (base64), names out."""
+
+    code: str
+    files: dict[str, str] = {}
+    outputs: list[str] = []
+
+
+class FileAgent(Agent):
+    """Runs code with files in and out through Rustic's own CodeExecutor.run."""
+
+    @agent.processor(clz=FileRequest, depends_on=["code_executor"])
+    def run_files(self, ctx: ProcessContext[FileRequest], code_executor: CodeExecutor) -> None:
+        request = ctx.payload
+        result = code_executor.run(
+            CodeSnippet(language="python", code=request.code),
+            input_files={k: base64.b64decode(v) for k, v in request.files.items()},
+            output_filenames=request.outputs)
+        ctx.send_dict({"status": "success" if result.exit_code == 0 else "error",
+                       "files": {k: base64.b64encode(v).decode()
+                                 for k, v in result.output_files.items()},
+                       "logs": result.logs, "stdout": result.stdout})
+
+
 def _replies(probe: ProbeAgent, count: int, timeout: float = 15.0) -> list[Message]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -505,8 +547,8 @@ def _replies(probe: ProbeAgent, count: int, timeout: float = 15.0) -> list[Messa
 
 @pytest.fixture
 def guild_and_probe() -> Iterator[tuple[ProbeAgent, Callable[[str, str, Any], dict[str, Any]]]]:
-    def code_agent(agent_id: str, topic: str) -> Any:
-        return (AgentBuilder(CodeExecutionAgent).set_id(agent_id).set_name(agent_id)
+    def code_agent(agent_id: str, topic: str, cls: Any = CodeExecutionAgent) -> Any:
+        return (AgentBuilder(cls).set_id(agent_id).set_name(agent_id)
                 .set_description("runs agent-written Python in wasm-exec")
                 .listen_to_default_topic(False).add_additional_topic(topic).build_spec())
 
@@ -571,6 +613,56 @@ def test_guild_code_execution_agents(guild_and_probe: tuple[ProbeAgent, Any]) ->
                                     default_imports={"m": "math"}).pool
     assert {("coder_a", "wasm_exec_guild", "wasm_exec_org"),
             ("coder_b", "wasm_exec_guild", "wasm_exec_org")} <= set(pool.live_agents())
+
+
+@pytest.fixture
+def files_guild() -> Iterator[Callable[..., dict[str, Any]]]:
+    """A guild (of its own name: agents of an earlier guild of the same name may still
+    listen) with one FileAgent on the topic "files"."""
+    filer = (AgentBuilder(FileAgent).set_id("filer").set_name("filer")
+             .set_description("runs code with files in and out")
+             .listen_to_default_topic(False).add_additional_topic("files").build_spec())
+    guild = (
+        GuildBuilder("wasm_exec_files_guild", "wasm-exec files guild", "files in and out")
+        .set_messaging("rustic_ai.core.messaging.backend", "InMemoryMessagingBackend", {})
+        .add_dependency_resolver("code_executor",
+                                 DependencySpec(class_name=RESOLVER, properties={}))
+        .add_agent_spec(filer)
+    ).launch(organization_id="wasm_exec_org")
+    probe_spec: Any = (AgentBuilder(ProbeAgent).set_id("files_probe").set_name("Probe")
+                       .set_description("sends code and files")
+                       .add_additional_topic("files").build_spec())
+    probe: ProbeAgent = guild._add_local_agent(probe_spec)  # type: ignore[assignment]
+
+    def ask(code: str, files: dict[str, str], outputs: list[str]) -> dict[str, Any]:
+        probe.clear_messages()
+        probe.publish(topic="files", payload=FileRequest(code=code, files=files,
+                                                         outputs=outputs))
+        (reply,) = _replies(probe, 1)
+        return reply.payload
+
+    try:
+        yield ask
+    finally:
+        guild.shutdown()
+
+
+def test_guild_files_in_and_out(files_guild: Callable[..., dict[str, Any]]) -> None:
+    ask = files_guild
+    csv = base64.b64encode(b"x,y\n1,2\n3,4\n").decode()
+    reply = ask("rows = open('in.csv').read().splitlines()[1:]\n"
+                "total = sum(int(v) for r in rows for v in r.split(','))\n"
+                "open('total.txt', 'w').write(str(total))\n"
+                "open('copy.csv', 'wb').write(open('in.csv', 'rb').read())\n",
+                files={"in.csv": csv}, outputs=["total.txt", "copy.csv", "nope.txt"])
+    assert reply["status"] == "success", reply
+    assert {k: base64.b64decode(v) for k, v in reply["files"].items()} == {
+        "total.txt": b"10", "copy.csv": b"x,y\n1,2\n3,4\n"}
+    assert len(reply["logs"]) == 1 and "nope.txt" in reply["logs"][0]
+    # the agent's files persist between its messages
+    reply = ask("print(open('total.txt').read())", files={}, outputs=["in.csv"])
+    assert reply["stdout"].strip() == "10" and base64.b64decode(reply["files"]["in.csv"]) \
+        == b"x,y\n1,2\n3,4\n"
 
 
 def test_readme_rustic_blocks_run():

@@ -212,3 +212,32 @@ def test_resolvers_on_the_scientific_runtime() -> None:
     result = runner.run(block("import numpy as np\nm = float(np.mean(v))", {"v": [1, 2, 6]}))
     assert result.exit_code == 0, result.exception
     assert result.code.globals == {"v": [1, 2, 6]} and result.code.locals == {"m": 3.0}
+
+
+# ------------------------------------------------------------------------ files
+@pytest.mark.scientific
+@needs_scientific
+def test_files_in_and_out_on_the_scientific_runtime() -> None:
+    executor = WasmCodeExecutor(runtime="scientific",
+                                whitelisted_imports=["pandas", "matplotlib.pyplot"],
+                                default_imports={"pd": "pandas", "plt": "matplotlib.pyplot"},
+                                timeout_seconds=60)
+    try:
+        result = executor.run(py("df = pd.read_csv('in.csv')\n"
+                                 "df.assign(c=df.a * df.b).to_csv('out.csv', index=False)\n"
+                                 "plt.plot(df.a, df.b)\n"
+                                 "plt.savefig('plot.png')\n"
+                                 "plt.close('all')\n"),
+                              timeout_seconds=60, input_files={"in.csv": b"a,b\n2,3\n4,5\n"},
+                              output_filenames=["out.csv", "plot.png"])
+        assert result.exit_code == 0, result.exception
+        assert result.output_files["out.csv"] == b"a,b,c\n2,3,6\n4,5,20\n"
+        assert result.output_files["plot.png"].startswith(b"\x89PNG")
+    finally:
+        executor.shutdown()
+    runner = WasmCodeInterpreter(runtime="scientific", whitelisted_imports=["pandas"],
+                                 default_imports={"pd": "pandas"}, timeout_seconds=60)
+    out = runner.run(block("pd.read_csv('in.csv').T.to_csv('t.csv', header=False)"),
+                     input_files={"in.csv": b"a,b\n1,2\n"}, output_filenames=["t.csv"])
+    assert out.exit_code == 0, out.exception
+    assert out.output_files == {"t.csv": b"a,1\nb,2\n"}  # type: ignore[attr-defined]

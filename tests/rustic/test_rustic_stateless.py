@@ -327,3 +327,30 @@ def test_default_import_the_runtime_lacks() -> None:
     assert result.exit_code == 1
     assert result.exception is not None and result.exception.etype == "ConfigurationError"
     assert "No module named 'pandas'" in result.exception.message
+
+
+# ------------------------------------------------------------------------ files
+def test_files_in_and_out(interpreter: WasmCodeInterpreter) -> None:
+    from wasm_exec.integrations.rustic import WasmCodeResult
+
+    code_block = block("n = len(open('in.txt').read())\n"
+                       "open('out.txt', 'w').write(str(n * 2))", globals={})
+    result = interpreter.run(code_block, input_files={"in.txt": b"abc"},
+                             output_filenames=["out.txt"])
+    assert isinstance(result, WasmCodeResult) and isinstance(result, CodeResult)
+    assert (result.exit_code, result.error) == (0, ""), result.exception
+    assert result.output_files == {"out.txt": b"6"}
+    assert result.code.locals == {"n": 3}
+    # a file that was not written: a line on error, exit code 1
+    result = interpreter.run(block("x = 1"), output_filenames=["none.txt"])
+    assert result.exit_code == 1 and "'none.txt'" in result.error
+    assert result.output_files == {}
+    # stateless: the next block starts with no files
+    result = interpreter.run(block("open('in.txt')"))
+    assert result.exception is not None and result.exception.etype == "FileNotFoundError"
+    # a bad name: an error result, nothing runs
+    result = interpreter.run(block("x = 1"), input_files={"/etc/x": b""})
+    assert result.exit_code == 1 and result.exception is not None
+    assert result.exception.etype == "InputError"
+    # without files, the result is Rustic's own CodeResult
+    assert type(interpreter.run(block("x = 1"))) is CodeResult

@@ -13,16 +13,21 @@ The injected :class:`WasmCodeExecutor` is a Rustic
 (``run(CodeSnippet)`` / ``run_async`` / ``shutdown``) and also offers wasm-exec's own
 ``execute(code, globals_dict=None, return_globals=None)`` on the same interpreter.
 
-Differences from Rustic's in-process ``PythonExecExecutor``: there are no host files
-(``input_files`` / ``output_filenames`` are refused, not ignored), globals travel as JSON
-data, and with no allow-list an import fails with
+``run(snippet, input_files=..., output_filenames=...)`` works with the sandbox's own
+files (Rustic's in-process executor ignores both): the input files are written into the
+agent's working directory (``/tmp/work``) before the code runs, and the output files are
+read from there afterwards into ``output_files`` (one that is missing is named in
+``logs``). Other differences from Rustic's in-process ``PythonExecExecutor``: globals
+travel as JSON data, and with no allow-list an import fails with
 ``Import of 'sys' is not allowed. Allowed imports: []`` rather than
 ``__import__ not found``.
 
 The stateless twin of Rustic's ``InProcessCodeInterpreterResolver`` is
 :class:`WasmCodeInterpreterResolver`: the injected :class:`WasmCodeInterpreter` is a Rustic
 ``CodeRunner`` (``run(CodeBlock)`` / ``validate_and_run``) that runs every block in a fresh
-interpreter, taken from a pool of pre-started ones::
+interpreter, taken from a pool of pre-started ones; ``run(block, input_files=...,
+output_filenames=...)`` takes files too (a :class:`WasmCodeResult` then carries
+``output_files``)::
 
     DependencySpec(
         class_name="wasm_exec.integrations.rustic.WasmCodeInterpreterResolver",
@@ -51,6 +56,8 @@ import textwrap
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
+
+from pydantic import Field
 
 try:
     from rustic_ai.core.guild.agent_ext.depends.code_execution.stateful import (
@@ -89,18 +96,13 @@ __all__ = [
     "WasmCodeExecutor",
     "WasmCodeInterpreter",
     "WasmCodeInterpreterResolver",
+    "WasmCodeResult",
     "WasmExecExecutorResolver",
     "close_shared_resolvers",
 ]
 
 ExecutorFactory = Callable[[], PythonExecExecutor]
 
-_FILES_REFUSED = (
-    "File I/O is not supported: the wasm-exec sandbox shares no files with the host, so "
-    "{what} cannot be honoured and nothing was run. Pass data in through globals "
-    "(execute(code, globals_dict=...)) or in the code itself, and read results back with "
-    "return_globals or stdout."
-)
 
 
 class WasmCodeExecutor(CodeExecutor):
@@ -232,9 +234,14 @@ class WasmCodeExecutor(CodeExecutor):
 
         ``exit_code`` is 0 on success and -1 when the code raised or a limit stopped it
         (``SystemExit(n)`` gives ``n``); ``timed_out`` is True when the deadline stopped
-        it. ``timeout_seconds=None`` uses the executor's configured deadline. Files are
-        not supported: ``input_files`` / ``output_filenames`` give an error result.
-        Raises Rustic's ``ValidationError`` for a language other than Python.
+        it. ``timeout_seconds=None`` uses the executor's configured deadline.
+        ``input_files`` (name -> bytes) are written into the sandbox's working directory
+        (``/tmp/work``; names relative to it, or absolute under ``/tmp``) before the code
+        runs, and stay there; the files named in ``output_filenames`` are read back into
+        ``output_files`` after it (each one that cannot be read is named in ``logs``).
+        A bad name, or files that do not fit the agent's file space, give an error result
+        and nothing runs. Raises Rustic's ``ValidationError`` for a language other than
+        Python.
         """
         self._admit(code)
         return self._do_run(code, timeout_seconds, input_files, output_filenames)
@@ -262,12 +269,10 @@ class WasmCodeExecutor(CodeExecutor):
         input_files: dict[str, bytes] | None,
         output_filenames: list[str] | None,
     ) -> RusticExecutionResult:
-        refused = _refuse_files(code, input_files, output_filenames)
-        if refused is not None:
-            return refused
         try:
             result = self._with_executor(
-                lambda ex: ex.execute(code.code, limits=self._call_limits(timeout_seconds)))
+                lambda ex: ex.execute(code.code, limits=self._call_limits(timeout_seconds),
+                                      files=input_files, output_files=output_filenames))
         except WasmExecError as e:
             return _host_error(code, e)
         return _to_rustic(code, result)
@@ -279,15 +284,15 @@ class WasmCodeExecutor(CodeExecutor):
         input_files: dict[str, bytes] | None,
         output_filenames: list[str] | None,
     ) -> RusticExecutionResult:
-        refused = _refuse_files(code, input_files, output_filenames)
-        if refused is not None:
-            return refused
         try:
             limits = self._call_limits(timeout_seconds)
+            files = dict(files=input_files, output_files=output_filenames)
             try:
-                result = await (await self._executor_async()).aexecute(code.code, limits=limits)
+                result = await (await self._executor_async()).aexecute(
+                    code.code, limits=limits, **files)
             except ExecutorClosedError:  # closed by a shutdown() racing with us: once more
-                result = await (await self._executor_async()).aexecute(code.code, limits=limits)
+                result = await (await self._executor_async()).aexecute(
+                    code.code, limits=limits, **files)
         except WasmExecError as e:
             return _host_error(code, e)
         return _to_rustic(code, result)
@@ -533,12 +538,23 @@ class WasmCodeInterpreter(CodeRunner):
             return self._own_pool
         return _runner_pool(self.pool_size)
 
-    def run(self, code: CodeBlock) -> CodeResult:
-        """Run ``code`` in a fresh interpreter; ``result.code`` is ``code``, read back."""
+    def run(self, code: CodeBlock, *, input_files: Mapping[str, bytes] | None = None,
+            output_filenames: Iterable[str] | None = None) -> CodeResult:
+        """Run ``code`` in a fresh interpreter; ``result.code`` is ``code``, read back.
+
+        ``input_files`` (name -> bytes; relative to the working directory ``/tmp/work``)
+        are written before the code runs, and the files named in ``output_filenames`` are
+        read after it: the result is then a :class:`WasmCodeResult`, whose
+        ``output_files`` holds them (one that cannot be read gets a line on ``error``
+        and ``exit_code`` 1). Rustic's ``CodeRunner.run`` has no files: these two keyword
+        arguments are this runner's own.
+        """
         block = code
+        files_asked = input_files is not None or output_filenames is not None
+        result_type = WasmCodeResult if files_asked else CodeResult
         if block.language not in self.supported_languages:
-            return CodeResult(code=block, output="",
-                              error=f"Unsupported language: {block.language}", exit_code=1)
+            return result_type(code=block, output="",
+                               error=f"Unsupported language: {block.language}", exit_code=1)
         namespace = {**block.globals, **block.locals}
         try:
             executor = PythonExecExecutor(
@@ -546,13 +562,14 @@ class WasmCodeInterpreter(CodeRunner):
                 default_imports=self.policy.default_imports, limits=self.limits,
                 pool=self.pool, runtime=self.runtime)
             try:
-                result = executor.execute(block.code, namespace, return_all=True)
+                result = executor.execute(block.code, namespace, return_all=True,
+                                          files=input_files, output_files=output_filenames)
             finally:
                 executor.close()
         except WasmExecError as e:  # globals that are not JSON, a runtime that cannot boot
-            return CodeResult(code=block, output="", error="", exit_code=1,
-                              exception=CodeException(etype=type(e).__name__, message=str(e),
-                                                      traceback=[]))
+            return result_type(code=block, output="", error="", exit_code=1,
+                               exception=CodeException(etype=type(e).__name__,
+                                                       message=str(e), traceback=[]))
         if result.limit is None:
             _read_back(block, result.globals)
         exception = None
@@ -562,9 +579,21 @@ class WasmCodeInterpreter(CodeRunner):
             exception = CodeException(
                 etype=result.error_type or "Error", message=message,
                 traceback=(result.traceback or "").splitlines(keepends=True))
-        failed = exception is not None or bool(result.stderr)
-        return CodeResult(code=block, output=result.stdout, error=result.stderr,
+        error = result.stderr + "".join(line + "\n" for line in _file_logs(result))
+        failed = exception is not None or bool(error)
+        if files_asked:
+            return WasmCodeResult(code=block, output=result.stdout, error=error,
+                                  exit_code=1 if failed else 0, exception=exception,
+                                  output_files=dict(result.files))
+        return CodeResult(code=block, output=result.stdout, error=error,
                           exit_code=1 if failed else 0, exception=exception)
+
+
+class WasmCodeResult(CodeResult):
+    """Rustic's ``CodeResult`` with the files a :class:`WasmCodeInterpreter` run was asked
+    for (``output_filenames``), by name."""
+
+    output_files: dict[str, bytes] = Field(default_factory=dict)
 
 
 class WasmCodeInterpreterResolver(DependencyResolver[CodeRunner]):
@@ -810,6 +839,8 @@ def _to_rustic(snippet: CodeSnippet, result: ExecutionResult) -> RusticExecution
         exception=exception,
         timed_out=result.limit == "timeout",
         duration_seconds=result.duration_seconds,
+        output_files=dict(result.files),
+        logs=_file_logs(result),
         resources_used={
             "fuel_used": result.fuel_used,
             "memory_bytes": result.memory_bytes,
@@ -826,16 +857,7 @@ def _host_error(snippet: CodeSnippet, error: Exception) -> RusticExecutionResult
         exception=ExecutionException(type=type(error).__name__, message=str(error)))
 
 
-def _refuse_files(snippet: CodeSnippet, input_files: dict[str, bytes] | None,
-                  output_filenames: list[str] | None) -> RusticExecutionResult | None:
-    asked = []
-    if input_files:
-        asked.append(f"input_files {sorted(input_files)}")
-    if output_filenames:
-        asked.append(f"output_filenames {list(output_filenames)}")
-    if not asked:
-        return None
-    return RusticExecutionResult(
-        input_snippet=snippet, exit_code=-1,
-        exception=ExecutionException(type="NotImplementedError",
-                                     message=_FILES_REFUSED.format(what=" and ".join(asked))))
+def _file_logs(result: ExecutionResult) -> list[str]:
+    """A log line per output file that could not be read."""
+    return [f"output file {name!r} not read: {why}"
+            for name, why in result.files_errors.items()]
