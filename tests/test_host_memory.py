@@ -22,7 +22,7 @@ import time
 import pytest
 
 from tests.test_vfs import FakeMem, W, _open, _path_call, _write
-from wasm_exec import ImageError, PythonExecExecutor, vfs
+from wasm_exec import ImageError, PythonExecExecutor, fsimage, fsnodes, vfs, wasi
 from wasm_exec.images import MAGIC
 
 MiB = 1 << 20
@@ -82,17 +82,17 @@ def test_listing_cache_is_bounded_and_readdir_still_correct(zip_bytes):
             raw, n, at = m.read(buf, m.u32(used)), m.u32(used), 0
             if n == 0:
                 return names
-            while at + vfs.DIRENT.size <= n:
-                nxt, _ino, namlen, _t = vfs.DIRENT.unpack_from(raw, at)
-                if at + vfs.DIRENT.size + namlen > n:
+            while at + wasi.DIRENT.size <= n:
+                nxt, _ino, namlen, _t = wasi.DIRENT.unpack_from(raw, at)
+                if at + wasi.DIRENT.size + namlen > n:
                     break
                 names.append(raw[at + 24:at + 24 + namlen].decode())
-                at += vfs.DIRENT.size + namlen
+                at += wasi.DIRENT.size + namlen
                 cookie = nxt
             if at == 0:
                 return names
 
-    fds = [_open(fs, m, "tmp/work", oflags=vfs.O_DIRECTORY)[1] for _ in range(5)]
+    fds = [_open(fs, m, "tmp/work", oflags=wasi.O_DIRECTORY)[1] for _ in range(5)]
     want = [".", ".."] + [f"{i:03}" for i in range(300)]
     for fd in fds:
         assert readdir_all(fd) == want
@@ -161,9 +161,9 @@ def test_loaded_scratch_area_keeps_its_cap(tmp_path):
 def test_crafted_images_that_would_lift_limits_are_refused(zip_bytes):
     fs = vfs.MemoryFS(zip_bytes, scratch_bytes=256 * 1024)
     m = FakeMem(fs)
-    err, fd = _open(fs, m, "tmp/work/a.txt", oflags=vfs.O_CREAT, rights=W)
+    err, fd = _open(fs, m, "tmp/work/a.txt", oflags=wasi.O_CREAT, rights=W)
     assert err == 0 and _write(fs, m, fd, b"hello")[0] == 0
-    good = json.loads(json.dumps(vfs.encode_fs_state(fs.snapshot(), fs)))
+    good = json.loads(json.dumps(fsimage.encode_fs_state(fs.snapshot(), fs)))
     nodes = good["nodes"]
     tmp = next(i for i, n in enumerate(nodes) if n["kind"] == "dir"
                and "work" in n.get("entries", {}))
@@ -182,29 +182,29 @@ def test_crafted_images_that_would_lift_limits_are_refused(zip_bytes):
     cases = {
         "two names": lambda d: d["nodes"][tmp]["entries"].__setitem__("b.txt", a_txt),
         # read-only contents are never charged: only the library zip may be one
-        "read-only data": extra({**base, "kind": "file", "dev": vfs.DEV_RO,
+        "read-only data": extra({**base, "kind": "file", "dev": fsnodes.DEV_RO,
                                  "writable": False, "opens": 0, "linked": True,
                                  "data": {"b64": big, "mutable": False}}),
         # a writable directory outside the scratch device gave back budget it never took
-        "writable device dir": extra({**base, "kind": "dir", "dev": vfs.DEV_DEVICES,
+        "writable device dir": extra({**base, "kind": "dir", "dev": fsnodes.DEV_DEVICES,
                                       "writable": True, "removed": False, "hidden": False,
                                       "entries": {}}),
         # a descriptor with more rights than opening the file would give
         "write rights on the zip": lambda d: d["fds"].__setitem__("9", {
             "node": next(i for i, n in enumerate(d["nodes"]) if n["kind"] == "file"
                          and n["data"] == {"zip": True}),
-            "pos": 0, "flags": 0, "base": vfs.RIGHTS_ALL, "inh": 0, "preopen": None}),
+            "pos": 0, "flags": 0, "base": wasi.RIGHTS_ALL, "inh": 0, "preopen": None}),
     }
     for name, change in cases.items():
         data = json.loads(json.dumps(good))
         change(data)
         with pytest.raises(ValueError):
-            vfs.decode_fs_state(data, vfs.MemoryFS(zip_bytes, scratch_bytes=256 * 1024))
+            fsimage.decode_fs_state(data, vfs.MemoryFS(zip_bytes, scratch_bytes=256 * 1024))
             pytest.fail(name)
     # counts the file system keeps are recounted, never read: opens from the descriptors
     data = json.loads(json.dumps(good))
     data["nodes"][a_txt]["opens"] = 7
-    state = vfs.decode_fs_state(data, vfs.MemoryFS(zip_bytes, scratch_bytes=256 * 1024))
+    state = fsimage.decode_fs_state(data, vfs.MemoryFS(zip_bytes, scratch_bytes=256 * 1024))
     other = vfs.MemoryFS(zip_bytes, scratch_bytes=256 * 1024)
     other.restore(state)
     m2 = FakeMem(other)
@@ -302,7 +302,7 @@ def _random_ops(fs: vfs.MemoryFS, m: FakeMem, rng: random.Random, fds: list[int]
     op = rng.randrange(9)
     name = rng.choice(names)
     if op == 0:
-        err, fd = _open(fs, m, name, oflags=vfs.O_CREAT, rights=W)
+        err, fd = _open(fs, m, name, oflags=wasi.O_CREAT, rights=W)
         if err == 0:
             fds.append(fd)
     elif op == 1 and fds:
@@ -325,7 +325,7 @@ def _random_ops(fs: vfs.MemoryFS, m: FakeMem, rng: random.Random, fds: list[int]
     elif op == 8:
         raw = name.encode()
         fs.path_filestat_set_times(None, vfs.PREOPEN_FD, 0, m.alloc(raw), len(raw),
-                                   rng.randrange(1 << 40), 5, vfs.FST_ATIM | vfs.FST_MTIM)
+                                   rng.randrange(1 << 40), 5, wasi.FST_ATIM | wasi.FST_MTIM)
 
 
 def test_incremental_snapshots_equal_full_copies_and_never_change(zip_bytes):
@@ -335,14 +335,14 @@ def test_incremental_snapshots_equal_full_copies_and_never_change(zip_bytes):
     fs = vfs.MemoryFS(zip_bytes, scratch_bytes=1 * MiB)
     m = FakeMem(fs)
     fds: list[int] = []
-    kept: list[tuple[vfs.FSState, str]] = []
+    kept: list[tuple[fsnodes.FSState, str]] = []
     for step in range(600):
         for _ in range(rng.randrange(4)):
             _random_ops(fs, m, rng, fds)
         if step % 3 == 0:
             state = fs.snapshot()
-            text = json.dumps(vfs.encode_fs_state(state, fs), sort_keys=True)
-            full = json.dumps(vfs.encode_fs_state(fs._full_snapshot(), fs), sort_keys=True)
+            text = json.dumps(fsimage.encode_fs_state(state, fs), sort_keys=True)
+            full = json.dumps(fsimage.encode_fs_state(fs._full_snapshot(), fs), sort_keys=True)
             assert text == full, step
             kept.append((state, text))
         if step % 50 == 49:
@@ -351,20 +351,20 @@ def test_incremental_snapshots_equal_full_copies_and_never_change(zip_bytes):
             fds = [fd for fd in fs.open_fds() if fd >= vfs.FIRST_FD]
             m.top = 0x1000
     for state, text in kept:
-        assert json.dumps(vfs.encode_fs_state(state, fs), sort_keys=True) == text
+        assert json.dumps(fsimage.encode_fs_state(state, fs), sort_keys=True) == text
 
 
 def test_an_unchanged_tree_is_shared_between_snapshots(zip_bytes):
     fs = vfs.MemoryFS(zip_bytes, scratch_bytes=64 * MiB)
     m = FakeMem(fs)
     for i in range(2000):
-        err, fd = _open(fs, m, f"tmp/work/f{i}", oflags=vfs.O_CREAT, rights=W)
+        err, fd = _open(fs, m, f"tmp/work/f{i}", oflags=wasi.O_CREAT, rights=W)
         assert err == 0 and fs.fd_close(None, fd) == 0
         m.top = 0x1000
     first = fs.snapshot()
     assert fs.snapshot().root is first.root
     # a change copies only the path to it
-    err, fd = _open(fs, m, "tmp/home/x", oflags=vfs.O_CREAT, rights=W)
+    err, fd = _open(fs, m, "tmp/home/x", oflags=wasi.O_CREAT, rights=W)
     assert err == 0
     second = fs.snapshot()
     assert second.root is not first.root

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from wasm_exec import vfs
+from wasm_exec import fsimage, fsnodes, vfs, wasi
 
 
 def _installed() -> tuple[Path, Path]:
@@ -89,11 +89,11 @@ def fm(zip_bytes: bytes) -> tuple[vfs.MemoryFS, FakeMem]:
 
 
 def _open(fs: vfs.MemoryFS, m: FakeMem, path: str, oflags: int = 0,
-          rights: int = vfs.R_FD_READ | vfs.R_FD_SEEK | vfs.R_FD_READDIR,
+          rights: int = wasi.R_FD_READ | wasi.R_FD_SEEK | wasi.R_FD_READDIR,
           fdflags: int = 0, dirfd: int = vfs.PREOPEN_FD) -> tuple[int, int]:
     raw = path.encode()
     p, out = m.alloc(raw), m.alloc(4)
-    err = fs.path_open(None, dirfd, 1, p, len(raw), oflags, rights, vfs.RIGHTS_ALL, fdflags,
+    err = fs.path_open(None, dirfd, 1, p, len(raw), oflags, rights, wasi.RIGHTS_ALL, fdflags,
                        out)
     return err, m.u32(out) if err == 0 else -1
 
@@ -117,20 +117,20 @@ def _path_call(fs: vfs.MemoryFS, m: FakeMem, name: str, path: str) -> int:
     return getattr(fs, name)(None, vfs.PREOPEN_FD, m.alloc(raw), len(raw))
 
 
-W = vfs.R_FD_READ | vfs.R_FD_WRITE | vfs.R_FD_SEEK | vfs.R_FD_FILESTAT_SET_SIZE
+W = wasi.R_FD_READ | wasi.R_FD_WRITE | wasi.R_FD_SEEK | wasi.R_FD_FILESTAT_SET_SIZE
 
 
 def test_struct_layouts_match_preview1() -> None:
     # sizes and offsets of wasi_snapshot_preview1's filestat, fdstat, prestat and dirent
-    assert vfs.FILESTAT.size == 64 and vfs.FDSTAT.size == 24
-    assert vfs.PRESTAT.size == 8 and vfs.DIRENT.size == 24
-    raw = vfs.FILESTAT.pack(1, 2, 4, 3, 5, 6, 7, 8)
+    assert wasi.FILESTAT.size == 64 and wasi.FDSTAT.size == 24
+    assert wasi.PRESTAT.size == 8 and wasi.DIRENT.size == 24
+    raw = wasi.FILESTAT.pack(1, 2, 4, 3, 5, 6, 7, 8)
     assert struct.unpack_from("<QQ", raw, 0) == (1, 2) and raw[16] == 4
     assert struct.unpack_from("<QQQQQ", raw, 24) == (3, 5, 6, 7, 8)
-    raw = vfs.FDSTAT.pack(3, 1, 0xAA, 0xBB)
+    raw = wasi.FDSTAT.pack(3, 1, 0xAA, 0xBB)
     assert raw[0] == 3 and struct.unpack_from("<H", raw, 2)[0] == 1
     assert struct.unpack_from("<QQ", raw, 8) == (0xAA, 0xBB)
-    raw = vfs.DIRENT.pack(9, 10, 11, 4)
+    raw = wasi.DIRENT.pack(9, 10, 11, 4)
     assert struct.unpack_from("<QQI", raw) == (9, 10, 11) and raw[20] == 4
 
 
@@ -140,25 +140,25 @@ def test_preopen_and_stat_structs(fm) -> None:
     assert fs.fd_prestat_get(None, 3, buf) == 0
     assert m.read(buf, 1) == b"\0" and m.u32(buf + 4) == 1
     assert fs.fd_prestat_dir_name(None, 3, buf, 1) == 0 and m.read(buf, 1) == b"/"
-    assert fs.fd_prestat_dir_name(None, 3, buf, 0) == vfs.ENAMETOOLONG
-    assert fs.fd_prestat_get(None, 4, buf) == vfs.EBADF  # ends libc's preopen scan
+    assert fs.fd_prestat_dir_name(None, 3, buf, 0) == wasi.ENAMETOOLONG
+    assert fs.fd_prestat_get(None, 4, buf) == wasi.EBADF  # ends libc's preopen scan
     assert fs.fd_fdstat_get(None, 3, buf) == 0
-    assert m.read(buf, 1)[0] == vfs.FT_DIRECTORY
-    assert m.u64(buf + 16) == vfs.RIGHTS_ALL
+    assert m.read(buf, 1)[0] == wasi.FT_DIRECTORY
+    assert m.u64(buf + 16) == wasi.RIGHTS_ALL
     # the zip: a read-only regular file of the zip's size
     raw = b"usr/local/lib/python315.zip"
     assert fs.path_filestat_get(None, 3, 0, m.alloc(raw), len(raw), buf) == 0
     dev, ino, ftype = struct.unpack_from("<QQB", m.read(buf, 17))
-    assert ftype == vfs.FT_REGULAR_FILE and ino > 0
+    assert ftype == wasi.FT_REGULAR_FILE and ino > 0
     assert m.u64(buf + 32) == len(fs._zip)
     # stdio is answered like wasmtime's non-terminal streams
-    assert fs.fd_fdstat_get(None, 1, buf) == 0 and m.read(buf, 1)[0] == vfs.FT_UNKNOWN
-    assert fs.fd_seek(None, 1, 0, 1, buf) == vfs.ESPIPE
+    assert fs.fd_fdstat_get(None, 1, buf) == 0 and m.read(buf, 1)[0] == wasi.FT_UNKNOWN
+    assert fs.fd_seek(None, 1, 0, 1, buf) == wasi.ESPIPE
 
 
 def test_open_read_write_seek_readdir(fm) -> None:
     fs, m = fm
-    err, fd = _open(fs, m, "tmp/work/a.txt", vfs.O_CREAT, W)
+    err, fd = _open(fs, m, "tmp/work/a.txt", wasi.O_CREAT, W)
     assert err == 0 and fd == vfs.FIRST_FD
     assert _write(fs, m, fd, b"hello world") == (0, 11)
     out = m.alloc(8)
@@ -174,15 +174,15 @@ def test_open_read_write_seek_readdir(fm) -> None:
     assert fs.fd_filestat_get(None, fd, st) == 0 and m.u64(st + 32) == 11
     assert fs.fd_filestat_set_size(None, fd, 5) == 0
     assert fs.fd_filestat_get(None, fd, st) == 0 and m.u64(st + 32) == 5
-    assert fs.fd_close(None, fd) == 0 and fs.fd_close(None, fd) == vfs.EBADF
+    assert fs.fd_close(None, fd) == 0 and fs.fd_close(None, fd) == wasi.EBADF
     # append
-    err, fd = _open(fs, m, "tmp/work/a.txt", 0, W, vfs.FDFLAG_APPEND)
+    err, fd = _open(fs, m, "tmp/work/a.txt", 0, W, wasi.FDFLAG_APPEND)
     assert _write(fs, m, fd, b"!") == (0, 1)
     assert fs.fd_seek(None, fd, 0, 0, out) == 0
     assert _read(fs, m, fd, 100) == (0, b"hello!")
     fs.fd_close(None, fd)
     # readdir of /tmp/work: ".", "..", "a.txt" with correct dirents
-    err, dfd = _open(fs, m, "tmp/work", vfs.O_DIRECTORY)
+    err, dfd = _open(fs, m, "tmp/work", wasi.O_DIRECTORY)
     assert err == 0
     buf, used = m.alloc(256), m.alloc(4)
     assert fs.fd_readdir(None, dfd, buf, 256, 0, used) == 0
@@ -201,50 +201,50 @@ def test_open_read_write_seek_readdir(fm) -> None:
 
 def test_errors_like_a_real_fs(fm) -> None:
     fs, m = fm
-    assert _open(fs, m, "tmp/nope")[0] == vfs.ENOENT
-    assert _open(fs, m, "tmp/work", 0, W)[0] == vfs.EISDIR
-    assert _open(fs, m, "usr/local/lib/python315.zip", 0, W)[0] == vfs.EROFS
-    assert _open(fs, m, "usr/x", vfs.O_CREAT, W)[0] == vfs.EROFS
-    assert _open(fs, m, "nope/x", vfs.O_CREAT, W)[0] == vfs.ENOENT
-    assert _open(fs, m, "usr/local/lib/python315.zip", vfs.O_DIRECTORY)[0] == vfs.ENOTDIR
-    assert _open(fs, m, "usr/local/lib/python315.zip/")[0] == vfs.ENOTDIR
-    assert _open(fs, m, "/tmp/work")[0] == vfs.ENOTCAPABLE  # absolute: libc never sends
-    assert _open(fs, m, "tmp/../../../tmp/work", vfs.O_DIRECTORY)[0] == 0  # ".." stops at /
-    err, fd = _open(fs, m, "tmp/work/x", vfs.O_CREAT | vfs.O_EXCL, W)
+    assert _open(fs, m, "tmp/nope")[0] == wasi.ENOENT
+    assert _open(fs, m, "tmp/work", 0, W)[0] == wasi.EISDIR
+    assert _open(fs, m, "usr/local/lib/python315.zip", 0, W)[0] == wasi.EROFS
+    assert _open(fs, m, "usr/x", wasi.O_CREAT, W)[0] == wasi.EROFS
+    assert _open(fs, m, "nope/x", wasi.O_CREAT, W)[0] == wasi.ENOENT
+    assert _open(fs, m, "usr/local/lib/python315.zip", wasi.O_DIRECTORY)[0] == wasi.ENOTDIR
+    assert _open(fs, m, "usr/local/lib/python315.zip/")[0] == wasi.ENOTDIR
+    assert _open(fs, m, "/tmp/work")[0] == wasi.ENOTCAPABLE  # absolute: libc never sends
+    assert _open(fs, m, "tmp/../../../tmp/work", wasi.O_DIRECTORY)[0] == 0  # ".." stops at /
+    err, fd = _open(fs, m, "tmp/work/x", wasi.O_CREAT | wasi.O_EXCL, W)
     assert err == 0
-    assert _open(fs, m, "tmp/work/x", vfs.O_CREAT | vfs.O_EXCL, W)[0] == vfs.EEXIST
-    assert _open(fs, m, "tmp/work/x/y", vfs.O_CREAT, W)[0] == vfs.ENOTDIR
+    assert _open(fs, m, "tmp/work/x", wasi.O_CREAT | wasi.O_EXCL, W)[0] == wasi.EEXIST
+    assert _open(fs, m, "tmp/work/x/y", wasi.O_CREAT, W)[0] == wasi.ENOTDIR
     assert _read(fs, m, fd, 4)[0] == 0
     err, ro = _open(fs, m, "tmp/work/x")
-    assert _write(fs, m, ro, b"no")[0] == vfs.EBADF  # opened without FD_WRITE
+    assert _write(fs, m, ro, b"no")[0] == wasi.EBADF  # opened without FD_WRITE
     # a directory fd other than the root cannot be escaped with ".."
-    err, dfd = _open(fs, m, "tmp/work", vfs.O_DIRECTORY)
-    assert _open(fs, m, "../home", vfs.O_DIRECTORY, dirfd=dfd)[0] == vfs.ENOTCAPABLE
+    err, dfd = _open(fs, m, "tmp/work", wasi.O_DIRECTORY)
+    assert _open(fs, m, "../home", wasi.O_DIRECTORY, dirfd=dfd)[0] == wasi.ENOTCAPABLE
     assert _open(fs, m, "x", dirfd=dfd)[0] == 0
-    assert _open(fs, m, "x", dirfd=fd)[0] == vfs.ENOTDIR
-    assert _open(fs, m, "x", dirfd=77)[0] == vfs.EBADF
+    assert _open(fs, m, "x", dirfd=fd)[0] == wasi.ENOTDIR
+    assert _open(fs, m, "x", dirfd=77)[0] == wasi.EBADF
     # no links of any kind
     raw = m.alloc(b"tmp/work/x")
-    assert fs.path_symlink(None, raw, 10, 3, raw, 10) == vfs.ENOTSUP
-    assert fs.path_link(None, 3, 0, raw, 10, 3, raw, 10) == vfs.EPERM
+    assert fs.path_symlink(None, raw, 10, 3, raw, 10) == wasi.ENOTSUP
+    assert fs.path_link(None, 3, 0, raw, 10, 3, raw, 10) == wasi.EPERM
     out = m.alloc(8)
-    assert fs.path_readlink(None, 3, raw, 10, out, 8, out) == vfs.EINVAL
-    assert fs.path_readlink(None, 3, m.alloc(b"tmp/q"), 5, out, 8, out) == vfs.ENOENT
+    assert fs.path_readlink(None, 3, raw, 10, out, 8, out) == wasi.EINVAL
+    assert fs.path_readlink(None, 3, m.alloc(b"tmp/q"), 5, out, 8, out) == wasi.ENOENT
     # directories
-    assert _path_call(fs, m, "path_create_directory", "tmp/work") == vfs.EEXIST
-    assert _path_call(fs, m, "path_create_directory", "usr/new") == vfs.EROFS
+    assert _path_call(fs, m, "path_create_directory", "tmp/work") == wasi.EEXIST
+    assert _path_call(fs, m, "path_create_directory", "usr/new") == wasi.EROFS
     assert _path_call(fs, m, "path_create_directory", "tmp/d/") == 0
-    assert _path_call(fs, m, "path_remove_directory", "tmp/work") == vfs.ENOTEMPTY
-    assert _path_call(fs, m, "path_remove_directory", "tmp/work/x") == vfs.ENOTDIR
-    assert _path_call(fs, m, "path_remove_directory", "tmp") == vfs.EROFS
-    assert _path_call(fs, m, "path_unlink_file", "tmp/d") == vfs.EISDIR
-    assert _path_call(fs, m, "path_unlink_file", "usr/local/lib/python315.zip") == vfs.EROFS
-    assert _path_call(fs, m, "path_unlink_file", "tmp/work/x/") == vfs.ENOTDIR
+    assert _path_call(fs, m, "path_remove_directory", "tmp/work") == wasi.ENOTEMPTY
+    assert _path_call(fs, m, "path_remove_directory", "tmp/work/x") == wasi.ENOTDIR
+    assert _path_call(fs, m, "path_remove_directory", "tmp") == wasi.EROFS
+    assert _path_call(fs, m, "path_unlink_file", "tmp/d") == wasi.EISDIR
+    assert _path_call(fs, m, "path_unlink_file", "usr/local/lib/python315.zip") == wasi.EROFS
+    assert _path_call(fs, m, "path_unlink_file", "tmp/work/x/") == wasi.ENOTDIR
     assert _path_call(fs, m, "path_remove_directory", "tmp/d") == 0
     # bad flags
-    assert fs.fd_fdstat_set_flags(None, fd, 0x100) == vfs.EINVAL
-    assert fs.fd_seek(None, fd, -1, 0, out) == vfs.EINVAL
-    assert fs.fd_seek(None, fd, 0, 7, out) == vfs.EINVAL
+    assert fs.fd_fdstat_set_flags(None, fd, 0x100) == wasi.EINVAL
+    assert fs.fd_seek(None, fd, -1, 0, out) == wasi.EINVAL
+    assert fs.fd_seek(None, fd, 0, 7, out) == wasi.EINVAL
 
 
 def test_rename_semantics(fm) -> None:
@@ -255,7 +255,7 @@ def test_rename_semantics(fm) -> None:
         return fs.path_rename(None, 3, m.alloc(ra), len(ra), 3, m.alloc(rb), len(rb))
 
     for name in ("tmp/a", "tmp/b"):
-        err, fd = _open(fs, m, name, vfs.O_CREAT, W)
+        err, fd = _open(fs, m, name, wasi.O_CREAT, W)
         _write(fs, m, fd, name.encode())
         fs.fd_close(None, fd)
     _path_call(fs, m, "path_create_directory", "tmp/d")
@@ -265,81 +265,81 @@ def test_rename_semantics(fm) -> None:
     assert fs.used_bytes == used - vfs.NODE_COST - len(b"tmp/b")
     err, fd = _open(fs, m, "tmp/b")
     assert _read(fs, m, fd, 10) == (0, b"tmp/a")
-    assert _open(fs, m, "tmp/a")[0] == vfs.ENOENT
-    assert rename("tmp/b", "tmp/d") == vfs.EISDIR
-    assert rename("tmp/d", "tmp/b") == vfs.ENOTDIR
-    assert rename("tmp/d", "tmp/d/e/f") == vfs.EINVAL  # into itself
-    assert rename("tmp/b", "usr/b") == vfs.EROFS
-    assert rename("usr/local/lib/python315.zip", "tmp/z") == vfs.EROFS
-    assert rename("tmp", "tmp2") == vfs.EROFS  # the mount point
-    _open(fs, m, "tmp/home/full", vfs.O_CREAT, W)
-    assert rename("tmp/d/e", "tmp/home") == vfs.ENOTEMPTY
+    assert _open(fs, m, "tmp/a")[0] == wasi.ENOENT
+    assert rename("tmp/b", "tmp/d") == wasi.EISDIR
+    assert rename("tmp/d", "tmp/b") == wasi.ENOTDIR
+    assert rename("tmp/d", "tmp/d/e/f") == wasi.EINVAL  # into itself
+    assert rename("tmp/b", "usr/b") == wasi.EROFS
+    assert rename("usr/local/lib/python315.zip", "tmp/z") == wasi.EROFS
+    assert rename("tmp", "tmp2") == wasi.EROFS  # the mount point
+    _open(fs, m, "tmp/home/full", wasi.O_CREAT, W)
+    assert rename("tmp/d/e", "tmp/home") == wasi.ENOTEMPTY
     _path_call(fs, m, "path_create_directory", "tmp/empty")
     assert rename("tmp/empty", "tmp/d/e") == 0  # a folder replaces an empty one
-    assert rename("tmp/nope", "tmp/x") == vfs.ENOENT
+    assert rename("tmp/nope", "tmp/x") == wasi.ENOENT
     assert rename("tmp/d", "tmp/d2") == 0
-    assert _open(fs, m, "tmp/d2/e", vfs.O_DIRECTORY)[0] == 0
+    assert _open(fs, m, "tmp/d2/e", wasi.O_DIRECTORY)[0] == 0
 
 
 def test_scratch_budget(zip_bytes) -> None:
     fs = vfs.MemoryFS(zip_bytes, scratch_bytes=10_000)
     m = FakeMem(fs)
     base = fs.used_bytes  # the made folders
-    err, fd = _open(fs, m, "tmp/big", vfs.O_CREAT, W)
+    err, fd = _open(fs, m, "tmp/big", wasi.O_CREAT, W)
     room = 10_000 - base - vfs.NODE_COST
     assert _write(fs, m, fd, b"x" * 20_000)[0] == 0  # a short write: what fits
     assert fs.used_bytes == 10_000
     st = m.alloc(64)
     fs.fd_filestat_get(None, fd, st)
     assert m.u64(st + 32) == room
-    assert _write(fs, m, fd, b"y") == (vfs.ENOSPC, 0)
-    assert fs.fd_filestat_set_size(None, fd, room + 1) == vfs.ENOSPC
-    assert _open(fs, m, "tmp/other", vfs.O_CREAT, W)[0] == vfs.ENOSPC
-    assert _path_call(fs, m, "path_create_directory", "tmp/dd") == vfs.ENOSPC
+    assert _write(fs, m, fd, b"y") == (wasi.ENOSPC, 0)
+    assert fs.fd_filestat_set_size(None, fd, room + 1) == wasi.ENOSPC
+    assert _open(fs, m, "tmp/other", wasi.O_CREAT, W)[0] == wasi.ENOSPC
+    assert _path_call(fs, m, "path_create_directory", "tmp/dd") == wasi.ENOSPC
     # an unlinked file keeps its bytes until its last fd closes
     assert _path_call(fs, m, "path_unlink_file", "tmp/big") == 0
     assert fs.used_bytes == 10_000
     assert fs.fd_close(None, fd) == 0
     assert fs.used_bytes == base
-    assert _open(fs, m, "tmp/other", vfs.O_CREAT, W)[0] == 0
+    assert _open(fs, m, "tmp/other", wasi.O_CREAT, W)[0] == 0
 
 
 def test_guest_pointers_are_checked(fm) -> None:
     fs, m = fm
-    err, fd = _open(fs, m, "tmp/f", vfs.O_CREAT, W)
+    err, fd = _open(fs, m, "tmp/f", wasi.O_CREAT, W)
     size = FakeMem.SIZE
     out = m.alloc(4)
-    assert fs.fd_write(None, fd, size - 4, 1, out) == vfs.EFAULT  # iovec array outside
-    assert fs.fd_write(None, fd, m.iovs((size - 2, 4)), 1, out) == vfs.EFAULT
-    assert fs.fd_write(None, fd, m.iovs((0, 1)), 1025, out) == vfs.EINVAL
-    assert fs.fd_write(None, fd, -8, 1, out) == vfs.EFAULT  # i32 -8 is 0xFFFFFFF8
-    assert fs.fd_read(None, fd, m.iovs((size - 1, 2)), 1, out) == vfs.EFAULT
-    assert fs.fd_fdstat_get(None, fd, size - 8) == vfs.EFAULT
-    assert fs.fd_filestat_get(None, fd, size - 63) == vfs.EFAULT
-    assert fs.fd_prestat_get(None, 3, size) == vfs.EFAULT
-    assert fs.path_open(None, 3, 0, size - 2, 10, 0, 0, 0, 0, out) == vfs.EFAULT
-    assert fs.path_open(None, 3, 0, 0, 5000, 0, 0, 0, 0, out) == vfs.ENAMETOOLONG
-    assert fs.path_open(None, 3, 0, m.alloc(b"tmp/\xff"), 5, 0, 0, 0, 0, out) == vfs.EILSEQ
-    assert fs.fd_readdir(None, 3, size - 10, 100, 0, out) == vfs.EFAULT
+    assert fs.fd_write(None, fd, size - 4, 1, out) == wasi.EFAULT  # iovec array outside
+    assert fs.fd_write(None, fd, m.iovs((size - 2, 4)), 1, out) == wasi.EFAULT
+    assert fs.fd_write(None, fd, m.iovs((0, 1)), 1025, out) == wasi.EINVAL
+    assert fs.fd_write(None, fd, -8, 1, out) == wasi.EFAULT  # i32 -8 is 0xFFFFFFF8
+    assert fs.fd_read(None, fd, m.iovs((size - 1, 2)), 1, out) == wasi.EFAULT
+    assert fs.fd_fdstat_get(None, fd, size - 8) == wasi.EFAULT
+    assert fs.fd_filestat_get(None, fd, size - 63) == wasi.EFAULT
+    assert fs.fd_prestat_get(None, 3, size) == wasi.EFAULT
+    assert fs.path_open(None, 3, 0, size - 2, 10, 0, 0, 0, 0, out) == wasi.EFAULT
+    assert fs.path_open(None, 3, 0, 0, 5000, 0, 0, 0, 0, out) == wasi.ENAMETOOLONG
+    assert fs.path_open(None, 3, 0, m.alloc(b"tmp/\xff"), 5, 0, 0, 0, 0, out) == wasi.EILSEQ
+    assert fs.fd_readdir(None, 3, size - 10, 100, 0, out) == wasi.EFAULT
     # a failed path_open leaves no fd behind
     before = dict(fs._fds)
-    assert _open(fs, m, "tmp/g", vfs.O_CREAT, W)[0] == 0
+    assert _open(fs, m, "tmp/g", wasi.O_CREAT, W)[0] == 0
     raw = m.alloc(b"tmp/g")
-    assert fs.path_open(None, 3, 0, raw, 5, 0, W, 0, 0, size) == vfs.EFAULT
+    assert fs.path_open(None, 3, 0, raw, 5, 0, W, 0, 0, size) == wasi.EFAULT
     assert len(fs._fds) == len(before) + 1
 
 
 def test_fd_numbers_and_limits(zip_bytes) -> None:
     fs = vfs.MemoryFS(zip_bytes, max_fds=6)
     m = FakeMem(fs)
-    fds = [_open(fs, m, "tmp", vfs.O_DIRECTORY) for _ in range(5)]
+    fds = [_open(fs, m, "tmp", wasi.O_DIRECTORY) for _ in range(5)]
     assert [f for _, f in fds] == [4, 5, 6, 7, 8]
-    assert _open(fs, m, "tmp", vfs.O_DIRECTORY)[0] == vfs.EMFILE
+    assert _open(fs, m, "tmp", wasi.O_DIRECTORY)[0] == wasi.EMFILE
     fs.fd_close(None, 6)
-    assert _open(fs, m, "tmp", vfs.O_DIRECTORY) == (0, 6)  # lowest free, never 0-3
+    assert _open(fs, m, "tmp", wasi.O_DIRECTORY) == (0, 6)  # lowest free, never 0-3
     assert fs.fd_renumber(None, 6, 8) == 0 and fs.fd_fdstat_get(None, 6, m.alloc(24)) == 8
-    assert fs.fd_renumber(None, 3, 8) == vfs.ENOTSUP
-    assert fs.fd_renumber(None, 1, 8) == vfs.ENOTSUP
+    assert fs.fd_renumber(None, 3, 8) == wasi.ENOTSUP
+    assert fs.fd_renumber(None, 1, 8) == wasi.ENOTSUP
 
 
 def test_stdio_is_delegated(fm) -> None:
@@ -360,12 +360,12 @@ def test_stdio_is_delegated(fm) -> None:
     fs.fd_read(None, 0, 0, 4, 0)
     assert seen == [("w", 1, 2), ("w", 2, 3), ("r", 0, 4)]
     assert fs.fd_close(None, 1) == 0  # a no-op: the session keeps its fds
-    assert fs.fd_prestat_get(None, 0, m.alloc(8)) == vfs.EBADF
+    assert fs.fd_prestat_get(None, 0, m.alloc(8)) == wasi.EBADF
 
 
 def test_snapshot_restore_unit(fm, zip_bytes) -> None:
     fs, m = fm
-    err, fd = _open(fs, m, "tmp/work/s.txt", vfs.O_CREAT, W)
+    err, fd = _open(fs, m, "tmp/work/s.txt", wasi.O_CREAT, W)
     _write(fs, m, fd, b"one")
     state = fs.snapshot()
     assert state.zip_data is fs._zip  # shared, not copied
@@ -411,9 +411,9 @@ def test_mpl_data_overlay_is_shared() -> None:
     assert _read(a, ma, fd, 200)[1].startswith(b"##")
     assert _open(b, mb, path)[0] == 0
     hidden = "usr/local/lib/python315.zip/matplotlib"
-    assert _open(a, ma, hidden, vfs.O_DIRECTORY)[0] == vfs.ENOENT  # zipimport must fail here
-    assert _open(a, ma, hidden + "/mpl-data/fonts", vfs.O_DIRECTORY)[0] == 0
-    assert _open(a, ma, path, 0, W)[0] == vfs.EROFS
+    assert _open(a, ma, hidden, wasi.O_DIRECTORY)[0] == wasi.ENOENT  # zipimport must fail here
+    assert _open(a, ma, hidden + "/mpl-data/fonts", wasi.O_DIRECTORY)[0] == 0
+    assert _open(a, ma, path, 0, W)[0] == wasi.EROFS
 
 
 # ====================================================================== guest harness
@@ -662,16 +662,16 @@ def test_guest_snapshot_restore(guest) -> None:
 # ------------------------------------------------------------ file system in an image file
 def _encoded(fs: vfs.MemoryFS) -> dict:
     import json
-    return json.loads(json.dumps(vfs.encode_fs_state(fs.snapshot(), fs)))
+    return json.loads(json.dumps(fsimage.encode_fs_state(fs.snapshot(), fs)))
 
 
 def test_saved_file_system_round_trip(fm: tuple[vfs.MemoryFS, FakeMem]) -> None:
     fs, m = fm
-    err, fd = _open(fs, m, "tmp/work/a.txt", oflags=vfs.O_CREAT, rights=W)
+    err, fd = _open(fs, m, "tmp/work/a.txt", oflags=wasi.O_CREAT, rights=W)
     assert err == 0 and _write(fs, m, fd, b"hello")[0] == 0
     data = _encoded(fs)
     other = vfs.MemoryFS(fs._zip, scratch_bytes=64 * 1024)
-    state = vfs.decode_fs_state(data, other)
+    state = fsimage.decode_fs_state(data, other)
     assert state.used == fs.snapshot().used  # recounted, equal to the live count
     other.restore(state)
     m2 = FakeMem(other)
@@ -683,7 +683,7 @@ def test_saved_file_system_round_trip(fm: tuple[vfs.MemoryFS, FakeMem]) -> None:
 
 def test_crafted_file_systems_are_refused(fm: tuple[vfs.MemoryFS, FakeMem]) -> None:
     fs, m = fm
-    assert _open(fs, m, "tmp/work/a.txt", oflags=vfs.O_CREAT, rights=W)[0] == 0
+    assert _open(fs, m, "tmp/work/a.txt", oflags=wasi.O_CREAT, rights=W)[0] == 0
     good = _encoded(fs)
     nodes = good["nodes"]
     tmp = next(i for i, n in enumerate(nodes) if n["kind"] == "dir"
@@ -707,7 +707,7 @@ def test_crafted_file_systems_are_refused(fm: tuple[vfs.MemoryFS, FakeMem]) -> N
         lambda d: d["nodes"][work]["entries"].__setitem__("up", tmp),
         # the library zip as a writable file, scratch contents on the read-only device
         lambda d: d["nodes"][zip_file].update(writable=True),
-        lambda d: d["nodes"][scratch_file].update(dev=vfs.DEV_RO),
+        lambda d: d["nodes"][scratch_file].update(dev=fsnodes.DEV_RO),
         # more scratch data than the budget (the "used" figure is recounted, not read)
         lambda d: d["nodes"][scratch_file]["data"].update(
             b64=__import__("base64").b64encode(bytes(200_000)).decode()),
@@ -721,4 +721,4 @@ def test_crafted_file_systems_are_refused(fm: tuple[vfs.MemoryFS, FakeMem]) -> N
     assert home is not None
     for change in cases:
         with pytest.raises((ValueError, KeyError, TypeError)):
-            vfs.decode_fs_state(crafted(change), vfs.MemoryFS(fs._zip, scratch_bytes=64 * 1024))
+            fsimage.decode_fs_state(crafted(change), vfs.MemoryFS(fs._zip, scratch_bytes=64 * 1024))

@@ -55,7 +55,8 @@ from .state_store import (
     open_state_store,
 )
 from .tools import ToolBox, ToolFunction, check_tools, serving
-from .vfs import MemoryFS, host_path, scratch_budget, shared_zip
+from .vfs import MemoryFS, host_path, scratch_budget
+from .zipfs import shared_zip
 
 # top-level packages the scientific runtime has and the minimal one lacks
 SCIENTIFIC_PACKAGES = frozenset({

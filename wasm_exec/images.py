@@ -32,15 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ImageError
+from .fsimage import decode_fs_state, encode_fs_state, max_image_nodes
 from .runtime import runner_identity
 from .session import MemoryImage
-from .vfs import (
-    DEFAULT_MAX_FDS,
-    MemoryFS,
-    decode_fs_state,
-    encode_fs_state,
-    max_image_nodes,
-)
+from .vfs import DEFAULT_MAX_FDS, MemoryFS
 
 MAGIC = b"WASM-EXEC-IMAGE\n"
 MAGIC_KEYED = b"WASM-EXEC-KEYED\n"  # ends with an HMAC-SHA256 instead of a SHA-256

@@ -59,18 +59,19 @@ from .tools import (
     error_answer,
     parse_request,
 )
-from .vfs import MemoryFS, scratch_budget, setup_source, shared_zip
+from .vfs import MemoryFS, scratch_budget, setup_source
+from .wasi import EBADF as ERRNO_BADF
+from .wasi import EFAULT as ERRNO_FAULT
+from .wasi import EINVAL as ERRNO_INVAL
+from .wasi import ESUCCESS as ERRNO_SUCCESS
+from .wasi import M32 as _M32
+from .wasi import MAX_IO_BYTES, MAX_IOVS
+from .zipfs import shared_zip
 
 T = TypeVar("T")
 
-ERRNO_SUCCESS = 0
-ERRNO_BADF = 8
-ERRNO_FAULT = 21
-ERRNO_INVAL = 28
 
 TICK_SECONDS = 0.005
-MAX_IOVS = 1024  # POSIX IOV_MAX: the guest's libc never sends more
-MAX_IO_BYTES = (1 << 31) - 1  # the most one read or write moves (SSIZE_MAX of wasm32)
 # guest pointers are u32, but wasmtime hands an i32 to a host function as a signed int (an
 # address of 2 GiB or more arrives negative): pointers are read through this mask
 U32 = 0xFFFFFFFF
@@ -1117,7 +1118,6 @@ class Session:
         return self._put_u32(caller, nevents_ptr, len(events))
 
 
-_M32 = 0xFFFFFFFF
 
 _DETAIL = {
     STOP_FUEL: "fuel exhausted",

@@ -4,6 +4,11 @@ Used by every runtime (pre-initialised CPython reactors): every WASI file-system
 import is shadowed by a method of one :class:`MemoryFS`, one per interpreter. Nothing here
 touches the host file system on the guest's behalf.
 
+The file system's parts, one concept per module: the WASI ABI (errno values, flags, struct
+layouts, guest memory access) in ``wasi.py``; the nodes and tree copies in ``fsnodes.py``;
+the runtime's read-only archives in ``zipfs.py``; the state as JSON for image files in
+``fsimage.py``; the calls themselves (``MemoryFS``) here.
+
 The guest sees one preopened directory, ``/`` on fd 3 (the snapshot's libc finds it by
 asking ``fd_prestat_get`` for fds 3, 4, ... on its first path call), holding:
 
@@ -34,117 +39,99 @@ guest's own writes.
 
 from __future__ import annotations
 
-import base64
-import copy
-import ctypes
-import io
 import itertools
 import mmap
 import os
-import struct
-import threading
 import time
-import zipfile
-import zlib
 from collections.abc import Callable
 from typing import Any
 
 import wasmtime
 
 from .errors import InputError
-
-# ------------------------------------------------------------------ WASI constants
-ESUCCESS = 0
-EACCES = 2
-EBADF = 8
-EEXIST = 20
-EFAULT = 21
-EFBIG = 22
-EILSEQ = 25
-EINVAL = 28
-EIO = 29
-EISDIR = 31
-EMFILE = 33
-ENAMETOOLONG = 37
-ENOENT = 44
-ENOSPC = 51
-ENOTDIR = 54
-ENOTEMPTY = 55
-ENOTSUP = 58
-EOVERFLOW = 61
-EPERM = 63
-EROFS = 69
-ESPIPE = 70
-ENOTCAPABLE = 76
-
-FT_UNKNOWN = 0
-FT_CHARACTER_DEVICE = 2
-FT_DIRECTORY = 3
-FT_REGULAR_FILE = 4
-
-O_CREAT = 1
-O_DIRECTORY = 2
-O_EXCL = 4
-O_TRUNC = 8
-
-FDFLAG_APPEND = 1
-FDFLAGS_ALL = 0x1F
-
-FST_ATIM = 1
-FST_ATIM_NOW = 2
-FST_MTIM = 4
-FST_MTIM_NOW = 8
-
-R_FD_DATASYNC = 1 << 0
-R_FD_READ = 1 << 1
-R_FD_SEEK = 1 << 2
-R_FD_FDSTAT_SET_FLAGS = 1 << 3
-R_FD_SYNC = 1 << 4
-R_FD_TELL = 1 << 5
-R_FD_WRITE = 1 << 6
-R_FD_ADVISE = 1 << 7
-R_FD_ALLOCATE = 1 << 8
-R_PATH_CREATE_DIRECTORY = 1 << 9
-R_PATH_CREATE_FILE = 1 << 10
-R_PATH_LINK_SOURCE = 1 << 11
-R_PATH_LINK_TARGET = 1 << 12
-R_PATH_OPEN = 1 << 13
-R_FD_READDIR = 1 << 14
-R_PATH_READLINK = 1 << 15
-R_PATH_RENAME_SOURCE = 1 << 16
-R_PATH_RENAME_TARGET = 1 << 17
-R_PATH_FILESTAT_GET = 1 << 18
-R_PATH_FILESTAT_SET_SIZE = 1 << 19
-R_PATH_FILESTAT_SET_TIMES = 1 << 20
-R_FD_FILESTAT_GET = 1 << 21
-R_FD_FILESTAT_SET_SIZE = 1 << 22
-R_FD_FILESTAT_SET_TIMES = 1 << 23
-R_PATH_SYMLINK = 1 << 24
-R_PATH_REMOVE_DIRECTORY = 1 << 25
-R_PATH_UNLINK_FILE = 1 << 26
-R_POLL_FD_READWRITE = 1 << 27
-RIGHTS_ALL = (1 << 30) - 1
-
-FILE_RIGHTS = (R_FD_DATASYNC | R_FD_READ | R_FD_SEEK | R_FD_FDSTAT_SET_FLAGS | R_FD_SYNC
-               | R_FD_TELL | R_FD_WRITE | R_FD_ADVISE | R_FD_ALLOCATE | R_FD_FILESTAT_GET
-               | R_FD_FILESTAT_SET_SIZE | R_FD_FILESTAT_SET_TIMES | R_POLL_FD_READWRITE)
-DIR_RIGHTS = (R_FD_FDSTAT_SET_FLAGS | R_FD_SYNC | R_FD_ADVISE | R_PATH_CREATE_DIRECTORY
-              | R_PATH_CREATE_FILE | R_PATH_LINK_SOURCE | R_PATH_LINK_TARGET | R_PATH_OPEN
-              | R_FD_READDIR | R_PATH_READLINK | R_PATH_RENAME_SOURCE | R_PATH_RENAME_TARGET
-              | R_PATH_FILESTAT_GET | R_PATH_FILESTAT_SET_SIZE | R_PATH_FILESTAT_SET_TIMES
-              | R_FD_FILESTAT_GET | R_FD_FILESTAT_SET_TIMES | R_PATH_SYMLINK
-              | R_PATH_REMOVE_DIRECTORY | R_PATH_UNLINK_FILE)
-WRITE_RIGHTS = R_FD_WRITE | R_FD_ALLOCATE | R_FD_FILESTAT_SET_SIZE
-
-# struct layouts of wasi_snapshot_preview1 (little-endian, natural alignment)
-FILESTAT = struct.Struct("<QQB7xQQQQQ")  # dev ino filetype nlink size atim mtim ctim: 64
-FDSTAT = struct.Struct("<BxH4xQQ")  # filetype flags rights_base rights_inheriting: 24
-PRESTAT = struct.Struct("<B3xI")  # tag (0 = dir) name_len: 8
-DIRENT = struct.Struct("<QQIB3x")  # d_next d_ino d_namlen d_type: 24, then the name
-U32 = struct.Struct("<I")
-U64 = struct.Struct("<Q")
-IOVEC = struct.Struct("<II")
-assert (FILESTAT.size, FDSTAT.size, PRESTAT.size, DIRENT.size) == (64, 24, 8, 24)
+from .fsnodes import (
+    DEV_DEVICES,
+    DEV_RO,
+    DEV_SCRATCH,
+    FIXED_TIME_NS,
+    Dir,
+    Fd,
+    File,
+    FSState,
+    Node,
+    clone_tree,
+    filetype,
+    freeze,
+)
+from .wasi import (
+    DIR_RIGHTS,
+    DIRENT,
+    EBADF,
+    EEXIST,
+    EFAULT,
+    EFBIG,
+    EILSEQ,
+    EINVAL,
+    EIO,
+    EISDIR,
+    EMFILE,
+    ENAMETOOLONG,
+    ENOENT,
+    ENOSPC,
+    ENOTCAPABLE,
+    ENOTDIR,
+    ENOTEMPTY,
+    ENOTSUP,
+    EOVERFLOW,
+    EPERM,
+    EROFS,
+    ESPIPE,
+    ESUCCESS,
+    FDFLAG_APPEND,
+    FDFLAGS_ALL,
+    FDSTAT,
+    FILE_RIGHTS,
+    FILESTAT,
+    FST_ATIM,
+    FST_ATIM_NOW,
+    FST_MTIM,
+    FST_MTIM_NOW,
+    FT_CHARACTER_DEVICE,
+    FT_DIRECTORY,
+    FT_REGULAR_FILE,
+    FT_UNKNOWN,
+    M32,
+    M64,
+    MAX_IO_BYTES,
+    O_CREAT,
+    O_DIRECTORY,
+    O_EXCL,
+    O_TRUNC,
+    PRESTAT,
+    R_FD_ALLOCATE,
+    R_FD_FILESTAT_SET_SIZE,
+    R_FD_READ,
+    R_FD_WRITE,
+    R_POLL_FD_READWRITE,
+    RIGHTS_ALL,
+    U32,
+    U64,
+    WRITE_RIGHTS,
+    MemGetter,
+    addressof,
+    c_char,
+    iovecs,
+    memmove,
+    memory_getter,
+    no_memory,
+    put_u32,
+    string_at,
+)
+from .zipfs import (
+    inflate,
+    shared_zip,
+    zip_overlay,
+)
 
 # ------------------------------------------------------------------ layout and limits
 ZIP_PATH = "/usr/local/lib/python315.zip"
@@ -162,8 +149,6 @@ GUEST_ENV = {"HOME": GUEST_HOME, "MPLCONFIGDIR": GUEST_MPLCONFIGDIR, "TMPDIR": S
 PREOPEN_FD = 3  # the one preopened directory, "/"
 FIRST_FD = 4  # fds the guest opens start here
 STDIO_FDS = 3  # 0, 1, 2 belong to the caller
-MAX_IOVS = 1024
-MAX_IO_BYTES = (1 << 31) - 1
 PATH_MAX = 4096
 NAME_MAX = 255
 # budget charged per scratch file or directory: its host cost (node, a name of up to 255
@@ -172,26 +157,13 @@ NODE_COST = 1536
 DEFAULT_SCRATCH_BYTES = 256 << 20
 DEFAULT_MAX_FDS = 1024
 CONSOLE_CAP = 1 << 20
-FIXED_TIME_NS = 1_767_225_600 * 10**9  # 2026-01-01: times of the read-only part
-DEV_RO, DEV_SCRATCH, DEV_DEVICES = 1, 2, 3
-_M32 = 0xFFFFFFFF
-_M64 = (1 << 64) - 1
 
-_memmove = ctypes.memmove
-_string_at = ctypes.string_at
-_c_char = ctypes.c_char
-_addressof = ctypes.addressof
 
 
 def scratch_budget(memory_bytes: int) -> int:
     """The scratch budget of an interpreter with this memory limit: a quarter of it, at
     least 16 MiB."""
     return max(16 << 20, int(memory_bytes) // 4)
-
-
-def guest_env() -> dict[str, str]:
-    """Environment variables the guest should see (set by :func:`setup_source`)."""
-    return dict(GUEST_ENV)
 
 
 def setup_source() -> str:
@@ -214,121 +186,7 @@ def setup_source() -> str:
             "del _p, _s, _k, _v\n")
 
 
-# ------------------------------------------------------------------ shared zip bytes
-_zip_lock = threading.Lock()
-_zips: dict[str, Any] = {}
-
-
-def shared_zip(path: str | os.PathLike[str]) -> Any:
-    """The stdlib zip at ``path`` as a read-only mmap, mapped once per process."""
-    key = os.path.realpath(os.fspath(path))
-    with _zip_lock:
-        data = _zips.get(key)
-        if data is None:
-            with open(key, "rb") as f:
-                data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            _zips[key] = data
-        return data
-
-
-# ------------------------------------------------------------------ nodes
-class _Node:
-    __slots__ = ("ino", "dev", "writable", "atim", "mtim", "ctim", "shared", "parent", "snap")
-
-    def __init__(self, ino: int, dev: int, writable: bool, now: int) -> None:
-        self.ino = ino
-        self.dev = dev
-        self.writable = writable
-        self.atim = self.mtim = self.ctim = now
-        self.shared = False  # part of a process-wide read-only tree: never copied
-        # the directory that holds it (itself for the root and for a node no directory
-        # holds any more); in a snapshot's copies it means nothing (restore recomputes it)
-        self.parent: _Node = self
-        # the copy of this node (and of everything below it) in the latest snapshot, or
-        # None once it changed since: a snapshot copies only what changed (and the path
-        # to it), the rest of the tree is shared between snapshots (see MemoryFS._dirty)
-        self.snap: _Node | None = None
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> _Node:
-        if self.shared:
-            return self
-        new = object.__new__(type(self))
-        memo[id(self)] = new
-        for cls in type(self).__mro__:
-            for slot in getattr(cls, "__slots__", ()):
-                setattr(new, slot, copy.deepcopy(getattr(self, slot), memo))
-        return new
-
-
-class _File(_Node):
-    """A regular file: ``data`` a bytearray (scratch) or bytes-like (read-only), or None
-    for /dev/null or a member of an overlay archive not loaded yet (``member`` set)."""
-
-    __slots__ = ("data", "opens", "linked", "member")
-
-    def __init__(self, ino: int, dev: int, writable: bool, now: int, data: Any,
-                 member: tuple[Any, int, int, int, int] | None = None) -> None:
-        super().__init__(ino, dev, writable, now)
-        self.data = data
-        self.opens = 0  # open fds (kept for scratch files only)
-        self.linked = True
-        self.member = member  # (archive, data offset, compressed size, size, method)
-
-
-class _Dir(_Node):
-    __slots__ = ("entries", "removed", "hidden")
-
-    def __init__(self, ino: int, dev: int, writable: bool, now: int,
-                 parent: _Dir | None) -> None:
-        super().__init__(ino, dev, writable, now)
-        self.entries: dict[str, _Node] = {}
-        if parent is not None:
-            self.parent = parent
-        self.removed = False
-        self.hidden = False  # can be walked through, but does not exist itself
-
-
-class _Fd:
-    __slots__ = ("node", "pos", "flags", "base", "inh", "preopen", "listing")
-
-    def __init__(self, node: _Node, flags: int, base: int, inh: int,
-                 preopen: str | None = None) -> None:
-        self.node = node
-        self.pos = 0
-        self.flags = flags
-        self.base = base
-        self.inh = inh
-        self.preopen = preopen
-        # a directory's entries as of the read that started at cookie 0: later reads
-        # continue that listing instead of building it again (a listing is linear work);
-        # kept only within MemoryFS.max_listed_entries over all descriptors
-        self.listing: list[tuple[str, _Node]] | None = None
-
-
-class FSState:
-    """An opaque copy of a :class:`MemoryFS` (tree, fd table, usage); see ``snapshot``."""
-
-    __slots__ = ("root", "fds", "used", "next_ino", "zip_data")
-
-    def __init__(self, root: _Dir, fds: dict[int, _Fd], used: int, next_ino: int,
-                 zip_data: Any) -> None:
-        self.root = root
-        self.fds = fds
-        self.used = used
-        self.next_ino = next_ino
-        self.zip_data = zip_data
-
-
-def _filetype(node: _Node) -> int:
-    if type(node) is _Dir:
-        return FT_DIRECTORY
-    if node.data is None and node.member is None:  # type: ignore[attr-defined]
-        return FT_CHARACTER_DEVICE
-    return FT_REGULAR_FILE
-
-
 # ------------------------------------------------------------------ the file system
-MemGetter = Callable[[Any], tuple[int, int]]
 StdioFunc = Callable[[Any, int, int, int, int], int]
 
 
@@ -357,25 +215,25 @@ class MemoryFS:
         self._listed = 0
         self._used = 0
         self._next_ino = 1
-        self._mem: MemGetter = _no_memory
+        self._mem: MemGetter = no_memory
         self._stdio_read: StdioFunc = self._default_stdio_read
         self._stdio_write: StdioFunc = self._default_stdio_write
         self.console: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
 
         now = FIXED_TIME_NS
-        self._root = _Dir(self._ino(), DEV_RO, False, now, None)
+        self._root = Dir(self._ino(), DEV_RO, False, now, None)
         zip_dir = self._mkdirs(zip_path.rsplit("/", 1)[0], False, DEV_RO, now)
         name = zip_path.rsplit("/", 1)[1]
-        zip_dir.entries[name] = _File(self._ino(), DEV_RO, False, now, self._zip)
+        zip_dir.entries[name] = File(self._ino(), DEV_RO, False, now, self._zip)
         dev = self._mkdirs("/dev", False, DEV_DEVICES, now)
-        dev.entries["null"] = _File(self._ino(), DEV_DEVICES, True, now, None)
+        dev.entries["null"] = File(self._ino(), DEV_DEVICES, True, now, None)
         scratch = self._mkdirs(scratch_root, False, DEV_RO, now)
         scratch.writable = True
         scratch.dev = DEV_SCRATCH
         for d in dirs:
             self._mkdirs(d, True, DEV_SCRATCH, time.time_ns(), charge=True)
-        self._fds: dict[int, _Fd] = {
-            PREOPEN_FD: _Fd(self._root, 0, DIR_RIGHTS, RIGHTS_ALL, "/")}
+        self._fds: dict[int, Fd] = {
+            PREOPEN_FD: Fd(self._root, 0, DIR_RIGHTS, RIGHTS_ALL, "/")}
 
     # -------------------------------------------------------------- setup helpers
     def _ino(self) -> int:
@@ -384,18 +242,18 @@ class MemoryFS:
         return n
 
     def _mkdirs(self, path: str, writable: bool, dev: int, now: int,
-                charge: bool = False) -> _Dir:
+                charge: bool = False) -> Dir:
         node = self._root
         for part in path.strip("/").split("/"):
             if not part:
                 continue
             child = node.entries.get(part)
             if child is None:
-                child = _Dir(self._ino(), dev, writable, now, node)
+                child = Dir(self._ino(), dev, writable, now, node)
                 node.entries[part] = child
                 if charge:
                     self._used += NODE_COST
-            if type(child) is not _Dir:
+            if type(child) is not Dir:
                 raise ValueError(f"{path}: {part} is not a directory")
             node = child  # type: ignore[assignment]
         return node
@@ -429,7 +287,7 @@ class MemoryFS:
             self._stdio_read = stdio_read
         if stdio_write is not None:
             self._stdio_write = stdio_write
-        self.bind_memory(_memory_getter(memory))
+        self.bind_memory(memory_getter(memory))
         linker.allow_shadowing = True
         i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
         for name, params in _SIGNATURES.items():
@@ -449,14 +307,14 @@ class MemoryFS:
         above it); the rest is shared with that snapshot, so an unchanged tree costs the
         size of the fd table, whatever the number of files. Take it between turns (no
         wasm frame live)."""
-        _freeze(self._root)
-        fds: dict[int, _Fd] = {}
+        freeze(self._root)
+        fds: dict[int, Fd] = {}
         for fd, f in self._fds.items():
             node = f.node
             if not node.shared and node.snap is None:
-                _freeze(node)  # a file or directory no directory holds any more
-            g = object.__new__(_Fd)
-            for slot in _Fd.__slots__:
+                freeze(node)  # a file or directory no directory holds any more
+            g = object.__new__(Fd)
+            for slot in Fd.__slots__:
                 setattr(g, slot, getattr(f, slot))
             g.node = node if node.shared else node.snap  # type: ignore[assignment]
             g.listing = None  # (a cache)
@@ -466,10 +324,10 @@ class MemoryFS:
 
     def _full_snapshot(self) -> FSState:
         """A snapshot that copies everything (what :meth:`snapshot` must equal; tests)."""
-        root, fds = _clone(self._root, self._fds, self._zip, self._zip)
+        root, fds = clone_tree(self._root, self._fds, self._zip, self._zip)
         return FSState(root, fds, self._used, self._next_ino, self._zip)
 
-    def _dirty(self, node: _Node) -> None:
+    def _dirty(self, node: Node) -> None:
         """``node`` changes: it and the directories above it leave the latest snapshot.
 
         (A node out of the snapshot has every directory above it out too, so the walk
@@ -483,7 +341,7 @@ class MemoryFS:
         if not 0 <= state.used <= self.scratch_bytes:
             raise ValueError(f"the saved file system uses {state.used} bytes, more than "
                              f"this one's scratch budget of {self.scratch_bytes}")
-        root, fds = _clone(state.root, state.fds, state.zip_data, self._zip,
+        root, fds = clone_tree(state.root, state.fds, state.zip_data, self._zip,
                            link=state.zip_data is self._zip)
         self._root, self._fds = root, fds
         self._used = state.used
@@ -502,7 +360,7 @@ class MemoryFS:
         if fd == 0:
             return EBADF
         base, size = self._mem(caller)
-        vecs = _iovecs(base, size, iovs & _M32, iovs_len & _M32)
+        vecs = iovecs(base, size, iovs & M32, iovs_len & M32)
         if type(vecs) is int:
             return vecs
         out = self.console[fd]
@@ -512,35 +370,35 @@ class MemoryFS:
         for p, n in vecs:  # type: ignore[union-attr]
             take = min(n, CONSOLE_CAP - len(out))
             if take > 0:
-                out += _string_at(base + p, take)
+                out += string_at(base + p, take)
         return self._put_u32(caller, nwritten_ptr, total)
 
     # -------------------------------------------------------------- small helpers
     def _put_u32(self, caller: Any, ptr: int, value: int) -> int:
         base, size = self._mem(caller)
-        ptr &= _M32
+        ptr &= M32
         if ptr + 4 > size:
             return EFAULT
-        _memmove(base + ptr, U32.pack(value), 4)
+        memmove(base + ptr, U32.pack(value), 4)
         return ESUCCESS
 
     def _put(self, caller: Any, ptr: int, blob: bytes) -> int:
         base, size = self._mem(caller)
-        ptr &= _M32
+        ptr &= M32
         if ptr + len(blob) > size:
             return EFAULT
-        _memmove(base + ptr, blob, len(blob))
+        memmove(base + ptr, blob, len(blob))
         return ESUCCESS
 
     def _path(self, caller: Any, ptr: int, length: int) -> str | int:
-        ptr &= _M32
-        length &= _M32
+        ptr &= M32
+        length &= M32
         if length > PATH_MAX:
             return ENAMETOOLONG
         base, size = self._mem(caller)
         if ptr + length > size:
             return EFAULT
-        raw = _string_at(base + ptr, length)
+        raw = string_at(base + ptr, length)
         if b"\0" in raw:
             return EINVAL
         try:
@@ -548,16 +406,16 @@ class MemoryFS:
         except UnicodeDecodeError:
             return EILSEQ
 
-    def _dirfd(self, fd: int) -> _Dir | int:
+    def _dirfd(self, fd: int) -> Dir | int:
         e = self._fds.get(fd)
         if e is None:
             return EBADF if fd >= STDIO_FDS or fd < 0 else ENOTDIR
         node = e.node
-        if type(node) is not _Dir:
+        if type(node) is not Dir:
             return ENOTDIR
         return node  # type: ignore[return-value]
 
-    def _resolve(self, start: _Dir, path: str) -> tuple[_Dir | None, str | None, Any,
+    def _resolve(self, start: Dir, path: str) -> tuple[Dir | None, str | None, Any,
                                                          bool] | int:
         """(parent, name, node or None, trailing slash) for ``path`` relative to ``start``.
 
@@ -583,10 +441,10 @@ class MemoryFS:
             child = stack[-1].entries.get(p)
             if child is None:
                 return ENOENT
-            if type(child) is not _Dir:
+            if type(child) is not Dir:
                 if child.data is not self._zip:  # type: ignore[attr-defined]
                     return ENOTDIR
-                child = _overlay(self._zip, self._overlays)  # the zip's data folders
+                child = zip_overlay(self._zip, self._overlays)  # the zip's data folders
                 if child is None:
                     return ENOTDIR
             stack.append(child)  # type: ignore[arg-type]
@@ -602,7 +460,7 @@ class MemoryFS:
             return ENAMETOOLONG
         parent = stack[-1]
         node = parent.entries.get(last)
-        if node is not None and node.shared and type(node) is _Dir and node.hidden:
+        if node is not None and node.shared and type(node) is Dir and node.hidden:
             node = None
         return parent, last, node, slash
 
@@ -621,10 +479,10 @@ class MemoryFS:
         self._used += nbytes
         return True
 
-    def _drop(self, node: _Node) -> None:
+    def _drop(self, node: Node) -> None:
         """``node`` left the tree: give back its budget unless an fd still holds it."""
         self._dirty(node)
-        if type(node) is _Dir:
+        if type(node) is Dir:
             node.removed = True  # type: ignore[attr-defined]
             if node.writable:
                 self._used -= NODE_COST
@@ -633,7 +491,7 @@ class MemoryFS:
         if node.opens == 0 and node.writable and node.dev == DEV_SCRATCH:  # type: ignore
             self._used -= NODE_COST + len(node.data)  # type: ignore[attr-defined]
 
-    def _resize(self, node: _File, new_size: int) -> int:
+    def _resize(self, node: File, new_size: int) -> int:
         self._dirty(node)
         data = node.data
         old = len(data)
@@ -646,8 +504,8 @@ class MemoryFS:
             self._used -= old - new_size
         return ESUCCESS
 
-    def _filestat(self, node: _Node) -> bytes:
-        if type(node) is _Dir:
+    def _filestat(self, node: Node) -> bytes:
+        if type(node) is Dir:
             # nlink 1 (no hard links here): counting subdirectories on every stat would
             # make a stat of a large directory linear work for the host
             return FILESTAT.pack(node.dev, node.ino, FT_DIRECTORY, 1, 0,
@@ -664,7 +522,7 @@ class MemoryFS:
                              1 if node.linked else 0, len(data),  # type: ignore
                              node.atim, node.mtim, node.ctim)
 
-    def _new_fd(self, entry: _Fd) -> int:
+    def _new_fd(self, entry: Fd) -> int:
         fds = self._fds
         if len(fds) >= self.max_fds:
             return -EMFILE
@@ -686,7 +544,7 @@ class MemoryFS:
         if e is None or e.preopen is None:
             return EBADF
         name = e.preopen.encode()
-        if (path_len & _M32) < len(name):
+        if (path_len & M32) < len(name):
             return ENAMETOOLONG
         return self._put(caller, path, name)
 
@@ -697,13 +555,13 @@ class MemoryFS:
                 rights = (R_FD_READ if fd == 0 else R_FD_WRITE) | R_POLL_FD_READWRITE
                 return self._put(caller, buf, FDSTAT.pack(FT_UNKNOWN, 0, rights, 0))
             return EBADF
-        return self._put(caller, buf, FDSTAT.pack(_filetype(e.node), e.flags, e.base, e.inh))
+        return self._put(caller, buf, FDSTAT.pack(filetype(e.node), e.flags, e.base, e.inh))
 
     def fd_fdstat_set_flags(self, caller: Any, fd: int, flags: int) -> int:
         e = self._fds.get(fd)
         if e is None:
             return ESUCCESS if 0 <= fd < STDIO_FDS else EBADF
-        flags &= _M32
+        flags &= M32
         if flags & ~FDFLAGS_ALL:
             return EINVAL
         e.flags = flags
@@ -722,7 +580,7 @@ class MemoryFS:
         if e is None:
             return EINVAL if 0 <= fd < STDIO_FDS else EBADF
         node = e.node
-        if type(node) is _Dir:
+        if type(node) is Dir:
             return EISDIR
         if not e.base & R_FD_WRITE:
             return EBADF
@@ -742,8 +600,8 @@ class MemoryFS:
             return EINVAL if 0 <= fd < STDIO_FDS else EBADF
         return self._set_times(e.node, atim, mtim, fst_flags)
 
-    def _set_times(self, node: _Node, atim: int, mtim: int, fst_flags: int) -> int:
-        f = fst_flags & _M32
+    def _set_times(self, node: Node, atim: int, mtim: int, fst_flags: int) -> int:
+        f = fst_flags & M32
         if f & ~0xF or (f & FST_ATIM and f & FST_ATIM_NOW) or (f & FST_MTIM and
                                                                  f & FST_MTIM_NOW):
             return EINVAL
@@ -752,11 +610,11 @@ class MemoryFS:
         self._dirty(node)
         now = time.time_ns()
         if f & FST_ATIM:
-            node.atim = atim & _M64
+            node.atim = atim & M64
         elif f & FST_ATIM_NOW:
             node.atim = now
         if f & FST_MTIM:
-            node.mtim = mtim & _M64
+            node.mtim = mtim & M64
         elif f & FST_MTIM_NOW:
             node.mtim = now
         node.ctim = now
@@ -773,7 +631,7 @@ class MemoryFS:
         if err:
             return err
         e.pos += total
-        return _put_u32(base, size, nread_ptr, total)
+        return put_u32(base, size, nread_ptr, total)
 
     def fd_pread(self, caller: Any, fd: int, iovs: int, iovs_len: int, offset: int,
                  nread_ptr: int) -> int:
@@ -786,16 +644,16 @@ class MemoryFS:
         err, total = self._read(base, size, e, iovs, iovs_len, offset)
         if err:
             return err
-        return _put_u32(base, size, nread_ptr, total)
+        return put_u32(base, size, nread_ptr, total)
 
-    def _read(self, base: int, size: int, e: _Fd, iovs: int, iovs_len: int,
+    def _read(self, base: int, size: int, e: Fd, iovs: int, iovs_len: int,
               pos: int) -> tuple[int, int]:
         node = e.node
-        if type(node) is _Dir:
+        if type(node) is Dir:
             return EISDIR, 0
         if not e.base & R_FD_READ:
             return EBADF, 0
-        vecs = _iovecs(base, size, iovs & _M32, iovs_len & _M32)
+        vecs = iovecs(base, size, iovs & M32, iovs_len & M32)
         if type(vecs) is int:
             return vecs, 0  # type: ignore[return-value]
         data = node.data  # type: ignore[attr-defined]
@@ -808,7 +666,7 @@ class MemoryFS:
                 k = min(n, end - pos)
                 if k <= 0:
                     break
-                _memmove(base + p, _addressof(_c_char.from_buffer(data, pos)), k)
+                memmove(base + p, addressof(c_char.from_buffer(data, pos)), k)
                 pos += k
                 total += k
                 if k < n:
@@ -818,7 +676,7 @@ class MemoryFS:
                 k = min(n, end - pos)
                 if k <= 0:
                     break
-                _memmove(base + p, data[pos:pos + k], k)
+                memmove(base + p, data[pos:pos + k], k)
                 pos += k
                 total += k
                 if k < n:
@@ -836,7 +694,7 @@ class MemoryFS:
         err, total = self._write(base, size, e, iovs, iovs_len, None)
         if err:
             return err
-        return _put_u32(base, size, nwritten_ptr, total)
+        return put_u32(base, size, nwritten_ptr, total)
 
     def fd_pwrite(self, caller: Any, fd: int, iovs: int, iovs_len: int, offset: int,
                   nwritten_ptr: int) -> int:
@@ -849,17 +707,17 @@ class MemoryFS:
         err, total = self._write(base, size, e, iovs, iovs_len, offset)
         if err:
             return err
-        return _put_u32(base, size, nwritten_ptr, total)
+        return put_u32(base, size, nwritten_ptr, total)
 
-    def _write(self, base: int, size: int, e: _Fd, iovs: int, iovs_len: int,
+    def _write(self, base: int, size: int, e: Fd, iovs: int, iovs_len: int,
                offset: int | None) -> tuple[int, int]:
         """Write the iovecs at ``offset`` (None: at the fd's position, which moves)."""
         node = e.node
-        if type(node) is _Dir:
+        if type(node) is Dir:
             return EISDIR, 0
         if not e.base & R_FD_WRITE:
             return EBADF, 0
-        vecs = _iovecs(base, size, iovs & _M32, iovs_len & _M32)
+        vecs = iovecs(base, size, iovs & M32, iovs_len & M32)
         if type(vecs) is int:
             return vecs, 0  # type: ignore[return-value]
         want = sum(n for _, n in vecs)  # type: ignore[union-attr]
@@ -886,7 +744,7 @@ class MemoryFS:
             k = min(n, end - pos)
             if k <= 0:
                 break
-            _memmove(_addressof(_c_char.from_buffer(data, pos)), base + p, k)
+            memmove(addressof(c_char.from_buffer(data, pos)), base + p, k)
             pos += k
             total += k
         if offset is None:
@@ -899,7 +757,7 @@ class MemoryFS:
         if e is None:
             return ESPIPE if 0 <= fd < STDIO_FDS else EBADF
         node = e.node
-        if type(node) is _Dir:
+        if type(node) is Dir:
             return ESPIPE
         if whence == 0:
             new = offset
@@ -915,18 +773,18 @@ class MemoryFS:
         if new > 0x7FFFFFFFFFFFFFFF:
             return EOVERFLOW
         base, size = self._mem(caller)
-        newoffset_ptr &= _M32
+        newoffset_ptr &= M32
         if newoffset_ptr + 8 > size:
             return EFAULT
         e.pos = new
-        _memmove(base + newoffset_ptr, U64.pack(new), 8)
+        memmove(base + newoffset_ptr, U64.pack(new), 8)
         return ESUCCESS
 
     def fd_tell(self, caller: Any, fd: int, offset_ptr: int) -> int:
         e = self._fds.get(fd)
         if e is None:
             return ESPIPE if 0 <= fd < STDIO_FDS else EBADF
-        if type(e.node) is _Dir:
+        if type(e.node) is Dir:
             return ESPIPE
         return self._put(caller, offset_ptr, U64.pack(e.pos))
 
@@ -940,10 +798,10 @@ class MemoryFS:
         self._release(e)
         return ESUCCESS
 
-    def _release(self, e: _Fd) -> None:
+    def _release(self, e: Fd) -> None:
         self._unlist(e)
         node = e.node
-        if type(node) is _File and node.dev == DEV_SCRATCH:
+        if type(node) is File and node.dev == DEV_SCRATCH:
             node.opens -= 1
             if node.opens == 0 and not node.linked and node.dev == DEV_SCRATCH:
                 self._used -= NODE_COST + len(node.data)
@@ -954,14 +812,14 @@ class MemoryFS:
         if e is None:
             return ENOTDIR if 0 <= fd < STDIO_FDS else EBADF
         node = e.node
-        if type(node) is not _Dir:
+        if type(node) is not Dir:
             return ENOTDIR
-        buf &= _M32
-        buf_len &= _M32
+        buf &= M32
+        buf_len &= M32
         base, size = self._mem(caller)
         if buf + buf_len > size:
             return EFAULT
-        cookie &= _M64
+        cookie &= M64
         if cookie >= 1 << 62:  # (past any listing's end; islice takes at most sys.maxsize)
             return self._put_u32(caller, bufused_ptr, 0)
         items = e.listing
@@ -985,17 +843,17 @@ class MemoryFS:
         have = 0
         for i, (name, child) in enumerate(found, cookie):
             raw = name.encode()
-            parts.append(DIRENT.pack(i + 1, child.ino, len(raw), _filetype(child)))
+            parts.append(DIRENT.pack(i + 1, child.ino, len(raw), filetype(child)))
             parts.append(raw)
             have += DIRENT.size + len(raw)
             if have >= buf_len:
                 break
         blob = b"".join(parts)[:buf_len]
         if blob:
-            _memmove(base + buf, blob, len(blob))
+            memmove(base + buf, blob, len(blob))
         return self._put_u32(caller, bufused_ptr, len(blob))
 
-    def _unlist(self, e: _Fd) -> None:
+    def _unlist(self, e: Fd) -> None:
         if e.listing is not None:
             self._listed -= len(e.listing)
             e.listing = None
@@ -1012,14 +870,14 @@ class MemoryFS:
             return ESPIPE if 0 <= fd < STDIO_FDS else EBADF
         if offset < 0 or length < 0 or not 0 <= advice <= 5:
             return EINVAL
-        return EBADF if type(e.node) is _Dir else ESUCCESS
+        return EBADF if type(e.node) is Dir else ESUCCESS
 
     def fd_allocate(self, caller: Any, fd: int, offset: int, length: int) -> int:
         e = self._fds.get(fd)
         if e is None:
             return ESPIPE if 0 <= fd < STDIO_FDS else EBADF
         node = e.node
-        if type(node) is _Dir:
+        if type(node) is Dir:
             return EISDIR
         if not e.base & R_FD_WRITE:
             return EBADF
@@ -1062,7 +920,7 @@ class MemoryFS:
         parent, name, node, slash = r  # type: ignore[misc]
         oflags &= 0xFFFF
         fdflags &= 0xFFFF
-        rights_base &= _M64
+        rights_base &= M64
         if oflags & ~0xF or fdflags & ~FDFLAGS_ALL:
             return EINVAL
         want_write = bool(rights_base & WRITE_RIGHTS or fdflags & FDFLAG_APPEND
@@ -1081,26 +939,26 @@ class MemoryFS:
             if not self._charge(NODE_COST):
                 return ENOSPC
             now = time.time_ns()
-            node = _File(self._ino(), DEV_SCRATCH, True, now, bytearray())
+            node = File(self._ino(), DEV_SCRATCH, True, now, bytearray())
             node.parent = parent
             self._dirty(parent)
             parent.entries[name] = node
             parent.mtim = parent.ctim = now
         elif oflags & O_CREAT and oflags & O_EXCL:
             return EEXIST
-        is_dir = type(node) is _Dir
+        is_dir = type(node) is Dir
         if is_dir:
             if want_write or oflags & O_CREAT:
                 return EISDIR
             base = rights_base & DIR_RIGHTS
-            inh = rights_inh & _M64 & self._fds[dirfd].inh
+            inh = rights_inh & M64 & self._fds[dirfd].inh
         else:
             if slash or oflags & O_DIRECTORY:
                 return ENOTDIR
             if want_write and not node.writable:
                 return EROFS
             if node.data is None and node.member is not None:
-                data = _inflate(node.member)
+                data = inflate(node.member)
                 if data is None:
                     return EIO
                 node.data = data  # shared by every interpreter from now on
@@ -1113,7 +971,7 @@ class MemoryFS:
                 self._used -= len(node.data)
                 node.data = bytearray()
                 node.mtim = node.ctim = time.time_ns()
-        fd = self._new_fd(_Fd(node, fdflags, base, inh))
+        fd = self._new_fd(Fd(node, fdflags, base, inh))
         if fd < 0:
             return -fd
         if node.dev == DEV_SCRATCH and not is_dir:
@@ -1131,7 +989,7 @@ class MemoryFS:
         node, slash = r[2], r[3]
         if node is None:
             return ENOENT
-        if slash and type(node) is not _Dir:
+        if slash and type(node) is not Dir:
             return ENOTDIR
         return self._put(caller, buf, self._filestat(node))
 
@@ -1143,7 +1001,7 @@ class MemoryFS:
         node, slash = r[2], r[3]
         if node is None:
             return ENOENT
-        if slash and type(node) is not _Dir:
+        if slash and type(node) is not Dir:
             return ENOTDIR
         return self._set_times(node, atim, mtim, fst_flags)
 
@@ -1162,7 +1020,7 @@ class MemoryFS:
             return ENOSPC
         now = time.time_ns()
         self._dirty(parent)
-        parent.entries[name] = _Dir(self._ino(), DEV_SCRATCH, True, now, parent)
+        parent.entries[name] = Dir(self._ino(), DEV_SCRATCH, True, now, parent)
         parent.mtim = parent.ctim = now
         return ESUCCESS
 
@@ -1175,7 +1033,7 @@ class MemoryFS:
             return ENOENT
         if name is None:
             return EINVAL
-        if type(node) is not _Dir:
+        if type(node) is not Dir:
             return ENOTDIR
         if not parent.writable or not node.writable:
             return EROFS
@@ -1194,7 +1052,7 @@ class MemoryFS:
         parent, name, node, slash = r
         if node is None:
             return ENOENT
-        if name is None or type(node) is _Dir:
+        if name is None or type(node) is Dir:
             return EISDIR
         if slash:
             return ENOTDIR
@@ -1220,7 +1078,7 @@ class MemoryFS:
             return ENOENT
         if sn is None or dn is None:
             return EINVAL  # renaming "." or ".."
-        s_dir = type(snode) is _Dir
+        s_dir = type(snode) is Dir
         if (sslash or dslash) and not s_dir:
             return ENOTDIR
         if not sp.writable or not dp.writable or snode.dev != DEV_SCRATCH:
@@ -1238,7 +1096,7 @@ class MemoryFS:
                     break
                 walk = walk.parent
         if dnode is not None:
-            if type(dnode) is _Dir:
+            if type(dnode) is Dir:
                 if not s_dir:
                     return EISDIR
                 if dnode.entries:
@@ -1283,17 +1141,17 @@ class MemoryFS:
     # session runs these on its own thread, so they never race a turn or an image). Paths
     # are absolute guest paths made by host_path(): under the scratch root, normalised.
     def _host_walk(self, path: str, *, missing_ok: bool = False
-                   ) -> tuple[_Dir, str, _Node | None]:
+                   ) -> tuple[Dir, str, Node | None]:
         """(directory, name, node or None) of ``path``; a directory on the way that is
         missing raises FileNotFoundError (None for the node itself with ``missing_ok``)."""
         parts = path.strip("/").split("/")
-        node: _Node = self._root
+        node: Node = self._root
         for i, part in enumerate(parts[:-1]):
             child = node.entries.get(part)  # type: ignore[attr-defined]
             if child is None:
                 raise FileNotFoundError(_ENOENT_ERR, "no such directory in the sandbox",
                                         "/" + "/".join(parts[:i + 1]))
-            if type(child) is not _Dir:
+            if type(child) is not Dir:
                 raise NotADirectoryError(_ENOTDIR_ERR, "not a directory in the sandbox",
                                          "/" + "/".join(parts[:i + 1]))
             node = child
@@ -1309,22 +1167,22 @@ class MemoryFS:
         (InputError). An existing file keeps its identity (descriptors the guest holds see
         the new contents). Returns the bytes of budget the write took (or gave back)."""
         parts = path.strip("/").split("/")
-        node: _Node = self._root
+        node: Node = self._root
         i = 0
         while i < len(parts) - 1:
             child = node.entries.get(parts[i])  # type: ignore[attr-defined]
             if child is None:
                 break
-            if type(child) is not _Dir:
+            if type(child) is not Dir:
                 raise NotADirectoryError(_ENOTDIR_ERR, "a file is in the way (not a "
                                          "directory)", "/" + "/".join(parts[:i + 1]))
             node = child
             i += 1
-        folder: _Dir = node  # type: ignore[assignment]
+        folder: Dir = node  # type: ignore[assignment]
         new_dirs = parts[i:-1]
         name = parts[-1]
         existing = None if new_dirs else folder.entries.get(name)
-        if existing is not None and type(existing) is _Dir:
+        if existing is not None and type(existing) is Dir:
             raise IsADirectoryError(_EISDIR_ERR, "a directory has that name in the sandbox",
                                     path)
         if not folder.writable or folder.dev != DEV_SCRATCH or folder.removed:
@@ -1342,14 +1200,14 @@ class MemoryFS:
                 "the executor more memory_bytes. Nothing was written")
         now = time.time_ns()
         for part in new_dirs:
-            child = _Dir(self._ino(), DEV_SCRATCH, True, now, folder)
+            child = Dir(self._ino(), DEV_SCRATCH, True, now, folder)
             self._dirty(folder)
             folder.entries[part] = child
             folder.mtim = folder.ctim = now
             self._used += NODE_COST
             folder = child
         if existing is None:
-            f = _File(self._ino(), DEV_SCRATCH, True, now, bytearray(data))
+            f = File(self._ino(), DEV_SCRATCH, True, now, bytearray(data))
             f.parent = folder
             self._dirty(folder)
             folder.entries[name] = f
@@ -1365,7 +1223,7 @@ class MemoryFS:
     def host_read(self, path: str) -> bytes:
         """The contents of the file at ``path`` (FileNotFoundError, IsADirectoryError)."""
         _folder, _name, node = self._host_walk(path)
-        if type(node) is _Dir:
+        if type(node) is Dir:
             raise IsADirectoryError(_EISDIR_ERR, "a directory, not a file, in the sandbox",
                                     path)
         data = node.data  # type: ignore[union-attr]
@@ -1378,18 +1236,18 @@ class MemoryFS:
             _folder, _name, top = self._host_walk(path)
         else:
             top = self._root
-        if type(top) is not _Dir:
+        if type(top) is not Dir:
             raise NotADirectoryError(_ENOTDIR_ERR, "a file, not a directory, in the sandbox",
                                      path)
         out: list[tuple[str, int, bool]] = []
-        stack: list[tuple[str, _Dir]] = [("", top)]  # type: ignore[list-item]
+        stack: list[tuple[str, Dir]] = [("", top)]  # type: ignore[list-item]
         while stack:
             prefix, folder = stack.pop()
             for name, child in folder.entries.items():
-                if child.shared and type(child) is _Dir and child.hidden:
+                if child.shared and type(child) is Dir and child.hidden:
                     continue
                 rel = prefix + name
-                if type(child) is _Dir:
+                if type(child) is Dir:
                     out.append((rel, 0, True))
                     if recursive:
                         stack.append((rel + "/", child))  # type: ignore[arg-type]
@@ -1414,10 +1272,10 @@ class MemoryFS:
         self._dirty(folder)
         del folder.entries[name]
         folder.mtim = folder.ctim = time.time_ns()
-        stack: list[_Node] = [node]
+        stack: list[Node] = [node]
         while stack:
             item = stack.pop()
-            if type(item) is _Dir:
+            if type(item) is Dir:
                 stack.extend(item.entries.values())
             self._drop(item)
 
@@ -1510,545 +1368,3 @@ _SIGNATURES = {
 WASI_FS_CALLS = tuple(_SIGNATURES)
 
 
-def install(linker: wasmtime.Linker, fs: MemoryFS, memory: Any = None, *,
-            stdio_read: StdioFunc | None = None,
-            stdio_write: StdioFunc | None = None) -> MemoryFS:
-    """Shadow the WASI file-system calls of ``linker`` with ``fs`` (see MemoryFS.install)."""
-    fs.install(linker, memory, stdio_read=stdio_read, stdio_write=stdio_write)
-    return fs
-
-
-# ------------------------------------------------------------------ memory access
-def _put_u32(base: int, size: int, ptr: int, value: int) -> int:
-    """Store a u32 result at a guest pointer (EFAULT outside the memory)."""
-    ptr &= _M32
-    if ptr + 4 > size:
-        return EFAULT
-    _memmove(base + ptr, U32.pack(value), 4)
-    return ESUCCESS
-
-
-def _no_memory(caller: Any) -> tuple[int, int]:
-    raise RuntimeError("MemoryFS has no guest memory bound (call install or bind_memory)")
-
-
-def _memory_getter(memory: Any) -> MemGetter:
-    cache: list[wasmtime.Memory] = []
-    if isinstance(memory, wasmtime.Memory):
-        cache.append(memory)
-
-    def get(caller: Any) -> tuple[int, int]:
-        if cache:
-            m = cache[0]
-        else:
-            if memory is None:
-                found = caller.get("memory")
-            else:
-                found = memory()
-            if not isinstance(found, wasmtime.Memory):
-                raise RuntimeError("the guest exports no memory")
-            cache.append(found)
-            m = found
-        return _addressof(m.data_ptr(caller).contents), m.data_len(caller)
-
-    return get
-
-
-def _iovecs(base: int, size: int, iovs: int, count: int) -> list[tuple[int, int]] | int:
-    """The (pointer, length) pairs of an iovec array, every one inside guest memory."""
-    if count > MAX_IOVS:
-        return EINVAL
-    if iovs + 8 * count > size:
-        return EFAULT
-    if count == 0:
-        return []
-    vecs = list(IOVEC.iter_unpack(_string_at(base + iovs, 8 * count)))
-    for p, n in vecs:
-        if p + n > size:
-            return EFAULT
-    return vecs
-
-
-# ------------------------------------------------------------------ archive overlays
-_overlay_lock = threading.Lock()
-_overlay_cache: dict[tuple[int, tuple[tuple[str, str], ...]], tuple[Any, _Dir | None]] = {}
-_overlay_ino = itertools.count(1 << 40)  # apart from every MemoryFS's own numbers
-_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... name length, extra length
-
-
-def _member(archive: Any, info: zipfile.ZipInfo) -> tuple[Any, int, int, int, int] | None:
-    """Where ``info``'s bytes start in ``archive`` (after its local header)."""
-    off = info.header_offset
-    if off + _LOCAL_HEADER.size > len(archive):
-        return None
-    sig, nlen, xlen = _LOCAL_HEADER.unpack(archive[off:off + _LOCAL_HEADER.size])
-    if sig != b"PK\x03\x04" or info.compress_type not in (zipfile.ZIP_STORED,
-                                                            zipfile.ZIP_DEFLATED):
-        return None
-    start = off + _LOCAL_HEADER.size + nlen + xlen
-    if start + info.compress_size > len(archive):
-        return None
-    return archive, start, info.compress_size, info.file_size, info.compress_type
-
-
-def _inflate(member: tuple[Any, int, int, int, int]) -> bytes | None:
-    archive, start, csize, size, method = member
-    raw = archive[start:start + csize]
-    if method == zipfile.ZIP_STORED:
-        data = bytes(raw)
-    else:
-        try:
-            data = zlib.decompress(raw, -15)
-        except zlib.error:
-            return None
-    return data if len(data) == size else None
-
-
-def _overlay(zip_data: Any, overlays: tuple[tuple[str, str], ...]) -> _Dir | None:
-    """The read-only folders served under the zip's path (built once per process)."""
-    key = (id(zip_data), overlays)
-    hit = _overlay_cache.get(key)
-    if hit is not None and hit[0] is zip_data:
-        return hit[1]
-    with _overlay_lock:
-        hit = _overlay_cache.get(key)
-        if hit is not None and hit[0] is zip_data:
-            return hit[1]
-        root = _build_overlay(zip_data, overlays)
-        _overlay_cache[key] = (zip_data, root)
-        return root
-
-
-def _shared_dir(parent: _Dir | None, hidden: bool) -> _Dir:
-    d = _Dir(next(_overlay_ino), DEV_RO, False, FIXED_TIME_NS, parent)
-    d.shared = True
-    d.hidden = hidden
-    return d
-
-
-def _build_overlay(zip_data: Any, overlays: tuple[tuple[str, str], ...]) -> _Dir | None:
-    if not overlays:
-        return None
-    try:
-        outer = zipfile.ZipFile(io.BytesIO(zip_data) if isinstance(zip_data, bytes)
-                                else zip_data)
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return None
-    root = _shared_dir(None, True)
-    with outer:
-        for inner_name, guest_path in overlays:
-            try:
-                info = outer.getinfo(inner_name)
-            except KeyError:
-                continue
-            where = _member(zip_data, info)
-            inner = _inflate(where) if where is not None else None
-            if inner is None:
-                continue
-            try:
-                members = zipfile.ZipFile(io.BytesIO(inner)).infolist()
-            except zipfile.BadZipFile:
-                continue
-            top = _shared_path(root, guest_path.strip("/").split("/"), True)
-            if top is None:
-                continue
-            top.hidden = False
-            for m in members:
-                if m.is_dir():
-                    continue
-                parts = [p for p in m.filename.split("/") if p]
-                if not parts or any(p in (".", "..") for p in parts):
-                    continue
-                folder = _shared_path(top, parts[:-1], False)
-                found = _member(inner, m)
-                if folder is None or found is None or parts[-1] in folder.entries:
-                    continue
-                f = _File(next(_overlay_ino), DEV_RO, False, FIXED_TIME_NS, None, found)
-                f.shared = True
-                folder.entries[parts[-1]] = f
-                if m.file_size == 0:
-                    f.data = b""
-    return root
-
-
-def _shared_path(start: _Dir, parts: list[str], hidden: bool) -> _Dir | None:
-    """Walk down from ``start``, making the missing folders."""
-    node = start
-    for p in parts:
-        child = node.entries.get(p)
-        if child is None:
-            child = _shared_dir(node, hidden)
-            node.entries[p] = child
-        if type(child) is not _Dir:
-            return None
-        node = child  # type: ignore[assignment]
-    return node
-
-
-def _copy_node(node: _Node) -> _Node:
-    new = object.__new__(type(node))
-    for cls in type(node).__mro__:
-        for slot in getattr(cls, "__slots__", ()):
-            setattr(new, slot, getattr(node, slot))
-    new.parent = new
-    new.snap = None
-    return new
-
-
-def _freeze(top: _Node) -> None:
-    """Give ``top`` and every node under it its snapshot copy (``snap``): a node that has
-    one keeps it, the others are copied, children before their directory (no recursion:
-    a deep tree must not exhaust Python's stack). Work: the nodes that changed since the
-    last snapshot, the entries of the directories that hold them, and their contents."""
-    if top.shared or top.snap is not None:
-        return
-    order: list[_Node] = []
-    stack: list[_Node] = [top]
-    while stack:
-        node = stack.pop()
-        order.append(node)
-        if type(node) is _Dir:
-            for child in node.entries.values():
-                if child.snap is None and not child.shared:
-                    stack.append(child)
-    for node in reversed(order):
-        new = _copy_node(node)
-        if type(node) is _Dir:
-            new.entries = {name: child if child.shared else child.snap  # type: ignore
-                           for name, child in node.entries.items()}
-        elif isinstance(node.data, bytearray):  # type: ignore[attr-defined]
-            new.data = bytearray(node.data)  # type: ignore[attr-defined]
-        node.snap = new
-
-
-def _clone(root: _Dir, fds: dict[int, _Fd], zip_from: Any, zip_to: Any,
-           link: bool = False) -> tuple[_Dir, dict[int, _Fd]]:
-    """A copy of a tree and its fd table, without recursion (a deep tree must not exhaust
-    Python's stack): shared nodes are kept, scratch file contents copied, and file data
-    that is ``zip_from`` becomes ``zip_to``. What a node's copy only keeps for the host
-    (the directory above it, how many descriptors hold a file) is recounted from the
-    tree and the fd table. ``link``: ``root`` is a snapshot (it never changes), so each
-    copy starts as unchanged since it (its ``snap``)."""
-    copies: dict[int, _Node] = {}
-
-    def make(node: _Node) -> _Node:
-        new = _copy_node(node)
-        if link:
-            new.snap = node
-        if type(node) is _File:
-            new.opens = 0  # type: ignore[attr-defined]
-            data = node.data
-            if data is zip_from:
-                new.data = zip_to  # type: ignore[attr-defined]
-            elif isinstance(data, bytearray):
-                new.data = bytearray(data)  # type: ignore[attr-defined]
-        copies[id(node)] = new
-        return new
-
-    def walk(top: _Node) -> _Node:
-        new_top = make(top)
-        stack = [(top, new_top)]
-        while stack:
-            node, new = stack.pop()
-            if type(node) is not _Dir:
-                continue
-            entries: dict[str, _Node] = {}
-            for name, child in node.entries.items():
-                if child.shared:
-                    entries[name] = child
-                    continue
-                c = copies.get(id(child))
-                if c is None:
-                    c = make(child)
-                    stack.append((child, c))
-                c.parent = new
-                entries[name] = c
-            new.entries = entries  # type: ignore[attr-defined]
-        return new_top
-
-    new_root = walk(root)
-    new_fds: dict[int, _Fd] = {}
-    for fd, f in fds.items():
-        node = f.node
-        if node.shared:
-            target = node
-        else:
-            target = copies.get(id(node)) or walk(node)
-            if type(target) is _File and target.dev == DEV_SCRATCH:
-                target.opens += 1
-        g = object.__new__(_Fd)
-        for slot in _Fd.__slots__:
-            setattr(g, slot, getattr(f, slot))
-        g.node = target
-        g.listing = None  # (a cache)
-        new_fds[fd] = g
-    return new_root, new_fds  # type: ignore[return-value]
-
-
-# ------------------------------------------------------------------ saving to a file
-# An FSState as plain JSON data (for an interpreter image saved to a file) and back. Only
-# node kinds of this module, numbers, strings and bytes are written; reading builds the
-# same kinds again (nothing in the file names a type or a function to call).
-
-def encode_fs_state(state: FSState, fs: MemoryFS) -> dict[str, Any]:
-    shared = _shared_paths(fs)
-    index: dict[int, int] = {}
-    nodes: list[_Node] = []
-
-    def ref(node: _Node) -> Any:
-        if node.shared:
-            path = shared.get(id(node))
-            if path is None:
-                raise ValueError("a read-only library file could not be named")
-            return {"shared": path}
-        at = index.get(id(node))
-        if at is None:
-            at = index[id(node)] = len(nodes)
-            nodes.append(node)
-        return at
-
-    root = ref(state.root)
-    fds = {}
-    opens: dict[int, int] = {}  # (counted here: a snapshot's copies may keep an old count)
-    for f in state.fds.values():
-        if type(f.node) is _File and f.node.dev == DEV_SCRATCH:
-            opens[id(f.node)] = opens.get(id(f.node), 0) + 1
-    for fd, f in state.fds.items():
-        fds[str(fd)] = {"node": ref(f.node), "pos": f.pos, "flags": f.flags, "base": f.base,
-                        "inh": f.inh, "preopen": f.preopen}
-    out: list[Any] = []
-    i = 0
-    while i < len(nodes):  # (nodes grows as directories name their children)
-        node = nodes[i]
-        i += 1
-        entry: dict[str, Any] = {"ino": node.ino, "dev": node.dev, "writable": node.writable,
-                                 "times": [node.atim, node.mtim, node.ctim]}
-        if type(node) is _Dir:
-            entry["kind"] = "dir"
-            entry["removed"] = node.removed
-            entry["hidden"] = node.hidden
-            entry["entries"] = {name: ref(child) for name, child in node.entries.items()}
-        elif type(node) is _File:
-            entry["kind"] = "file"
-            entry["opens"] = opens.get(id(node), 0)
-            entry["linked"] = node.linked
-            if node.member is not None:
-                raise ValueError("an unloaded archive member outside the library")
-            data = node.data
-            if data is None:
-                entry["data"] = None
-            elif data is state.zip_data:
-                entry["data"] = {"zip": True}
-            else:
-                entry["data"] = {"b64": base64.b64encode(bytes(data)).decode("ascii"),
-                                 "mutable": isinstance(data, bytearray)}
-        else:
-            raise ValueError(f"unknown node kind {type(node).__name__}")
-        out.append(entry)
-    return {"root": root, "nodes": out, "fds": fds, "next_ino": state.next_ino}
-
-
-def max_image_nodes(scratch_bytes: int, max_fds: int = DEFAULT_MAX_FDS) -> int:
-    """How many nodes a saved file system can hold: what its scratch budget pays for,
-    directories removed while a descriptor holds them, and the skeleton."""
-    return scratch_bytes // NODE_COST + max_fds + 64
-
-
-def decode_fs_state(data: dict[str, Any], fs: MemoryFS) -> FSState:
-    """The FSState that ``encode_fs_state`` wrote, for ``fs``; ValueError when the data is
-    not one. Nothing the data says about the host's own bookkeeping is believed: every
-    number is range-checked, the tree's shape is rebuilt from the entries (each node under
-    exactly one name, no loops), only the scratch device is writable and only it holds
-    contents of the file's own, descriptors have no more rights than opening the node
-    would give, and the scratch usage, the open counts, which nodes are linked and the
-    parents are recounted: a file cannot lift ``fs``'s budget or loop the tree."""
-    overlay = _overlay(fs._zip, fs._overlays)
-    raw = data["nodes"]
-    most = max_image_nodes(fs.scratch_bytes, fs.max_fds)
-    if not isinstance(raw, list) or len(raw) > most:
-        raise ValueError(f"nodes (at most {most} for this scratch budget)")
-    limit = 1 << 63
-
-    def number(value: Any, low: int = 0, high: int = limit) -> int:
-        if type(value) is not int or not low <= value < high:
-            raise ValueError("a number out of range")
-        return value
-
-    def shared_node(path: Any) -> _Node:
-        node: Any = overlay
-        if node is None or not isinstance(path, list):
-            raise ValueError("shared path")
-        for part in path:
-            if type(node) is not _Dir or not isinstance(part, str) or part not in node.entries:
-                raise ValueError("a library file of the image is not in this runtime")
-            node = node.entries[part]
-        return node  # type: ignore[no-any-return]
-
-    made: list[_Node] = []
-    for e in raw:
-        if not isinstance(e, dict):
-            raise ValueError("node")
-        dev = number(e["dev"])
-        if dev not in (DEV_RO, DEV_SCRATCH, DEV_DEVICES):
-            raise ValueError("device")
-        writable = e["writable"]
-        if type(writable) is not bool:
-            raise ValueError("writable")
-        ino = number(e["ino"], 1)
-        node: _Node
-        if e["kind"] == "dir":
-            # only the scratch device is writable, and all of it
-            if writable != (dev == DEV_SCRATCH):
-                raise ValueError("writable")
-            node = _Dir(ino, dev, writable, 0, None)
-            if e["hidden"] is not False or type(e["removed"]) is not bool:
-                raise ValueError("a directory's flags")
-        elif e["kind"] == "file":
-            d = e["data"]
-            if d is None:
-                # a device (/dev/null): no contents
-                if dev != DEV_DEVICES:
-                    raise ValueError("a file without contents outside /dev")
-                content: Any = None
-            elif writable != (dev == DEV_SCRATCH):
-                raise ValueError("writable")
-            elif isinstance(d, dict) and d.get("zip") is True:
-                if dev != DEV_RO:
-                    raise ValueError("the library zip as a writable file")
-                content = fs._zip
-            elif isinstance(d, dict) and isinstance(d.get("b64"), str):
-                # contents of the file's own are scratch files (charged to the budget);
-                # read-only ones come from the runtime, never from an image
-                if dev != DEV_SCRATCH or d.get("mutable") is not True:
-                    raise ValueError("file contents outside the scratch area")
-                content = bytearray(base64.b64decode(d["b64"], validate=True))
-            else:
-                raise ValueError("file contents")
-            node = _File(ino, dev, writable, 0, content)
-            number(e["opens"], 0, 1 << 20)  # (recounted below)
-            if type(e["linked"]) is not bool:
-                raise ValueError("linked")
-        else:
-            raise ValueError("node kind")
-        times = e["times"]
-        if not isinstance(times, list) or len(times) != 3:
-            raise ValueError("times")
-        node.atim, node.mtim, node.ctim = (number(t) for t in times)
-        made.append(node)
-
-    def get(r: Any, in_tree: bool) -> _Node:
-        if isinstance(r, dict):
-            if in_tree:
-                raise ValueError("a library file inside the scratch tree")
-            return shared_node(r.get("shared"))
-        return made[number(r, 0, len(made))]
-
-    root = get(data["root"], True)
-    if type(root) is not _Dir or root.dev != DEV_RO:
-        raise ValueError("root")
-    # the shape: every node reached once from the root (so no cycles, no directory in two
-    # places, no file under two names); parents are those that hold them, never what the
-    # file says
-    seen = {id(root)}
-    walk = [(root, raw[made.index(root)])]
-    while walk:
-        parent, e = walk.pop()
-        entries = e["entries"]
-        if not isinstance(entries, dict):
-            raise ValueError("entries")
-        for name, r in entries.items():
-            # (a name the guest could have made: UTF-8 text without NUL; a lone surrogate
-            # would make every listing of its directory fail in the host)
-            if (not isinstance(name, str) or not name or "/" in name or "\0" in name
-                    or name in (".", "..") or not _utf8_name(name)):
-                raise ValueError(f"a file name ({name[:40]!r})")
-            child = get(r, True)
-            if id(child) in seen:
-                raise ValueError("a file or directory under more than one name, or a "
-                                 "directory in two places (a loop)")
-            seen.add(id(child))
-            child.parent = parent
-            if type(child) is _Dir:
-                walk.append((child, raw[number(r)]))
-            parent.entries[name] = child  # type: ignore[attr-defined]
-    fds: dict[int, _Fd] = {}
-    items = data["fds"]
-    if not isinstance(items, dict) or len(items) > fs.max_fds:
-        raise ValueError("fds")
-    for key, f in items.items():
-        fd_number = int(key)
-        number(fd_number, PREOPEN_FD, 1 << 31)
-        preopen = f["preopen"]
-        node = get(f["node"], False)
-        if preopen is not None and (fd_number != PREOPEN_FD or preopen != "/" or node is not root):
-            raise ValueError("preopen")
-        base, inh = number(f["base"], 0, 1 << 64), number(f["inh"], 0, 1 << 64)
-        # no more rights than path_open gives for the node
-        if type(node) is _Dir:
-            if base & ~DIR_RIGHTS or inh & ~RIGHTS_ALL:
-                raise ValueError("a descriptor's rights")
-        elif (base & ~FILE_RIGHTS or inh
-              or (not node.writable and base & (R_FD_WRITE | R_FD_ALLOCATE
-                                                | R_FD_FILESTAT_SET_SIZE))):
-            raise ValueError("a descriptor's rights")
-        fd = _Fd(node, number(f["flags"], 0, FDFLAGS_ALL + 1), base, inh, preopen)
-        fd.pos = number(f["pos"])
-        fds[fd_number] = fd
-    if fds.get(PREOPEN_FD) is None or fds[PREOPEN_FD].node is not root:
-        raise ValueError("the preopened directory")
-    # what the host keeps for itself, recounted: which nodes are linked (in the tree),
-    # which directories were removed, how many descriptors hold each file
-    for node in made:
-        linked = id(node) in seen
-        if type(node) is _Dir:
-            node.removed = not linked
-        else:
-            node.linked = linked  # type: ignore[attr-defined]
-    for f in fds.values():
-        if type(f.node) is _File and f.node.dev == DEV_SCRATCH:
-            f.node.opens += 1
-    # what the scratch area holds: the tree's scratch nodes, and the files removed from it
-    # while a descriptor holds them (a removed directory gave its budget back already)
-    scratch_root: Any = root
-    for part in SCRATCH_ROOT.strip("/").split("/"):
-        scratch_root = scratch_root.entries.get(part) if type(scratch_root) is _Dir else None
-    held = {id(f.node): f.node for f in fds.values()}
-    used = 0
-    for node in made:
-        if node.dev != DEV_SCRATCH or node is scratch_root:
-            continue
-        if id(node) in seen or (type(node) is _File and id(node) in held):
-            used += NODE_COST
-            if type(node) is _File:
-                used += len(node.data)  # type: ignore[attr-defined]
-    if used > fs.scratch_bytes:
-        raise ValueError(f"the scratch files need {used} bytes, more than the budget of "
-                         f"{fs.scratch_bytes}")
-    next_ino = number(data["next_ino"], 1)
-    if made and next_ino <= max(n.ino for n in made):
-        raise ValueError("next_ino")
-    return FSState(root, fds, used, next_ino, fs._zip)
-
-
-def _utf8_name(name: str) -> bool:
-    """Whether ``name`` encodes as UTF-8 in at most NAME_MAX bytes."""
-    try:
-        return len(name.encode("utf-8")) <= NAME_MAX
-    except UnicodeEncodeError:
-        return False
-
-
-def _shared_paths(fs: MemoryFS) -> dict[int, list[str]]:
-    """id(node) -> its path in the process-wide read-only tree of ``fs``'s archives."""
-    out: dict[int, list[str]] = {}
-    top = _overlay(fs._zip, fs._overlays)
-    if top is None:
-        return out
-    stack: list[tuple[_Node, list[str]]] = [(top, [])]
-    while stack:
-        node, path = stack.pop()
-        out[id(node)] = path
-        if type(node) is _Dir:
-            for name, child in node.entries.items():
-                stack.append((child, path + [name]))
-    return out
