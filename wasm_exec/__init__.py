@@ -17,12 +17,13 @@ from .errors import (
     RuntimeVerificationError,
     WasmExecError,
 )
-from .executor import ExecutionResult, PythonExecExecutor
+from .executor import DisplayValue, ExecutionResult, PythonExecExecutor
 from .pool import SessionPool
 from .resolver import PythonExecExecutorResolver
 
 __all__ = [
     "ConfigurationError",
+    "DisplayValue",
     "ExecutionResult",
     "ExecutorClosedError",
     "ImageError",

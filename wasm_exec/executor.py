@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import math
 import os
 import threading
 import time
@@ -12,7 +14,8 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic_core import PydanticSerializationError
 
 from . import images
 from .config import Limits, Policy
@@ -69,15 +72,51 @@ _STOP_TEXT = {
 }
 
 
+class DisplayValue(BaseModel):
+    """The value of a cell's last expression, like a notebook's ``execute_result``.
+
+    ``text`` is its ``repr()`` (shortened to 100,000 characters); ``json_value`` is the
+    value itself when it is JSON data (``is_json``); ``html`` is its ``_repr_html_()``
+    when its type offers one (a pandas DataFrame's table); ``png`` its ``_repr_png_()``.
+    :meth:`mime_bundle` gives them keyed by MIME type, as Jupyter does.
+    """
+
+    model_config = ConfigDict(frozen=True, val_json_bytes="base64")
+
+    text: str
+    is_json: bool = False
+    json_value: Any = None
+    html: str | None = None
+    png: bytes | None = None
+
+    @field_serializer("png", when_used="json")
+    def _png_as_base64(self, png: bytes | None) -> str | None:
+        return None if png is None else _b64(png)
+
+    def mime_bundle(self) -> dict[str, Any]:
+        """``{"text/plain": ..., "application/json": ..., "text/html": ...,
+        "image/png": <base64 str>}``, with the forms the value has."""
+        bundle: dict[str, Any] = {"text/plain": self.text}
+        if self.is_json:
+            bundle["application/json"] = self.json_value
+        if self.html is not None:
+            bundle["text/html"] = self.html
+        if self.png is not None:
+            bundle["image/png"] = _b64(self.png)
+        return bundle
+
+
 class ExecutionResult(BaseModel):
     """What one ``execute`` call produced.
 
-    ``success`` is False when the code raised (including ``SyntaxError`` and
-    ``SystemExit``) or when a limit stopped it; ``error`` then says what happened in one
-    line and ``error_type`` / ``error_message`` / ``traceback`` give the details.
+    ``success`` is False when the code raised (including ``SyntaxError`` and a
+    ``SystemExit`` other than ``sys.exit(0)``) or when a limit stopped it; ``error`` then
+    says what happened in one line and ``error_type`` / ``error_message`` / ``traceback``
+    give the details. ``model_dump_json()`` works for every result (bytes as base64).
     """
 
-    model_config = ConfigDict(frozen=True)
+    # (bytes travel in JSON as standard base64, and are read back from it)
+    model_config = ConfigDict(frozen=True, val_json_bytes="base64")
 
     success: bool
     error: str | None = None
@@ -114,6 +153,33 @@ class ExecutionResult(BaseModel):
         default_factory=list,
         description="PNG images of the matplotlib figures the call left open (scientific "
         "runtime); they are closed afterwards. Counted against max_globals_bytes.")
+    value: DisplayValue | None = Field(
+        default=None,
+        description="The value of the cell's last statement when that is an expression "
+        "whose value is not None (like a notebook's execute_result); counted against "
+        "max_globals_bytes.")
+    exit_code: int | None = Field(
+        default=None,
+        description="The status the code exited with by SystemExit (sys.exit(), exit(), "
+        "quit()): 0 for sys.exit() and sys.exit(0) (a success), n for sys.exit(n), 1 for "
+        "sys.exit('message') (the message goes to stderr). None when it did not exit.")
+
+    @field_serializer("figures", when_used="json")
+    def _figures_as_base64(self, figures: list[bytes]) -> list[str]:
+        return [_b64(f) for f in figures]
+
+    def model_dump_json(self, *, indent: int | None = None, **kwargs: Any) -> str:
+        """The result as JSON text: bytes (figures, a value's PNG) as base64, NaN and
+        infinities as null. Whatever the agent returned: a str holding a lone surrogate
+        (a valid str, not UTF-8) is written escaped (``"\\ud800"``, as Python's json
+        module writes it: it reads back as the same str), and globals nested deeper than
+        pydantic's serializer goes (about 250 levels; they may nest 400) are written
+        too."""
+        try:
+            return super().model_dump_json(indent=indent, **kwargs)
+        except PydanticSerializationError:
+            return json.dumps(_json_safe(self.model_dump(**kwargs)), indent=indent,
+                              ensure_ascii=True)
 
 
 class PythonExecExecutor:
@@ -217,10 +283,11 @@ class PythonExecExecutor:
 
         ``globals_dict`` values (JSON data) are bound as globals before the code runs;
         the names in ``return_globals`` come back in ``result.globals`` as JSON data.
-        ``limits`` overrides this executor's limits for this call. With ``display=True``
-        a single statement runs as at the interactive prompt (an expression's value is
-        printed). With ``return_all=True`` every global that converts to JSON comes back
-        (modules, functions, classes and other objects are left out without an error).
+        ``limits`` overrides this executor's limits for this call. When the last
+        statement is an expression, its value comes back in ``result.value``; with
+        ``display=True`` it is also printed, as at the interactive prompt. With
+        ``return_all=True`` every global that converts to JSON comes back (modules,
+        functions, classes and other objects are left out without an error).
         """
         return self._execute(code, globals_dict, return_globals, limits, display, return_all,
                              None)
@@ -341,6 +408,8 @@ class PythonExecExecutor:
             self._discard(session)
             return self._stopped(SessionDead("protocol", str(e)), call_limits, common)
         common["figures"] = reply.get("figures", [])
+        common["value"] = _display_value(reply.get("value"))
+        common["exit_code"] = reply.get("exit_code")
         if (self.rollback_standby and self.rollback
                 and self._rollback_standby is None):
             image = session.latest_image
@@ -832,6 +901,32 @@ class _Ticket:
                 self._session.cancel()
 
 
+def _json_safe(value: Any) -> Any:
+    """``value`` (a result dumped as Python data) as JSON data the way pydantic writes it:
+    bytes as base64, NaN and infinities as None."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, bytes):
+        return _b64(value)
+    return value
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _display_value(shown: dict[str, Any] | None) -> DisplayValue | None:
+    if shown is None:
+        return None
+    return DisplayValue(text=shown["text"], is_json="json" in shown,
+                        json_value=shown.get("json"), html=shown.get("html"),
+                        png=shown.get("png"))
+
+
 def _not_run() -> ExecutionResult:
     text = ("The call was cancelled before it started: nothing ran, and the agent's state "
             "is unchanged.")
@@ -858,4 +953,4 @@ def _drain(sessions: list[Session]) -> None:
         session.close()
 
 
-__all__ = ["ExecutionResult", "PythonExecExecutor"]
+__all__ = ["DisplayValue", "ExecutionResult", "PythonExecExecutor"]
