@@ -1,15 +1,28 @@
-"""Results (issue 14): the value of the last expression, exit codes and stdin, JSON-safe
-results. Each runs on both runtimes."""
+"""Results as they happen (issue 14): output streamed while a call runs, the value of the
+last expression, exit codes and stdin, JSON-safe results, buffered printing. Each runs on
+both runtimes."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
+import subprocess
+import sys
+import textwrap
+import threading
 
 import pytest
 
 from tests.scientific_support import needs_scientific
-from wasm_exec import ExecutionResult, PythonExecExecutor
+from wasm_exec import (
+    ExecutionResult,
+    OutputChunk,
+    PythonExecExecutor,
+    ReentrantCallError,
+)
+from wasm_exec.output import MAX_PIECES, ChunkQueue, Mailbox
 
 
 @pytest.fixture(params=["minimal", pytest.param("scientific", marks=[pytest.mark.scientific,
@@ -32,6 +45,315 @@ def make(rt):
     yield factory
     for ex in made:
         ex.close()
+
+
+# ------------------------------------------------------------------ 1. streaming output
+def test_a_line_printed_before_a_long_loop_reaches_the_callback_while_the_call_runs(make):
+    ex = make()
+    ex.execute("kept = 1")
+    events: list[str] = []
+    arrived = threading.Event()
+
+    def on_stdout(text: str) -> None:
+        events.append("chunk " + text)
+        arrived.set()
+
+    def stop_when_it_arrives() -> None:
+        if arrived.wait(25):
+            events.append("cancel")
+            ex.cancel()
+
+    stopper = threading.Thread(target=stop_when_it_arrives)
+    stopper.start()
+    # the loop never ends by itself: only a chunk that arrives while it runs stops it
+    r = ex.execute("kept = 2\nprint('starting')\nwhile True: pass", on_stdout=on_stdout)
+    stopper.join()
+    assert events == ["chunk starting\n", "cancel"]
+    assert r.limit == "cancelled" and r.rolled_back and r.stdout == "starting\n"
+    # roll-back: the call's state is gone, what was streamed stays delivered
+    assert ex.execute("", return_globals=["kept"]).globals == {"kept": 1}
+
+
+def _stop_once_seen(ex: PythonExecExecutor, text: str, seen: list[str]) -> threading.Thread:
+    """A thread that cancels ``ex``'s call once ``text`` has been streamed into ``seen``."""
+    def watch() -> None:
+        for _ in range(2500):
+            if text in "".join(seen):
+                seen.append("<cancel>")
+                ex.cancel()
+                return
+            threading.Event().wait(0.01)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("printing", [
+    "print('a\\nb')\nprint('c')\nprint('last')",  # a short run of lines
+    "for i in range(2000):\n    print(i)\nprint('last', flush=True)",  # a flushed burst
+])
+def test_printing_before_a_long_loop_arrives_while_it_runs(make, printing):
+    ex = make()
+    seen: list[str] = []
+    watcher = _stop_once_seen(ex, "last\n", seen)
+    r = ex.execute(printing + "\nwhile True: pass", on_stdout=seen.append)
+    watcher.join()
+    assert seen[-1] == "<cancel>" and r.limit == "cancelled"  # (it never ends by itself)
+    assert "".join(seen[:-1]) == r.stdout and r.stdout.endswith("last\n")
+
+
+def test_a_burst_before_a_sleep_arrives_before_the_sleep_ends(make):
+    ex = make()
+    seen: list[str] = []
+    watcher = _stop_once_seen(ex, "1999\n", seen)
+    r = ex.execute("import time\nfor i in range(2000):\n    print(i)\ntime.sleep(25)",
+                   on_stdout=seen.append)
+    watcher.join()
+    assert seen[-1] == "<cancel>" and r.limit == "cancelled"  # (during the sleep)
+    assert r.stdout.endswith("1998\n1999\n")
+
+
+def test_slow_lines_arrive_one_by_one_and_a_burst_in_few_pieces(make):
+    ex = make()
+    chunks: list[str] = []
+    r = ex.execute("import time\nfor i in range(3):\n    print(i)\n    time.sleep(0.05)",
+                   on_stdout=chunks.append)
+    assert chunks == ["0\n", "1\n", "2\n"] and r.stdout == "0\n1\n2\n"
+    chunks.clear()
+    r = ex.execute("for i in range(10_000):\n    print(i)", on_stdout=chunks.append)
+    # buffered: far fewer pieces (host calls) than lines, the same text
+    assert 1 <= len(chunks) < 1_000
+    assert "".join(chunks) == r.stdout == "".join(f"{i}\n" for i in range(10_000))
+
+
+def test_streamed_text_is_the_results_text_stdout_and_stderr(make):
+    ex = make()
+    out: list[str] = []
+    err: list[str] = []
+    code = ("import sys\n"
+            "print('a')\n"
+            "print('warn', file=sys.stderr)\n"
+            # a character split between two flushes arrives whole
+            "sys.stdout.buffer.write('é'.encode()[:1])\n"
+            "sys.stdout.flush()\n"
+            "sys.stdout.buffer.write('é'.encode()[1:])\n"
+            "print(' done')\n")
+    r = ex.execute(code, on_stdout=out.append, on_stderr=err.append)
+    assert r.success, r.error
+    assert "".join(out) == r.stdout == "a\né done\n"
+    assert "".join(err) == r.stderr == "warn\n"
+    assert "é" in out[-1] or "é" in "".join(out[-2:])
+
+
+def test_an_interpreter_loaded_in_a_fresh_process_buffers_and_streams_too(make, tmp_path):
+    # (no boot in that process: the runner is asked where its streams are, once)
+    ex = make()
+    ex.execute("kept = 1")
+    path = tmp_path / "agent.img"
+    ex.save(path)
+    code = textwrap.dedent(f"""
+        from wasm_exec import PythonExecExecutor
+        ex = PythonExecExecutor.load({str(path)!r})
+        pieces = [ex._session._stream_layout is None]
+        for _ in range(2):
+            chunks = []
+            r = ex.execute("for i in range(3000):\\n    print(i)\\nkept",
+                           on_stdout=chunks.append)
+            assert r.value.json_value == 1 and "".join(chunks) == r.stdout, r.error
+            pieces.append(len(chunks))
+        print(pieces)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    unknown, first, second = json.loads(proc.stdout.lower())
+    # line by line until the runner said where its streams are (in its first reply),
+    # buffered from then on
+    assert unknown is True and second < 300
+
+
+def test_the_output_cap_counts_streamed_output(make):
+    ex = make(max_output_bytes=2000)
+    out: list[str] = []
+    r = ex.execute("for i in range(500):\n    print('x' * 9)", on_stdout=out.append)
+    assert r.stdout_truncated and "".join(out) == r.stdout
+    assert r.stdout.startswith("x" * 9 + "\n") and "[output truncated" in r.stdout
+    assert r.stdout.count("xxxxxxxxx") == 200
+
+
+def test_waiting_output_is_held_in_few_pieces_whatever_the_guest_writes():
+    # (host memory: a slow consumer and a guest that flushes every byte, alternating
+    # streams, leave the host the bytes and at most MAX_PIECES pieces)
+    queue = ChunkQueue()
+    for _ in range(5 * MAX_PIECES):
+        queue.put(1, b"o")
+        queue.put(2, b"e")
+    pieces = queue.take()
+    assert len(pieces) == MAX_PIECES and queue.take() == []
+    assert sum(len(d) for fd, d in pieces if fd == 1) == 5 * MAX_PIECES
+    assert b"".join(d for fd, d in pieces if fd == 2) == b"e" * 5 * MAX_PIECES
+
+    async def mailbox() -> list[OutputChunk]:
+        box = Mailbox(asyncio.get_running_loop())
+        out, err = box.sender("stdout"), box.sender("stderr")
+        for _ in range(5 * MAX_PIECES):
+            out("o")
+            err("e")
+        box.end()
+        return await box.take()
+
+    chunks = asyncio.run(mailbox())
+    assert len(chunks) == MAX_PIECES
+    assert "".join(c.text for c in chunks if c.stream == "stdout") == "o" * 5 * MAX_PIECES
+
+
+def test_every_byte_arrives_in_order_per_stream_when_the_guest_flushes_each(make):
+    ex = make()
+    out: list[str] = []
+    err: list[str] = []
+    r = ex.execute("import sys\nfor i in range(3000):\n"
+                   "    print(i % 10, end='', flush=True)\n"
+                   "    print(i % 7, end='', file=sys.stderr, flush=True)",
+                   on_stdout=out.append, on_stderr=err.append)
+    assert "".join(out) == r.stdout == "".join(str(i % 10) for i in range(3000))
+    assert "".join(err) == r.stderr == "".join(str(i % 7) for i in range(3000))
+
+
+def test_a_callback_that_raises_is_reported_and_the_call_goes_on(make):
+    ex = make()
+    calls: list[str] = []
+
+    def broken(text: str) -> None:
+        calls.append(text)
+        raise ValueError("consumer broke")
+
+    r = ex.execute("print('one')\nimport time\ntime.sleep(0.05)\nprint('two')\nx = 1",
+                   on_stdout=broken)
+    assert r.success and r.stdout == "one\ntwo\n"
+    assert calls == ["one\n"]  # not called again in this call
+    assert r.callback_error == "on_stdout raised ValueError: consumer broke"
+    assert ex.execute("", return_globals=["x"]).globals == {"x": 1}
+
+
+def test_a_slow_callback_holds_up_only_its_own_caller(make):
+    ex, other = make(), make()
+    entered, release = threading.Event(), threading.Event()
+    results: list[ExecutionResult] = []
+
+    def slow(text: str) -> None:
+        entered.set()
+        release.wait(25)
+
+    worker = threading.Thread(target=lambda: results.append(
+        ex.execute("print('first')\nfor i in range(1000):\n    print(i)\ndone = True",
+                   on_stdout=slow)))
+    worker.start()
+    assert entered.wait(25)
+    # while that callback blocks, another agent runs a call to its end
+    r = other.execute("y = 6 * 7", return_globals=["y"])
+    assert r.globals == {"y": 42} and worker.is_alive()
+    release.set()
+    worker.join()
+    (first,) = results
+    assert first.success and first.stdout.endswith("999\n") and first.callback_error is None
+
+
+def test_a_callback_cannot_call_its_own_executor(make):
+    ex = make()
+    seen: list[str] = []
+
+    def reenter(text: str) -> None:
+        seen.append(text)
+        ex.execute("x = 2")
+
+    r = ex.execute("x = 1\nprint('hi')", on_stdout=reenter)
+    assert r.success and seen == ["hi\n"]
+    assert r.callback_error.startswith("on_stdout raised ReentrantCallError")
+    assert ex.execute("", return_globals=["x"]).globals == {"x": 1}
+    # what the callback got
+    caught: list[BaseException] = []
+
+    def keep(text: str) -> None:
+        for attempt in (lambda: ex.execute("x = 3"), ex.reset):
+            try:
+                attempt()
+            except ReentrantCallError as e:
+                caught.append(e)
+        caught.append(ex.release())  # (False: a call is running)
+
+    assert ex.execute("print('again')", on_stdout=keep).callback_error is None
+    assert [type(c) for c in caught] == [ReentrantCallError, ReentrantCallError, bool]
+    assert "execute() was called" in str(caught[0]) and caught[2] is False
+    r = ex.execute("", return_globals=["x"])
+    assert r.globals == {"x": 1} and not r.state_reset
+
+
+def test_an_interrupt_in_a_callback_stops_the_call_and_rolls_it_back(make):
+    ex = make()
+    ex.execute("x = 1")
+
+    def interrupt(text: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ex.execute("x = 2\nprint('go')\nwhile True: pass", on_stdout=interrupt)
+    r = ex.execute("", return_globals=["x"])
+    assert r.globals == {"x": 1} and not r.state_reset
+
+
+def test_astream_yields_chunks_as_printed_then_the_result(make):
+    ex = make()
+
+    async def main() -> list[object]:
+        events: list[object] = []
+        async for event in ex.astream("print('a')\nimport time\ntime.sleep(0.05)\n"
+                                      "print('b')\n6 * 7"):
+            events.append(event)
+        return events
+
+    events = asyncio.run(main())
+    assert events[:2] == [OutputChunk("stdout", "a\n"), OutputChunk("stdout", "b\n")]
+    result = events[-1]
+    assert isinstance(result, ExecutionResult) and len(events) == 3
+    assert result.value.json_value == 42 and result.stdout == "a\nb\n"
+
+
+def test_leaving_astream_early_stops_the_call_and_rolls_it_back(make):
+    ex = make()
+    ex.execute("x = 1")
+
+    async def main() -> list[object]:
+        seen = []
+        async with contextlib.aclosing(ex.astream(
+                "x = 2\nprint('started')\nwhile True: pass")) as events:
+            async for event in events:
+                seen.append(event)
+                break  # the call never ends by itself: the chunk came while it ran
+        return seen
+
+    assert asyncio.run(main()) == [OutputChunk("stdout", "started\n")]
+    r = ex.execute("", return_globals=["x"])
+    assert r.globals == {"x": 1} and not r.state_reset
+
+
+def test_aexecute_calls_plain_and_async_callbacks_on_the_loop(make):
+    ex = make()
+
+    async def main() -> tuple[ExecutionResult, list[str], list[str]]:
+        out: list[str] = []
+        err: list[str] = []
+
+        async def on_stderr(text: str) -> None:
+            await asyncio.sleep(0)
+            err.append(text)
+
+        r = await ex.aexecute("import sys\nprint('o')\nprint('e', file=sys.stderr)",
+                              on_stdout=out.append, on_stderr=on_stderr)
+        return r, out, err
+
+    r, out, err = asyncio.run(main())
+    assert r.success and out == ["o\n"] and err == ["e\n"]
 
 
 # ------------------------------------------------------------ 2. the last expression's value

@@ -13,11 +13,13 @@ from .errors import (
     ExecutorClosedError,
     ImageError,
     InputError,
+    ReentrantCallError,
     RuntimeNotFoundError,
     RuntimeVerificationError,
     WasmExecError,
 )
 from .executor import DisplayValue, ExecutionResult, PythonExecExecutor
+from .output import OutputChunk
 from .pool import SessionPool
 from .resolver import PythonExecExecutorResolver
 
@@ -29,9 +31,11 @@ __all__ = [
     "ImageError",
     "InputError",
     "Limits",
+    "OutputChunk",
     "Policy",
     "PythonExecExecutor",
     "PythonExecExecutorResolver",
+    "ReentrantCallError",
     "RuntimeNotFoundError",
     "RuntimeVerificationError",
     "SessionPool",

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
@@ -19,7 +19,14 @@ from pydantic_core import PydanticSerializationError
 
 from . import images
 from .config import Limits, Policy
-from .errors import ConfigurationError, ExecutorClosedError, ImageError, InputError
+from .errors import (
+    ConfigurationError,
+    ExecutorClosedError,
+    ImageError,
+    InputError,
+    ReentrantCallError,
+)
+from .output import Mailbox, OutputChunk, OutputDispatch, OutputHandler, in_callback_of
 from .pool import SessionKey, SessionPool
 from .protocol import (
     MAX_JSON_DEPTH,
@@ -163,6 +170,10 @@ class ExecutionResult(BaseModel):
         description="The status the code exited with by SystemExit (sys.exit(), exit(), "
         "quit()): 0 for sys.exit() and sys.exit(0) (a success), n for sys.exit(n), 1 for "
         "sys.exit('message') (the message goes to stderr). None when it did not exit.")
+    callback_error: str | None = Field(
+        default=None,
+        description="The first exception an on_stdout / on_stderr callback raised during "
+        "the call (that callback was not called again; the call went on).")
 
     @field_serializer("figures", when_used="json")
     def _figures_as_base64(self, figures: list[bytes]) -> list[str]:
@@ -278,6 +289,8 @@ class PythonExecExecutor:
         limits: Mapping[str, Any] | None = None,
         display: bool = False,
         return_all: bool = False,
+        on_stdout: OutputHandler | None = None,
+        on_stderr: OutputHandler | None = None,
     ) -> ExecutionResult:
         """Run ``code`` in this executor's interpreter.
 
@@ -288,13 +301,36 @@ class PythonExecExecutor:
         ``display=True`` it is also printed, as at the interactive prompt. With
         ``return_all=True`` every global that converts to JSON comes back (modules,
         functions, classes and other objects are left out without an error).
+
+        ``on_stdout`` / ``on_stderr`` are called with each piece of text the code prints,
+        while it runs (on this thread; the guest does not wait for them). One that raises
+        is not called again in this call, and ``result.callback_error`` says what it
+        raised; the call goes on. ``result.stdout`` / ``stderr`` still hold everything.
         """
+        output = (OutputDispatch(self, on_stdout, on_stderr)
+                  if on_stdout is not None or on_stderr is not None else None)
         return self._execute(code, globals_dict, return_globals, limits, display, return_all,
-                             None)
+                             None, output)
 
     def _execute(self, code: str, globals_dict: Mapping[str, Any] | None,
                  return_globals: Iterable[str] | None, limits: Mapping[str, Any] | None,
-                 display: bool, return_all: bool, ticket: _Ticket | None) -> ExecutionResult:
+                 display: bool, return_all: bool, ticket: _Ticket | None,
+                 output: OutputDispatch | None = None) -> ExecutionResult:
+        result = self._execute_call(code, globals_dict, return_globals, limits, display,
+                                    return_all, ticket, output)
+        if output is not None:
+            output.finish()
+            if output.error is not None:
+                result = result.model_copy(update={"callback_error": output.error})
+            if output.interrupt is not None:
+                raise output.interrupt  # (the call was stopped and rolled back)
+        return result
+
+    def _execute_call(self, code: str, globals_dict: Mapping[str, Any] | None,
+                      return_globals: Iterable[str] | None, limits: Mapping[str, Any] | None,
+                      display: bool, return_all: bool, ticket: _Ticket | None,
+                      output: OutputDispatch | None) -> ExecutionResult:
+        self._not_from_callback("execute()")
         call_limits = self._call_limits(limits)
         if not isinstance(code, str):
             raise InputError(f"code must be a str, not {type(code).__name__}")
@@ -316,7 +352,7 @@ class PythonExecExecutor:
                 return _not_run()
             self._calls += 1
             result = self._execute_locked(code, names, globals_json, call_limits, display,
-                                          return_all, ticket)
+                                          return_all, ticket, output)
             if ticket is not None and result.state_reset and not ticket.deliver(self._calls):
                 # cancelled: no one reads this result, so the next call reports the reset
                 self._reset_pending = True
@@ -324,7 +360,8 @@ class PythonExecExecutor:
 
     def _execute_locked(self, code: str, names: list[str], globals_json: str,
                         call_limits: Limits, display: bool, return_all: bool,
-                        ticket: _Ticket | None) -> ExecutionResult:
+                        ticket: _Ticket | None,
+                        output: OutputDispatch | None = None) -> ExecutionResult:
         """One call, with the executor held (see ``_execute``)."""
         if self._closed:
             raise ExecutorClosedError("this executor is closed; create a new one")
@@ -350,14 +387,16 @@ class PythonExecExecutor:
             self._reset_pending = reset  # (still to be reported by the next call)
             return _not_run()
         try:
-            outcome = session.call(payload, limits_for_call, globals_json)
+            outcome = session.call(payload, limits_for_call, globals_json, output)
         except SessionDead:
             session = self._replace_session()
             reset = True
             if ticket is not None and not ticket.start(session):
                 self._reset_pending = True
                 return _not_run()
-            outcome = session.call(payload, limits_for_call, globals_json)
+            outcome = session.call(payload, limits_for_call, globals_json, output)
+        if output is not None and outcome.interrupt is not None:
+            output.interrupt = outcome.interrupt
         if ticket is not None and ticket.finish() and outcome.died is None:
             # cancelled as the call ended: the cancel reached the interpreter after
             # its answer (its result goes to no one), so it would stop the next call
@@ -436,8 +475,14 @@ class PythonExecExecutor:
         limits: Mapping[str, Any] | None = None,
         display: bool = False,
         return_all: bool = False,
+        on_stdout: Callable[[str], Any] | None = None,
+        on_stderr: Callable[[str], Any] | None = None,
     ) -> ExecutionResult:
         """``execute`` for event loops: runs on a worker thread, never blocks the loop.
+
+        ``on_stdout`` / ``on_stderr`` are called on the event loop with each piece of
+        text the code prints while it runs (coroutine functions are awaited); see
+        :meth:`astream` for the same as an async iterator.
 
         Cancelling the awaiting task (or ``asyncio.wait_for`` timing out) affects this
         call only. Cancelled while it runs, it stops the guest at once and the call is
@@ -447,6 +492,10 @@ class PythonExecExecutor:
         it still waits for the executor (another call is running), it never runs, and the
         running call goes on. No thread is left running the agent's code.
         """
+        if on_stdout is not None or on_stderr is not None:
+            return await self._aexecute_streamed(
+                code, globals_dict, return_globals, limits=limits, display=display,
+                return_all=return_all, on_stdout=on_stdout, on_stderr=on_stderr)
         loop = asyncio.get_running_loop()
         ticket = _Ticket()
         future = loop.run_in_executor(None, lambda: self._execute(
@@ -468,6 +517,99 @@ class PythonExecExecutor:
                             self._reset_pending = True
             raise
 
+    async def astream(
+        self,
+        code: str,
+        globals_dict: Mapping[str, Any] | None = None,
+        return_globals: Iterable[str] | None = None,
+        *,
+        limits: Mapping[str, Any] | None = None,
+        display: bool = False,
+        return_all: bool = False,
+    ) -> AsyncIterator[OutputChunk | ExecutionResult]:
+        """Run ``code`` like :meth:`aexecute`, yielding its output as it is printed.
+
+        >>> async for event in ex.astream("print('working')\nsum(range(10**6))"):
+        ...     if isinstance(event, OutputChunk):
+        ...         print(event.stream, event.text)        # stdout working
+        ...     else:
+        ...         result = event                         # ExecutionResult, always last
+
+        Yields :class:`OutputChunk` (``stream`` "stdout" or "stderr", ``text``) in the
+        order they were printed, then the :class:`ExecutionResult`, last. Leaving the
+        loop early (or cancelling the task) stops the call, which is rolled back, as a
+        cancelled ``aexecute``; close the iterator (``contextlib.aclosing``) when you
+        break out of it, so that this happens at once.
+        """
+        loop = asyncio.get_running_loop()
+        mailbox = Mailbox(loop)
+        ticket = _Ticket()
+        output = OutputDispatch(self, mailbox.sender("stdout"), mailbox.sender("stderr"))
+        future = loop.run_in_executor(None, lambda: self._execute(
+            code, globals_dict, return_globals, limits, display, return_all, ticket, output))
+        # (every chunk is posted before the call returns, so before this runs)
+        future.add_done_callback(lambda _: mailbox.end())
+        finished = False
+        try:
+            while True:
+                ended = mailbox.ended
+                for chunk in await mailbox.take():
+                    yield chunk
+                if ended:  # (and what was posted before the end is taken)
+                    break
+            result = future.result()
+            finished = True
+            yield result
+        finally:
+            if not finished:  # (the caller left: no one reads the result)
+                await self._abandon(ticket, future)
+
+    async def _aexecute_streamed(
+        self, code: str, globals_dict: Mapping[str, Any] | None,
+        return_globals: Iterable[str] | None, *, limits: Mapping[str, Any] | None,
+        display: bool, return_all: bool, on_stdout: Callable[[str], Any] | None,
+        on_stderr: Callable[[str], Any] | None,
+    ) -> ExecutionResult:
+        handlers = {"stdout": on_stdout, "stderr": on_stderr}
+        error = None
+        result = None
+        async with contextlib.aclosing(self.astream(
+                code, globals_dict, return_globals, limits=limits, display=display,
+                return_all=return_all)) as events:
+            async for event in events:
+                if isinstance(event, ExecutionResult):
+                    result = event
+                    continue
+                handler = handlers[event.stream]
+                if handler is None:
+                    continue
+                try:
+                    outcome = handler(event.text)
+                    if asyncio.iscoroutine(outcome) or isinstance(outcome, asyncio.Future):
+                        await outcome
+                except Exception as e:  # noqa: BLE001 - reported in the result
+                    handlers[event.stream] = None
+                    if error is None:
+                        error = f"on_{event.stream} raised {type(e).__name__}: {e}"
+        assert result is not None
+        if error is not None and result.callback_error is None:
+            result = result.model_copy(update={"callback_error": error})
+        return result
+
+    async def _abandon(self, ticket: _Ticket, future: asyncio.Future[ExecutionResult]) -> None:
+        """Stop a call whose caller left (as a cancelled ``aexecute``)."""
+        ticket.cancel()
+        try:
+            result = await asyncio.wait_for(asyncio.shield(future), timeout=10)
+        except BaseException:  # noqa: BLE001 - the call's own outcome no longer matters
+            return
+        # it ended before the cancel reached it, and no one reads its result: the next
+        # call reports a reset it saw (unless another call has run since)
+        if result.state_reset and ticket.delivered_as is not None:
+            with self._lock:
+                if self._calls == ticket.delivered_as:
+                    self._reset_pending = True
+
     def save(self, path: str | os.PathLike[str], *, key: bytes | None = None) -> int:
         """Save this agent's interpreter to ``path``; returns the file's size in bytes.
 
@@ -477,6 +619,7 @@ class PythonExecExecutor:
         HMAC-SHA256 instead of the checksum; ``load(path, key=key)`` then accepts only
         files saved with that key.
         """
+        self._not_from_callback("save()")
         with self._lock:
             self._check_open()
             session = self._session
@@ -558,6 +701,7 @@ class PythonExecExecutor:
     def reset(self) -> None:
         """Throw away this agent's state: the next call runs on a fresh interpreter (and
         its result says ``state_reset=True``)."""
+        self._not_from_callback("reset()")
         with self._lock:
             self._check_open()
             self._drop_rollback_standby()
@@ -570,7 +714,7 @@ class PythonExecExecutor:
         The next call starts a fresh interpreter and reports ``state_reset=True``.
         Returns False (and does nothing) when a call is running.
         """
-        if not self._lock.acquire(blocking=False):
+        if in_callback_of(self) or not self._lock.acquire(blocking=False):
             return False
         try:
             session, self._session = self._session, None
@@ -693,6 +837,12 @@ class PythonExecExecutor:
         self._holder[1] = None
         if standby is not None:
             standby.close()
+
+    def _not_from_callback(self, what: str) -> None:
+        if in_callback_of(self):
+            raise ReentrantCallError(
+                f"{what} was called from one of this executor's own output callbacks while "
+                "its call runs; call it after that call returns")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -953,4 +1103,4 @@ def _drain(sessions: list[Session]) -> None:
         session.close()
 
 
-__all__ = ["DisplayValue", "ExecutionResult", "PythonExecExecutor"]
+__all__ = ["DisplayValue", "ExecutionResult", "OutputChunk", "PythonExecExecutor"]

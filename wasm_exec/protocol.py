@@ -185,6 +185,19 @@ def _shown_value(raw: Any, budget: int) -> tuple[dict[str, Any] | None, int]:
     return shown, budget
 
 
+# the runner's streams and the probes the host reads their layout from (streams.py)
+STREAM_IDS = 7
+
+
+def stream_ids(reply: dict[str, Any]) -> tuple[int, ...] | None:
+    """The addresses of the runner's stdout, stderr and stream probes in a reply, if any."""
+    raw = reply.get("streams")
+    if (isinstance(raw, list) and len(raw) == STREAM_IDS
+            and all(type(a) is int and 0 < a < (1 << 32) for a in raw)):
+        return tuple(raw)
+    return None
+
+
 # how deeply JSON data (globals in and out) may nest: the guest's parser and encoder are C
 # code under CPython's C recursion limit on WASI (500 levels on 3.12, counting the request's
 # own levels and the runner's frames), so the documented depth leaves a margin below it

@@ -60,6 +60,7 @@ def _wasm_exec_boot():
     import opcode
     import posix  # not os: importing os costs a cold start 7 ms
     import sys
+    import time
 
     RUNNER_FILE = "<wasm-exec-runner>"
     IMPORT_NAME = opcode.opmap["IMPORT_NAME"]
@@ -1306,6 +1307,13 @@ def _wasm_exec_boot():
     def _unavailable(*args, _RuntimeError=RuntimeError, **kwargs):
         raise _RuntimeError("this function is not available in the sandbox")
 
+    def _sleep(seconds, _sleep=time.sleep):
+        """time.sleep, that first hands what the runner's streams hold to the host: the
+        host buffers a burst of printing (wasm_exec/streams.py), and a sleep is where
+        the agent waits, so what it printed before arrives before the wait."""
+        flush_streams()
+        _sleep(seconds)
+
     def _no_input(prompt=None, _EOFError=EOFError):
         raise _EOFError("input() has no stdin to read in the sandbox: pass data in with "
                         "execute(code, globals_dict={...}) (or put it in a file) instead")
@@ -1335,6 +1343,17 @@ def _wasm_exec_boot():
     # them: a stream the agent broke is put back in this state (see repair_streams)
     stream_parts = tuple((s, s.buffer, s.buffer.raw, s.buffer.raw.fileno(), s.encoding,
                           s.errors, s.line_buffering) for s in (stdout, stderr))
+    # the host switches the runner's streams between line and block buffering while a call
+    # runs (wasm_exec/streams.py): these probes, of the same type with known settings
+    # (line_buffering, write_through), show it where that flag lives; they live as long
+    # as the interpreter, so their addresses hold in every image of it
+    stream_probes = tuple(_io.TextIOWrapper(_io.BytesIO(), encoding="utf-8",
+                                            line_buffering=lb, write_through=wt)
+                          for lb, wt in ((True, False), (False, True), (True, True),
+                                         (False, False), (True, False)))
+    # (held by the functions that send the addresses, so that they outlive the boot)
+    stream_info = ([id(stdout), id(stderr)] + [id(p) for p in stream_probes], stream_probes)
+    del stream_probes
     _init_file = _io.FileIO.__init__
     _init_buffer = _io.BufferedWriter.__init__
     _init_text = _io.TextIOWrapper.__init__
@@ -2077,6 +2096,8 @@ def _wasm_exec_boot():
         reply["globals_errors"] = errs
         if req.get("figures") is True:
             reply["figures"] = collect_figures(max_bytes - used)
+        if req.get("streams") is True:
+            reply["streams"] = stream_info[0]
         return reply
 
     cell_counter = [0]
@@ -2090,7 +2111,8 @@ def _wasm_exec_boot():
         "<wasm-exec request slot>".__defaults__ = ("boot_done", [])
         del "<wasm-exec request slot>".__defaults__
         ready = json_dumps({"id": 0, "ready": True, "errors": default_errors,
-                            "runner_blob": runner_blob[0] if runner_blob else None}).encode()
+                            "runner_blob": runner_blob[0] if runner_blob else None,
+                            "streams": stream_info[0]}).encode()
         runner_blob.clear()
         "<wasm-exec request slot>".__defaults__ = ("reply", [], ready)
         del "<wasm-exec request slot>".__defaults__
@@ -2203,7 +2225,7 @@ def _wasm_exec_boot():
                release_reserve, take_reserve, no_memory_reply,
                text_broken, repair_streams, shorten, format_tb,
                describe, flush_streams, convert, no_default, _exit, _unavailable, _gc_nothing,
-               _no_input, split_cell, compile_cell, show_value, exit_status,
+               _no_input, _sleep, split_cell, compile_cell, show_value, exit_status,
                _gc_false, _gc_zero, _gc_collect, _gc_counts, _gc_list]
     trusted_codes = {id(f.__code__): f.__code__ for f in trusted}
     roles = {id(boot_reply.__code__): (boot_reply.__code__, "main"),
@@ -2268,6 +2290,7 @@ def _wasm_exec_boot():
     sys.modules["__main__"] = main_module
     # signal handlers receive frames and run at arbitrary points: none for the agent
     _signal.signal = _unavailable  # the signal module, if imported later, wraps this
+    time.sleep = _sleep
     importlib.import_module = guard_import
     importlib.__import__ = guard
 
