@@ -486,3 +486,52 @@ def test_figures_dump_as_base64_and_read_back():
     text = r.model_dump_json()
     assert base64.b64decode(json.loads(text)["figures"][0]) == r.figures[0]
     assert ExecutionResult.model_validate_json(text) == r
+
+
+# ------------------------------------------------------------------------------ the CLI
+def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wasm_exec", *args], capture_output=True,
+                          text=True, timeout=300, **kw)
+
+
+def test_cli_run_streams_its_output():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wasm_exec", "run", "-c",
+         "print('first')\nwhile True: pass", "--timeout", "60", "--fuel", "none"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        still_running = proc.poll() is None
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert line == "first\n" and still_running
+
+
+def test_cli_run_exits_with_the_codes_status():
+    p = _cli("run", "-c", "import sys\nprint('out')\nsys.exit(4)", "--allow", "sys")
+    assert p.returncode == 4 and p.stdout == "out\n" and p.stderr == ""
+    p = _cli("run", "-c", "import sys\nsys.exit('no good')", "--allow", "sys")
+    assert p.returncode == 1 and p.stderr == "no good\n"
+    p = _cli("run", "-c", "exit()", "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["exit_code"] == 0
+
+
+@pytest.mark.scientific
+@needs_scientific
+def test_cli_json_holds_figures():
+    p = _cli("run", "--runtime", "scientific", "--allow", "matplotlib.pyplot", "--json",
+             "--timeout", "120", "-c",
+             "import matplotlib.pyplot as plt\nplt.plot([1, 2])\n'done'")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert base64.b64decode(out["figures"][0]).startswith(b"\x89PNG")
+    assert out["value"]["text"] == "'done'"
+
+
+def test_cli_repl_shows_values_and_streams():
+    p = _cli("repl", input="x = 20\nx + 22\nprint('p')\nimport sys\n")
+    assert p.returncode == 0
+    assert "42\n" in p.stdout and "p\n" in p.stdout and "None" not in p.stdout
+    p = _cli("repl", input="x = 1\nexit(3)\nprint('not reached')\n")
+    assert p.returncode == 3 and "not reached" not in p.stdout
