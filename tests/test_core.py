@@ -65,17 +65,18 @@ def test_syntax_error(ex):
     assert ex.execute("", return_globals=["keep"]).globals == {"keep": 1}
 
 
-@pytest.mark.parametrize("code,etype", [
-    ("raise SystemExit(3)", "SystemExit"),
-    ("exit(0)", "SystemExit"),
-    ("quit()", "SystemExit"),
-    ("raise KeyboardInterrupt", "KeyboardInterrupt"),
+@pytest.mark.parametrize("code,etype,exit_code", [
+    ("raise SystemExit(3)", "SystemExit", 3),
+    ("exit(0)", None, 0),
+    ("quit()", None, 0),
+    ("raise KeyboardInterrupt", "KeyboardInterrupt", None),
 ])
-def test_exit_and_interrupt_are_errors_not_crashes(ex, code, etype):
+def test_exit_and_interrupt_are_not_crashes(ex, code, etype, exit_code):
     ex.execute("kept = 'yes'")
     r = ex.execute("print('p')\n" + code)
-    assert not r.success and r.error_type == etype and r.stdout == "p\n"
-    assert not r.interpreter_lost
+    # an exit with status 0 is a success (as for a process); the others are errors
+    assert r.success is (etype is None) and r.error_type == etype and r.stdout == "p\n"
+    assert r.exit_code == exit_code and not r.interpreter_lost
     r = ex.execute("", return_globals=["kept"])
     assert r.globals == {"kept": "yes"} and not r.state_reset
 

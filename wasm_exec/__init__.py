@@ -14,36 +14,41 @@ from .errors import (
     ExecutorClosedError,
     ImageError,
     InputError,
+    ReentrantCallError,
     RuntimeNotFoundError,
     RuntimeVerificationError,
     WasmExecError,
 )
-from .executor import ExecutionResult, PythonExecExecutor
+from .executor import DisplayValue, ExecutionResult, PythonExecExecutor
 from .files import FileInfo
+from .output import OutputChunk
 from .pool import SessionPool
 from .protocol import StopReason
 from .resolver import PythonExecExecutorResolver
 from .state_store import DirectoryStateStore, RedisStateStore, StateStore, StateStoreError
 
 __all__ = [
-    "StopReason",
     "ConfigurationError",
     "DirectoryStateStore",
+    "DisplayValue",
     "ExecutionResult",
     "ExecutorClosedError",
     "FileInfo",
     "ImageError",
     "InputError",
     "Limits",
+    "OutputChunk",
     "Policy",
     "PythonExecExecutor",
     "PythonExecExecutorResolver",
     "RedisStateStore",
+    "ReentrantCallError",
     "RuntimeNotFoundError",
     "RuntimeVerificationError",
     "SessionPool",
     "StateStore",
     "StateStoreError",
+    "StopReason",
     "WasmExecError",
     "__version__",
 ]

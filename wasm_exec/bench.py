@@ -21,6 +21,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 CPU_LOOP = "s = 0\nfor i in range(3_000_000):\n    s += i\n"
+PRINT_LOOP = "for i in range(10_000):\n    print(i)\n"
+# the same work with no output at all: what printing costs the guest's interpreter itself
+PRINT_INTO = "import io\nsink = io.StringIO()\nfor i in range(10_000):\n    print(i, file=sink)\n"
 TEN_GLOBALS = "\n".join(f"g{i} = {i} * 2" for i in range(10))
 
 
@@ -216,6 +219,68 @@ def bench_parallel(repeat: int) -> list[Row]:
                 note=f"throughput {speedup:.2f}x of one agent", extra={"speedup": speedup})]
 
 
+def bench_printing(repeat: int) -> list[Row]:
+    """10,000 print calls in one call: the guest buffers its output (streams.py). Native
+    CPython prints into a StringIO in this process; the rounds interleave the native run
+    and each wasm variant, so that a busy machine slows them alike."""
+    rows = []
+    for runtime in ("minimal", "scientific"):
+        rows.extend(_printing(runtime, max(repeat, 10)))
+    return rows
+
+
+def _printing(runtime: str, runs: int) -> list[Row]:
+    from .errors import WasmExecError
+    from .executor import PythonExecExecutor
+
+    try:
+        ex = PythonExecExecutor(runtime=runtime, timeout_seconds=60, whitelisted_imports=["io"])
+    except WasmExecError as e:
+        return [Row(f"{runtime}: 10,000 print calls", "-", 0, 0, 0, 0,
+                    note=f"skipped: {str(e).splitlines()[0]}")]
+    session = ex._session
+    assert session is not None
+    layout = session._stream_layout
+    chunks: list[str] = []
+
+    def timed(line_buffered: bool = False, code: str = PRINT_LOOP, **kw: Any) -> float:
+        time.sleep(0.02)  # (the previous call's image is taken meanwhile)
+        if line_buffered:  # as before the output was buffered: a host call a line
+            session._stream_layout = None
+        try:
+            r = ex.execute(code, **kw)
+        finally:
+            session._stream_layout = layout
+        assert r.success and r.stdout.count("\n") == (10_000 if code == PRINT_LOOP else 0)
+        return r.duration_seconds
+
+    native, native_into, buffered, streamed, into, lines = [], [], [], [], [], []
+    with ex:
+        ex.execute(PRINT_LOOP)
+        for i in range(runs):
+            native.extend(_time(lambda: _native_exec(PRINT_LOOP), 1))
+            native_into.extend(_time(lambda: _native_exec(PRINT_INTO), 1))
+            buffered.append(timed())
+            streamed.append(timed(on_stdout=chunks.append))
+            into.append(timed(code=PRINT_INTO))
+            if i < 3:
+                lines.append(timed(line_buffered=True))
+    nat = statistics.median(native)
+    label = "default runtime" if runtime == "minimal" else "scientific"
+    before = statistics.median(lines) * 1000
+    return [Row(f"{label}: 10,000 print calls in one call", "ms",
+                *[v * 1000 for v in _stats(buffered)], runs, nat * 1000, "<= 3x native",
+                note=f"line buffered as before: {before:.0f} ms",
+                extra={"line_buffered_ms": before}),
+            Row(f"{label}: the same, streamed to an on_stdout callback", "ms",
+                *[v * 1000 for v in _stats(streamed)], runs, nat * 1000,
+                note=f"{len(chunks) // runs} chunks a call"),
+            Row(f"{label}: the same into an io.StringIO in the guest (no output)", "ms",
+                *[v * 1000 for v in _stats(into)], runs,
+                statistics.median(native_into) * 1000,
+                note="the interpreter's own cost of the loop: the floor")]
+
+
 SCIENTIFIC_SEED = dict(whitelisted_imports=["numpy", "pandas", "matplotlib.pyplot"],
                       default_imports={"np": "numpy", "pd": "pandas",
                                        "plt": "matplotlib.pyplot"})
@@ -346,23 +411,36 @@ def bench_snapshots(repeat: int) -> list[Row]:
     return rows
 
 
-def run(repeat: int = 5, memory_counts: tuple[int, ...] = (1, 10, 50),
-        log: Any = None) -> dict[str, Any]:
+def _parts() -> dict[str, Callable[[int], list[Row]]]:
+    """The benchmark's parts by name (bench_state imports this module: imported here)."""
     from .bench_state import bench_state_store
 
+    return {f.__name__.removeprefix("bench_"): f for f in (
+        bench_new_agent, bench_per_call, bench_cpu, bench_printing, bench_marshal,
+        bench_parallel, bench_snapshots, bench_state_store)}
+
+
+PART_NAMES = ("new_agent", "per_call", "cpu", "printing", "marshal", "parallel", "snapshots",
+              "state_store", "memory")
+
+
+def run(repeat: int = 5, memory_counts: tuple[int, ...] = (1, 10, 50),
+        only: set[str] | None = None, log: Any = None) -> dict[str, Any]:
     rows: list[Row] = []
-    parts = (bench_new_agent, bench_per_call, bench_cpu, bench_marshal, bench_parallel,
-             bench_snapshots, bench_state_store)
+    parts = [f for name, f in _parts().items() if only is None or name in only]
+    with_memory = only is None or "memory" in only
+    total = len(parts) + with_memory
     started = time.monotonic()
     for i, part in enumerate(parts, 1):
         if log:
-            log(f"[{time.monotonic() - started:4.0f} s] {i}/{len(parts) + 1}: "
+            log(f"[{time.monotonic() - started:4.0f} s] {i}/{total}: "
                 f"{part.__name__.removeprefix('bench_').replace('_', ' ')}")
         rows.extend(part(repeat))
-    if log:
-        log(f"[{time.monotonic() - started:4.0f} s] {len(parts) + 1}/{len(parts) + 1}: "
-            f"memory for {', '.join(map(str, memory_counts))} agents")
-    rows.extend(bench_memory(memory_counts))
+    if with_memory:
+        if log:
+            log(f"[{time.monotonic() - started:4.0f} s] {total}/{total}: "
+                f"memory for {', '.join(map(str, memory_counts))} agents")
+        rows.extend(bench_memory(memory_counts))
     return {
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "cpus": os.cpu_count()},
@@ -402,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--native-python", help="native CPython for --targets (default: this one)")
     p.add_argument("--rival-python",
                    help="a Python with pyeryx installed, for the eryx column of --targets")
+    p.add_argument("--only", metavar="PARTS",
+                   help="comma-separated parts to run: " + ", ".join(PART_NAMES))
     args = p.parse_args(argv)
     if args.targets:
         from . import bench_targets
@@ -415,8 +495,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     repeat = 3 if args.quick else args.repeat
     counts = (1, 10) if args.quick else (1, 10, 50)
+    only = None
+    if args.only:
+        only = {x.strip() for x in args.only.split(",") if x.strip()}
+        unknown = only - set(PART_NAMES)
+        if unknown:
+            p.error(f"unknown parts {sorted(unknown)}; known: {list(PART_NAMES)}")
     progress(f"{repeat} runs per row; about a minute or more, a line per part")
-    result = run(repeat, counts, log=progress)
+    result = run(repeat, counts, only, log=progress)
     print(format_table(result))
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)

@@ -211,21 +211,30 @@ class UsageError(Exception):
     """A bad option value found after parsing: one line, exit status 2."""
 
 
+def _echo(stream: Any) -> Any:
+    """An output callback that writes each piece to ``stream`` as it arrives."""
+    def write(text: str) -> None:
+        stream.write(text)
+        stream.flush()
+    return write
+
+
 def _run(args: argparse.Namespace) -> int:
     code, globals_dict = _read_code(args), _globals(args.globals)
+    live = not args.json  # (the output is streamed as the code prints it)
     try:
         with _executor(args) as ex:
-            r = interruptible(ex, lambda: ex.execute(code, globals_dict=globals_dict,
-                                                     return_globals=args.ret or None))
+            r = interruptible(ex, lambda: ex.execute(
+                code, globals_dict=globals_dict, return_globals=args.ret or None,
+                on_stdout=_echo(sys.stdout) if live else None,
+                on_stderr=_echo(sys.stderr) if live else None))
     except WasmExecError as e:
         print(f"wasm-exec: {explain(e)}", file=sys.stderr)
         return 2
     if args.json:
         print(r.model_dump_json(indent=2))
     else:
-        sys.stdout.write(r.stdout)
-        sys.stderr.write(r.stderr)
-        if not r.success:
+        if not r.success and r.exit_code is None:
             sys.stderr.write(r.traceback or "")
             if not r.traceback or r.limit:
                 sys.stderr.write((r.error or "failed") + "\n")
@@ -233,6 +242,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{name} = {json.dumps(value, ensure_ascii=False)}")
         for name, err in r.globals_errors.items():
             print(f"{name}: {err}", file=sys.stderr)
+    if r.exit_code is not None:
+        return r.exit_code  # sys.exit(n) in the code
     return 0 if r.success else 1
 
 
@@ -281,13 +292,16 @@ def _repl(args: argparse.Namespace) -> int:
             if not lines or not "\n".join(lines).strip():
                 continue
             source = "\n".join(lines)
-            r = interruptible(ex, lambda src=source: ex.execute(src, display=True))
+            r = interruptible(ex, lambda src=source: ex.execute(
+                src, on_stdout=_echo(sys.stdout), on_stderr=_echo(sys.stderr)))
             if r.limit == "cancelled":
                 print("KeyboardInterrupt: the input was stopped and rolled back; the "
                       "sandbox's state is as after the previous input", file=sys.stderr)
                 continue
-            sys.stdout.write(r.stdout)
-            sys.stderr.write(r.stderr)
+            if r.value is not None:
+                print(r.value.text)
+            if r.exit_code is not None:
+                return r.exit_code  # exit() ends the session, as in Python's REPL
             if not r.success:
                 if r.limit:
                     print(f"[stopped by the {r.limit} limit] {r.error}", file=sys.stderr)

@@ -40,3 +40,8 @@ class ImageError(WasmExecError, ValueError):
 class RuntimeBuildError(WasmExecError):
     """Building the runtime from source failed; the message names the missing tool or
     package and the command that installs it, or the step and its log."""
+
+
+class ReentrantCallError(WasmExecError, RuntimeError):
+    """An executor was called from inside one of its own output callbacks (``on_stdout``
+    / ``on_stderr``), while its call runs; call it after that call returns."""

@@ -7,14 +7,16 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic_core import PydanticSerializationError
 
 from . import images
 from .config import Limits, Policy
@@ -23,6 +25,7 @@ from .errors import (
     ExecutorClosedError,
     ImageError,
     InputError,
+    ReentrantCallError,
     WasmExecError,
 )
 from .files import (
@@ -35,6 +38,7 @@ from .files import (
     read_all,
     write_all,
 )
+from .output import Mailbox, OutputChunk, OutputDispatch, OutputHandler, in_callback_of
 from .pool import SessionKey, SessionPool
 from .protocol import (
     MAX_JSON_DEPTH,
@@ -105,15 +109,51 @@ _STOP_ERROR_TYPE = {StopReason.FUEL: "FuelExhausted", StopReason.TIMEOUT: "Timeo
                     StopReason.CANCELLED: "Cancelled"}
 
 
+class DisplayValue(BaseModel):
+    """The value of a cell's last expression, like a notebook's ``execute_result``.
+
+    ``text`` is its ``repr()`` (shortened to 100,000 characters); ``json_value`` is the
+    value itself when it is JSON data (``is_json``); ``html`` is its ``_repr_html_()``
+    when its type offers one (a pandas DataFrame's table); ``png`` its ``_repr_png_()``.
+    :meth:`mime_bundle` gives them keyed by MIME type, as Jupyter does.
+    """
+
+    model_config = ConfigDict(frozen=True, val_json_bytes="base64")
+
+    text: str
+    is_json: bool = False
+    json_value: Any = None
+    html: str | None = None
+    png: bytes | None = None
+
+    @field_serializer("png", when_used="json")
+    def _png_as_base64(self, png: bytes | None) -> str | None:
+        return None if png is None else _b64(png)
+
+    def mime_bundle(self) -> dict[str, Any]:
+        """``{"text/plain": ..., "application/json": ..., "text/html": ...,
+        "image/png": <base64 str>}``, with the forms the value has."""
+        bundle: dict[str, Any] = {"text/plain": self.text}
+        if self.is_json:
+            bundle["application/json"] = self.json_value
+        if self.html is not None:
+            bundle["text/html"] = self.html
+        if self.png is not None:
+            bundle["image/png"] = _b64(self.png)
+        return bundle
+
+
 class ExecutionResult(BaseModel):
     """What one ``execute`` call produced.
 
-    ``success`` is False when the code raised (including ``SyntaxError`` and
-    ``SystemExit``) or when a limit stopped it; ``error`` then says what happened in one
-    line and ``error_type`` / ``error_message`` / ``traceback`` give the details.
+    ``success`` is False when the code raised (including ``SyntaxError`` and a
+    ``SystemExit`` other than ``sys.exit(0)``) or when a limit stopped it; ``error`` then
+    says what happened in one line and ``error_type`` / ``error_message`` / ``traceback``
+    give the details. ``model_dump_json()`` works for every result (bytes as base64).
     """
 
-    model_config = ConfigDict(frozen=True)
+    # (bytes travel in JSON as standard base64, and are read back from it)
+    model_config = ConfigDict(frozen=True, val_json_bytes="base64")
 
     success: bool
     error: str | None = None
@@ -168,6 +208,38 @@ class ExecutionResult(BaseModel):
     def _files_as_base64(self, files: dict[str, bytes]) -> dict[str, str]:
         # (in JSON, file contents are standard base64: they are often not text)
         return {name: base64.b64encode(data).decode("ascii") for name, data in files.items()}
+
+    value: DisplayValue | None = Field(
+        default=None,
+        description="The value of the cell's last statement when that is an expression "
+        "whose value is not None (like a notebook's execute_result); counted against "
+        "max_globals_bytes.")
+    exit_code: int | None = Field(
+        default=None,
+        description="The status the code exited with by SystemExit (sys.exit(), exit(), "
+        "quit()): 0 for sys.exit() and sys.exit(0) (a success), n for sys.exit(n), 1 for "
+        "sys.exit('message') (the message goes to stderr). None when it did not exit.")
+    callback_error: str | None = Field(
+        default=None,
+        description="The first exception an on_stdout / on_stderr callback raised during "
+        "the call (that callback was not called again; the call went on).")
+
+    @field_serializer("figures", when_used="json")
+    def _figures_as_base64(self, figures: list[bytes]) -> list[str]:
+        return [_b64(f) for f in figures]
+
+    def model_dump_json(self, *, indent: int | None = None, **kwargs: Any) -> str:
+        """The result as JSON text: bytes (figures, a value's PNG) as base64, NaN and
+        infinities as null. Whatever the agent returned: a str holding a lone surrogate
+        (a valid str, not UTF-8) is written escaped (``"\\ud800"``, as Python's json
+        module writes it: it reads back as the same str), and globals nested deeper than
+        pydantic's serializer goes (about 250 levels; they may nest 400) are written
+        too."""
+        try:
+            return super().model_dump_json(indent=indent, **kwargs)
+        except PydanticSerializationError:
+            return json.dumps(_json_safe(self.model_dump(**kwargs)), indent=indent,
+                              ensure_ascii=True)
 
 
 class _CallExtras:
@@ -309,26 +381,37 @@ class PythonExecExecutor:
         files: Mapping[str, FileData] | None = None,
         output_files: Iterable[str] | None = None,
         tools: Mapping[str, ToolFunction] | None = None,
+        on_stdout: OutputHandler | None = None,
+        on_stderr: OutputHandler | None = None,
     ) -> ExecutionResult:
         """Run ``code`` in this executor's interpreter.
 
         ``globals_dict`` values (JSON data) are bound as globals before the code runs;
         the names in ``return_globals`` come back in ``result.globals`` as JSON data.
-        ``limits`` overrides this executor's limits for this call. With ``display=True``
-        a single statement runs as at the interactive prompt (an expression's value is
-        printed). With ``return_all=True`` every global that converts to JSON comes back
-        (modules, functions, classes and other objects are left out without an error).
-        With ``trace_imports=True``, ``result.imports`` lists each import the guard was
-        asked for during the call, with the rule that granted it (None: refused).
+        ``limits`` overrides this executor's limits for this call. When the last
+        statement is an expression, its value comes back in ``result.value``; with
+        ``display=True`` it is also printed, as at the interactive prompt. With
+        ``return_all=True`` every global that converts to JSON comes back (modules,
+        functions, classes and other objects are left out without an error). With
+        ``trace_imports=True``, ``result.imports`` lists each import the guard was asked
+        for during the call, with the rule that granted it (None: refused).
 
         ``files`` (name -> bytes or str) are written into the agent's files before the
         code runs, as :meth:`write_file` would (they stay, also when a limit stops the
         call); the files named in ``output_files`` come back in ``result.files`` (those
         that cannot be read in ``result.files_errors``). ``tools`` (name -> callable) adds
         to, or replaces, this executor's tools for this call.
+
+        ``on_stdout`` / ``on_stderr`` are called with each piece of text the code prints,
+        while it runs (on this thread; the guest does not wait for them). One that raises
+        is not called again in this call, and ``result.callback_error`` says what it
+        raised; the call goes on. ``result.stdout`` / ``stderr`` still hold everything.
         """
+        output = (OutputDispatch(self, on_stdout, on_stderr)
+                  if on_stdout is not None or on_stderr is not None else None)
         return self._execute(code, globals_dict, return_globals, limits, display, return_all,
-                             None, trace_imports, self._extras(files, output_files, tools))
+                             None, trace_imports, self._extras(files, output_files, tools),
+                             output)
 
     def _extras(self, files: Mapping[str, FileData] | None,
                 output_files: Iterable[str] | None,
@@ -341,8 +424,24 @@ class PythonExecExecutor:
     def _execute(self, code: str, globals_dict: Mapping[str, Any] | None,
                  return_globals: Iterable[str] | None, limits: Mapping[str, Any] | None,
                  display: bool, return_all: bool, ticket: _Ticket | None,
-                 trace_imports: bool = False,
-                 extras: _CallExtras | None = None) -> ExecutionResult:
+                 trace_imports: bool = False, extras: _CallExtras | None = None,
+                 output: OutputDispatch | None = None) -> ExecutionResult:
+        result = self._execute_call(code, globals_dict, return_globals, limits, display,
+                                    return_all, ticket, trace_imports, extras, output)
+        if output is not None:
+            output.finish()
+            if output.error is not None:
+                result = result.model_copy(update={"callback_error": output.error})
+            if output.interrupt is not None:
+                raise output.interrupt  # (the call was stopped and rolled back)
+        return result
+
+    def _execute_call(self, code: str, globals_dict: Mapping[str, Any] | None,
+                      return_globals: Iterable[str] | None, limits: Mapping[str, Any] | None,
+                      display: bool, return_all: bool, ticket: _Ticket | None,
+                      trace_imports: bool, extras: _CallExtras | None,
+                      output: OutputDispatch | None) -> ExecutionResult:
+        self._not_from_callback("execute()")
         call_limits = self._call_limits(limits)
         if not isinstance(code, str):
             raise InputError(f"code must be a str, not {type(code).__name__}")
@@ -364,7 +463,7 @@ class PythonExecExecutor:
                 return _not_run()
             self._calls += 1
             result = self._execute_locked(code, names, globals_json, call_limits, display,
-                                          return_all, ticket, trace_imports, extras)
+                                          return_all, ticket, trace_imports, extras, output)
             if ticket is not None and result.state_reset and not ticket.deliver(self._calls):
                 # cancelled: no one reads this result, so the next call reports the reset
                 self._reset_pending = True
@@ -373,7 +472,8 @@ class PythonExecExecutor:
     def _execute_locked(self, code: str, names: list[str], globals_json: str,
                         call_limits: Limits, display: bool, return_all: bool,
                         ticket: _Ticket | None, trace_imports: bool = False,
-                        extras: _CallExtras | None = None) -> ExecutionResult:
+                        extras: _CallExtras | None = None,
+                        output: OutputDispatch | None = None) -> ExecutionResult:
         """One call, with the executor held (see ``_execute``)."""
         if self._closed:
             raise ExecutorClosedError("this executor is closed; create a new one")
@@ -414,7 +514,7 @@ class PythonExecExecutor:
             try:
                 if writes is not None:
                     session.files(writes, changes=True)
-                outcome = session.call(payload, limits_for_call, globals_json, box)
+                outcome = session.call(payload, limits_for_call, globals_json, box, output)
                 died = outcome.died
                 if (died is not None and not outcome.taken and not died.during_call
                         and died.reason != STOP_CANCELLED and not self._closed):
@@ -431,13 +531,15 @@ class PythonExecExecutor:
                     return _not_run()
                 if writes is not None:
                     session.files(writes, changes=True)
-                outcome = session.call(payload, limits_for_call, globals_json, box)
+                outcome = session.call(payload, limits_for_call, globals_json, box, output)
         except BaseException:
             # (files that did not fit: nothing ran; the ticket lets go of the session)
             if ticket is not None:
                 ticket.finish()
             self._reset_pending = self._reset_pending or reset
             raise
+        if output is not None and outcome.interrupt is not None:
+            output.interrupt = outcome.interrupt
         out_files: dict[str, bytes] = {}
         out_errors: dict[str, str] = {}
         if extras.output_files:
@@ -502,6 +604,8 @@ class PythonExecExecutor:
             self._discard(session)
             return self._stopped(SessionDead("protocol", str(e)), call_limits, common)
         common["figures"] = reply.get("figures", [])
+        common["value"] = _display_value(reply.get("value"))
+        common["exit_code"] = reply.get("exit_code")
         if trace_imports:
             common["imports"] = reply.get("imports", [])
         if self._state is not None:
@@ -536,8 +640,14 @@ class PythonExecExecutor:
         files: Mapping[str, FileData] | None = None,
         output_files: Iterable[str] | None = None,
         tools: Mapping[str, ToolFunction] | None = None,
+        on_stdout: Callable[[str], Any] | None = None,
+        on_stderr: Callable[[str], Any] | None = None,
     ) -> ExecutionResult:
         """``execute`` for event loops: runs on a worker thread, never blocks the loop.
+
+        ``on_stdout`` / ``on_stderr`` are called on the event loop with each piece of
+        text the code prints while it runs (coroutine functions are awaited); see
+        :meth:`astream` for the same as an async iterator.
 
         Cancelling the awaiting task (or ``asyncio.wait_for`` timing out) affects this
         call only. Cancelled while it runs, it stops the guest at once and the call is
@@ -550,6 +660,12 @@ class PythonExecExecutor:
         ``files``, ``output_files`` and ``tools`` as for :meth:`execute`; a tool that is a
         coroutine function (``async def``) runs on this event loop.
         """
+        if on_stdout is not None or on_stderr is not None:
+            return await self._aexecute_streamed(
+                code, globals_dict, return_globals, limits=limits, display=display,
+                return_all=return_all, on_stdout=on_stdout, on_stderr=on_stderr,
+                trace_imports=trace_imports, files=files, output_files=output_files,
+                tools=tools)
         loop = asyncio.get_running_loop()
         extras = self._extras(files, output_files, tools, loop)
         ticket = _Ticket()
@@ -573,6 +689,109 @@ class PythonExecExecutor:
                             self._reset_pending = True
             raise
 
+    async def astream(
+        self,
+        code: str,
+        globals_dict: Mapping[str, Any] | None = None,
+        return_globals: Iterable[str] | None = None,
+        *,
+        limits: Mapping[str, Any] | None = None,
+        display: bool = False,
+        return_all: bool = False,
+        trace_imports: bool = False,
+        files: Mapping[str, FileData] | None = None,
+        output_files: Iterable[str] | None = None,
+        tools: Mapping[str, ToolFunction] | None = None,
+    ) -> AsyncIterator[OutputChunk | ExecutionResult]:
+        """Run ``code`` like :meth:`aexecute`, yielding its output as it is printed.
+
+        >>> async for event in ex.astream("print('working')\nsum(range(10**6))"):
+        ...     if isinstance(event, OutputChunk):
+        ...         print(event.stream, event.text)        # stdout working
+        ...     else:
+        ...         result = event                         # ExecutionResult, always last
+
+        Yields :class:`OutputChunk` (``stream`` "stdout" or "stderr", ``text``) in the
+        order they were printed, then the :class:`ExecutionResult`, last. Leaving the
+        loop early (or cancelling the task) stops the call, which is rolled back, as a
+        cancelled ``aexecute``; close the iterator (``contextlib.aclosing``) when you
+        break out of it, so that this happens at once.
+        """
+        loop = asyncio.get_running_loop()
+        extras = self._extras(files, output_files, tools, loop)
+        mailbox = Mailbox(loop)
+        ticket = _Ticket()
+        output = OutputDispatch(self, mailbox.sender("stdout"), mailbox.sender("stderr"))
+        future = loop.run_in_executor(None, lambda: self._execute(
+            code, globals_dict, return_globals, limits, display, return_all, ticket,
+            trace_imports, extras, output))
+        # (every chunk is posted before the call returns, so before this runs)
+        future.add_done_callback(lambda _: mailbox.end())
+        finished = False
+        try:
+            while True:
+                ended = mailbox.ended
+                for chunk in await mailbox.take():
+                    yield chunk
+                if ended:  # (and what was posted before the end is taken)
+                    break
+            result = future.result()
+            finished = True
+            yield result
+        finally:
+            if not finished:  # (the caller left: no one reads the result)
+                await self._abandon(ticket, future)
+
+    async def _aexecute_streamed(
+        self, code: str, globals_dict: Mapping[str, Any] | None,
+        return_globals: Iterable[str] | None, *, limits: Mapping[str, Any] | None,
+        display: bool, return_all: bool, on_stdout: Callable[[str], Any] | None,
+        on_stderr: Callable[[str], Any] | None, trace_imports: bool = False,
+        files: Mapping[str, FileData] | None = None,
+        output_files: Iterable[str] | None = None,
+        tools: Mapping[str, ToolFunction] | None = None,
+    ) -> ExecutionResult:
+        handlers = {"stdout": on_stdout, "stderr": on_stderr}
+        error = None
+        result = None
+        async with contextlib.aclosing(self.astream(
+                code, globals_dict, return_globals, limits=limits, display=display,
+                return_all=return_all, trace_imports=trace_imports, files=files,
+                output_files=output_files, tools=tools)) as events:
+            async for event in events:
+                if isinstance(event, ExecutionResult):
+                    result = event
+                    continue
+                handler = handlers[event.stream]
+                if handler is None:
+                    continue
+                try:
+                    outcome = handler(event.text)
+                    if asyncio.iscoroutine(outcome) or isinstance(outcome, asyncio.Future):
+                        await outcome
+                except Exception as e:  # noqa: BLE001 - reported in the result
+                    handlers[event.stream] = None
+                    if error is None:
+                        error = f"on_{event.stream} raised {type(e).__name__}: {e}"
+        assert result is not None
+        if error is not None and result.callback_error is None:
+            result = result.model_copy(update={"callback_error": error})
+        return result
+
+    async def _abandon(self, ticket: _Ticket, future: asyncio.Future[ExecutionResult]) -> None:
+        """Stop a call whose caller left (as a cancelled ``aexecute``)."""
+        ticket.cancel()
+        try:
+            result = await asyncio.wait_for(asyncio.shield(future), timeout=10)
+        except BaseException:  # noqa: BLE001 - the call's own outcome no longer matters
+            return
+        # it ended before the cancel reached it, and no one reads its result: the next
+        # call reports a reset it saw (unless another call has run since)
+        if result.state_reset and ticket.delivered_as is not None:
+            with self._lock:
+                if self._calls == ticket.delivered_as:
+                    self._reset_pending = True
+
     def save(self, path: str | os.PathLike[str], *, key: bytes | None = None) -> int:
         """Save this agent's interpreter to ``path``; returns the file's size in bytes.
 
@@ -582,6 +801,7 @@ class PythonExecExecutor:
         HMAC-SHA256 instead of the checksum; ``load(path, key=key)`` then accepts only
         files saved with that key.
         """
+        self._not_from_callback("save()")
         with self._lock:
             self._check_open()
             session = self._session
@@ -723,6 +943,7 @@ class PythonExecExecutor:
     def reset(self) -> None:
         """Throw away this agent's state: the next call runs on a fresh interpreter (and
         its result says ``state_reset=True``)."""
+        self._not_from_callback("reset()")
         with self._lock:
             self._check_open()
             self._drop_rollback_standby()
@@ -739,7 +960,7 @@ class PythonExecExecutor:
         ``state_store``, it continues from the stored image instead (the state of the last
         answered call). Returns False (and does nothing) when a call is running.
         """
-        if not self._lock.acquire(blocking=False):
+        if in_callback_of(self) or not self._lock.acquire(blocking=False):
             return False
         try:
             session, self._session = self._session, None
@@ -938,6 +1159,12 @@ class PythonExecExecutor:
         self._holder[1] = None
         if standby is not None:
             standby.close()
+
+    def _not_from_callback(self, what: str) -> None:
+        if in_callback_of(self):
+            raise ReentrantCallError(
+                f"{what} was called from one of this executor's own output callbacks while "
+                "its call runs; call it after that call returns")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -1163,6 +1390,32 @@ def _agent_state(executor: PythonExecExecutor, store: Any, identity: Any,
                       owns_store=opened is not store)
 
 
+def _json_safe(value: Any) -> Any:
+    """``value`` (a result dumped as Python data) as JSON data the way pydantic writes it:
+    bytes as base64, NaN and infinities as None."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, bytes):
+        return _b64(value)
+    return value
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _display_value(shown: dict[str, Any] | None) -> DisplayValue | None:
+    if shown is None:
+        return None
+    return DisplayValue(text=shown["text"], is_json="json" in shown,
+                        json_value=shown.get("json"), html=shown.get("html"),
+                        png=shown.get("png"))
+
+
 def _not_run() -> ExecutionResult:
     text = ("The call was cancelled before it started: nothing ran, and the agent's state "
             "is unchanged.")
@@ -1189,4 +1442,4 @@ def _drain(sessions: list[Session]) -> None:
         session.close()
 
 
-__all__ = ["ExecutionResult", "PythonExecExecutor"]
+__all__ = ["DisplayValue", "ExecutionResult", "OutputChunk", "PythonExecExecutor"]

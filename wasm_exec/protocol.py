@@ -163,6 +163,8 @@ def validate_call_reply(reply: dict[str, Any], call_id: int) -> dict[str, Any]:
     values: dict[str, Any] = {}
     too_many: dict[str, str] = {}
     budget = MAX_RETURNED_VALUES
+    out["exit_code"] = _exit_code(reply.get("exit_code"))
+    out["value"], budget = _shown_value(reply.get("value"), budget)
     for name, text in raw_globals.items():
         text = _str(text, f"globals[{name!r}]", 1 << 40)
         count = _value_count(text)
@@ -201,6 +203,55 @@ def validate_call_reply(reply: dict[str, Any], call_id: int) -> dict[str, Any]:
         except (ValueError, binascii.Error):
             raise ProtocolError("a figure is not base64") from None
     return out
+
+
+def _exit_code(raw: Any) -> int | None:
+    if raw is None:
+        return None
+    if type(raw) is not int or not -(1 << 31) <= raw < (1 << 31):
+        raise ProtocolError("reply field 'exit_code' is not a 32-bit int")
+    return raw
+
+
+def _shown_value(raw: Any, budget: int) -> tuple[dict[str, Any] | None, int]:
+    """The last expression's value as the runner showed it (its forms, checked), and what
+    is left of the returned-values budget."""
+    if raw is None:
+        return None, budget
+    if not isinstance(raw, dict):
+        raise ProtocolError("reply field 'value' is not a JSON object")
+    shown: dict[str, Any] = {"text": _str(raw.get("text"), "value text", 200_000)}
+    if "json" in raw:
+        text = _str(raw["json"], "value json", 1 << 40)
+        count = _value_count(text)
+        if count <= budget:
+            budget -= count
+            try:
+                shown["json"] = json.loads(text)
+            except (ValueError, RecursionError) as e:
+                raise ProtocolError(f"the value's JSON is not JSON: {e}") from None
+    if "html" in raw:
+        shown["html"] = _str(raw["html"], "value html", 1 << 40)
+    if "png" in raw:
+        try:
+            shown["png"] = base64.b64decode(_str(raw["png"], "value png", 1 << 40),
+                                            validate=True)
+        except (ValueError, binascii.Error):
+            raise ProtocolError("the value's PNG is not base64") from None
+    return shown, budget
+
+
+# the runner's streams and the probes the host reads their layout from (streams.py)
+STREAM_IDS = 7
+
+
+def stream_ids(reply: dict[str, Any]) -> tuple[int, ...] | None:
+    """The addresses of the runner's stdout, stderr and stream probes in a reply, if any."""
+    raw = reply.get("streams")
+    if (isinstance(raw, list) and len(raw) == STREAM_IDS
+            and all(type(a) is int and 0 < a < (1 << 32) for a in raw)):
+        return tuple(raw)
+    return None
 
 
 # how deeply JSON data (globals in and out) may nest: the guest's parser and encoder are C

@@ -20,6 +20,11 @@ no environment and no arguments):
 
 The host's own file operations (:meth:`Session.files`) run on the session thread too,
 between turns, so they never race a turn or the image taken after one.
+
+The epoch deadline runs a callback (streams.py) at least every 20 ms while wasm runs: it
+stops the guest at the call's deadline, and switches the runner's stdout and stderr back
+to line buffering after a burst of printing. Writes on fd 1/2 can be handed to the caller
+while the call runs (``call(..., on_output=...)``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import itertools
+import math
 import mmap
 import os
 import struct
@@ -40,6 +46,8 @@ from typing import Any, TypeVar
 
 import wasmtime
 
+from . import streams
+from .output import ChunkQueue
 from .protocol import (
     REPLY_HEADER,
     ProtocolError,
@@ -47,6 +55,7 @@ from .protocol import (
     StopReason,
     encode_request,
     encode_request_with_globals,
+    stream_ids,
     validate_ready,
 )
 from .runtime import RuntimeImage, runner_identity
@@ -169,6 +178,21 @@ class CallOutcome:
     call_id: int = 0
     died: SessionDead | None = None
     taken: bool = True  # False: the interpreter died before it took the call (it never ran)
+    # what interrupted the caller while it took the call's output (Ctrl-C): the call
+    # was stopped, and the caller raises it once the outcome is dealt with
+    interrupt: BaseException | None = None
+
+
+class _Waking(threading.Event):
+    """A call's ``done`` that also wakes the caller waiting for its output."""
+
+    def __init__(self, wake: threading.Event) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def set(self) -> None:
+        super().set()
+        self._wake.set()
 
 
 @dataclass
@@ -187,6 +211,9 @@ class _Call:
     deadline: float = 0.0
     fuel_left: int | None = None
     tools: ToolBox | None = None
+    # streamed output, for the caller to take while the call runs (None: not streamed)
+    chunks: ChunkQueue | None = None
+    bursts: streams.Bursts = field(default_factory=streams.Bursts)
 
 
 @dataclass
@@ -303,6 +330,13 @@ class Session:
         self._ids = itertools.count(1)
         self.default_import_errors: dict[str, str] = {}
         self.calls = 0
+        # the runner's streams (streams.py): where their line-buffering flags are, once
+        # known (found at boot, or this runtime build's, checked after a restore), and
+        # whether the next request asks the runner for their addresses
+        self._stream_layout: streams.StreamLayout | None = None
+        self._want_streams = False
+        self._idle_deadline = 0.0  # (the end of a turn's own deadline, after its answer)
+        streams.install_epoch_callback(self._store, self)
 
         wasi = wasmtime.WasiConfig()
         # the runner gets its own file name, so tracebacks can leave its frames out
@@ -395,12 +429,15 @@ class Session:
         return self._memory_bytes
 
     def call(self, payload: dict[str, Any], limits: CallLimits,
-             globals_json: str = "{}", tools: ToolBox | None = None) -> CallOutcome:
+             globals_json: str = "{}", tools: ToolBox | None = None,
+             on_output: Callable[[int, bytes], None] | None = None) -> CallOutcome:
         """Run one request; returns its outcome, or ``died`` set when the interpreter died.
 
         ``globals_json`` is the request's globals, already encoded as a JSON object;
         ``tools`` the host functions the call's code may call (its names are the
-        request's ``tools``).
+        request's ``tools``). ``on_output(fd, data)`` is given what the call writes on fd 1
+        and 2 (within the output cap) while it runs, on this thread; the guest does not
+        wait for it.
         """
         with self._lock:
             if self._dead is not None:
@@ -410,8 +447,13 @@ class Session:
             if self._reseed:
                 payload["reseed"] = True  # restored from an image: fresh random numbers
                 self._reseed = False
+            if self._want_streams:
+                payload["streams"] = True  # (the addresses of the runner's streams)
             call = _Call(call_id, encode_request_with_globals(payload, globals_json), limits,
                          tools=tools)
+            if on_output is not None:
+                call.chunks = ChunkQueue()
+                call.done = _Waking(call.chunks.wake)
             with self._cv:
                 self._requests.append(call.frame)
                 self._pending = call
@@ -419,12 +461,45 @@ class Session:
             # the deadline is enforced inside wasm by the epoch (it starts when the runner
             # takes the request, at once when it is healthy); this wait only guards against
             # an interpreter that never takes the request or never answers
-            finished = call.done.wait(limits.timeout_seconds + 2)
+            interrupt = None
+            if on_output is None:
+                finished = call.done.wait(limits.timeout_seconds + 2)
+            else:
+                finished, interrupt = self._pump(call, on_output, limits.timeout_seconds + 2)
             if not finished:
                 self._abort(STOP_TIMEOUT)
                 call.done.wait(10)
             self.calls += 1
-            return self._outcome(call)
+            outcome = self._outcome(call)
+            outcome.interrupt = interrupt
+            return outcome
+
+    def _pump(self, call: _Call, on_output: Callable[[int, bytes], None],
+              patience: float) -> tuple[bool, BaseException | None]:
+        """Wait for ``call`` while handing its output to ``on_output`` as it arrives (on
+        the caller's thread: the guest goes on meanwhile, a slow consumer only delays the
+        caller). Returns whether the call ended, and what interrupted the caller (then the
+        call was stopped: it is rolled back like a cancelled one)."""
+        assert call.chunks is not None
+        chunks, wake = call.chunks, call.chunks.wake
+        give_up = time.monotonic() + patience
+        try:
+            while True:
+                wake.clear()
+                ended = call.done.is_set()
+                for fd, data in chunks.take():
+                    on_output(fd, bytes(data))
+                if ended:
+                    return True, None
+                left = give_up - time.monotonic()
+                if left <= 0 and not call.done.is_set():
+                    return False, None
+                wake.wait(max(0.0, left))
+        except BaseException as e:  # noqa: BLE001 - handed back with the outcome
+            if not call.done.is_set():
+                self._abort(STOP_CANCELLED)
+                call.done.wait(10)
+            return call.done.is_set(), e
 
     @property
     def fs(self) -> MemoryFS:
@@ -698,6 +773,12 @@ class Session:
         self._reseed = True
         now = time.monotonic_ns() - _CLOCK_ORIGIN
         self._mono_shift = max(0, image.monotonic_ns - now)
+        # the streams are where this runtime build's first interpreter found them, in
+        # every interpreter restored from an image of one; else the runner says
+        layout = streams.known_layout(self._image.pin.sha256)
+        self._stream_layout = (layout if layout is not None
+                               and streams.layout_holds(layout, self._read_idle) else None)
+        self._want_streams = self._stream_layout is None
         self.latest_image = image
         self._answered = self._image_of = 0
         self._imaged.set()
@@ -724,6 +805,46 @@ class Session:
                            max(0.0, end - call.started) if call.started else 0.0,
                            self._memory_bytes, call.call_id, died, bool(call.started))
 
+    def _read_idle(self, address: int, size: int) -> bytes | None:
+        """Guest memory at ``address`` (between turns, on a thread that owns the store)."""
+        if self._memory is None or address <= 0:
+            return None
+        if address + size > self._memory.data_len(self._store):
+            return None
+        return bytes(self._memory.read(self._store, address, address + size))
+
+    def _read_guest(self, caller: wasmtime.Caller, address: int, size: int) -> bytes | None:
+        """Guest memory at ``address`` (in a host call)."""
+        base, total = self._mem(caller)
+        if address <= 0 or address + size > total:
+            return None
+        return ctypes.string_at(base + address, size)
+
+    def on_epoch(self, context: Any) -> int | None:
+        """The guest reached its epoch deadline (on this session's thread, in wasm; see
+        streams.py): stop it (None) when asked to or at the call's deadline; else put
+        streams that a burst switched to block buffering back to line buffering (the next
+        line flushes what they hold), and return the ticks to the next check."""
+        if self._abort_reason is not None:
+            return None
+        now = time.perf_counter()
+        call = self._call
+        deadline = call.deadline if call is not None else self._idle_deadline
+        if now >= deadline:
+            self._host_error = SessionDead(STOP_TIMEOUT, "deadline reached")
+            return None
+        layout = self._stream_layout
+        if (call is not None and call is not self._boot and layout is not None
+                and self._memory is not None):
+            base, size = streams.memory_of(context, self._memory)
+            for i, flag in enumerate(layout.flags):
+                if streams.get_flag(base, size, flag) == 0:
+                    streams.set_flag(base, size, flag, 1)
+                    call.bursts.reopen(i, now)
+        ticks = max(1, min(streams.FLUSH_TICKS, math.ceil((deadline - now) / TICK_SECONDS)))
+        self._deadline_ticks = ticks
+        return ticks
+
     def _abort(self, reason: str, force: bool = False) -> None:
         if self._abort_reason is None:
             self._abort_reason = reason
@@ -735,8 +856,8 @@ class Session:
             # after any answered call
             if reason == STOP_CANCELLED and self._call is None and not force:
                 return
-        # push the epoch past any deadline: the guest traps at its next check
-        for _ in range(self._deadline_ticks + 2):
+        # push the epoch past any deadline: the guest stops at its next check
+        for _ in range(max(self._deadline_ticks, streams.FLUSH_TICKS) + 2):
             self._engine.increment_epoch()
 
     def _arm(self, call: _Call) -> None:
@@ -745,7 +866,9 @@ class Session:
         call.deadline = call.started + call.limits.timeout_seconds
         if self._fuel_enabled:
             self._store.set_fuel(call.limits.fuel if call.limits.fuel is not None else 1 << 62)
-        ticks = max(1, int(call.limits.timeout_seconds / TICK_SECONDS) + 1)
+        # (the epoch callback checks the deadline at least every FLUSH_TICKS ticks)
+        ticks = min(streams.FLUSH_TICKS,
+                    max(1, int(call.limits.timeout_seconds / TICK_SECONDS) + 1))
         self._deadline_ticks = ticks
         self._store.set_epoch_deadline(ticks)
         self._reader.reset(call.limits.max_reply_bytes)
@@ -899,6 +1022,8 @@ class Session:
         if call is not None:
             target = call.stdout if fd == 1 else call.stderr
             room = call.limits.max_output_bytes - len(target)
+            dropped = call.out_dropped if fd == 1 else call.err_dropped
+            start = len(target)
             for b, n in chunks:
                 take = max(0, min(n, room))
                 if take:
@@ -909,6 +1034,20 @@ class Session:
                         call.out_dropped = True
                     else:
                         call.err_dropped = True
+            if call.chunks is not None:
+                # streamed: the same bytes the result will hold, the cap's marker once
+                if len(target) > start:
+                    call.chunks.put(fd, target[start:])
+                if not dropped and (call.out_dropped if fd == 1 else call.err_dropped):
+                    what = "stdout" if fd == 1 else "stderr"
+                    call.chunks.put(fd, MARKER.format(
+                        what=what, cap=call.limits.max_output_bytes).encode())
+            layout = self._stream_layout
+            if (layout is not None and call is not self._boot
+                    and call.bursts.flushed(fd - 1, time.perf_counter())):
+                # a burst of printing: block buffered from here until the next epoch
+                # check (streams.py)
+                streams.set_flag(base, size, layout.flags[fd - 1], 0)
         return self._put_u32(caller, nwritten_ptr, total)
 
     def _on_reply(self, caller: wasmtime.Caller, base: int, chunks: list[tuple[int, int]],
@@ -924,6 +1063,20 @@ class Session:
             reply = self._reader.decode(frame)
         except ProtocolError as e:
             self._fail(STOP_PROTOCOL, f"protocol violation: {e}")
+        layout = self._stream_layout
+        if layout is not None:
+            for flag in layout.flags:  # line buffered again, as boot left them
+                streams.set_flag(base, self._memory.data_len(caller) if self._memory else 0,
+                                 flag, 1)
+        else:
+            ids = stream_ids(reply)
+            if ids is not None:
+                # (remembered for later interpreters only when found at boot: see
+                # streams.calibrate)
+                self._stream_layout = streams.calibrate(
+                    ids, lambda a, n: self._read_guest(caller, a, n),
+                    self._image.pin.sha256 if call is self._boot else None)
+                self._want_streams = False  # (found or not: asked once)
         call.reply = reply
         self._answered += 1  # (before the caller can ask for an image of it)
         call.ended = time.perf_counter()
@@ -931,7 +1084,8 @@ class Session:
             call.fuel_left = _safe_fuel(self._store)
             self._store.set_fuel(IDLE_FUEL)
         self._memory_bytes = self._memory.data_len(caller) if self._memory else 0
-        self._deadline_ticks = int(10 / TICK_SECONDS)
+        self._idle_deadline = time.perf_counter() + 10  # (the end of the turn)
+        self._deadline_ticks = streams.FLUSH_TICKS
         self._store.set_epoch_deadline(self._deadline_ticks)
         self._call = None
         call.done.set()
@@ -1093,6 +1247,12 @@ class Session:
             if call is None:
                 # between calls only the runner runs, and it never sleeps
                 self._fail(STOP_PROTOCOL, "the interpreter tried to sleep between calls")
+            layout = self._stream_layout
+            if layout is not None and call is not None and call is not self._boot:
+                # a sleep ends a burst of printing: the next line is delivered at once
+                for flag in layout.flags:
+                    streams.set_flag(base, size, flag, 1)
+                call.bursts.quiet()
             limit = wait_until
             if call is not None:
                 limit = min(limit, time.monotonic() + max(0.0, call.deadline - time.perf_counter()))

@@ -80,6 +80,7 @@ def _wasm_exec_boot():
     import opcode
     import posix  # not os: importing os costs a cold start 7 ms
     import sys
+    import time
 
     # the host's request/reply door (tools): a capability of the hook alone. The module
     # leaves the module table, and the hook refuses to create it again
@@ -1487,6 +1488,17 @@ def _wasm_exec_boot():
     def _unavailable(*args, _RuntimeError=RuntimeError, **kwargs):
         raise _RuntimeError("this function is not available in the sandbox")
 
+    def _sleep(seconds, _sleep=time.sleep):
+        """time.sleep, that first hands what the runner's streams hold to the host: the
+        host buffers a burst of printing (wasm_exec/streams.py), and a sleep is where
+        the agent waits, so what it printed before arrives before the wait."""
+        flush_streams()
+        _sleep(seconds)
+
+    def _no_input(prompt=None, _EOFError=EOFError):
+        raise _EOFError("input() has no stdin to read in the sandbox: pass data in with "
+                        "execute(code, globals_dict={...}) (or put it in a file) instead")
+
     agent_builtins = dict(builtins.__dict__)
     for k in ("__loader__", "__spec__", "breakpoint", "help", "copyright", "credits",
               "license"):
@@ -1495,6 +1507,7 @@ def _wasm_exec_boot():
     agent_builtins["exit"] = _exit
     agent_builtins["quit"] = _exit
     agent_builtins["breakpoint"] = _unavailable
+    agent_builtins["input"] = _no_input
 
     class ToolError(Exception):
         """A tool (a function of the host's) failed: the message says how. ``tool`` is the
@@ -1519,6 +1532,17 @@ def _wasm_exec_boot():
     # them: a stream the agent broke is put back in this state (see repair_streams)
     stream_parts = tuple((s, s.buffer, s.buffer.raw, s.buffer.raw.fileno(), s.encoding,
                           s.errors, s.line_buffering) for s in (stdout, stderr))
+    # the host switches the runner's streams between line and block buffering while a call
+    # runs (wasm_exec/streams.py): these probes, of the same type with known settings
+    # (line_buffering, write_through), show it where that flag lives; they live as long
+    # as the interpreter, so their addresses hold in every image of it
+    stream_probes = tuple(_io.TextIOWrapper(_io.BytesIO(), encoding="utf-8",
+                                            line_buffering=lb, write_through=wt)
+                          for lb, wt in ((True, False), (False, True), (True, True),
+                                         (False, False), (True, False)))
+    # (held by the functions that send the addresses, so that they outlive the boot)
+    stream_info = ([id(stdout), id(stderr)] + [id(p) for p in stream_probes], stream_probes)
+    del stream_probes
     _init_file = _io.FileIO.__init__
     _init_buffer = _io.BufferedWriter.__init__
     _init_text = _io.TextIOWrapper.__init__
@@ -1558,6 +1582,10 @@ def _wasm_exec_boot():
     _isinstance = isinstance
     _compile = compile
     _exec = exec
+    _eval = eval
+    _repr = repr
+    _getattr = getattr
+    _bytes_type = bytes
     _make_encoder = _json.make_encoder
     _encode_str = _json.encode_basestring
     _encode_ascii = _json.encode_basestring_ascii
@@ -2109,6 +2137,146 @@ def _wasm_exec_boot():
                 "error_message": why, "traceback": "MemoryError: " + why + "\n",
                 "globals": {}, "globals_errors": {}}
 
+    # the __future__ flags of a compiled cell (CO_FUTURE_*), for compiling its last line
+    FUTURE_FLAGS = 0x1FE0000
+    # how a line that cannot be a lone expression starts (a statement keyword)
+    STATEMENT_WORDS = frozenset((
+        "import", "from", "def", "class", "for", "while", "if", "elif", "else", "with",
+        "try", "except", "finally", "del", "return", "raise", "assert", "global",
+        "nonlocal", "pass", "break", "continue", "async", "yield"))
+    AUGMENTED = frozenset(("+=", "-=", "*=", "/=", "%=", "&=", "|=", "^=", "@=", "//=",
+                           "**=", ">>=", "<<="))
+    _se_code = SystemExit.__dict__["code"].__get__
+    VALUE_TEXT_CHARS = 100_000
+    VALUE_HTML_CHARS = 1_000_000
+
+    def split_cell(text):
+        """Where the cell's last statement may be a lone expression: (head, tail) with
+        `tail` from the start of its last line that starts at column 0 (or after that
+        line's last ';'), `head` everything before; None when that line plainly starts
+        another statement. Only a guess: compile_cell keeps it only when both halves
+        compile, which puts the split between two top-level statements."""
+        pos = _len(text)
+        while True:
+            start = text.rfind("\n", 0, pos) + 1
+            line = text[start:pos]
+            if line and line[0] not in " \t\r\f#" and line.strip():
+                break
+            if start == 0:
+                return None
+            pos = start - 1
+        i = 0
+        while i < _len(line) and (line[i].isalnum() or line[i] == "_"):
+            i += 1
+        if line[:i] in STATEMENT_WORDS:  # (a compound statement's line included)
+            return None
+        cut = line.rfind(";")
+        if cut >= 0 and "#" not in line[:cut]:
+            # simple statements on one line: the last of them
+            line = line[cut + 1:]
+            rest = line.lstrip(" \t")
+            start += cut + 1 + _len(line) - _len(rest)
+            line = rest
+        n = _len(line)
+        i = 0
+        while i < n and (line[i].isalnum() or line[i] == "_" or line[i] == "."):
+            i += 1
+        word = line[:i]
+        if word in STATEMENT_WORDS or (word == "print" and line[i:i + 1] == "("):
+            return None
+        j = i
+        while j < n and line[j] == " ":
+            j += 1
+        if i and j < n:
+            if line[j] == ":" or (line[j] == "=" and line[j + 1:j + 2] != "="):
+                return None  # an assignment to a name or an attribute
+            if line[j:j + 2] in AUGMENTED or line[j:j + 3] in AUGMENTED:
+                return None
+        return text[:start], text[start:]
+
+    def compile_cell(code_text, filename):
+        """The cell's code, and the code of its last statement when that is a lone
+        expression (evaluated apart, so that its value can be shown), else None."""
+        split = split_cell(code_text)
+        if split is not None:
+            head, tail = split
+            lines = head.count("\n")
+            try:
+                last = _compile("\n" * lines + tail, filename, "eval", 0, True)
+                body = _compile(head, filename, "exec", 0, True)
+                flags = body.co_flags & FUTURE_FLAGS
+                if flags:
+                    last = _compile("\n" * lines + tail, filename, "eval", flags, True)
+                return body, last
+            except _SyntaxError:
+                pass  # (the whole cell's own error, if it has one, comes next)
+        return _compile(code_text, filename, "exec", dont_inherit=True), None
+
+    def show_value(value, max_depth, budget):
+        """The last expression's value as the result shows it, like a notebook's
+        execute_result: its repr() (shortened), JSON text when it is JSON data, HTML when
+        its type offers _repr_html_ (a DataFrame's table), PNG (base64) when it offers
+        _repr_png_. Its own methods run here, as at the interactive prompt (they are the
+        agent's code, with the agent's limits); whatever they raise only leaves that form
+        out. Returns the forms and what they cost of the reply's budget."""
+        shown = {}
+        try:
+            text = _join((_repr(value),))
+        except _BaseException:
+            try:
+                name = _join((_qualname(_type(value)),))
+            except _BaseException:
+                name = "object"
+            text = "<" + name + " object (its repr() failed)>"
+        shown["text"] = shorten(text, VALUE_TEXT_CHARS)
+        cost = _len(_encode_ascii(shown["text"]))
+        try:
+            data = convert(value, max_depth)
+            if cost + _len(data) <= budget:
+                shown["json"] = data
+                cost += _len(data)
+        except _BaseException:
+            pass
+        for method, key in (("_repr_html_", "html"), ("_repr_png_", "png")):
+            try:
+                if _getattr(_type(value), method, None) is None:
+                    continue
+                form = _getattr(value, method)()
+                if key == "html" and _isinstance(form, _str):
+                    form = _join((form,))
+                    if _len(form) > VALUE_HTML_CHARS:
+                        continue
+                elif key == "png" and _isinstance(form, _bytes_type):
+                    form = _b64(form, newline=False).decode("ascii")
+                else:
+                    continue
+                size = _len(_encode_ascii(form))
+                if cost + size <= budget:
+                    shown[key] = form
+                    cost += size
+            except _BaseException:
+                pass
+        return shown, cost
+
+    def exit_status(exc):
+        """The status of a SystemExit, as CPython's own exit gives it: None is 0, an int is
+        itself (1 beyond 32 bits), anything else is 1 with its text printed to stderr."""
+        code = _se_code(exc)
+        if code is None:
+            return 0
+        if _issubclass(_type(code), _int):
+            status = _int_of(code)
+            return status if -(1 << 31) <= status < (1 << 31) else 1
+        try:
+            text = _join((_str(code),))
+        except _BaseException:
+            text = "<unprintable exit value>"
+        try:
+            stderr.write(text + "\n")
+        except _BaseException:
+            pass
+        return 1
+
     def run_call(req, cell_no):
         code_text = req["code"]
         filename = "<cell-" + _str(cell_no) + ">"
@@ -2134,52 +2302,59 @@ def _wasm_exec_boot():
                 ns[k] = v
         reply = {"id": req["id"], "ok": True}
         started = False
+        # (the host sends the call's cap with every call; the fallback is the host's
+        # default, Limits.max_globals_bytes: 16 MiB)
+        max_bytes = req.get("max_globals_bytes", 16 << 20)
+        max_depth = req.get("max_depth")
+        if _type(max_depth) is not _int:
+            max_depth = 400
+        used = 0
         try:
-            compiled = None
-            if req.get("display") is True:
-                # like the interactive interpreter: echo the value of an expression
-                try:
-                    compiled = _compile(code_text, filename, "single", dont_inherit=True)
-                except _SyntaxError:
-                    compiled = None
-            if compiled is None:
-                compiled = _compile(code_text, filename, "exec", dont_inherit=True)
+            compiled, last = compile_cell(code_text, filename)
             started = True
             take_reserve()
             try:
                 _exec(compiled, ns)
+                del compiled
+                if last is not None:
+                    # the cell's last statement is an expression: its value is the
+                    # result's (like a notebook's execute_result; never bound to `_`)
+                    value = _eval(last, ns)
+                    if value is not None:
+                        shown, used = show_value(value, max_depth, max_bytes)
+                        value = None
+                        reply["value"] = shown
+                        if req.get("display") is True:
+                            stdout.write(shown["text"] + "\n")  # as at the prompt
             finally:
                 release_reserve()
-            del compiled
         except _BaseException as exc:
             if _isinstance(exc, _MemoryError):
                 pressed[0] = True
-            reply["ok"] = False
-            try:
-                # (memory running out, not the parser's own MemoryError, which says why)
-                if not started and _type(exc) is _MemoryError and not exc.args:
-                    tname, msg, text = "MemoryError", NO_MEMORY, "MemoryError: " + NO_MEMORY + "\n"
-                else:
-                    tname, msg, text = describe(exc)
-            except _BaseException:
-                tname, msg, text = "Exception", "<unprintable>", ""
-            # (capped: the reply has to fit the host's cap, whatever the message)
-            reply["error_type"] = shorten(tname, 500)
-            reply["error_message"] = shorten(msg, 20_000)
-            reply["traceback"] = text if _len(text) <= 50_000 else (
-                text[:10_000] + "\n[... traceback shortened ...]\n" + text[-40_000:])
+            status = exit_status(exc) if _isinstance(exc, _SystemExit) else None
+            if status is not None:
+                reply["exit_code"] = status  # (0: sys.exit(0) ends the cell as a success)
+            if status is None or status != 0:
+                reply["ok"] = False
+                try:
+                    # (memory running out, not the parser's own MemoryError, which says why)
+                    if not started and _type(exc) is _MemoryError and not exc.args:
+                        tname, msg, text = ("MemoryError", NO_MEMORY,
+                                            "MemoryError: " + NO_MEMORY + "\n")
+                    else:
+                        tname, msg, text = describe(exc)
+                except _BaseException:
+                    tname, msg, text = "Exception", "<unprintable>", ""
+                # (capped: the reply has to fit the host's cap, whatever the message)
+                reply["error_type"] = shorten(tname, 500)
+                reply["error_message"] = shorten(msg, 20_000)
+                reply["traceback"] = text if _len(text) <= 50_000 else (
+                    text[:10_000] + "\n[... traceback shortened ...]\n" + text[-40_000:])
             del exc
         flush_streams()
         out = {}
         errs = {}
-        # (the host sends the call's cap with every call; the fallback is the host's
-        # default, Limits.max_globals_bytes: 16 MiB)
-        max_bytes = req.get("max_globals_bytes", 16 << 20)
-        used = 0
         names = req.get("return", ())
-        max_depth = req.get("max_depth")
-        if _type(max_depth) is not _int:
-            max_depth = 400
         quiet = False
         # the namespace, looked up directly while its keys are all exact str (checked in
         # C); else a copy of its str keys, made without looking anything up: a key the
@@ -2230,6 +2405,8 @@ def _wasm_exec_boot():
         reply["globals_errors"] = errs
         if req.get("figures") is True:
             reply["figures"] = collect_figures(max_bytes - used)
+        if req.get("streams") is True:
+            reply["streams"] = stream_info[0]
         return reply
 
     # ------------------------------------------------------------- tools
@@ -2300,7 +2477,8 @@ def _wasm_exec_boot():
         "<wasm-exec request slot>".__defaults__ = ("boot_done", [])
         del "<wasm-exec request slot>".__defaults__
         ready = json_dumps({"id": 0, "ready": True, "errors": default_errors,
-                            "runner_blob": runner_blob[0] if runner_blob else None}).encode()
+                            "runner_blob": runner_blob[0] if runner_blob else None,
+                            "streams": stream_info[0]}).encode()
         runner_blob.clear()
         "<wasm-exec request slot>".__defaults__ = ("reply", [], ready)
         del "<wasm-exec request slot>".__defaults__
@@ -2421,6 +2599,7 @@ def _wasm_exec_boot():
                release_reserve, take_reserve, no_memory_reply,
                text_broken, repair_streams, shorten, format_tb,
                describe, flush_streams, convert, no_default, _exit, _unavailable, _gc_nothing,
+               _no_input, _sleep, split_cell, compile_cell, show_value, exit_status,
                _gc_false, _gc_zero, _gc_collect, _gc_counts, _gc_list]
     trusted_codes = {id(f.__code__): f.__code__ for f in trusted}
     roles = {id(boot_reply.__code__): (boot_reply.__code__, "main"),
@@ -2488,6 +2667,7 @@ def _wasm_exec_boot():
     sys.modules["__main__"] = main_module
     # signal handlers receive frames and run at arbitrary points: none for the agent
     _signal.signal = _unavailable  # the signal module, if imported later, wraps this
+    time.sleep = _sleep
     importlib.import_module = guard_import
     importlib.__import__ = guard
 

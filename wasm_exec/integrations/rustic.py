@@ -794,8 +794,7 @@ def _read_back(block: CodeBlock, values: Mapping[str, Any]) -> None:
 
 def _clean_exit(result: ExecutionResult) -> bool:
     """``sys.exit()`` / ``sys.exit(0)``: the code ended normally, as a process would."""
-    return (result.error_type == "SystemExit" and result.limit is None
-            and (result.error_message or "").strip() in ("", "None", "0"))
+    return result.exit_code == 0
 
 
 def _configured_timeout(limits: Limits | Mapping[str, Any] | None,
@@ -810,17 +809,9 @@ def _configured_timeout(limits: Limits | Mapping[str, Any] | None,
 
 
 def _exit_code(result: ExecutionResult) -> int:
-    if result.success:
-        return 0
-    if result.error_type == "SystemExit" and result.limit is None:
-        message = (result.error_message or "").strip()
-        if message in ("", "None"):
-            return 0  # sys.exit() / sys.exit(None), as a process would
-        try:
-            return int(message)
-        except ValueError:
-            return 1  # sys.exit("text"), as a process would
-    return -1
+    if result.exit_code is not None:
+        return result.exit_code  # SystemExit(n): n (sys.exit("text"): 1), as a process
+    return 0 if result.success else -1
 
 
 def _to_rustic(snippet: CodeSnippet, result: ExecutionResult) -> RusticExecutionResult:
