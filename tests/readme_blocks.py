@@ -14,14 +14,17 @@ def blocks(lang: str) -> list[str]:
 
 
 def python_blocks(*, rustic: bool = False, scientific: bool = False,
-                  mcp: bool = False) -> list[str]:
-    """Python blocks; those that need Rustic AI, the scientific runtime or the MCP SDK say
-    so on their first line (``# requires: rustic`` / ``scientific`` / ``mcp``)."""
+                  mcp: bool = False, smolagents: bool = False) -> list[str]:
+    """Python blocks; those that need Rustic AI, the scientific runtime, the MCP SDK or
+    smolagents say so on their first line (``# requires: rustic`` / ``scientific`` /
+    ``mcp`` / ``smolagents``)."""
     out = []
     for b in blocks("python"):
         is_rustic = b.startswith("# requires: rustic")
         is_scientific = b.startswith("# requires: scientific")
         is_mcp = b.startswith("# requires: mcp")
-        if is_rustic == rustic and is_scientific == scientific and is_mcp == mcp:
+        is_smol = b.startswith("# requires: smolagents")
+        if (is_rustic == rustic and is_scientific == scientific and is_mcp == mcp
+                and is_smol == smolagents):
             out.append(b)
     return out

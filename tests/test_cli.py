@@ -102,6 +102,8 @@ def test_bad_option_value_is_one_line_exit_2(args, option, accepts):
 @pytest.mark.parametrize("args, accepts", [
     (["mcp", "--port", "http"], "a TCP port from 0 to 65535"),
     (["mcp", "--max-sessions", "0"], "a whole number of at least 1"),
+    (["mcp", "--max-file-size", "1T"], "from 1K to 256M"),
+    (["mcp", "--max-file-size", "10"], "from 1K to 256M"),
     (["mcp", "--transport", "carrier-pigeon"], "choose from 'stdio', 'http'"),
     (["clean", "--profile", "huge"], "choose from 'minimal', 'scientific'"),
     (["build-runtime", "--profile", "huge"], "choose from 'minimal', 'scientific'"),

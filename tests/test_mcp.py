@@ -4,6 +4,7 @@ over stdio and over streamable HTTP."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
@@ -57,7 +58,8 @@ def test_stdio_state_persists_and_policy_applies():
     async def main():
         async with stdio("--allow", "math", "--default-import", "js=json") as c:
             names = {t.name for t in (await c.list_tools()).tools}
-            assert names == {"run_python", "reset_session"}
+            assert names == {"run_python", "reset_session", "write_file", "read_file",
+                             "list_files", "delete_file"}
             r = await c.call_tool("run_python", {"code": "import math\nr = math.sqrt(16)"})
             assert not r.is_error and r.structured_content["session"] == "stdio"
             r = await c.call_tool("run_python", {"code": "js.dumps([r])"})  # echoed value
@@ -175,3 +177,99 @@ def test_readme_mcp_blocks_run(index):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300, cwd=Path(README).parent)
     assert proc.returncode == 0, proc.stderr
+
+
+# ------------------------------------------------------------------ files
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+
+
+def test_stdio_files_in_and_out():
+    async def main():
+        async with stdio("--max-file-size", "4K") as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+            assert {"write_file", "read_file", "list_files", "delete_file"} <= names
+            r = await c.call_tool("write_file", {"path": "data.csv",
+                                                 "content": "city,temp\nParis,21\n"})
+            assert not r.is_error and r.structured_content["path"] == "/tmp/work/data.csv"
+            r = await c.call_tool("write_file", {"path": "in/pixel.png", "encoding": "base64",
+                                                 "content": base64.b64encode(PNG).decode()})
+            assert r.structured_content["size"] == len(PNG)
+            # the code sees both, and writes files of its own
+            r = await c.call_tool("run_python", {"code": (
+                "rows = open('data.csv').read().splitlines()\n"
+                "n = len(open('in/pixel.png', 'rb').read())\n"
+                "open('out.txt', 'w').write(f'{rows[1]} {n}')\n"
+                "open('raw.bin', 'wb').write(bytes([0, 255, 1]))")})
+            assert not r.is_error, text(r)
+            r = await c.call_tool("read_file", {"path": "out.txt"})
+            assert text(r) == f"Paris,21 {len(PNG)}"
+            assert r.structured_content["encoding"] == "text"
+            # not UTF-8: base64 in auto, refused as text
+            r = await c.call_tool("read_file", {"path": "/tmp/work/raw.bin"})
+            assert r.structured_content["encoding"] == "base64"
+            assert base64.b64decode(r.structured_content["content"]) == b"\x00\xff\x01"
+            r = await c.call_tool("read_file", {"path": "raw.bin", "encoding": "text"})
+            assert r.is_error and "encoding='base64'" in text(r)
+            # an image comes back as image content too
+            r = await c.call_tool("read_file", {"path": "in/pixel.png"})
+            assert r.content[1].type == "image" and r.content[1].mime_type == "image/png"
+            assert base64.b64decode(r.content[1].data) == PNG
+            r = await c.call_tool("list_files", {"recursive": True})
+            assert [e["name"] for e in r.structured_content["entries"]] == [
+                "data.csv", "in", "in/pixel.png", "out.txt", "raw.bin"]
+            assert "data.csv\t19" in text(r) and "in/" in text(r).splitlines()
+            r = await c.call_tool("delete_file", {"path": "in"})
+            assert not r.is_error
+            r = await c.call_tool("list_files", {})
+            assert [e["name"] for e in r.structured_content["entries"]] == [
+                "data.csv", "out.txt", "raw.bin"]
+    run(main())
+
+
+def test_file_tools_refuse_bad_input_and_keep_the_sandbox():
+    async def main():
+        async with stdio("--max-file-size", "1K") as c:
+            await c.call_tool("run_python", {"code": "keep = 1"})
+            for args, says in (
+                    ({"path": "../etc/passwd", "content": "x"}, "'..'"),
+                    ({"path": "/etc/passwd", "content": "x"}, "outside the agent's files"),
+                    ({"path": "big.txt", "content": "x" * 1025}, "at most 1,024 bytes"),
+                    ({"path": "big.bin", "content": base64.b64encode(b"x" * 2000).decode(),
+                      "encoding": "base64"}, "--max-file-size"),
+                    ({"path": "b.bin", "content": "not base64!", "encoding": "base64"},
+                     "not valid base64")):
+                r = await c.call_tool("write_file", args)
+                assert r.is_error and says in text(r), text(r)
+            r = await c.call_tool("read_file", {"path": "nope.txt"})
+            assert r.is_error and "no such file" in text(r)
+            r = await c.call_tool("read_file", {"path": "/tmp/work"})
+            assert r.is_error and "is a directory" in text(r)
+            r = await c.call_tool("delete_file", {"path": "nope"})
+            assert r.is_error and "no such file" in text(r)
+            # a file the code wrote that is over the cap is refused, not truncated
+            await c.call_tool("run_python", {"code": "open('log.txt', 'w').write('y' * 5000)"})
+            r = await c.call_tool("read_file", {"path": "log.txt"})
+            assert r.is_error and "5,000 bytes" in text(r)
+            r = await c.call_tool("list_files", {"path": "."})
+            assert [e["name"] for e in r.structured_content["entries"]] == ["log.txt"]
+            r = await c.call_tool("run_python", {"code": "keep"})
+            assert text(r) == "1"
+    run(main())
+
+
+def test_http_files_reach_a_named_session():
+    async def main():
+        async with http_server() as url:
+            async with Client(url) as c:  # sessionless: a write names a new sandbox
+                r = await c.call_tool("write_file", {"path": "a.txt", "content": "hi"})
+                new = r.structured_content["session"]
+                assert new.startswith("new:") and new in text(r)
+                r = await c.call_tool("read_file", {"path": "a.txt"})  # no sandbox named
+                assert r.is_error and "name the session" in text(r)
+                r = await c.call_tool("run_python", {"code": "open('a.txt').read() + '!'",
+                                                     "session": new})
+                assert text(r) == "'hi!'"
+                r = await c.call_tool("read_file", {"path": "a.txt", "session": new})
+                assert text(r) == "hi"
+    run(main())

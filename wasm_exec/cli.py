@@ -124,6 +124,21 @@ def size_arg(text: str) -> int:
     return int(_checked("memory_bytes", value, accepts, text))
 
 
+def file_size_arg(text: str) -> int:
+    """``--max-file-size``: bytes, or a size with K, M or G, from 1K to 256M."""
+    accepts = ("a size such as 512K or 16M (K, M, G: powers of 1024; a plain number is "
+               "bytes), from 1K to 256M")
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    try:
+        value = int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except (ValueError, OverflowError):
+        value = -1
+    if not 1 << 10 <= value <= 256 << 20:
+        raise argparse.ArgumentTypeError(f"expected {accepts}; got {text!r}")
+    return value
+
+
 def module_arg(text: str) -> str:
     """``--allow``: a module name."""
     try:
@@ -542,6 +557,10 @@ def add_mcp_args(m: argparse.ArgumentParser) -> None:
                    "one is released (default 16)")
     m.add_argument("--idle-timeout", type=timeout_arg, default=1800.0, metavar="SECONDS",
                    help="release a sandbox idle this long (default 1800)")
+    m.add_argument("--max-file-size", type=file_size_arg, default=8 * 2**20, metavar="SIZE",
+                   help="largest file write_file / read_file move, e.g. 512K or 16M "
+                   "(default 8M; the sandbox's file space, a quarter of --memory, also "
+                   "bounds what it holds)")
 
 
 def port_arg(text: str) -> int:

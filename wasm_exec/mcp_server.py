@@ -6,6 +6,10 @@ Built on the official MCP Python SDK (``pip install 'wasm-exec[mcp]'``). Tools:
   persistent sandboxed interpreter. Variables, functions and imports live on between
   calls to the same sandbox.
 - ``reset_session(session=None)``: throw a sandbox's state away.
+- ``write_file(path, content, encoding="text", session=None)``, ``read_file(path,
+  encoding="auto", session=None)``, ``list_files(path=".", recursive=False, session=None)``,
+  ``delete_file(path, session=None)``: the sandbox's files (the executor's file API), text
+  as it is or bytes as base64, each file at most ``--max-file-size``.
 
 Which sandbox a call uses: the one named by ``session`` when the client passes it (any
 client naming it reaches it: use unguessable names where clients do not trust each
@@ -18,29 +22,33 @@ Sandboxes are the executors of one :class:`~wasm_exec.PythonExecExecutorResolver
 ``--max-sessions`` interpreters live at once (the least recently used idle one is released
 beyond that) and one idle for ``--idle-timeout`` is released; a released sandbox's next
 call runs on a fresh interpreter and says so. A tool call the client cancels stops the
-running code and rolls it back. More tools (files in and out) are methods of
-:class:`SandboxServer` that take a sandbox from :meth:`SandboxServer.sandbox`.
+running code and rolls it back.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import json
+import mimetypes
 import secrets
 import socket
 import sys
 import threading
 from collections import OrderedDict
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from ._version import __version__
 from .errors import WasmExecError
 from .executor import PythonExecExecutor
+from .files import FileInfo
 from .resolver import PythonExecExecutorResolver
 
 SESSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
@@ -50,12 +58,25 @@ SessionName = Annotated[str | None, Field(
     "128). Calls with the same name share variables. Omit it to use this connection's own "
     "sandbox; where the connection has none, the result names a new one to pass next time.")]
 
+# what one file moved by write_file / read_file may hold (``--max-file-size``), and how many
+# entries one list_files returns
+DEFAULT_MAX_FILE_BYTES = 8 * 2**20
+MAX_LIST_ENTRIES = 1000
+# images read_file also returns as image content, for clients that show them to the model
+IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
+FilePath = Annotated[str, Field(
+    min_length=1, max_length=4096,
+    description="a name relative to the sandbox's working directory /tmp/work (like "
+    "'data.csv' or 'out/chart.png') or an absolute path under /tmp")]
+
 INSTRUCTIONS = (
     "Runs Python in sandboxed, persistent CPython interpreters compiled to WebAssembly: no "
     "host files, network or processes; CPU time, memory and output are capped; imports are "
     "limited to an allow-list. Variables, functions and imports persist between run_python "
     "calls to the same session. A call stopped by a limit is rolled back: the session keeps "
-    "its state from its previous call.")
+    "its state from its previous call. write_file / read_file / list_files / delete_file "
+    "move files into and out of a session's sandbox (the code opens them by name, relative "
+    "to its working directory).")
 
 
 class RunOutput(BaseModel):
@@ -80,6 +101,39 @@ class RunOutput(BaseModel):
     duration_seconds: float = 0.0
 
 
+class FileOutput(BaseModel):
+    """What ``write_file`` / ``read_file`` / ``delete_file`` return (also as text)."""
+
+    session: str = Field(description="the sandbox (pass it as `session` to continue there)")
+    path: str = Field(description="the file's absolute path in the sandbox")
+    size: int = Field(description="bytes of the file")
+    encoding: Literal["text", "base64"] | None = Field(
+        None, description="how `content` holds the bytes (read_file only)")
+    content: str | None = Field(None, description="the file's contents (read_file only)")
+    mime_type: str | None = Field(None, description="guessed from the name (read_file only)")
+
+
+class FileEntry(BaseModel):
+    name: str = Field(description="relative to the directory listed")
+    path: str
+    size: int
+    is_dir: bool
+
+
+class ListOutput(BaseModel):
+    """What ``list_files`` returns (also as text)."""
+
+    session: str
+    path: str = Field(description="the directory listed, as asked")
+    entries: list[FileEntry]
+    truncated: bool = Field(False, description=f"more than {MAX_LIST_ENTRIES} entries: the "
+                            "first ones by name are here; list a subdirectory for the rest")
+
+
+class FileToolError(Exception):
+    """A file tool's bad input or missing file: comes back as an error result."""
+
+
 class SandboxServer:
     """One resolver of sandboxes behind an :class:`MCPServer`, with the tools registered.
 
@@ -88,8 +142,10 @@ class SandboxServer:
     one interpreter before anything is served, so a bad configuration fails at once.
     """
 
-    def __init__(self, *, stdio: bool, max_names: int = 4096, **config: Any) -> None:
+    def __init__(self, *, stdio: bool, max_names: int = 4096,
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, **config: Any) -> None:
         self.stdio = stdio
+        self.max_file_bytes = max_file_bytes
         # a configuration the runtime cannot honour fails here, before serving
         check = {k: v for k, v in config.items() if k not in ("max_agents",
                                                                "idle_timeout_seconds")}
@@ -113,6 +169,16 @@ class SandboxServer:
                                                       destructiveHint=True,
                                                       idempotentHint=True,
                                                       openWorldHint=False))
+        for fn, title, read_only, destructive in (
+                (self.write_file, "Put a file into a Python sandbox", False, True),
+                (self.read_file, "Read a file of a Python sandbox", True, False),
+                (self.list_files, "List a Python sandbox's files", True, False),
+                (self.delete_file, "Delete a file of a Python sandbox", False, True)):
+            self.mcp.add_tool(fn, name=fn.__name__, title=title,
+                              annotations=ToolAnnotations(readOnlyHint=read_only,
+                                                          destructiveHint=destructive,
+                                                          idempotentHint=True,
+                                                          openWorldHint=False))
 
     # ------------------------------------------------------------------ sandboxes
     def connection_session(self, ctx: Context) -> str | None:
@@ -186,8 +252,196 @@ class SandboxServer:
         await anyio.to_thread.run_sync(ex.reset)
         return f"session {name!r} reset: its next call starts on a fresh interpreter"
 
+    # ------------------------------------------------------------------ files
+    async def _file_job(self, ctx: Context, session: str | None, create: bool,
+                        job: Callable[[PythonExecExecutor], Any]) -> tuple[str, Any]:
+        """``job(executor)`` off the event loop on the sandbox a file tool names; its bad
+        input and missing files become :class:`FileToolError` (the sandbox is unchanged)."""
+        if session is None and self.connection_session(ctx) is None and not create:
+            raise FileToolError("this connection has no sandbox of its own: name the "
+                                "session (the `session` a run_python or write_file result "
+                                "gave)")
+        name, ex = await self.sandbox(ctx, session)
+        try:
+            return name, await anyio.to_thread.run_sync(job, ex)
+        except WasmExecError as e:  # a bad name, a file that does not fit
+            raise FileToolError(f"{type(e).__name__}: {e}") from None
+        except FileNotFoundError as e:
+            raise FileToolError(f"no such file or directory in the sandbox: {e.filename}"
+                                " (list_files shows what is there)") from None
+        except IsADirectoryError as e:
+            raise FileToolError(f"{e.filename} is a directory, not a file (list_files "
+                                "shows what it holds)") from None
+        except NotADirectoryError as e:
+            raise FileToolError(f"{e.filename}: a file is in the way (not a directory)"
+                                ) from None
+
+    def _too_big(self, what: str, size: int) -> FileToolError:
+        return FileToolError(
+            f"{what} is {size:,} bytes; this server moves files of at most "
+            f"{self.max_file_bytes:,} bytes (its --max-file-size): split it, or have the "
+            "code write a smaller file")
+
+    async def write_file(
+        self,
+        path: FilePath,
+        content: Annotated[str, Field(description="the file's contents: text (written as "
+                                      "UTF-8) or, with encoding='base64', bytes as base64")],
+        ctx: Context,
+        encoding: Annotated[Literal["text", "base64"], Field(
+            description="'text' (default) or 'base64' for binary data")] = "text",
+        session: SessionName = None,
+    ) -> Annotated[CallToolResult, FileOutput]:
+        """Put a file into a sandbox (its directories are made as needed; an existing file
+        is replaced). The code then opens it by name, e.g. open('data.csv'). Files count
+        against the sandbox's file space and persist between calls."""
+        try:
+            data = self._decode(content, encoding)
+            name, target = await self._file_job(ctx, session, True,
+                                                lambda ex: self._write(ex, path, data))
+        except FileToolError as e:
+            return _error(str(e), session)
+        out = FileOutput(session=name, path=target, size=len(data))
+        return _result(f"wrote {len(data):,} bytes to {target}", out, session)
+
+    def _decode(self, content: str, encoding: str) -> bytes:
+        cap = self.max_file_bytes
+        if encoding == "base64":
+            text = "".join(content.split())
+            if len(text) > 4 * (cap // 3 + 1):
+                raise self._too_big("the file", len(text) * 3 // 4)
+            try:
+                data = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                raise FileToolError("content is not valid base64 (A-Z, a-z, 0-9, '+', '/', "
+                                    "'=' padding): encode the bytes as standard base64, or "
+                                    "pass encoding='text' for text") from None
+        else:
+            if len(content) > cap:  # (a character is at least a byte)
+                raise self._too_big("the file", len(content))
+            try:
+                data = content.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise FileToolError(f"content has a lone surrogate at index {e.start}, "
+                                    "which UTF-8 cannot hold: send the bytes as "
+                                    "encoding='base64'") from None
+        if len(data) > cap:
+            raise self._too_big("the file", len(data))
+        return data
+
+    @staticmethod
+    def _write(ex: PythonExecExecutor, path: str, data: bytes) -> str:
+        from .vfs import host_path
+
+        ex.write_file(path, data)
+        return host_path(path)
+
+    async def read_file(
+        self,
+        path: FilePath,
+        ctx: Context,
+        encoding: Annotated[Literal["auto", "text", "base64"], Field(
+            description="'auto' (default): text when the file is UTF-8, else base64; "
+            "'text': fail unless it is UTF-8; 'base64': always base64")] = "auto",
+        session: SessionName = None,
+    ) -> Annotated[CallToolResult, FileOutput]:
+        """Read a file of a sandbox, e.g. one its code wrote: text as it is, other bytes as
+        base64 (a PNG, JPEG, GIF or WebP image also as image content)."""
+        from .vfs import host_path
+
+        try:
+            name, data = await self._file_job(ctx, session, False,
+                                              lambda ex: ex.read_file(path))
+            target = host_path(path)
+            if len(data) > self.max_file_bytes:
+                raise self._too_big(target, len(data))
+            text: str | None = None
+            if encoding != "base64":
+                try:
+                    text = data.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    if encoding == "text":
+                        raise FileToolError(f"{target} is not UTF-8 text (byte {e.start}): "
+                                            "read it with encoding='base64'") from None
+        except FileToolError as e:
+            return _error(str(e), session)
+        mime = mimetypes.guess_type(target)[0]
+        out = FileOutput(session=name, path=target, size=len(data),
+                         encoding="base64" if text is None else "text",
+                         content=base64.b64encode(data).decode() if text is None else text,
+                         mime_type=mime)
+        if text is not None:
+            return _result(text, out, session, header=False)
+        content: list[TextContent | ImageContent] = [TextContent(type="text", text=(
+            f"[{target}: {len(data):,} bytes{', ' + mime if mime else ''}; base64]\n"
+            + (out.content or "")))]
+        if mime in IMAGE_TYPES:
+            content.append(ImageContent(type="image", data=out.content or "", mime_type=mime))
+        return CallToolResult(content=list(content), structured_content=out.model_dump(
+            mode="json"))
+
+    async def list_files(
+        self,
+        ctx: Context,
+        path: Annotated[str, Field(min_length=1, max_length=4096, description=(
+            "the directory to list: relative to /tmp/work (default '.', the working "
+            "directory) or absolute under /tmp"))] = ".",
+        recursive: Annotated[bool, Field(description="everything below, not only the "
+                                         "directory's own entries")] = False,
+        session: SessionName = None,
+    ) -> Annotated[CallToolResult, ListOutput]:
+        """List a sandbox's files: names (relative to the directory listed), sizes, which
+        are directories; sorted by name."""
+        try:
+            name, found = await self._file_job(ctx, session, False,
+                                               lambda ex: ex.list_files(path,
+                                                                        recursive=recursive))
+        except FileToolError as e:
+            return _error(str(e), session)
+        entries: list[FileInfo] = found[:MAX_LIST_ENTRIES]
+        out = ListOutput(session=name, path=path, truncated=len(found) > MAX_LIST_ENTRIES,
+                         entries=[FileEntry(**e.model_dump()) for e in entries])
+        lines = [f"{e.name}/" if e.is_dir else f"{e.name}\t{e.size}" for e in entries]
+        if out.truncated:
+            lines.append(f"[{len(found) - MAX_LIST_ENTRIES:,} more entries not shown: list "
+                         "a subdirectory]")
+        return _result("\n".join(lines) or "[empty directory]", out, session, header=False)
+
+    async def delete_file(self, path: FilePath, ctx: Context, session: SessionName = None
+                          ) -> Annotated[CallToolResult, FileOutput]:
+        """Delete a file of a sandbox, or a directory with everything in it; its space is
+        free again."""
+        from .vfs import host_path
+
+        try:
+            name, _ = await self._file_job(ctx, session, False,
+                                           lambda ex: ex.delete_file(path))
+        except FileToolError as e:
+            return _error(str(e), session)
+        target = host_path(path)
+        return _result(f"deleted {target}", FileOutput(session=name, path=target, size=0),
+                       session)
+
     def close(self) -> None:
         self.resolver.close()
+
+
+def _error(message: str, session: str | None) -> CallToolResult:
+    where = f" (session {session!r} is unchanged)" if session else ""
+    return CallToolResult(content=[TextContent(type="text", text=message + where)],
+                          is_error=True)
+
+
+def _result(text: str, out: BaseModel, asked: str | None, header: bool = True
+            ) -> CallToolResult:
+    session = getattr(out, "session", "")
+    if asked is None and session.startswith("new:"):
+        text = (f"[new session {session!r}: pass it as `session` to reach these files]\n"
+                + text)
+    elif header and asked is None:
+        text = f"{text} (session {session!r})"
+    return CallToolResult(content=[TextContent(type="text", text=text)],
+                          structured_content=out.model_dump(mode="json"))
 
 
 def render(out: RunOutput, asked: str | None) -> str:
@@ -250,7 +504,7 @@ def main(args: argparse.Namespace) -> int:
             whitelisted_imports=args.allow or [],
             default_imports=dict(args.default_import or []),
             runtime=args.runtime, limits=_limits(args), max_agents=args.max_sessions,
-            idle_timeout_seconds=args.idle_timeout)
+            idle_timeout_seconds=args.idle_timeout, max_file_bytes=args.max_file_size)
     except WasmExecError as e:
         from .cli import explain
 
