@@ -138,3 +138,21 @@ def test_async_timeout_really_stops_the_guest(make_executor):
     assert not r.state_reset and r.globals == {"counter": 0}
     assert not [t for t in threading.enumerate() if t.name == "wasm-exec-session"
                 and not t.daemon]
+
+
+def test_an_executor_is_not_released_from_inside_its_own_work():
+    """The executor's lock is re-entrant: a release() made by the thread that is inside
+    the executor's own work (its on_session_start hook, where a resolver evicts others)
+    used to succeed and report an eviction of an executor that was busy. It is refused,
+    as for a call that is running."""
+    from wasm_exec import PythonExecExecutor
+
+    with PythonExecExecutor(timeout_seconds=10) as ex:
+        ex.execute("c = 1")
+        answers = []
+        ex.on_session_start = lambda e: answers.append(e.release())
+        ex.reset()
+        assert answers == [False]
+        assert ex.has_interpreter
+        r = ex.execute("", return_globals=["c"])
+        assert r.state_reset and r.reset_reason == "reset" and "c" in r.globals_errors

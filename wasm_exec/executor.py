@@ -53,6 +53,9 @@ def _runtime_hint(module: str, runtime: str) -> str:
 MAX_RETURN_NAMES = 10_000
 MAX_NAME_CHARS = 1_000
 
+# why a call ran on a fresh interpreter (see ExecutionResult.reset_reason)
+ResetReason = Literal["reset", "evicted", "lost", "park_dropped", "park_failed"]
+
 LimitName = Literal["fuel", "timeout", "memory", "stack_overflow", "exit", "crash",
                     "protocol", "cancelled"]
 
@@ -97,6 +100,13 @@ class ExecutionResult(BaseModel):
         description="True when this call ran on a fresh interpreter because the previous "
         "one was lost (a limit stopped it, it crashed, or it was evicted): variables from "
         "earlier calls are gone. Default imports are in place again.")
+    reset_reason: ResetReason | None = Field(
+        default=None,
+        description="Why state_reset is True: 'reset' (reset() was called), 'evicted' (the "
+        "interpreter was released to make room, or idle, without parking), 'lost' (an "
+        "earlier call ended the interpreter and it could not be rolled back), "
+        "'park_dropped' (the agent was parked and its image dropped to stay within the "
+        "parking budget), 'park_failed' (its parked image could not be restored).")
     interpreter_lost: bool = Field(
         default=False,
         description="True when this call ended the interpreter: the next call starts fresh.")
@@ -186,7 +196,8 @@ class PythonExecExecutor:
         self._session: Session | None = None
         self._rollback_standby: Session | None = None
         self._rollback_thread: threading.Thread | None = None
-        self._reset_pending = False
+        # why the next call runs on a fresh interpreter (ExecutionResult.reset_reason)
+        self._reset_pending: ResetReason | None = None
         self._calls = 0  # calls that got the executor (see _Ticket.deliver)
         # (the interpreter, and the standby one for roll-backs: closed if the executor is
         # garbage collected unclosed)
@@ -252,7 +263,7 @@ class PythonExecExecutor:
                                           return_all, ticket)
             if ticket is not None and result.state_reset and not ticket.deliver(self._calls):
                 # cancelled: no one reads this result, so the next call reports the reset
-                self._reset_pending = True
+                self._reset_pending = result.reset_reason or "lost"
             return result
 
     def _execute_locked(self, code: str, names: list[str], globals_json: str,
@@ -264,9 +275,9 @@ class PythonExecExecutor:
         reset = self._reset_pending
         session = self._session
         if session is None or not session.alive:
-            session = self._replace_session()
-            reset = True
-        self._reset_pending = False
+            session, lost = self._continue_session(session)
+            reset = lost or reset
+        self._reset_pending = None
         payload = {"op": "exec", "code": code, "return": names, "display": bool(display),
                    "return_all": bool(return_all), "figures": self.runtime != "minimal",
                    "max_depth": MAX_JSON_DEPTH}
@@ -285,10 +296,13 @@ class PythonExecExecutor:
         try:
             outcome = session.call(payload, limits_for_call, globals_json)
         except SessionDead:
-            session = self._replace_session()
-            reset = True
+            # it died between calls, before it took this request (e.g. a cancel of this
+            # call that landed just before the request was handed over): continue from
+            # the image of its last answered call (the agent keeps its state)
+            session, lost = self._continue_session(session)
+            reset = lost or reset
             if ticket is not None and not ticket.start(session):
-                self._reset_pending = True
+                self._reset_pending = reset
                 return _not_run()
             outcome = session.call(payload, limits_for_call, globals_json)
         if ticket is not None and ticket.finish() and outcome.died is None:
@@ -306,7 +320,7 @@ class PythonExecExecutor:
                 self._session = restored
                 self._holder[0] = restored
             else:
-                self._reset_pending = True
+                self._reset_pending = "lost"
                 self._prepare_spare()
         duration = outcome.duration or (time.perf_counter() - started)
         self._last_used = time.monotonic()
@@ -314,7 +328,8 @@ class PythonExecExecutor:
                       stdout_truncated=outcome.stdout_truncated,
                       stderr_truncated=outcome.stderr_truncated,
                       duration_seconds=duration, fuel_used=outcome.fuel_used,
-                      memory_bytes=outcome.memory_bytes, state_reset=reset)
+                      memory_bytes=outcome.memory_bytes, state_reset=reset is not None,
+                      reset_reason=reset)
         if outcome.died is not None:
             # roll back a call that a limit, a cancel or a crash stopped; not one that
             # broke the protocol (the interpreter itself is then suspect: so may its
@@ -330,14 +345,14 @@ class PythonExecExecutor:
                     self._holder[0] = restored
                     return self._stopped(outcome.died, call_limits, common,
                                          rolled_back=True)
-            self._reset_pending = True
+            self._reset_pending = "lost"
             self._prepare_spare()
             return self._stopped(outcome.died, call_limits, common)
         assert outcome.reply is not None
         try:
             reply = validate_call_reply(outcome.reply, outcome.call_id)
         except ProtocolError as e:
-            self._reset_pending = True
+            self._reset_pending = "lost"
             self._discard(session)
             return self._stopped(SessionDead("protocol", str(e)), call_limits, common)
         common["figures"] = reply.get("figures", [])
@@ -396,7 +411,7 @@ class PythonExecExecutor:
                 if result.state_reset and ticket.delivered_as is not None:
                     with self._lock:
                         if self._calls == ticket.delivered_as:
-                            self._reset_pending = True
+                            self._reset_pending = result.reset_reason or "lost"
             raise
 
     def save(self, path: str | os.PathLike[str], *, key: bytes | None = None) -> int:
@@ -412,7 +427,8 @@ class PythonExecExecutor:
             self._check_open()
             session = self._session
             if session is None or not session.alive:
-                session = self._replace_session()
+                session, lost = self._continue_session(session)
+                self._reset_pending = lost or self._reset_pending
             image = session.wait_image(current=True)
             fs = session.fs
             if image is None or fs is None:
@@ -493,14 +509,18 @@ class PythonExecExecutor:
             self._check_open()
             self._drop_rollback_standby()
             self._replace_session()
-            self._reset_pending = True
+            self._reset_pending = "reset"
 
     def release(self) -> bool:
         """Free the interpreter but keep the executor usable (used to evict idle agents).
 
         The next call starts a fresh interpreter and reports ``state_reset=True``.
-        Returns False (and does nothing) when a call is running.
+        Returns False (and does nothing) when a call is running, or when it is called
+        from inside this executor's own work (a resolver's eviction run by its
+        ``on_session_start`` hook, say: the executor is busy, not idle).
         """
+        if self._lock._is_owned():  # type: ignore[attr-defined]  # (an RLock: re-entry)
+            return False
         if not self._lock.acquire(blocking=False):
             return False
         try:
@@ -508,7 +528,7 @@ class PythonExecExecutor:
             self._holder[0] = None
             self._drop_rollback_standby()
             if session is not None:
-                self._reset_pending = True
+                self._reset_pending = "evicted"
                 session.close()
             return True
         finally:
@@ -644,6 +664,26 @@ class PythonExecExecutor:
             raise ConfigurationError(f"default imports that the runtime cannot provide: "
                                      f"{problems}")
         return session
+
+    def _continue_session(self, dead: Session | None) -> tuple[Session, ResetReason | None]:
+        """The interpreter to go on with when the current one is gone (``dead``: None after
+        a release). One that died between calls (a cancel that landed before its request
+        was handed over, say) continues from the image of its last answered call, so the
+        agent keeps its state; without such an image, a fresh interpreter (and the reason
+        the next result gives)."""
+        if dead is None:
+            return self._replace_session(), None
+        died = dead.dead
+        image = (dead.current_image() if self.rollback and not self._closed
+                 and (died is None or died.reason != "protocol") else None)
+        self._discard(dead)
+        if image is not None:
+            restored = self._restore_for_rollback(image)
+            if restored is not None:
+                self._session = restored
+                self._holder[0] = restored
+                return restored, None
+        return self._replace_session(), "lost"
 
     def _replace_session(self) -> Session:
         old = self._session

@@ -406,6 +406,14 @@ class Session:
                 self._cv.wait(left)
             return self.latest_image if self._dead is None else None
 
+    def current_image(self) -> MemoryImage | None:
+        """The image taken after the last answered turn (None when there is none: the
+        turn after it was not imaged, or the interpreter died first)."""
+        if not self._imaged.is_set():
+            return None
+        with self._cv:
+            return self.latest_image if self._image_of == self._answered else None
+
     def reload(self, image: MemoryImage, memory_bytes: int) -> bool:
         """Make this restored, never-used interpreter that of ``image`` instead (its pages
         are mapped already, so this copies at memory speed). False when it cannot (it was
