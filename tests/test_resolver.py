@@ -49,19 +49,20 @@ def test_bad_config():
 
 
 def test_max_agents_evicts_least_recently_used():
-    with PythonExecExecutorResolver(max_agents=2, idle_timeout_seconds=None) as res:
+    # (without parking: an evicted agent is reset; tests/test_parking.py parks them)
+    with PythonExecExecutorResolver(max_agents=2, idle_timeout_seconds=None, park=False) as res:
         res.resolve("a").execute("v = 'a'")
         res.resolve("b").execute("v = 'b'")
         res.resolve("c").execute("v = 'c'")  # a is evicted
         assert len(res.live_agents()) <= 2
         r = res.resolve("a").execute("", return_globals=["v"])
-        assert r.state_reset and "v" in r.globals_errors
+        assert r.state_reset and r.reset_reason == "evicted" and "v" in r.globals_errors
         r = res.resolve("c").execute("", return_globals=["v"])
         assert r.globals == {"v": "c"} and not r.state_reset
 
 
 def test_idle_timeout_releases_interpreter():
-    with PythonExecExecutorResolver(idle_timeout_seconds=0.3) as res:
+    with PythonExecExecutorResolver(idle_timeout_seconds=0.3, park=False) as res:
         ex = res.resolve("a")
         ex.execute("v = 1")
         deadline = time.monotonic() + 5

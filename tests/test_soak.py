@@ -1,8 +1,8 @@
 """Soak test (issue 13): many agents, many calls, random stops, cancels, evictions and resets.
 
 50 agents share one :class:`PythonExecExecutorResolver` whose ``max_agents`` is smaller
-than 50 (so least-recently-used idle interpreters are evicted all along), with an idle
-timeout (the reaper evicts too), and ``SOAK_CALLS`` calls in all from several concurrent
+than 50 (so least-recently-used idle agents are parked all along, and come back with their
+state), with an idle timeout (the reaper parks too), and ``SOAK_CALLS`` calls in all from several concurrent
 asyncio workers (each agent runs one operation at a time; different agents run at once):
 plain calls, exceptions, fuel stops, deadline stops, ``aexecute`` cancelled while it runs,
 cancelled at a random moment (possibly after its answer), cancelled while it still waits
@@ -376,6 +376,7 @@ def test_soak(monkeypatch):
     try:
         asyncio.run(soak.run())
         live = len(resolver.live_agents())
+        parked = len(resolver.parked_agents())
         evictions = sum(releases.done.values())
     finally:
         resolver.close()
@@ -385,7 +386,8 @@ def test_soak(monkeypatch):
     _quiesce()
     threads1, fds1, rss1 = _measure(threads0)
     print(f"\nsoak: {soak.calls} calls, {N_AGENTS} agents, {duration:.1f} s, "
-          f"{evictions} evictions, {live} live at the end; {dict(soak.stats)}\n"
+          f"{evictions} releases, {live} live and {parked} parked at the end; "
+          f"{dict(soak.stats)}\n"
           f"threads {threads0} -> {threads1}, fds {fds0} -> {fds1}, "
           f"RSS {rss0:.0f} -> {rss1:.0f} MiB")
     assert not soak.failures, "\n".join(soak.failures[:30])

@@ -385,12 +385,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--native-python", help="native CPython for --targets (default: this one)")
     p.add_argument("--rival-python",
                    help="a Python with pyeryx installed, for the eryx column of --targets")
+    p.add_argument("--parking-agents", type=int, default=1000,
+                   help="agents in --targets' parking rows (served by 50 interpreters)")
     args = p.parse_args(argv)
     if args.targets:
         from . import bench_targets
 
         rows = bench_targets.run(3 if args.quick else args.repeat, args.native_python,
-                                 args.rival_python, log=lambda m: print(m, flush=True))
+                                 args.rival_python, log=lambda m: print(m, flush=True),
+                                 parking_agents=args.parking_agents)
         print(bench_targets.format_table(rows))
         with open(args.json, "w") as f:
             json.dump([asdict(r) for r in rows], f, indent=2)

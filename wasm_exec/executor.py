@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import images
+from . import images, parking
 from .config import Limits, Policy
 from .errors import ConfigurationError, ExecutorClosedError, ImageError, InputError
-from .pool import SessionKey, SessionPool
+from .pool import SessionKey, SessionPool, template_of
 from .protocol import (
     MAX_JSON_DEPTH,
     ProtocolError,
@@ -153,6 +153,7 @@ class PythonExecExecutor:
         rollback: bool = True,
         rollback_standby: bool = False,
         _restore: MemoryImage | None = None,
+        _fork_of: MemoryImage | None = None,
     ) -> None:
         try:
             self.policy = Policy(
@@ -193,6 +194,12 @@ class PythonExecExecutor:
         self._closed = False
         self._last_used = time.monotonic()
         self.on_session_start: Callable[[PythonExecExecutor], None] | None = None
+        # set by a resolver: makes room for an interpreter of this executor's (evicting
+        # or parking others) and may hand over one it freed (see _unpark)
+        self._room_for: Callable[[PythonExecExecutor], Session | None] | None = None
+        # (the lot and ticket of this agent's parked image while it is parked: freed
+        # with the executor, closed or collected)
+        self._parked: list[tuple[parking.ParkingLot, int] | None] = [None]
         self._session: Session | None = None
         self._rollback_standby: Session | None = None
         self._rollback_thread: threading.Thread | None = None
@@ -207,11 +214,13 @@ class PythonExecExecutor:
                 self._session = self._key.restore(_restore, keep_images=self.rollback)
             except ValueError as e:
                 raise ImageError(str(e)) from e
+        elif _fork_of is not None:
+            self._session = self._copy_of(_fork_of)
         else:
             self._session = self._new_session()
         self._holder[0] = self._session
         self._finalizer = weakref.finalize(self, _close_session, self._holder,
-                                           self._spare_session, self._gone)
+                                           self._spare_session, self._gone, self._parked)
 
     # ------------------------------------------------------------------ API
     def execute(
@@ -414,6 +423,57 @@ class PythonExecExecutor:
                             self._reset_pending = result.reset_reason or "lost"
             raise
 
+    def fork(self) -> PythonExecExecutor:
+        """A new executor holding a copy of this agent as of its last answered call.
+
+        >>> with PythonExecExecutor() as ex:   # doctest: +SKIP
+        ...     ex.execute("plan = ['a']")
+        ...     branch = ex.fork()
+        ...     branch.execute("plan.append('b')")   # ex's plan is still ['a']
+
+        The two are isolated from then on (memory, files, limits, roll-back), like two
+        loads of one saved image, and the copy draws its own random numbers (``random``
+        and numpy's global generator are seeded afresh; ``os.urandom``, ``secrets`` and
+        ``uuid4`` read the host's entropy anyway). Generators the agent made itself
+        (``random.Random(42)``, ``np.random.default_rng(...)``) are its state and are
+        copied as they are. Same configuration, limits and pool as this executor; the copy
+        is an executor of its own (a resolver does not know it). A parked agent is
+        unparked first.
+        """
+        with self._lock:
+            self._check_open()
+            session = self._session
+            if session is None or not session.alive:
+                session, lost = self._continue_session(session)
+                self._reset_pending = lost or self._reset_pending
+            image = session.wait_image(current=True)
+            if image is None:
+                raise ImageError("the interpreter has no memory image yet; try again")
+        return PythonExecExecutor(
+            whitelisted_imports=self.policy.whitelisted_imports,
+            default_imports=self.policy.default_imports, limits=self.limits, pool=self._pool,
+            runtime=self.runtime, rollback=self.rollback,
+            rollback_standby=self.rollback_standby, _fork_of=image)
+
+    def _copy_of(self, image: MemoryImage) -> Session:
+        """A new interpreter continuing from ``image``, with fresh random numbers: a ready
+        one of this configuration (its pages are mapped already, so the image is copied
+        at memory speed) reloaded with it, else one restored from it (into new pages)."""
+        session = self._take_spare()
+        if session is None and self._pool is not None:
+            session = self._pool.take_ready(self._key)
+        if session is None:
+            session = self._key.waiting(keep_images=self.rollback)
+        if session is not None:
+            if session.reload(image, self.limits.memory_bytes):
+                session.keep_images = self.rollback
+                return session
+            session.close()
+        try:
+            return self._key.restore(image, keep_images=self.rollback)
+        except ValueError as e:
+            raise ImageError(str(e)) from e
+
     def save(self, path: str | os.PathLike[str], *, key: bytes | None = None) -> int:
         """Save this agent's interpreter to ``path``; returns the file's size in bytes.
 
@@ -562,6 +622,7 @@ class PythonExecExecutor:
             session.close()
         with self._lock:
             self._drop_rollback_standby()
+            self._forget_parked()
         spare = self._spare
         if spare is not None:
             spare.join(60)
@@ -672,6 +733,8 @@ class PythonExecExecutor:
         agent keeps its state; without such an image, a fresh interpreter (and the reason
         the next result gives)."""
         if dead is None:
+            if self._parked[0] is not None:
+                return self._unpark()
             return self._replace_session(), None
         died = dead.dead
         image = (dead.current_image() if self.rollback and not self._closed
@@ -689,11 +752,127 @@ class PythonExecExecutor:
         old = self._session
         if old is not None:
             self._discard(old)
-        if self.on_session_start is not None:
-            self.on_session_start(self)
+        self._forget_parked()
+        freed = self._make_room()
+        if freed is not None:  # (another agent's memory: a fresh interpreter is wanted)
+            self._discard(freed)
         self._session = self._new_session()
         self._holder[0] = self._session
         return self._session
+
+    def _make_room(self) -> Session | None:
+        """Tell the owner (a resolver) that this executor takes an interpreter, so that it
+        makes room; it may hand over an interpreter it freed by parking another agent."""
+        if self._room_for is not None:
+            return self._room_for(self)
+        if self.on_session_start is not None:
+            self.on_session_start(self)
+        return None
+
+    # ------------------------------------------------------------- parking
+    def _park(self, lot: parking.ParkingLot) -> Session | None | Literal[False]:
+        """Park this agent in ``lot`` (a resolver making room): its interpreter is kept as
+        the pages that differ from its configuration's boot image, and its next call
+        continues from them. False when busy (a call runs); else the interpreter freed
+        (alive, for another agent to take over) or None. An agent that cannot be parked
+        (no image, or the lot refuses it) is released: its next result says so."""
+        if self._lock._is_owned():  # type: ignore[attr-defined]  # (its own work: busy)
+            return False
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            session = self._session
+            if self._closed or session is None:
+                return None
+            self._session = None
+            self._holder[0] = None
+            self._drop_rollback_standby()
+            died = session.dead
+            image = (session.current_image()
+                     if died is None or died.reason != "protocol" else None)
+            if image is None and session.alive:
+                image = session.wait_image(5.0, current=True)
+            parked = None
+            if image is not None:
+                try:
+                    parked = parking.park(image, template_of(self._key))
+                except Exception:  # noqa: BLE001 - not parked: released instead
+                    parked = None
+            ticket = lot.new_ticket()
+            if parked is not None and lot.put(ticket, parked, session.fs):
+                self._parked[0] = (lot, ticket)
+                if session.alive:
+                    session.mark_parked(parked)
+                    return session
+            else:
+                self._reset_pending = ("park_dropped" if parked is not None
+                                       else "evicted" if session.alive else "lost")
+            self._discard(session)
+            return None
+        finally:
+            self._lock.release()
+
+    def _unpark(self) -> tuple[Session, ResetReason | None]:
+        """The interpreter of this parked agent, its parked image written back (into an
+        interpreter freed for it, else a fresh one); a fresh one when the image was
+        dropped (over the parking budget) or cannot be used."""
+        entry, self._parked[0] = self._parked[0], None
+        assert entry is not None
+        lot, ticket = entry
+        taken = lot.take(ticket)  # (first: the room made for it must not drop it)
+        freed = self._make_room()
+        try:
+            target = freed if freed is not None else self._new_session()
+            reason: ResetReason | None = None
+            parked = None
+            try:
+                if taken is not None:
+                    parked = lot.load(taken[0], taken[1], target.fs)
+                contents = parked.contents() if parked is not None else b""
+            except ImageError:
+                parked, reason = None, "park_failed"
+            if parked is None:
+                reason = reason or "park_dropped"
+                if target is freed:  # (another agent's memory)
+                    freed = None
+                    self._discard(target)
+                    target = self._new_session()
+                session = target
+            elif target.become(parked, contents, self.limits.memory_bytes):
+                session = target
+            else:
+                self._discard(target)
+                if target is freed:
+                    freed = None
+                session = self._new_session()
+                if not session.become(parked, contents, self.limits.memory_bytes):
+                    self._discard(session)
+                    try:
+                        session = self._key.restore(parked.materialize(),
+                                                    keep_images=self.rollback)
+                    except Exception:  # noqa: BLE001 - its state is gone: a fresh one
+                        session, reason = self._new_session(), "park_failed"
+            if session is freed:
+                freed = None
+        finally:
+            if freed is not None:
+                self._discard(freed)
+        session.keep_images = self.rollback
+        self._session = session
+        self._holder[0] = session
+        return session, reason
+
+    def _forget_parked(self) -> None:
+        """Free this agent's parked image (reset, close)."""
+        entry, self._parked[0] = self._parked[0], None
+        if entry is not None:
+            entry[0].discard(entry[1])
+
+    @property
+    def parked(self) -> bool:
+        """Whether this agent is parked (its state kept as an image; no interpreter)."""
+        entry = self._parked[0]
+        return entry is not None and entry[1] in entry[0]
 
     def _discard(self, session: Session) -> None:
         if self._session is session:
@@ -880,9 +1059,15 @@ def _not_run() -> ExecutionResult:
 
 
 def _close_session(holder: list[Session | None], spares: list[Session],
-                   gone: list[bool]) -> None:
-    """Free every interpreter of an executor (run by close() or when it is collected)."""
+                   gone: list[bool],
+                   parked: list[tuple[parking.ParkingLot, int] | None] | None = None) -> None:
+    """Free every interpreter of an executor, and its parked image (run by close() or
+    when it is collected)."""
     gone[0] = True
+    if parked is not None and parked[0] is not None:
+        lot, ticket = parked[0]
+        parked[0] = None
+        lot.discard(ticket)
     for s in holder:
         if s is not None:
             s.close()

@@ -29,7 +29,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import wasmtime
 
@@ -43,6 +43,9 @@ from .protocol import (
 )
 from .runtime import RuntimeImage, runner_identity
 from .vfs import MemoryFS, scratch_budget, setup_source, shared_zip
+
+if TYPE_CHECKING:
+    from .parking import ParkedImage
 
 ERRNO_SUCCESS = 0
 ERRNO_BADF = 8
@@ -232,6 +235,9 @@ class Session:
         self._image_of = -1  # ... and the one latest_image was taken after
         self._want_image = False  # an image is wanted although keep_images is off
         self._buffers: list[mmap.mmap] = []  # image memory this session allocated
+        # the image its agent was parked as (and its turns then): its memory is that
+        # image's until it runs again, so another agent can take it over (become)
+        self._parked_as: tuple[ParkedImage, int] | None = None
         self._boot_source = b""
         self._started_ns = time.monotonic_ns()
         self._memory_bytes = 0
@@ -430,6 +436,97 @@ class Session:
         finally:
             self._lock.release()
 
+    def mark_parked(self, parked: ParkedImage) -> None:
+        """This interpreter's agent was parked as ``parked`` (an image of its memory as it
+        is now): another agent may :meth:`become` it by writing only changed pages."""
+        self._parked_as = (parked, self._answered)
+
+    def become(self, target: ParkedImage, contents: bytes, memory_bytes: int, *,
+               reseed: bool = False) -> bool:
+        """Make this idle interpreter the one parked as ``target`` (``contents``: its
+        pages), writing only the pages that differ: possible when this interpreter's
+        memory is ``target``'s base (restored from it and never used since) or an image
+        parked on the same base (see :meth:`mark_parked`; not used since). Writes the
+        same pages into its roll-back image when that is its own; else copies the memory
+        once. False (nothing changed) when it cannot. ``reseed``: fresh random numbers
+        (a copy of an agent, not the agent itself)."""
+        from .parking import PAGE, Pinned
+
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            with self._cv:
+                idle = (self._dead is None and not self._closing and self._call is None
+                        and not self._requests and self._memory is not None
+                        and self._image_of == self._answered and self._imaged.is_set()
+                        and self._boot.done.is_set())
+            if not idle or target.runtime_sha256 != self._image.pin.sha256:
+                return False
+            if target.size > memory_bytes or len(contents) != PAGE * len(target.pages) \
+                    or target.fs is None:
+                return False
+            parked = self._parked_as
+            if (parked is not None and parked[1] == self._answered
+                    and parked[0].base is target.base):
+                previous, have = parked[0].pages, parked[0].size
+            elif (self.calls == 0 and target.base is not None
+                  and self.latest_image is target.base):
+                previous, have = (), target.base.size
+            else:
+                return False
+            assert self._memory is not None
+            if self._memory.data_len(self._store) != have or have > target.size:
+                return False
+            self._parked_as = None
+            if target.size > have:
+                self._memory.grow(self._store, (target.size - have + 65535) // 65536)
+            wanted = set(target.pages)
+            back = [p for p in previous if p not in wanted]
+            old_contents = target.base_pages(back) if back else b""
+            writes = [(p, old_contents, i) for i, p in enumerate(back)]
+            writes += [(p, contents, i) for i, p in enumerate(target.pages)]
+            base = ctypes.addressof(self._memory.data_ptr(self._store).contents)
+            # the roll-back image: its own buffer when it is a copy of this memory (it is
+            # patched alike), else a full copy of the memory once it is written
+            old = self.latest_image
+            image_buf = None
+            if (old is not None and old is not target.base and target.size == old.size
+                    and any(old.memory is b for b in self._buffers)
+                    and sys.getrefcount(old) <= 3):  # (the attribute, `old`, the call)
+                image_buf = old.memory
+            del old
+            pinned = Pinned(image_buf) if image_buf is not None else None
+            try:
+                for p, src, i in writes:
+                    chunk = src[i * PAGE:(i + 1) * PAGE]
+                    ctypes.memmove(base + p * PAGE, chunk, PAGE)
+                    if pinned is not None:
+                        ctypes.memmove(pinned.address + p * PAGE, chunk, PAGE)
+            finally:
+                if pinned is not None:
+                    pinned.release()
+            if image_buf is None:
+                image_buf = mmap.mmap(-1, max(target.size, 1))
+                ctypes.memmove((ctypes.c_char * target.size).from_buffer(image_buf), base,
+                               target.size)
+                self._buffers = (self._buffers + [image_buf])[-2:]
+            self._fs.restore(target.fs)
+            self.default_import_errors = dict(target.default_import_errors)
+            self._token = target.token
+            self._reader = ReplyReader(self._token, 1 << 20)
+            self._reseed = reseed
+            now = time.monotonic_ns() - _CLOCK_ORIGIN
+            self._mono_shift = max(0, target.monotonic_ns - now)
+            self._memory_bytes = target.size
+            with self._cv:
+                self.latest_image = MemoryImage(
+                    image_buf, target.fs, dict(target.default_import_errors),
+                    target.monotonic_ns, target.runtime_sha256, target.token)
+                self._image_of = self._answered
+            return True
+        finally:
+            self._lock.release()
+
     def cancel(self) -> None:
         """Stop the running call now; the interpreter is lost (reason ``cancelled``)."""
         self._abort(STOP_CANCELLED)
@@ -576,6 +673,7 @@ class Session:
         ctypes.memmove(base, source if isinstance(source, bytes)
                        else (ctypes.c_char * image.size).from_buffer(source), image.size)
         self._fs.restore(image.fs)
+        self._parked_as = None
         self._boot_source = b""
         self.default_import_errors = dict(image.default_import_errors)
         # the token the image's runner holds (sent to no one: a copy of an interpreter
