@@ -2,12 +2,12 @@
 
 50 agents share one :class:`PythonExecExecutorResolver` whose ``max_agents`` is smaller
 than 50 (so least-recently-used idle agents are parked all along, and come back with their
-state), with an idle timeout (the reaper parks too), and ``SOAK_CALLS`` calls in all from several concurrent
-asyncio workers (each agent runs one operation at a time; different agents run at once):
-plain calls, exceptions, fuel stops, deadline stops, ``aexecute`` cancelled while it runs,
-cancelled at a random moment (possibly after its answer), cancelled while it still waits
-behind another call of the same agent, explicit ``reset()``, ``release()`` (an eviction, as
-the resolver's) and ``forget()``.
+state), with an idle timeout (the reaper parks too), and ``SOAK_CALLS`` calls in all from
+several concurrent asyncio workers (each agent runs one operation at a time; different
+agents run at once): plain calls, exceptions, fuel stops, deadline stops, ``aexecute``
+cancelled while it runs, cancelled at a random moment (possibly after its answer),
+cancelled while it still waits behind another call of the same agent, explicit
+``reset()``, ``release()`` (an eviction without parking) and ``forget()``.
 
 Each agent keeps a counter ``c`` in its interpreter, and the test keeps a model of what it
 should hold: a stop or a cancel rolls back (the counter is as after the last answered

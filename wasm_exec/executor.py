@@ -794,8 +794,10 @@ class PythonExecExecutor:
                 image = session.wait_image(5.0, current=True)
             parked = None
             if image is not None:
+                base = template_of(self._key)
                 try:
-                    parked = parking.park(image, template_of(self._key))
+                    parked = parking.park(image, base, session.pages_changed_from(base)
+                                          if base is not None else None)
                 except Exception:  # noqa: BLE001 - not parked: released instead
                     parked = None
             ticket = lot.new_ticket()

@@ -109,6 +109,32 @@ def changed_pages(memory: Any, size: int, base: Any | None, base_size: int) -> a
     return out
 
 
+def changed_among(memory: Any, size: int, base: Any | None, base_size: int,
+                  candidates: list[int]) -> array:
+    """The pages among ``candidates`` where ``memory`` differs from ``base`` (as
+    :func:`changed_pages`, comparing only those)."""
+    cmp = _memcmp()
+    out = array("I")
+    mem = Pinned(memory)
+    ref = Pinned(base) if base is not None and base_size else None
+    zeros = Pinned(_ZEROS)
+    try:
+        for p in candidates:
+            at = p * PAGE
+            if at + PAGE > size:
+                continue
+            other = (ref.address + at if ref is not None and at + PAGE <= base_size
+                     else zeros.address)
+            if cmp(mem.address + at, other, PAGE):
+                out.append(p)
+    finally:
+        mem.release()
+        if ref is not None:
+            ref.release()
+        zeros.release()
+    return out
+
+
 def gather(memory: Any, pages: array, size: int | None = None) -> bytes:
     """The contents of ``pages`` of ``memory``, one after the other (zeros past ``size``)."""
     view = memoryview(memory)
@@ -234,13 +260,19 @@ class ParkedImage:
                            self.monotonic_ns, self.runtime_sha256, self.token)
 
 
-def park(image: MemoryImage, base: MemoryImage | None) -> ParkedImage:
+def park(image: MemoryImage, base: MemoryImage | None,
+         candidates: list[int] | None = None) -> ParkedImage:
     """``image`` as the pages that differ from ``base`` (an image of the same runtime
-    build; None compares with zeros)."""
+    build; None compares with zeros). ``candidates``: the only pages that can differ
+    (sorted; see Session.pages_changed_from), else all are compared."""
     if base is not None and base.runtime_sha256 != image.runtime_sha256:
-        base = None
+        base, candidates = None, None
     base_size = base.size if base is not None else 0
-    pages = changed_pages(image.memory, image.size, base.memory if base else None, base_size)
+    if candidates is not None and base is not None:
+        pages = changed_among(image.memory, image.size, base.memory, base_size, candidates)
+    else:
+        pages = changed_pages(image.memory, image.size, base.memory if base else None,
+                              base_size)
     mem = memoryview(image.memory)
     parts = []
     sizes = array("I")

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import wasmtime
 
+from .dirty import DirtyPages, open_tracker
 from .protocol import (
     REPLY_HEADER,
     ProtocolError,
@@ -238,6 +239,16 @@ class Session:
         # the image its agent was parked as (and its turns then): its memory is that
         # image's until it runs again, so another agent can take it over (become)
         self._parked_as: tuple[ParkedImage, int] | None = None
+        # the kernel's list of the pages written since the last image (dirty.py; None
+        # where it cannot), and the image buffer that equals the memory as of that image:
+        # the next image copies only the written pages into it (used on the session thread)
+        self._dirty: DirtyPages | None = None
+        self._dirty_tried = False
+        self._dirty_buffer: mmap.mmap | None = None
+        # the pages written since the memory was that of an image (None: not known), for
+        # parking: only those can differ from it
+        self._touched: set[int] | None = None
+        self._touched_base: MemoryImage | None = None
         self._boot_source = b""
         self._started_ns = time.monotonic_ns()
         self._memory_bytes = 0
@@ -510,6 +521,12 @@ class Session:
                 ctypes.memmove((ctypes.c_char * target.size).from_buffer(image_buf), base,
                                target.size)
                 self._buffers = (self._buffers + [image_buf])[-2:]
+                self._dirty_buffer = None  # (the next image copies it all once)
+            if self._dirty is not None and target.base is not None:
+                # (what it wrote is listed too: only these pages can differ from the base)
+                self._touched, self._touched_base = set(target.pages), target.base
+            else:
+                self._touched = None
             self._fs.restore(target.fs)
             self.default_import_errors = dict(target.default_import_errors)
             self._token = target.token
@@ -650,14 +667,78 @@ class Session:
             copy = mmap.mmap(-1, max(size, 1))
             self._buffers = [b for b in self._buffers if b is not reuse] + [copy]
             self._buffers = self._buffers[-2:]
-        ctypes.memmove((ctypes.c_char * size).from_buffer(copy), base, size)
+        target = ctypes.addressof((ctypes.c_char * size).from_buffer(copy))
+        regions = self._written(base, size)
+        if regions is not None and copy is self._dirty_buffer:
+            # only what the turn (or the host) wrote since the image this buffer holds
+            for lo, hi in regions:
+                ctypes.memmove(target + lo, base + lo, hi - lo)
+        else:
+            ctypes.memmove(target, base, size)
+            if regions is None:
+                self._track(base, size)
+        self._dirty_buffer = copy if self._dirty is not None else None
+        if self._touched is not None:
+            if regions is None:
+                self._touched = None
+            else:
+                for lo, hi in regions:
+                    self._touched.update(range(lo // 4096, hi // 4096))
         return MemoryImage(copy, fs_state,
                            dict(self.default_import_errors),
                            time.monotonic_ns() - _CLOCK_ORIGIN + self._mono_shift,
                            self._image.pin.sha256, self._token)
 
+    def _written(self, base: int, size: int) -> list[tuple[int, int]] | None:
+        """The ranges of the memory written since the last image (None: unknown); a part
+        the memory grew by counts as written (and is tracked from now on)."""
+        tracker = self._dirty
+        if tracker is None:
+            return None
+        start, length = tracker.tracked
+        if start != base or not 0 < length <= size:
+            return None
+        try:
+            regions = tracker.written(base, length)
+            if size > length:
+                tracker.track(base, size)
+                regions.append((length, size))
+            return regions
+        except OSError:
+            self._dirty = None
+            tracker.close()
+            return None
+
+    def _track(self, base: int, size: int) -> bool:
+        """Start (or go on) listing the pages written from now on."""
+        if self._dirty is None:
+            if self._dirty_tried:
+                return False
+            self._dirty_tried = True
+            self._dirty = open_tracker()
+            if self._dirty is None:
+                return False
+        try:
+            self._dirty.track(base, size)
+            return True
+        except OSError:
+            tracker, self._dirty = self._dirty, None
+            tracker.close()
+            return False
+
+    def pages_changed_from(self, image: MemoryImage) -> list[int] | None:
+        """The pages that can differ from ``image`` (written since the memory was that
+        image's, as of the latest image taken); None when that is not known."""
+        with self._cv:
+            if (self._touched is None or self._touched_base is not image
+                    or self._image_of != self._answered):
+                return None
+            return sorted(self._touched)
+
     def _restore(self, image: MemoryImage, memory_bytes: int) -> None:
         """Make this instance the interpreter of ``image`` (before its thread runs)."""
+        self._dirty_buffer = None
+        self._touched = None
         assert self._memory is not None and self._fs is not None
         if image.runtime_sha256 != self._image.pin.sha256:
             raise ValueError("the memory image belongs to another runtime build")
@@ -672,6 +753,10 @@ class Session:
         source = image.memory
         ctypes.memmove(base, source if isinstance(source, bytes)
                        else (ctypes.c_char * image.size).from_buffer(source), image.size)
+        # from now on the written pages are listed (see _capture): for parking, only they
+        # can differ from this image
+        if self._track(base, self._memory.data_len(self._store)):
+            self._touched, self._touched_base = set(), image
         self._fs.restore(image.fs)
         self._parked_as = None
         self._boot_source = b""
@@ -785,6 +870,10 @@ class Session:
             # answered turn taken: that call is rolled back like one stopped while it ran
             during = True
         self._dead = SessionDead(reason, detail, during)
+        tracker, self._dirty = self._dirty, None
+        self._dirty_buffer = None
+        if tracker is not None:
+            tracker.close()
         call = self._call
         if call is not None:
             call.ended = time.perf_counter()
