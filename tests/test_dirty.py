@@ -105,3 +105,48 @@ def test_the_tracker_sees_every_write(size):
     finally:
         tracker.close()
         del view
+
+
+def _memory_bytes(ex: PythonExecExecutor) -> bytes:
+    session = ex._session
+    base = ctypes.addressof(session._memory.data_ptr(session._store).contents)
+    return ctypes.string_at(base, session._memory.data_len(session._store))
+
+
+def test_restores_that_write_only_differing_pages_are_exact():
+    """A new interpreter is its boot image; a fork is its original's image; a roll-back
+    is the last answered call's image: byte for byte, although each wrote only the pages
+    that differ (from the module's memory, or from the ready interpreter's)."""
+    import wasm_exec.pool as pool
+
+    with PythonExecExecutor(timeout_seconds=20) as first:
+        first.execute("x = 1")
+        with PythonExecExecutor(timeout_seconds=20) as ex:
+            template = pool.template_of(ex._key)
+            assert template is not None
+            assert _memory_bytes(ex) == bytes(template.memory[:template.size])
+            ex.execute("plan = list(range(1000))")
+            image = ex._session.wait_image(current=True)
+            with ex.fork() as copy:
+                assert _memory_bytes(copy) == bytes(image.memory[:image.size])
+            r = ex.execute("plan = None\nwhile True: pass", limits={"fuel": 20_000_000})
+            assert r.rolled_back
+            assert _memory_bytes(ex) == bytes(image.memory[:image.size])
+
+
+def test_a_shared_image_and_its_copies_stay_apart():
+    from wasm_exec import sharing
+    from wasm_exec.session import MemoryImage
+
+    memory = mmap.mmap(-1, 8 * 4096)
+    memory[:5] = b"hello"
+    image = MemoryImage(memory, None, {}, 0, "x", b"0" * 16)
+    shared = sharing.shareable(image)
+    assert bytes(shared.memory[:8 * 4096]) == bytes(memory[:])
+    one, two = sharing.cow_copy(shared), sharing.cow_copy(shared)
+    if one is None:
+        pytest.skip("no memory files here (images are plain copies)")
+    one[:5] = b"HELLO"
+    assert two[:5] == b"hello" and shared.memory[:5] == b"hello"
+    shared.memory[:5] = b"xxxxx"  # (its own view is private too)
+    assert sharing.cow_copy(shared)[:5] == b"hello"

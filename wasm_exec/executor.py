@@ -153,7 +153,7 @@ class PythonExecExecutor:
         rollback: bool = True,
         rollback_standby: bool = False,
         _restore: MemoryImage | None = None,
-        _fork_of: MemoryImage | None = None,
+        _fork_of: tuple[MemoryImage, MemoryImage | None, list[int] | None] | None = None,
     ) -> None:
         try:
             self.policy = Policy(
@@ -215,7 +215,7 @@ class PythonExecExecutor:
             except ValueError as e:
                 raise ImageError(str(e)) from e
         elif _fork_of is not None:
-            self._session = self._copy_of(_fork_of)
+            self._session = self._copy_of(*_fork_of)
         else:
             self._session = self._new_session()
         self._holder[0] = self._session
@@ -449,13 +449,19 @@ class PythonExecExecutor:
             image = session.wait_image(current=True)
             if image is None:
                 raise ImageError("the interpreter has no memory image yet; try again")
+            # (the pages where it can differ from the boot image, when known: only those
+            # are written into the copy)
+            base = template_of(self._key)
+            changed = session.pages_changed_from(base) if base is not None else None
         return PythonExecExecutor(
             whitelisted_imports=self.policy.whitelisted_imports,
             default_imports=self.policy.default_imports, limits=self.limits, pool=self._pool,
             runtime=self.runtime, rollback=self.rollback,
-            rollback_standby=self.rollback_standby, _fork_of=image)
+            rollback_standby=self.rollback_standby,
+            _fork_of=(image, base, changed))
 
-    def _copy_of(self, image: MemoryImage) -> Session:
+    def _copy_of(self, image: MemoryImage, base: MemoryImage | None = None,
+                 pages: list[int] | None = None) -> Session:
         """A new interpreter continuing from ``image``, with fresh random numbers: a ready
         one of this configuration (its pages are mapped already, so the image is copied
         at memory speed) reloaded with it, else one restored from it (into new pages)."""
@@ -465,7 +471,7 @@ class PythonExecExecutor:
         if session is None:
             session = self._key.waiting(keep_images=self.rollback)
         if session is not None:
-            if session.reload(image, self.limits.memory_bytes):
+            if session.reload(image, self.limits.memory_bytes, base=base, pages=pages):
                 session.keep_images = self.rollback
                 return session
             session.close()

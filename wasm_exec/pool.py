@@ -8,6 +8,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from . import sharing
 from .runtime import EngineSettings, get_image
 from .session import MemoryImage, Session
 
@@ -103,6 +104,9 @@ class SessionKey:
         if not session.default_import_errors:
             boot = session.wait_image()
             if boot is not None:
+                # (in a memory file: interpreters restored from it map it copy-on-write)
+                taken, boot = boot, sharing.shareable(boot)
+                session.rebase(taken, boot)
                 dropped = []
                 with _templates_lock:
                     _templates[self] = boot

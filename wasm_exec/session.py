@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import wasmtime
 
+from . import sharing
 from .dirty import DirtyPages, open_tracker
 from .protocol import (
     REPLY_HEADER,
@@ -317,7 +318,7 @@ class Session:
 
         self._deadline_ticks = 0
         if from_image is not None:
-            self._restore(from_image, memory_bytes)
+            self._restore(from_image, memory_bytes, fresh=True)
             self._thread = threading.Thread(target=self._run, name="wasm-exec-session",
                                             daemon=True)
             self._thread.start()
@@ -431,10 +432,13 @@ class Session:
         with self._cv:
             return self.latest_image if self._image_of == self._answered else None
 
-    def reload(self, image: MemoryImage, memory_bytes: int) -> bool:
-        """Make this restored, never-used interpreter that of ``image`` instead (its pages
-        are mapped already, so this copies at memory speed). False when it cannot (it was
-        used, died, or holds more memory than the image)."""
+    def reload(self, image: MemoryImage, memory_bytes: int, *,
+               base: MemoryImage | None = None, pages: list[int] | None = None) -> bool:
+        """Make this restored, never-used interpreter that of ``image`` instead, writing
+        only the pages that differ (``pages``: those that can, when this interpreter is
+        ``base``'s, never used since it was restored from it; else the memory is compared
+        first). False when it cannot (it was used, died, or holds more memory than the
+        image)."""
         if not self._lock.acquire(blocking=False):
             return False
         try:
@@ -442,7 +446,18 @@ class Session:
                     or self._call is not None or self._memory is None
                     or self._memory.data_len(self._store) > image.size):
                 return False
-            self._restore(image, memory_bytes)
+            # (this memory is that of `pristine`, an image in host memory: the pages to
+            # write are found by comparing the two images, not by reading this memory)
+            pristine = (self._touched_base if self._touched == set()
+                        and self.latest_image is self._touched_base else None)
+            known = None
+            if pristine is not None:
+                from .parking import changed_pages
+
+                known = (pages if base is pristine and pages is not None
+                         else list(changed_pages(image.memory, image.size, pristine.memory,
+                                                 pristine.size)))
+            self._restore(image, memory_bytes, pages=known)
             return True
         finally:
             self._lock.release()
@@ -505,6 +520,10 @@ class Session:
                     and any(old.memory is b for b in self._buffers)
                     and sys.getrefcount(old) <= 3):  # (the attribute, `old`, the call)
                 image_buf = old.memory
+            elif (self._dirty_buffer is not None and have == target.size
+                  and len(self._dirty_buffer) == target.size
+                  and (old is None or old.memory is not self._dirty_buffer)):
+                image_buf = self._dirty_buffer  # (the memory's copy, held by no image)
             del old
             pinned = Pinned(image_buf) if image_buf is not None else None
             try:
@@ -634,6 +653,9 @@ class Session:
                         and sys.getrefcount(old) <= 3):  # the attribute, `old`, the call
                     reuse = old.memory
                     self.latest_image = None
+                elif self._dirty_buffer is not None and (
+                        old is None or old.memory is not self._dirty_buffer):
+                    reuse = self._dirty_buffer  # (held by no image: prepared at a restore)
                 del old
             image = self._capture_or_none(reuse)
             with self._cv:
@@ -676,18 +698,27 @@ class Session:
         else:
             ctypes.memmove(target, base, size)
             if regions is None:
+                self._touched = None
                 self._track(base, size)
         self._dirty_buffer = copy if self._dirty is not None else None
-        if self._touched is not None:
-            if regions is None:
-                self._touched = None
-            else:
-                for lo, hi in regions:
-                    self._touched.update(range(lo // 4096, hi // 4096))
-        return MemoryImage(copy, fs_state,
-                           dict(self.default_import_errors),
-                           time.monotonic_ns() - _CLOCK_ORIGIN + self._mono_shift,
-                           self._image.pin.sha256, self._token)
+        if self._touched is not None and regions is not None:
+            for lo, hi in regions:
+                self._touched.update(range(lo // 4096, hi // 4096))
+        image = MemoryImage(copy, fs_state,
+                            dict(self.default_import_errors),
+                            time.monotonic_ns() - _CLOCK_ORIGIN + self._mono_shift,
+                            self._image.pin.sha256, self._token)
+        if regions is None and self._dirty is not None:
+            # tracked from now on: only the pages written later can differ from this image
+            self._touched, self._touched_base = set(), image
+        return image
+
+    def rebase(self, image: MemoryImage, same: MemoryImage) -> None:
+        """``same`` is a copy of ``image`` (the same bytes): what this interpreter knows
+        relative to ``image`` holds relative to ``same`` too."""
+        with self._cv:
+            if self._touched_base is image:
+                self._touched_base = same
 
     def _written(self, base: int, size: int) -> list[tuple[int, int]] | None:
         """The ranges of the memory written since the last image (None: unknown); a part
@@ -735,8 +766,15 @@ class Session:
                 return None
             return sorted(self._touched)
 
-    def _restore(self, image: MemoryImage, memory_bytes: int) -> None:
-        """Make this instance the interpreter of ``image`` (before its thread runs)."""
+    def _restore(self, image: MemoryImage, memory_bytes: int, fresh: bool = False,
+                 pages: list[int] | None = None) -> None:
+        """Make this instance the interpreter of ``image`` (before its thread runs).
+
+        ``fresh``: the instance was just made, so its memory is the module's baked
+        memory, mapped copy-on-write from the compiled file: only the pages where the
+        image differs from it are written (the rest stays shared by every interpreter).
+        ``pages``: the only pages where the image can differ from this memory. Otherwise
+        the memory is compared with the image and only the pages that differ written."""
         self._dirty_buffer = None
         self._touched = None
         assert self._memory is not None and self._fs is not None
@@ -751,12 +789,31 @@ class Session:
             self._memory.grow(self._store, (image.size - have + page - 1) // page)
         base = ctypes.addressof(self._memory.data_ptr(self._store).contents)
         source = image.memory
-        ctypes.memmove(base, source if isinstance(source, bytes)
-                       else (ctypes.c_char * image.size).from_buffer(source), image.size)
+        src = (ctypes.cast(ctypes.c_char_p(source), ctypes.c_void_p).value or 0
+               if isinstance(source, bytes)
+               else ctypes.addressof((ctypes.c_char * image.size).from_buffer(source)))
+        if fresh and image.size >= have:
+            baked = sharing.baked_memory(self._image.pin.sha256, base, have)
+            for off, length in sharing.differing_runs(image, baked):
+                ctypes.memmove(base + off, src + off, length)
+        elif pages is not None:
+            for p in pages:
+                at = p * 4096
+                if at < image.size:
+                    ctypes.memmove(base + at, src + at, min(4096, image.size - at))
+        else:
+            sharing.write_differences(base, src, image.size)
         # from now on the written pages are listed (see _capture): for parking, only they
         # can differ from this image
         if self._track(base, self._memory.data_len(self._store)):
             self._touched, self._touched_base = set(), image
+            # a roll-back image that starts as a copy-on-write mapping of this one (when
+            # it is in a memory file: a boot image): the first image after a call copies
+            # only the pages written
+            cow = sharing.cow_copy(image)
+            if cow is not None:
+                self._buffers = (self._buffers + [cow])[-2:]
+                self._dirty_buffer = cow
         self._fs.restore(image.fs)
         self._parked_as = None
         self._boot_source = b""
