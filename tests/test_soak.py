@@ -55,8 +55,8 @@ WORKERS = 8
 INC = "c = globals().get('c', 0) + 1"
 # a long call: it is still running when it is cancelled or its limit stops it
 SPIN = "c = globals().get('c', 0) + 1000\nwhile True: pass"
-# about 0.2 s of work, then the increment (a call that another one waits behind)
-BUSY = "for _ in range(700_000): pass\nc = globals().get('c', 0) + 1"
+# about 0.25 s of work, then the increment (a call that another one waits behind)
+BUSY = "for _ in range(2_000_000): pass\nc = globals().get('c', 0) + 1"
 
 # (operation, weight)
 OPERATIONS = [
