@@ -49,19 +49,20 @@ def test_bad_config():
 
 
 def test_max_agents_evicts_least_recently_used():
-    with PythonExecExecutorResolver(max_agents=2, idle_timeout_seconds=None) as res:
+    # (without parking: an evicted agent is reset; tests/test_parking.py parks them)
+    with PythonExecExecutorResolver(max_agents=2, idle_timeout_seconds=None, park=False) as res:
         res.resolve("a").execute("v = 'a'")
         res.resolve("b").execute("v = 'b'")
         res.resolve("c").execute("v = 'c'")  # a is evicted
         assert len(res.live_agents()) <= 2
         r = res.resolve("a").execute("", return_globals=["v"])
-        assert r.state_reset and "v" in r.globals_errors
+        assert r.state_reset and r.reset_reason == "evicted" and "v" in r.globals_errors
         r = res.resolve("c").execute("", return_globals=["v"])
         assert r.globals == {"v": "c"} and not r.state_reset
 
 
 def test_idle_timeout_releases_interpreter():
-    with PythonExecExecutorResolver(idle_timeout_seconds=0.3) as res:
+    with PythonExecExecutorResolver(idle_timeout_seconds=0.3, park=False) as res:
         ex = res.resolve("a")
         ex.execute("v = 1")
         deadline = time.monotonic() + 5
@@ -138,3 +139,21 @@ def test_async_timeout_really_stops_the_guest(make_executor):
     assert not r.state_reset and r.globals == {"counter": 0}
     assert not [t for t in threading.enumerate() if t.name == "wasm-exec-session"
                 and not t.daemon]
+
+
+def test_an_executor_is_not_released_from_inside_its_own_work():
+    """The executor's lock is re-entrant: a release() made by the thread that is inside
+    the executor's own work (its on_session_start hook, where a resolver evicts others)
+    used to succeed and report an eviction of an executor that was busy. It is refused,
+    as for a call that is running."""
+    from wasm_exec import PythonExecExecutor
+
+    with PythonExecExecutor(timeout_seconds=10) as ex:
+        ex.execute("c = 1")
+        answers = []
+        ex.on_session_start = lambda e: answers.append(e.release())
+        ex.reset()
+        assert answers == [False]
+        assert ex.has_interpreter
+        r = ex.execute("", return_globals=["c"])
+        assert r.state_reset and r.reset_reason == "reset" and "c" in r.globals_errors

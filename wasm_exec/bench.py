@@ -482,12 +482,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="a Python with pyeryx installed, for the eryx column of --targets")
     p.add_argument("--only", metavar="PARTS",
                    help="comma-separated parts to run: " + ", ".join(PART_NAMES))
+    p.add_argument("--parking-agents", type=int, default=1000,
+                   help="agents in --targets' parking rows (served by 50 interpreters)")
     args = p.parse_args(argv)
     if args.targets:
         from . import bench_targets
 
         rows = bench_targets.run(3 if args.quick else args.repeat, args.native_python,
-                                 args.rival_python, log=progress)
+                                 args.rival_python, log=progress,
+                                 parking_agents=args.parking_agents)
         print(bench_targets.format_table(rows))
         with open(args.json, "w") as f:
             json.dump([asdict(r) for r in rows], f, indent=2)

@@ -19,6 +19,8 @@ from typing import Any
 
 CPU_LOOP = "s = 0\nfor i in range(3_000_000):\n    s += i\n"
 AGENTS_FOR_MEMORY = 20
+PARKING_AGENTS = 1000  # agents served round-robin by a resolver of PARKING_LIVE interpreters
+PARKING_LIVE = 50
 
 
 @dataclass
@@ -108,6 +110,29 @@ def _ours(repeat: int) -> dict[str, Any]:
         out["stop_next_ms"] = (time.perf_counter() - t) * 1000
         out["stop_state_kept"] = (r.limit == "timeout" and nxt.globals == {"kept": 42})
 
+    # fork(): a copy of an agent as of its last answered call, as a new executor
+    with PythonExecExecutor() as ex:
+        ex.execute("plan = ['a']\nnotes = {'k': list(range(100))}")
+        paced_fork, b2b_fork = [], []
+        for _ in range(repeat * 2):
+            time.sleep(0.3)
+            t = time.perf_counter()
+            copy = ex.fork()
+            paced_fork.append(time.perf_counter() - t)
+            copy.close()
+        copies = []
+        for _ in range(repeat * 2):
+            t = time.perf_counter()
+            copies.append(ex.fork())
+            b2b_fork.append(time.perf_counter() - t)
+        kept = copies[-1].execute("plan.append('b')", return_globals=["plan"]).globals
+        out["fork_state_kept"] = kept == {"plan": ["a", "b"]} and ex.execute(
+            "", return_globals=["plan"]).globals == {"plan": ["a"]}
+        for copy in copies:
+            copy.close()
+        out["fork_slow_ms"] = _median_ms(paced_fork)
+        out["fork_b2b_ms"] = _median_ms(b2b_fork)
+
     # first agent of a new configuration with default imports
     t = time.perf_counter()
     with PythonExecExecutor(whitelisted_imports=["json", "math", "re"],
@@ -144,6 +169,57 @@ def idle_memory(n: int, rollback: bool = True) -> dict[str, float]:
                           timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"memory benchmark failed: {proc.stderr[-2000:]}")
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+_PARKING_CHILD = r"""
+import gc, json, statistics, sys, time
+from wasm_exec import PythonExecExecutorResolver
+n, live, rounds, park = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+def rss():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * 4096
+res = PythonExecExecutorResolver(max_agents=live, idle_timeout_seconds=None, park=park)
+res.resolve("warm").execute("x = 1"); res.forget("warm")
+gc.collect(); time.sleep(0.5)
+before = rss()
+t = time.perf_counter()
+for i in range(n):
+    r = res.resolve(f"agent-{i}").execute(
+        f"me = {i}\nname = 'agent-{i}'\nnotes = {{'turn': 0}}\nseen = list(range(20))")
+    assert r.success, r.error
+created = time.perf_counter() - t
+lat, kept = [], 0
+for rnd in range(1, rounds + 1):
+    for i in range(n):
+        t = time.perf_counter()
+        r = res.resolve(f"agent-{i}").execute("notes['turn'] += 1\nseen.append(me)",
+                                              return_globals=["me", "notes"])
+        lat.append(time.perf_counter() - t)
+        kept += (r.success and not r.state_reset
+                 and r.globals == {"me": i, "notes": {"turn": rnd}})
+gc.collect(); time.sleep(1.0)
+lat.sort()
+parked = len(res.parked_agents())
+print(json.dumps({"median_ms": statistics.median(lat) * 1000,
+                  "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
+                  "rss_mib": (rss() - before) / (1 << 20), "calls": len(lat), "kept": kept,
+                  "parked": parked, "parked_kib": res.parked_bytes / max(parked, 1) / 1024,
+                  "live": len(res.live_agents()), "create_s": created}))
+res.close()
+"""
+
+
+def parking(agents: int, live: int, rounds: int = 2, park: bool = True) -> dict[str, float]:
+    """``agents`` agents with a few variables each, served round-robin by one resolver of
+    ``live`` interpreters (parking the others), in a fresh process: per-call latency
+    (median, p99; every call after the first round restores a parked agent), how many
+    calls found their agent's state, host memory growth."""
+    proc = subprocess.run([sys.executable, "-c", _PARKING_CHILD, str(agents), str(live),
+                           str(rounds), "1" if park else "0"], capture_output=True, text=True,
+                          timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"parking benchmark failed: {proc.stderr[-2000:]}")
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
@@ -239,7 +315,8 @@ def _child(python: str, script: str, *args: str) -> dict[str, Any]:
 
 
 def run(repeat: int = 5, native_python: str | None = None,
-        rival_python: str | None = None, log: Any = print) -> list[Target]:
+        rival_python: str | None = None, log: Any = print,
+        parking_agents: int = PARKING_AGENTS) -> list[Target]:
     native_python = native_python or sys.executable
     log(f"native CPython ({native_python}) ...")
     native = _child(native_python, _NATIVE_CHILD, CPU_LOOP, str(repeat))
@@ -257,6 +334,10 @@ def run(repeat: int = 5, native_python: str | None = None,
     log("wasm-exec: idle memory, roll-back off and on ...")
     mem_off = _ours_memory(rollback=False)
     mem_on = _ours_memory(rollback=True)
+    log(f"parking: {parking_agents} agents through {PARKING_LIVE} interpreters ...")
+    parked = parking(parking_agents, PARKING_LIVE)
+    log(f"yardstick: {PARKING_LIVE} agents, all live ...")
+    all_live = parking(PARKING_LIVE, PARKING_LIVE)
     r = rival.get
     rows = [
         Target("first agent in a process -> first result", "ms", ours["first_in_process_ms"],
@@ -282,6 +363,20 @@ def run(repeat: int = 5, native_python: str | None = None,
                r("idle_mib"), "<= 25 MiB"),
         Target("first agent of a configuration with default imports", "ms",
                ours["first_of_config_ms"], None, None, "<= 60 ms"),
+        Target(f"parking: {parking_agents} agents round-robin, {PARKING_LIVE} live: "
+               "per call, median", "ms", parked["median_ms"], None, None, "-",
+               note=f"{parked['kept']}/{parked['calls']} calls found their state; "
+                    f"{PARKING_LIVE} agents all live: {all_live['median_ms']:.2f} ms"),
+        Target("parking: per call, p99", "ms", parked["p99_ms"], None, None, "-",
+               note=f"{PARKING_LIVE} agents all live: {all_live['p99_ms']:.2f} ms"),
+        Target(f"parking: host memory, {parking_agents} agents", "MiB", parked["rss_mib"],
+               None, None, "-",
+               note=f"{parked['parked']} parked, {parked['parked_kib']:.0f} KiB each; "
+                    f"{PARKING_LIVE} agents all live: {all_live['rss_mib']:.0f} MiB"),
+        Target("fork() -> new executor, forks 0.3 s apart", "ms", ours["fork_slow_ms"],
+               None, None, "<= 10 ms", note=f"isolated: {ours['fork_state_kept']}"),
+        Target("fork() -> new executor, back to back", "ms", ours["fork_b2b_ms"], None, None,
+               "<= 10 ms"),
     ]
     return rows
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 from pydantic_core import PydanticSerializationError
 
-from . import images
+from . import images, parking
 from .config import Limits, Policy
 from .errors import (
     ConfigurationError,
@@ -39,7 +39,7 @@ from .files import (
     write_all,
 )
 from .output import Mailbox, OutputChunk, OutputDispatch, OutputHandler, in_callback_of
-from .pool import SessionKey, SessionPool
+from .pool import SessionKey, SessionPool, template_of
 from .protocol import (
     MAX_JSON_DEPTH,
     ProtocolError,
@@ -87,6 +87,9 @@ _log = logging.getLogger("wasm_exec.state_store")
 # each name twice, and has to fit the host's cap)
 MAX_RETURN_NAMES = 10_000
 MAX_NAME_CHARS = 1_000
+
+# why a call ran on a fresh interpreter (see ExecutionResult.reset_reason)
+ResetReason = Literal["reset", "evicted", "lost", "park_dropped", "park_failed"]
 
 # (the name ExecutionResult.limit had before StopReason; kept for type annotations)
 LimitName = StopReason
@@ -173,6 +176,13 @@ class ExecutionResult(BaseModel):
         description="True when this call ran on a fresh interpreter because the previous "
         "one was lost (a limit stopped it, it crashed, or it was evicted): variables from "
         "earlier calls are gone. Default imports are in place again.")
+    reset_reason: ResetReason | None = Field(
+        default=None,
+        description="Why state_reset is True: 'reset' (reset() was called), 'evicted' (the "
+        "interpreter was released to make room, or idle, without parking), 'lost' (an "
+        "earlier call ended the interpreter and it could not be rolled back), "
+        "'park_dropped' (the agent was parked and its image dropped to stay within the "
+        "parking budget), 'park_failed' (its parked image could not be restored).")
     interpreter_lost: bool = Field(
         default=False,
         description="True when this call ended the interpreter: the next call starts fresh.")
@@ -292,6 +302,7 @@ class PythonExecExecutor:
         state_store_key: bytes | str | None = None,
         tools: Mapping[str, ToolFunction] | None = None,
         _restore: MemoryImage | None = None,
+        _fork_of: tuple[MemoryImage, MemoryImage | None, list[int] | None] | None = None,
     ) -> None:
         self._tools = check_tools(tools, where="tools", error=ConfigurationError)
         try:
@@ -333,10 +344,17 @@ class PythonExecExecutor:
         self._closed = False
         self._last_used = time.monotonic()
         self.on_session_start: Callable[[PythonExecExecutor], None] | None = None
+        # set by a resolver: makes room for an interpreter of this executor's (evicting
+        # or parking others) and may hand over one it freed (see _unpark)
+        self._room_for: Callable[[PythonExecExecutor], Session | None] | None = None
+        # (the lot and ticket of this agent's parked image while it is parked: freed
+        # with the executor, closed or collected)
+        self._parked: list[tuple[parking.ParkingLot, int] | None] = [None]
         self._session: Session | None = None
         self._rollback_standby: Session | None = None
         self._rollback_thread: threading.Thread | None = None
-        self._reset_pending = False
+        # why the next call runs on a fresh interpreter (ExecutionResult.reset_reason)
+        self._reset_pending: ResetReason | None = None
         self._calls = 0  # calls that got the executor (see _Ticket.deliver)
         # (the interpreter, and the standby one for roll-backs: closed if the executor is
         # garbage collected unclosed)
@@ -355,17 +373,19 @@ class PythonExecExecutor:
                     except ValueError as e:
                         _log.warning("agent %r starts on a fresh interpreter: %s",
                                      self._state.identity, e)
-                        self._reset_pending = True
+                        self._reset_pending = "lost"
         if self._session is None and _restore is not None:
             try:
                 self._session = self._key.restore(_restore, keep_images=self.rollback)
             except ValueError as e:
                 raise ImageError(str(e)) from e
+        elif _fork_of is not None and self._session is None:
+            self._session = self._copy_of(*_fork_of)
         elif self._session is None:
             self._session = self._new_session()
         self._holder[0] = self._session
         self._finalizer = weakref.finalize(self, _close_session, self._holder,
-                                           self._spare_session, self._gone)
+                                           self._spare_session, self._gone, self._parked)
 
     # ------------------------------------------------------------------ API
     def execute(
@@ -466,7 +486,7 @@ class PythonExecExecutor:
                                           return_all, ticket, trace_imports, extras, output)
             if ticket is not None and result.state_reset and not ticket.deliver(self._calls):
                 # cancelled: no one reads this result, so the next call reports the reset
-                self._reset_pending = True
+                self._reset_pending = result.reset_reason or "lost"
             return result
 
     def _execute_locked(self, code: str, names: list[str], globals_json: str,
@@ -481,11 +501,11 @@ class PythonExecExecutor:
         session = self._session
         if session is None and self._resume:
             session = self._resume_from_store()  # (released: continue from the store)
-            reset = session is None
+            reset = None if session is not None else (reset or "lost")
         if session is None or not session.alive:
-            session = self._replace_session()
-            reset = True
-        self._reset_pending = False
+            session, lost = self._continue_session(session)
+            reset = lost or reset
+        self._reset_pending = None
         payload = {"op": "exec", "code": code, "return": names, "display": bool(display),
                    "return_all": bool(return_all), "figures": self.runtime != "minimal",
                    "max_depth": MAX_JSON_DEPTH}
@@ -524,10 +544,14 @@ class PythonExecExecutor:
                     # between calls
                     raise died
             except SessionDead:
-                session = self._replace_session()
-                reset = True
+                # it died between calls, before it took this request (e.g. a cancel of
+                # this call that landed just before the request was handed over):
+                # continue from the image of its last answered call (the agent keeps its
+                # state)
+                session, lost = self._continue_session(session)
+                reset = lost or reset
                 if ticket is not None and not ticket.start(session):
-                    self._reset_pending = True
+                    self._reset_pending = reset
                     return _not_run()
                 if writes is not None:
                     session.files(writes, changes=True)
@@ -568,7 +592,7 @@ class PythonExecExecutor:
                 self._session = restored
                 self._holder[0] = restored
             else:
-                self._reset_pending = True
+                self._reset_pending = "lost"
                 self._prepare_spare()
         duration = outcome.duration or (time.perf_counter() - started)
         self._last_used = time.monotonic()
@@ -576,15 +600,18 @@ class PythonExecExecutor:
                       stdout_truncated=outcome.stdout_truncated,
                       stderr_truncated=outcome.stderr_truncated,
                       duration_seconds=duration, fuel_used=outcome.fuel_used,
-                      memory_bytes=outcome.memory_bytes, state_reset=reset,
-                      files=out_files, files_errors=out_errors)
+                      memory_bytes=outcome.memory_bytes, state_reset=reset is not None,
+                      reset_reason=reset, files=out_files, files_errors=out_errors)
         if outcome.died is not None:
             # roll back a call that a limit, a cancel or a crash stopped; not one that
             # broke the protocol (the interpreter itself is then suspect: so may its
-            # last image be), nor a death between calls (the last image may miss the
-            # last answer)
-            image = (session.latest_image if self.rollback and outcome.died.during_call
-                     and outcome.died.reason != "protocol" else None)
+            # last image be). After a death between calls (a cancel that landed before
+            # the interpreter took the request, say) only to the image of its last
+            # answered call: the latest one may miss the last answer
+            image = None
+            if self.rollback and outcome.died.reason != "protocol":
+                image = (session.latest_image if outcome.died.during_call
+                         else session.current_image())
             self._discard(session)
             if image is not None and not self._closed:
                 restored = self._restore_for_rollback(image)
@@ -593,14 +620,14 @@ class PythonExecExecutor:
                     self._holder[0] = restored
                     return self._stopped(outcome.died, call_limits, common,
                                          rolled_back=True)
-            self._reset_pending = True
+            self._reset_pending = "lost"
             self._prepare_spare()
             return self._stopped(outcome.died, call_limits, common)
         assert outcome.reply is not None
         try:
             reply = validate_call_reply(outcome.reply, outcome.call_id)
         except ProtocolError as e:
-            self._reset_pending = True
+            self._reset_pending = "lost"
             self._discard(session)
             return self._stopped(SessionDead("protocol", str(e)), call_limits, common)
         common["figures"] = reply.get("figures", [])
@@ -686,7 +713,7 @@ class PythonExecExecutor:
                 if result.state_reset and ticket.delivered_as is not None:
                     with self._lock:
                         if self._calls == ticket.delivered_as:
-                            self._reset_pending = True
+                            self._reset_pending = result.reset_reason or "lost"
             raise
 
     async def astream(
@@ -790,7 +817,64 @@ class PythonExecExecutor:
         if result.state_reset and ticket.delivered_as is not None:
             with self._lock:
                 if self._calls == ticket.delivered_as:
-                    self._reset_pending = True
+                    self._reset_pending = result.reset_reason or "lost"
+
+    def fork(self) -> PythonExecExecutor:
+        """A new executor holding a copy of this agent as of its last answered call.
+
+        >>> with PythonExecExecutor() as ex:   # doctest: +SKIP
+        ...     ex.execute("plan = ['a']")
+        ...     branch = ex.fork()
+        ...     branch.execute("plan.append('b')")   # ex's plan is still ['a']
+
+        The two are isolated from then on (memory, files, limits, roll-back), like two
+        loads of one saved image, and the copy draws its own random numbers (``random``
+        and numpy's global generator are seeded afresh; ``os.urandom``, ``secrets`` and
+        ``uuid4`` read the host's entropy anyway). Generators the agent made itself
+        (``random.Random(42)``, ``np.random.default_rng(...)``) are its state and are
+        copied as they are. Same configuration, limits and pool as this executor; the copy
+        is an executor of its own (a resolver does not know it). A parked agent is
+        unparked first.
+        """
+        with self._lock:
+            self._check_open()
+            session = self._session
+            if session is None or not session.alive:
+                session, lost = self._continue_session(session)
+                self._reset_pending = lost or self._reset_pending
+            image = session.wait_image(current=True)
+            if image is None:
+                raise ImageError("the interpreter has no memory image yet; try again")
+            # (the pages where it can differ from the boot image, when known: only those
+            # are written into the copy)
+            base = template_of(self._key)
+            changed = session.pages_changed_from(base) if base is not None else None
+        return PythonExecExecutor(
+            whitelisted_imports=self.policy.whitelisted_imports,
+            default_imports=self.policy.default_imports, limits=self.limits, pool=self._pool,
+            runtime=self.runtime, rollback=self.rollback,
+            rollback_standby=self.rollback_standby,
+            _fork_of=(image, base, changed))
+
+    def _copy_of(self, image: MemoryImage, base: MemoryImage | None = None,
+                 pages: list[int] | None = None) -> Session:
+        """A new interpreter continuing from ``image``, with fresh random numbers: a ready
+        one of this configuration (its pages are mapped already, so the image is copied
+        at memory speed) reloaded with it, else one restored from it (into new pages)."""
+        session = self._take_spare()
+        if session is None and self._pool is not None:
+            session = self._pool.take_ready(self._key)
+        if session is None:
+            session = self._key.waiting(keep_images=self.rollback)
+        if session is not None:
+            if session.reload(image, self.limits.memory_bytes, base=base, pages=pages):
+                session.keep_images = self.rollback
+                return session
+            session.close()
+        try:
+            return self._key.restore(image, keep_images=self.rollback)
+        except ValueError as e:
+            raise ImageError(str(e)) from e
 
     def save(self, path: str | os.PathLike[str], *, key: bytes | None = None) -> int:
         """Save this agent's interpreter to ``path``; returns the file's size in bytes.
@@ -806,7 +890,8 @@ class PythonExecExecutor:
             self._check_open()
             session = self._session
             if session is None or not session.alive:
-                session = self._replace_session()
+                session, lost = self._continue_session(session)
+                self._reset_pending = lost or self._reset_pending
             image = session.wait_image(current=True)
             fs = session.fs
             if image is None or fs is None:
@@ -860,12 +945,12 @@ class PythonExecExecutor:
             session = self._session
             if session is None or not session.alive:
                 session = self._replace_session()
-                self._reset_pending = True
+                self._reset_pending = "lost"
             try:
                 return session.files(fn, changes=changes)
             except SessionDead:
                 session = self._replace_session()
-                self._reset_pending = True
+                self._reset_pending = "lost"
                 return session.files(fn, changes=changes)
 
     @property
@@ -948,7 +1033,7 @@ class PythonExecExecutor:
             self._check_open()
             self._drop_rollback_standby()
             self._replace_session()
-            self._reset_pending = True
+            self._reset_pending = "reset"
             self._resume = False
             if self._state is not None:
                 self._state.forget()  # (a later executor of this agent starts fresh too)
@@ -958,16 +1043,21 @@ class PythonExecExecutor:
 
         The next call starts a fresh interpreter and reports ``state_reset=True``; with a
         ``state_store``, it continues from the stored image instead (the state of the last
-        answered call). Returns False (and does nothing) when a call is running.
+        answered call). Returns False (and does nothing) when a call is running, or when
+        it is called from inside this executor's own work (a resolver's eviction run while
+        this executor takes an interpreter, or an output or tool callback: the executor is
+        busy, not idle).
         """
-        if in_callback_of(self) or not self._lock.acquire(blocking=False):
+        if in_callback_of(self) or self._lock._is_owned():  # type: ignore[attr-defined]
+            return False
+        if not self._lock.acquire(blocking=False):
             return False
         try:
             session, self._session = self._session, None
             self._holder[0] = None
             self._drop_rollback_standby()
             if session is not None:
-                self._reset_pending = True
+                self._reset_pending = "evicted"
                 self._resume = self._state is not None
                 session.close()
             return True
@@ -1002,6 +1092,7 @@ class PythonExecExecutor:
             session.close()
         with self._lock:
             self._drop_rollback_standby()
+            self._forget_parked()
         spare = self._spare
         if spare is not None:
             spare.join(60)
@@ -1049,7 +1140,7 @@ class PythonExecExecutor:
         except (ImageError, StateStoreError) as e:
             _log.warning("agent %r starts on a fresh interpreter: %s",
                          self._state.identity, e)
-            self._reset_pending = True
+            self._reset_pending = "lost"
             return None
 
     def _resume_from_store(self) -> Session | None:
@@ -1071,7 +1162,7 @@ class PythonExecExecutor:
             return None
         self._session = session
         self._holder[0] = session
-        self._reset_pending = False
+        self._reset_pending = None
         return session
 
     def __enter__(self) -> PythonExecExecutor:
@@ -1186,15 +1277,155 @@ class PythonExecExecutor:
                                      f"{problems}")
         return session
 
+    def _continue_session(self, dead: Session | None) -> tuple[Session, ResetReason | None]:
+        """The interpreter to go on with when the current one is gone (``dead``: None after
+        a release). One that died between calls (a cancel that landed before its request
+        was handed over, say) continues from the image of its last answered call, so the
+        agent keeps its state; without such an image, a fresh interpreter (and the reason
+        the next result gives)."""
+        if dead is None:
+            if self._parked[0] is not None:
+                return self._unpark()
+            return self._replace_session(), None
+        died = dead.dead
+        image = (dead.current_image() if self.rollback and not self._closed
+                 and (died is None or died.reason != "protocol") else None)
+        self._discard(dead)
+        if image is not None:
+            restored = self._restore_for_rollback(image)
+            if restored is not None:
+                self._session = restored
+                self._holder[0] = restored
+                return restored, None
+        return self._replace_session(), "lost"
+
     def _replace_session(self) -> Session:
         old = self._session
         if old is not None:
             self._discard(old)
-        if self.on_session_start is not None:
-            self.on_session_start(self)
+        self._forget_parked()
+        freed = self._make_room()
+        if freed is not None:  # (another agent's memory: a fresh interpreter is wanted)
+            self._discard(freed)
         self._session = self._new_session()
         self._holder[0] = self._session
         return self._session
+
+    def _make_room(self) -> Session | None:
+        """Tell the owner (a resolver) that this executor takes an interpreter, so that it
+        makes room; it may hand over an interpreter it freed by parking another agent."""
+        if self._room_for is not None:
+            return self._room_for(self)
+        if self.on_session_start is not None:
+            self.on_session_start(self)
+        return None
+
+    # ------------------------------------------------------------- parking
+    def _park(self, lot: parking.ParkingLot) -> Session | None | Literal[False]:
+        """Park this agent in ``lot`` (a resolver making room): its interpreter is kept as
+        the pages that differ from its configuration's boot image, and its next call
+        continues from them. False when busy (a call runs); else the interpreter freed
+        (alive, for another agent to take over) or None. An agent that cannot be parked
+        (no image, or the lot refuses it) is released: its next result says so."""
+        if self._lock._is_owned():  # type: ignore[attr-defined]  # (its own work: busy)
+            return False
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            session = self._session
+            if self._closed or session is None:
+                return None
+            self._session = None
+            self._holder[0] = None
+            self._drop_rollback_standby()
+            died = session.dead
+            image = (session.current_image()
+                     if died is None or died.reason != "protocol" else None)
+            if image is None and session.alive:
+                image = session.wait_image(5.0, current=True)
+            parked = None
+            if image is not None:
+                base = template_of(self._key)
+                try:
+                    parked = parking.park(image, base, session.pages_changed_from(base)
+                                          if base is not None else None)
+                except Exception:  # noqa: BLE001 - not parked: released instead
+                    parked = None
+            ticket = lot.new_ticket()
+            if parked is not None and lot.put(ticket, parked, session.fs):
+                self._parked[0] = (lot, ticket)
+                if session.alive:
+                    session.mark_parked(parked)
+                    return session
+            else:
+                self._reset_pending = ("park_dropped" if parked is not None
+                                       else "evicted" if session.alive else "lost")
+            self._discard(session)
+            return None
+        finally:
+            self._lock.release()
+
+    def _unpark(self) -> tuple[Session, ResetReason | None]:
+        """The interpreter of this parked agent, its parked image written back (into an
+        interpreter freed for it, else a fresh one); a fresh one when the image was
+        dropped (over the parking budget) or cannot be used."""
+        entry, self._parked[0] = self._parked[0], None
+        assert entry is not None
+        lot, ticket = entry
+        taken = lot.take(ticket)  # (first: the room made for it must not drop it)
+        freed = self._make_room()
+        try:
+            target = freed if freed is not None else self._new_session()
+            reason: ResetReason | None = None
+            parked = None
+            try:
+                if taken is not None:
+                    parked = lot.load(taken[0], taken[1], target.fs)
+                contents = parked.contents() if parked is not None else b""
+            except ImageError:
+                parked, reason = None, "park_failed"
+            if parked is None:
+                reason = reason or "park_dropped"
+                if target is freed:  # (another agent's memory)
+                    freed = None
+                    self._discard(target)
+                    target = self._new_session()
+                session = target
+            elif target.become(parked, contents, self.limits.memory_bytes):
+                session = target
+            else:
+                self._discard(target)
+                if target is freed:
+                    freed = None
+                session = self._new_session()
+                if not session.become(parked, contents, self.limits.memory_bytes):
+                    self._discard(session)
+                    try:
+                        session = self._key.restore(parked.materialize(),
+                                                    keep_images=self.rollback)
+                    except Exception:  # noqa: BLE001 - its state is gone: a fresh one
+                        session, reason = self._new_session(), "park_failed"
+            if session is freed:
+                freed = None
+        finally:
+            if freed is not None:
+                self._discard(freed)
+        session.keep_images = self.rollback
+        self._session = session
+        self._holder[0] = session
+        return session, reason
+
+    def _forget_parked(self) -> None:
+        """Free this agent's parked image (reset, close)."""
+        entry, self._parked[0] = self._parked[0], None
+        if entry is not None:
+            entry[0].discard(entry[1])
+
+    @property
+    def parked(self) -> bool:
+        """Whether this agent is parked (its state kept as an image; no interpreter)."""
+        entry = self._parked[0]
+        return entry is not None and entry[1] in entry[0]
 
     def _discard(self, session: Session) -> None:
         if self._session is session:
@@ -1424,9 +1655,15 @@ def _not_run() -> ExecutionResult:
 
 
 def _close_session(holder: list[Session | None], spares: list[Session],
-                   gone: list[bool]) -> None:
-    """Free every interpreter of an executor (run by close() or when it is collected)."""
+                   gone: list[bool],
+                   parked: list[tuple[parking.ParkingLot, int] | None] | None = None) -> None:
+    """Free every interpreter of an executor, and its parked image (run by close() or
+    when it is collected)."""
     gone[0] = True
+    if parked is not None and parked[0] is not None:
+        lot, ticket = parked[0]
+        parked[0] = None
+        lot.discard(ticket)
     for s in holder:
         if s is not None:
             s.close()

@@ -8,6 +8,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from . import sharing
 from .runtime import EngineSettings, get_image
 from .session import MemoryImage, Session
 
@@ -34,6 +35,12 @@ def forget_templates() -> None:
         _standby.clear()
     for session in waiting:
         session.close()
+
+
+def template_of(key: SessionKey) -> MemoryImage | None:
+    """The boot image kept for ``key`` (the warm-start template), if there is one."""
+    with _templates_lock:
+        return _templates.get(key)
 
 
 def _prepare_standby(key: SessionKey, template: MemoryImage) -> None:
@@ -97,6 +104,9 @@ class SessionKey:
         if not session.default_import_errors:
             boot = session.wait_image()
             if boot is not None:
+                # (in a memory file: interpreters restored from it map it copy-on-write)
+                taken, boot = boot, sharing.shareable(boot)
+                session.rebase(taken, boot)
                 dropped = []
                 with _templates_lock:
                     _templates[self] = boot
@@ -108,6 +118,19 @@ class SessionKey:
                     waiting.close()
                 _prepare_standby(self, boot)
         return session
+
+    def waiting(self, keep_images: bool = True) -> Session | None:
+        """The interpreter restored from this configuration's boot image that waits for
+        the next agent, if one does (another is then prepared in the background)."""
+        with _templates_lock:
+            template = _templates.get(self)
+            waiting = _standby.pop(self, None)
+        if template is not None:
+            _prepare_standby(self, template)
+        if waiting is not None and waiting.alive:
+            waiting.keep_images = keep_images
+            return waiting
+        return None
 
     def restore(self, memory_image: MemoryImage, keep_images: bool = True) -> Session:
         """A new interpreter that continues from ``memory_image`` (reactor runtimes)."""
@@ -149,23 +172,27 @@ class SessionPool:
 
     def take(self, key: SessionKey) -> Session:
         """A ready interpreter for ``key`` (booted now if none is waiting)."""
-        with self._lock:
-            ready = self._ready.setdefault(key, [])
-            session = None
-            while ready:
-                candidate = ready.pop()
-                if candidate.alive:
-                    session = candidate
-                    break
-            if session is not None:
-                self._wake()
-                return session
+        session = self.take_ready(key)
+        if session is not None:
+            return session
         # none waiting: boot one for the caller first, then refill (two boots at once
         # would only slow each other down)
         session = key.start()
         with self._lock:
             self._wake()
         return session
+
+    def take_ready(self, key: SessionKey) -> Session | None:
+        """A ready interpreter for ``key`` if one is waiting (None, without booting, when
+        none is)."""
+        with self._lock:
+            ready = self._ready.setdefault(key, [])
+            while ready:
+                candidate = ready.pop()
+                if candidate.alive:
+                    self._wake()
+                    return candidate
+        return None
 
     def warm(self, key: SessionKey) -> None:
         """Start filling the pool for ``key`` now (without taking anything)."""

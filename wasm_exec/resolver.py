@@ -9,12 +9,14 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from .config import Limits, Policy
 from .errors import ConfigurationError, ExecutorClosedError
 from .executor import PythonExecExecutor
+from .parking import ParkingLot
 from .pool import SessionPool
+from .session import Session
 from .state_store import (
     StateStore,
     StateStoreError,
@@ -50,18 +52,24 @@ class PythonExecExecutorResolver:
     The same agent id gets the same executor back (its state kept); different agents are
     isolated. ``pool_size`` interpreters are kept booted ahead of need, so a new agent
     or a reset after a limit does not wait for a boot. At most ``max_agents``
-    interpreters are alive at once: beyond that, the one idle the longest is released,
-    and so is any idle for ``idle_timeout_seconds``. A
-    released agent keeps its executor; its next call runs on a fresh interpreter and its
-    result says ``state_reset=True``. Thread-safe.
+    interpreters are alive at once: beyond that, the one idle the longest is parked, and
+    so is any idle for ``idle_timeout_seconds``. A parked agent keeps its executor and its
+    state, as an image of the pages its interpreter changed (``park_dir``: None keeps the
+    images in memory, a directory keeps them as files there); its next call writes them
+    back into an interpreter (``state_reset=False``). The images take at most
+    ``park_budget_bytes``; past it, ``park_overflow="drop_oldest"`` drops the images
+    parked longest ago and ``"refuse"`` parks no more: such an agent's next call runs on
+    a fresh interpreter and says ``state_reset=True`` with
+    ``reset_reason="park_dropped"``. With ``park=False`` an evicted agent is reset instead
+    (``reset_reason="evicted"``). Thread-safe.
 
     With ``state_store`` (a directory, a ``redis://`` URL or a
-    :class:`~wasm_exec.state_store.StateStore`) every agent's interpreter is saved there
+    :class:`~wasm_exec.state_store.StateStore`) every agent's interpreter is also saved there
     after each answered call, under a name derived from its key ``(agent_id, *scope)``:
     an agent resolved later, by this resolver or by one in another process, continues
-    from its last answered call, and so does a released agent (instead of a fresh
-    interpreter). ``state_store_key`` (bytes, at least 16) signs the images: only images
-    saved with that key, for that agent, load.
+    from its last answered call, and so does an evicted agent whose parked image was
+    dropped (instead of a fresh interpreter). ``state_store_key`` (bytes, at least 16)
+    signs the images: only images saved with that key, for that agent, load.
     """
 
     def __init__(
@@ -76,6 +84,10 @@ class PythonExecExecutorResolver:
         limits: Limits | Mapping[str, Any] | None = None,
         state_store: StateStore | str | os.PathLike[str] | None = None,
         state_store_key: bytes | str | None = None,
+        park: bool = True,
+        park_dir: str | os.PathLike[str] | None = None,
+        park_budget_bytes: int = 1 << 30,
+        park_overflow: Literal["drop_oldest", "refuse"] = "drop_oldest",
         **limit_overrides: Any,
     ) -> None:
         if type(max_agents) is not int or max_agents < 1:
@@ -109,6 +121,10 @@ class PythonExecExecutorResolver:
         elif state_store_key is not None:
             raise ConfigurationError("state_store_key needs a state_store")
         owned_store = self.state_store if self.state_store is not state_store else None
+        # where evicted agents are parked (None: they are reset)
+        self.parking: ParkingLot | None = (
+            ParkingLot(park_dir, budget_bytes=park_budget_bytes, overflow=park_overflow)
+            if park else None)
         # interpreters booted ahead of need: new agents and resets start at once
         self.pool = SessionPool(size=pool_size)
         self.idle_timeout_seconds = idle_timeout_seconds
@@ -120,7 +136,8 @@ class PythonExecExecutorResolver:
         # a resolver dropped without close() ends its interpreters too: the reaper thread
         # and the executors' callbacks hold it only weakly
         self._finalizer = weakref.finalize(self, _close_all, self._executors, self._lock,
-                                           self._stop, self.pool, owned_store)
+                                           self._stop, self.pool, self.parking,
+                                           owned_store)
         if idle_timeout_seconds is not None:
             period = min(30.0, max(0.05, idle_timeout_seconds / 4))
             self._reaper = threading.Thread(
@@ -144,7 +161,9 @@ class PythonExecExecutorResolver:
             if executor is not None and not executor.closed:
                 self._executors.move_to_end(key)
                 return executor
-            self._make_room(exclude=None)
+            freed = self._make_room(exclude=None)
+            if freed is not None:  # (a parked agent's memory: the new one starts fresh)
+                _close_later(freed)
             stored: dict[str, Any] = {}
             if self.state_store is not None:
                 stored = dict(state_store=self.state_store, state_key=key,
@@ -153,7 +172,7 @@ class PythonExecExecutorResolver:
                 whitelisted_imports=self.policy.whitelisted_imports,
                 default_imports=self.policy.default_imports, limits=self.limits,
                 pool=self.pool, runtime=self.runtime, **stored)
-            executor.on_session_start = _weak_callback(self._on_session_start)
+            executor._room_for = _weak_callback(self._room_for)
             self._executors[key] = executor
             return executor
 
@@ -167,6 +186,16 @@ class PythonExecExecutorResolver:
         """Keys (``(agent_id, *scope)`` tuples) of the agents whose interpreter is alive now."""
         with self._lock:
             return [k for k, e in self._executors.items() if e.has_interpreter]
+
+    def parked_agents(self) -> list[AgentKey]:
+        """Keys of the agents that are parked now (state kept as an image)."""
+        with self._lock:
+            return [k for k, e in self._executors.items() if e.parked]
+
+    @property
+    def parked_bytes(self) -> int:
+        """Bytes the parked agents' images take (in memory, or on disk with ``park_dir``)."""
+        return self.parking.nbytes if self.parking is not None else 0
 
     def forget(self, agent_id: str, *scope: str) -> None:
         """Close and drop one agent's executor (named by the parts given to ``resolve``),
@@ -193,25 +222,42 @@ class PythonExecExecutorResolver:
         self.close()
 
     # ------------------------------------------------------------ internals
-    def _on_session_start(self, executor: PythonExecExecutor) -> None:
+    def _room_for(self, executor: PythonExecExecutor) -> Session | None:
+        """``executor`` takes an interpreter: make room (it may get one freed for it)."""
         with self._lock:
             for key, e in self._executors.items():
                 if e is executor:
                     self._executors.move_to_end(key)
                     break
-            self._make_room(exclude=executor)
+            return self._make_room(exclude=executor)
 
-    def _make_room(self, exclude: PythonExecExecutor | None) -> None:
-        """Release the least recently used idle interpreters beyond ``max_agents - 1``."""
+    def _make_room(self, exclude: PythonExecExecutor | None) -> Session | None:
+        """Park (or release) the least recently used idle interpreters beyond
+        ``max_agents - 1``; returns one interpreter freed by parking (alive), if any."""
         live = [e for e in self._executors.values() if e.has_interpreter and e is not exclude]
         excess = len(live) - (self.max_agents - 1)
+        freed = None
         if excess <= 0:
-            return
+            return None
         for e in sorted(live, key=lambda e: e.last_used):
             if excess <= 0:
                 break
-            if e.release():
-                excess -= 1
+            got = self._evict(e)
+            if got is False:
+                continue
+            excess -= 1
+            if got is not None:
+                if freed is None:
+                    freed = got
+                else:
+                    _close_later(got)
+        return freed
+
+    def _evict(self, executor: PythonExecExecutor) -> Session | None | Literal[False]:
+        """Park (or, without parking, release) an idle agent: False when it is busy."""
+        if self.parking is not None:
+            return executor._park(self.parking)
+        return None if executor.release() else False
 
     def _reap_once(self) -> None:
         assert self.idle_timeout_seconds is not None
@@ -220,7 +266,9 @@ class PythonExecExecutorResolver:
             idle = [e for e in self._executors.values()
                     if e.has_interpreter and e.last_used < deadline]
         for e in idle:
-            e.release()
+            freed = self._evict(e)
+            if freed:
+                _close_later(freed)
 
 
 def _reap_loop(ref: weakref.ReferenceType[PythonExecExecutorResolver], stop: threading.Event,
@@ -236,8 +284,10 @@ def _reap_loop(ref: weakref.ReferenceType[PythonExecExecutorResolver], stop: thr
 
 def _close_all(executors: OrderedDict[AgentKey, PythonExecExecutor], lock: threading.RLock,
                stop: threading.Event, pool: SessionPool,
+               parking: ParkingLot | None = None,
                store: StateStore | None = None) -> None:
-    """End a resolver's interpreters (its close(), or the resolver was collected)."""
+    """End a resolver's interpreters, free its parked images and close the state store it
+    opened (its close(), or the resolver was collected)."""
     with lock:
         closing = list(executors.values())
         executors.clear()
@@ -245,18 +295,24 @@ def _close_all(executors: OrderedDict[AgentKey, PythonExecExecutor], lock: threa
     for e in closing:
         e.close()  # (with a state store: after its last image is saved)
     pool.close()
+    if parking is not None:
+        parking.close()
     if store is not None:
         store.close()
 
 
-def _weak_callback(method: Callable[[PythonExecExecutor], None],
-                   ) -> Callable[[PythonExecExecutor], None]:
+def _close_later(session: Session) -> None:
+    """Close an interpreter on a thread of its own (the caller holds locks)."""
+    threading.Thread(target=session.close, daemon=True, name="wasm-exec-close").start()
+
+
+def _weak_callback(method: Callable[[PythonExecExecutor], Session | None],
+                   ) -> Callable[[PythonExecExecutor], Session | None]:
     """``method`` without a strong reference to its object (the resolver)."""
     ref = weakref.WeakMethod(method)
 
-    def call(executor: PythonExecExecutor) -> None:
+    def call(executor: PythonExecExecutor) -> Session | None:
         bound = ref()
-        if bound is not None:
-            bound(executor)
+        return bound(executor) if bound is not None else None
 
     return call

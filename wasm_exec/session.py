@@ -42,11 +42,12 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import wasmtime
 
-from . import streams
+from . import sharing, streams
+from .dirty import DirtyPages, open_tracker
 from .output import ChunkQueue
 from .protocol import (
     REPLY_HEADER,
@@ -79,6 +80,8 @@ from .zipfs import shared_zip
 
 T = TypeVar("T")
 
+if TYPE_CHECKING:
+    from .parking import ParkedImage
 
 TICK_SECONDS = 0.005
 # guest pointers are u32, but wasmtime hands an i32 to a host function as a signed int (an
@@ -304,6 +307,19 @@ class Session:
         # earlier images that share the latest image's memory (the latest one took the
         # host's files after them: see files()); its pages are reused only once they are gone
         self._sharers: list[weakref.ref[MemoryImage]] = []
+        # the image its agent was parked as (and its turns then): its memory is that
+        # image's until it runs again, so another agent can take it over (become)
+        self._parked_as: tuple[ParkedImage, int] | None = None
+        # the kernel's list of the pages written since the last image (dirty.py; None
+        # where it cannot), and the image buffer that equals the memory as of that image:
+        # the next image copies only the written pages into it (used on the session thread)
+        self._dirty: DirtyPages | None = None
+        self._dirty_tried = False
+        self._dirty_buffer: mmap.mmap | None = None
+        # the pages written since the memory was that of an image (None: not known), for
+        # parking: only those can differ from it
+        self._touched: set[int] | None = None
+        self._touched_base: MemoryImage | None = None
         self._boot_source = b""
         self._started_ns = time.monotonic_ns()
         self._memory_bytes = 0
@@ -382,7 +398,7 @@ class Session:
 
         self._deadline_ticks = 0
         if from_image is not None:
-            self._restore(from_image, memory_bytes)
+            self._restore(from_image, memory_bytes, fresh=True)
             self._thread = threading.Thread(target=self._run, name="wasm-exec-session",
                                             daemon=True)
             self._thread.start()
@@ -589,10 +605,21 @@ class Session:
                 self._cv.wait(min(left, 0.05))  # (a death is not notified)
             return self.latest_image if self._image_of == self._answered else None
 
-    def reload(self, image: MemoryImage, memory_bytes: int) -> bool:
-        """Make this restored, never-used interpreter that of ``image`` instead (its pages
-        are mapped already, so this copies at memory speed). False when it cannot (it was
-        used, died, or holds more memory than the image)."""
+    def current_image(self) -> MemoryImage | None:
+        """The image taken after the last answered turn (None when there is none: the
+        turn after it was not imaged, or the interpreter died first)."""
+        if not self._imaged.is_set():
+            return None
+        with self._cv:
+            return self.latest_image if self._image_of == self._answered else None
+
+    def reload(self, image: MemoryImage, memory_bytes: int, *,
+               base: MemoryImage | None = None, pages: list[int] | None = None) -> bool:
+        """Make this restored, never-used interpreter that of ``image`` instead, writing
+        only the pages that differ (``pages``: those that can, when this interpreter is
+        ``base``'s, never used since it was restored from it; else the memory is compared
+        first). False when it cannot (it was used, died, or holds more memory than the
+        image)."""
         if not self._lock.acquire(blocking=False):
             return False
         try:
@@ -600,7 +627,119 @@ class Session:
                     or self._call is not None or self._memory is None
                     or self._memory.data_len(self._store) > image.size):
                 return False
-            self._restore(image, memory_bytes)
+            # (this memory is that of `pristine`, an image in host memory: the pages to
+            # write are found by comparing the two images, not by reading this memory)
+            pristine = (self._touched_base if self._touched == set()
+                        and self.latest_image is self._touched_base else None)
+            known = None
+            if pristine is not None:
+                from .parking import changed_pages
+
+                known = (pages if base is pristine and pages is not None
+                         else list(changed_pages(image.memory, image.size, pristine.memory,
+                                                 pristine.size)))
+            self._restore(image, memory_bytes, pages=known)
+            return True
+        finally:
+            self._lock.release()
+
+    def mark_parked(self, parked: ParkedImage) -> None:
+        """This interpreter's agent was parked as ``parked`` (an image of its memory as it
+        is now): another agent may :meth:`become` it by writing only changed pages."""
+        self._parked_as = (parked, self._answered)
+
+    def become(self, target: ParkedImage, contents: bytes, memory_bytes: int, *,
+               reseed: bool = False) -> bool:
+        """Make this idle interpreter the one parked as ``target`` (``contents``: its
+        pages), writing only the pages that differ: possible when this interpreter's
+        memory is ``target``'s base (restored from it and never used since) or an image
+        parked on the same base (see :meth:`mark_parked`; not used since). Writes the
+        same pages into its roll-back image when that is its own; else copies the memory
+        once. False (nothing changed) when it cannot. ``reseed``: fresh random numbers
+        (a copy of an agent, not the agent itself)."""
+        from .parking import PAGE, Pinned
+
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            with self._cv:
+                idle = (self._dead is None and not self._closing and self._call is None
+                        and not self._requests and self._memory is not None
+                        and self._image_of == self._answered and self._imaged.is_set()
+                        and self._boot.done.is_set())
+            if not idle or target.runtime_sha256 != self._image.pin.sha256:
+                return False
+            if target.size > memory_bytes or len(contents) != PAGE * len(target.pages) \
+                    or target.fs is None:
+                return False
+            parked = self._parked_as
+            if (parked is not None and parked[1] == self._answered
+                    and parked[0].base is target.base):
+                previous, have = parked[0].pages, parked[0].size
+            elif (self.calls == 0 and target.base is not None
+                  and self.latest_image is target.base):
+                previous, have = (), target.base.size
+            else:
+                return False
+            assert self._memory is not None
+            if self._memory.data_len(self._store) != have or have > target.size:
+                return False
+            self._parked_as = None
+            if target.size > have:
+                self._memory.grow(self._store, (target.size - have + 65535) // 65536)
+            wanted = set(target.pages)
+            back = [p for p in previous if p not in wanted]
+            old_contents = target.base_pages(back) if back else b""
+            writes = [(p, old_contents, i) for i, p in enumerate(back)]
+            writes += [(p, contents, i) for i, p in enumerate(target.pages)]
+            base = ctypes.addressof(self._memory.data_ptr(self._store).contents)
+            # the roll-back image: its own buffer when it is a copy of this memory (it is
+            # patched alike), else a full copy of the memory once it is written
+            old = self.latest_image
+            image_buf = None
+            if (old is not None and old is not target.base and target.size == old.size
+                    and any(old.memory is b for b in self._buffers)
+                    and sys.getrefcount(old) <= 3):  # (the attribute, `old`, the call)
+                image_buf = old.memory
+            elif (self._dirty_buffer is not None and have == target.size
+                  and len(self._dirty_buffer) == target.size
+                  and (old is None or old.memory is not self._dirty_buffer)):
+                image_buf = self._dirty_buffer  # (the memory's copy, held by no image)
+            del old
+            pinned = Pinned(image_buf) if image_buf is not None else None
+            try:
+                for p, src, i in writes:
+                    chunk = src[i * PAGE:(i + 1) * PAGE]
+                    ctypes.memmove(base + p * PAGE, chunk, PAGE)
+                    if pinned is not None:
+                        ctypes.memmove(pinned.address + p * PAGE, chunk, PAGE)
+            finally:
+                if pinned is not None:
+                    pinned.release()
+            if image_buf is None:
+                image_buf = mmap.mmap(-1, max(target.size, 1))
+                ctypes.memmove((ctypes.c_char * target.size).from_buffer(image_buf), base,
+                               target.size)
+                self._buffers = (self._buffers + [image_buf])[-2:]
+                self._dirty_buffer = None  # (the next image copies it all once)
+            if self._dirty is not None and target.base is not None:
+                # (what it wrote is listed too: only these pages can differ from the base)
+                self._touched, self._touched_base = set(target.pages), target.base
+            else:
+                self._touched = None
+            self._fs.restore(target.fs)
+            self.default_import_errors = dict(target.default_import_errors)
+            self._token = target.token
+            self._reader = ReplyReader(self._token, 1 << 20)
+            self._reseed = reseed
+            now = time.monotonic_ns() - _CLOCK_ORIGIN
+            self._mono_shift = max(0, target.monotonic_ns - now)
+            self._memory_bytes = target.size
+            with self._cv:
+                self.latest_image = MemoryImage(
+                    image_buf, target.fs, dict(target.default_import_errors),
+                    target.monotonic_ns, target.runtime_sha256, target.token)
+                self._image_of = self._answered
             return True
         finally:
             self._lock.release()
@@ -706,6 +845,9 @@ class Session:
                         and all(ref() is None for ref in self._sharers)):
                     reuse = old.memory
                     self.latest_image = None
+                elif self._dirty_buffer is not None and (
+                        old is None or old.memory is not self._dirty_buffer):
+                    reuse = self._dirty_buffer  # (held by no image: prepared at a restore)
                 del old
                 self._sharers = []  # (the next image is in pages of its own)
             image = self._capture_or_none(reuse)
@@ -740,14 +882,94 @@ class Session:
             copy = mmap.mmap(-1, max(size, 1))
             self._buffers = [b for b in self._buffers if b is not reuse] + [copy]
             self._buffers = self._buffers[-2:]
-        ctypes.memmove((ctypes.c_char * size).from_buffer(copy), base, size)
-        return MemoryImage(copy, fs_state,
-                           dict(self.default_import_errors),
-                           time.monotonic_ns() - _CLOCK_ORIGIN + self._mono_shift,
-                           self._image.pin.sha256, self._token)
+        target = ctypes.addressof((ctypes.c_char * size).from_buffer(copy))
+        regions = self._written(base, size)
+        if regions is not None and copy is self._dirty_buffer:
+            # only what the turn (or the host) wrote since the image this buffer holds
+            for lo, hi in regions:
+                ctypes.memmove(target + lo, base + lo, hi - lo)
+        else:
+            ctypes.memmove(target, base, size)
+            if regions is None:
+                self._touched = None
+                self._track(base, size)
+        self._dirty_buffer = copy if self._dirty is not None else None
+        if self._touched is not None and regions is not None:
+            for lo, hi in regions:
+                self._touched.update(range(lo // 4096, hi // 4096))
+        image = MemoryImage(copy, fs_state,
+                            dict(self.default_import_errors),
+                            time.monotonic_ns() - _CLOCK_ORIGIN + self._mono_shift,
+                            self._image.pin.sha256, self._token)
+        if regions is None and self._dirty is not None:
+            # tracked from now on: only the pages written later can differ from this image
+            self._touched, self._touched_base = set(), image
+        return image
 
-    def _restore(self, image: MemoryImage, memory_bytes: int) -> None:
-        """Make this instance the interpreter of ``image`` (before its thread runs)."""
+    def rebase(self, image: MemoryImage, same: MemoryImage) -> None:
+        """``same`` is a copy of ``image`` (the same bytes): what this interpreter knows
+        relative to ``image`` holds relative to ``same`` too."""
+        with self._cv:
+            if self._touched_base is image:
+                self._touched_base = same
+
+    def _written(self, base: int, size: int) -> list[tuple[int, int]] | None:
+        """The ranges of the memory written since the last image (None: unknown); a part
+        the memory grew by counts as written (and is tracked from now on)."""
+        tracker = self._dirty
+        if tracker is None:
+            return None
+        start, length = tracker.tracked
+        if start != base or not 0 < length <= size:
+            return None
+        try:
+            regions = tracker.written(base, length)
+            if size > length:
+                tracker.track(base, size)
+                regions.append((length, size))
+            return regions
+        except OSError:
+            self._dirty = None
+            tracker.close()
+            return None
+
+    def _track(self, base: int, size: int) -> bool:
+        """Start (or go on) listing the pages written from now on."""
+        if self._dirty is None:
+            if self._dirty_tried:
+                return False
+            self._dirty_tried = True
+            self._dirty = open_tracker()
+            if self._dirty is None:
+                return False
+        try:
+            self._dirty.track(base, size)
+            return True
+        except OSError:
+            tracker, self._dirty = self._dirty, None
+            tracker.close()
+            return False
+
+    def pages_changed_from(self, image: MemoryImage) -> list[int] | None:
+        """The pages that can differ from ``image`` (written since the memory was that
+        image's, as of the latest image taken); None when that is not known."""
+        with self._cv:
+            if (self._touched is None or self._touched_base is not image
+                    or self._image_of != self._answered):
+                return None
+            return sorted(self._touched)
+
+    def _restore(self, image: MemoryImage, memory_bytes: int, fresh: bool = False,
+                 pages: list[int] | None = None) -> None:
+        """Make this instance the interpreter of ``image`` (before its thread runs).
+
+        ``fresh``: the instance was just made, so its memory is the module's baked
+        memory, mapped copy-on-write from the compiled file: only the pages where the
+        image differs from it are written (the rest stays shared by every interpreter).
+        ``pages``: the only pages where the image can differ from this memory. Otherwise
+        the memory is compared with the image and only the pages that differ written."""
+        self._dirty_buffer = None
+        self._touched = None
         assert self._memory is not None and self._fs is not None
         if image.runtime_sha256 != self._image.pin.sha256:
             raise ValueError("the memory image belongs to another runtime build")
@@ -760,9 +982,33 @@ class Session:
             self._memory.grow(self._store, (image.size - have + page - 1) // page)
         base = ctypes.addressof(self._memory.data_ptr(self._store).contents)
         source = image.memory
-        ctypes.memmove(base, source if isinstance(source, bytes)
-                       else (ctypes.c_char * image.size).from_buffer(source), image.size)
+        src = (ctypes.cast(ctypes.c_char_p(source), ctypes.c_void_p).value or 0
+               if isinstance(source, bytes)
+               else ctypes.addressof((ctypes.c_char * image.size).from_buffer(source)))
+        if fresh and image.size >= have:
+            baked = sharing.baked_memory(self._image.pin.sha256, base, have)
+            for off, length in sharing.differing_runs(image, baked):
+                ctypes.memmove(base + off, src + off, length)
+        elif pages is not None:
+            for p in pages:
+                at = p * 4096
+                if at < image.size:
+                    ctypes.memmove(base + at, src + at, min(4096, image.size - at))
+        else:
+            sharing.write_differences(base, src, image.size)
+        # from now on the written pages are listed (see _capture): for parking, only they
+        # can differ from this image
+        if self._track(base, self._memory.data_len(self._store)):
+            self._touched, self._touched_base = set(), image
+            # a roll-back image that starts as a copy-on-write mapping of this one (when
+            # it is in a memory file: a boot image): the first image after a call copies
+            # only the pages written
+            cow = sharing.cow_copy(image)
+            if cow is not None:
+                self._buffers = (self._buffers + [cow])[-2:]
+                self._dirty_buffer = cow
         self._fs.restore(image.fs)
+        self._parked_as = None
         self._boot_source = b""
         self.default_import_errors = dict(image.default_import_errors)
         # the token the image's runner holds (sent to no one: a copy of an interpreter
@@ -922,6 +1168,10 @@ class Session:
             # answered turn taken: that call is rolled back like one stopped while it ran
             during = True
         self._dead = SessionDead(reason, detail, during)
+        tracker, self._dirty = self._dirty, None
+        self._dirty_buffer = None
+        if tracker is not None:
+            tracker.close()
         call = self._call
         if call is not None:
             call.ended = time.perf_counter()

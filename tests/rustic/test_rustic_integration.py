@@ -464,12 +464,14 @@ def test_resolver_pool_is_bounded() -> None:
                                         max_output_bytes=4096)
     first, second = _agent(resolver, "one"), _agent(resolver, "two")
     first.run(py("x = 1"))
-    second.run(py("x = 2"))
-    result = first.run(py("print('back')"))
-    assert result.exit_code == 0
+    second.run(py("x = 2"))   # "one" is parked to make room
+    assert resolver.pool.parked_agents() == [("one", "g", "org")]
+    result = first.run(py("print(x)"))   # "two" is parked, "one" comes back
+    assert result.exit_code == 0 and result.stdout == "1\n"
     assert result.resources_used is not None
-    assert result.resources_used["state_reset"] is True  # evicted to make room for "two"
+    assert result.resources_used["state_reset"] is False
     assert resolver.pool.live_agents() == [("one", "g", "org")]
+    assert resolver.pool.parked_agents() == [("two", "g", "org")]
 
 
 def test_close_shared_resolvers_then_use_again() -> None:
