@@ -58,7 +58,7 @@ from .state_store import (
     check_key,
     open_state_store,
 )
-from .tools import ToolBox, ToolFunction, check_tools, serving
+from .tools import Stragglers, ToolBox, ToolFunction, check_tools, serving
 from .vfs import MemoryFS, host_path, scratch_budget
 from .zipfs import shared_zip
 
@@ -305,6 +305,7 @@ class PythonExecExecutor:
         _fork_of: tuple[MemoryImage, MemoryImage | None, list[int] | None] | None = None,
     ) -> None:
         self._tools = check_tools(tools, where="tools", error=ConfigurationError)
+        self._stragglers = Stragglers()  # (its tools still running past their call)
         try:
             self.policy = Policy(
                 whitelisted_imports=whitelisted_imports,  # type: ignore[arg-type]
@@ -437,6 +438,7 @@ class PythonExecExecutor:
                 output_files: Iterable[str] | None,
                 tools: Mapping[str, ToolFunction] | None,
                 loop: asyncio.AbstractEventLoop | None = None) -> _CallExtras:
+        self._check_not_serving()  # (execute, aexecute and astream, on the caller's side)
         merged = dict(self._tools)
         merged.update(check_tools(tools, where="tools", error=InputError))
         return _CallExtras(check_files(files), check_output_files(output_files), merged, loop)
@@ -516,7 +518,8 @@ class PythonExecExecutor:
         if extras.tools:
             payload["tools"] = sorted(extras.tools)
             box = ToolBox(extras.tools, max_calls=call_limits.max_tool_calls,
-                          max_bytes=call_limits.max_globals_bytes, loop=extras.loop)
+                          max_bytes=call_limits.max_globals_bytes, loop=extras.loop,
+                          stragglers=self._stragglers)
         writes = write_all(extras.files) if extras.files else None
         limits_for_call = CallLimits(
             fuel=call_limits.fuel, timeout_seconds=call_limits.timeout_seconds,
@@ -886,6 +889,7 @@ class PythonExecExecutor:
         files saved with that key.
         """
         self._not_from_callback("save()")
+        self._check_not_serving()
         with self._lock:
             self._check_open()
             session = self._session
@@ -939,6 +943,10 @@ class PythonExecExecutor:
     def _files_job(self, fn: Callable[[MemoryFS], Any], *, changes: bool) -> Any:
         """``fn(fs)`` on the agent's file system, between calls (a running call is
         waited for); a lost interpreter is replaced first, as the next call would."""
+        # (from the executor's own output callback, the running call holds the
+        # interpreter: the job would wait for it forever)
+        self._not_from_callback("a file method (write_file, read_file, list_files or "
+                                "delete_file)")
         self._check_not_serving()
         with self._lock:
             self._check_open()
@@ -1029,6 +1037,7 @@ class PythonExecExecutor:
         """Throw away this agent's state: the next call runs on a fresh interpreter (and
         its result says ``state_reset=True``)."""
         self._not_from_callback("reset()")
+        self._check_not_serving()
         with self._lock:
             self._check_open()
             self._drop_rollback_standby()
@@ -1122,6 +1131,7 @@ class PythonExecExecutor:
         """Delete this agent's image from the state store (and drop saves not yet done):
         a later executor of this identity starts fresh. The live interpreter is kept."""
         if self._state is not None:
+            self._check_not_serving()
             with self._lock:
                 self._resume = False
                 self._state.forget()

@@ -61,6 +61,7 @@ from .protocol import (
 )
 from .runtime import RuntimeImage, runner_identity
 from .tools import (
+    MAX_STRAGGLERS,
     REQUEST_OVERHEAD,
     TOOL_CALL_FUEL,
     ToolBox,
@@ -1397,6 +1398,12 @@ class Session:
                   kwargs: dict[str, Any]) -> bytes:
         """Run a host function on the session's tool worker while the call's deadline
         runs: one slower than that (or a cancel) ends the call, like any deadline stop."""
+        if box.stragglers.full():
+            running = ", ".join(sorted(set(box.stragglers.names)))
+            return error_answer(
+                f"{name}: not called: {MAX_STRAGGLERS} host functions of earlier calls "
+                f"({running}) outlived their call's deadline and are still running; a tool "
+                "can be called again once one of them returns", "RuntimeError")
         worker = self._tool_worker
         last = self._tool_job
         if worker is None or (last is not None and not last.done.is_set()):
@@ -1408,7 +1415,8 @@ class Session:
             with self._cv:
                 self._cv.notify_all()
 
-        job = self._tool_job = ToolJob(name, fn, args, kwargs, box.loop, wake)
+        job = self._tool_job = ToolJob(name, fn, args, kwargs, box.loop, wake,
+                                        box.stragglers)
         worker.submit(job)
         with self._cv:
             while not job.done.is_set() and self._abort_reason is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextvars
 import inspect
 import json
 import keyword
@@ -37,6 +38,11 @@ TOOL_CALL_FUEL = 1_000_000  # what a tool call costs in fuel, besides one unit p
 MAX_MESSAGE_CHARS = 2_000  # of a host function's error message, as the guest sees it
 # bytes a request may have beyond its arguments' cap (the name and the JSON around them)
 REQUEST_OVERHEAD = 1024
+# host functions of one executor that outlived their call (its deadline or a cancel came
+# first) and still run, at most: each keeps a thread, so past this a tool call is answered
+# with an error until one of them returns (an agent cannot pile up host threads by calling
+# a tool that hangs, call after call)
+MAX_STRAGGLERS = 4
 
 # names a tool cannot take: the builtins the agent's code relies on (those of the guest's
 # Python too), and the sandbox's own exception
@@ -78,16 +84,40 @@ def check_tools(tools: Mapping[str, ToolFunction] | None, *, where: str,
     return out
 
 
+class Stragglers:
+    """One executor's host functions that outlived their call and still run (shared by
+    the interpreters it replaces: a stopped call's interpreter is not the next call's)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.names: list[str] = []
+
+    def add(self, name: str) -> None:
+        with self._lock:
+            self.names.append(name)
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            if name in self.names:
+                self.names.remove(name)
+
+    def full(self) -> bool:
+        with self._lock:
+            return len(self.names) >= MAX_STRAGGLERS
+
+
 class ToolBox:
     """The tools of one call, and what that call has spent on them."""
 
     def __init__(self, tools: Mapping[str, ToolFunction], *, max_calls: int, max_bytes: int,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None,
+                 stragglers: Stragglers | None = None) -> None:
         self.tools = dict(tools)
         self.max_calls = max_calls
         self.max_bytes = max_bytes
         self.loop = loop
         self.calls = 0
+        self.stragglers = stragglers if stragglers is not None else Stragglers()
 
     @property
     def names(self) -> list[str]:
@@ -159,7 +189,8 @@ class ToolJob:
     """One host function call, run on a :class:`ToolWorker`."""
 
     def __init__(self, name: str, fn: ToolFunction, args: list[Any], kwargs: dict[str, Any],
-                 loop: asyncio.AbstractEventLoop | None, notify: Callable[[], None]) -> None:
+                 loop: asyncio.AbstractEventLoop | None, notify: Callable[[], None],
+                 stragglers: Stragglers | None = None) -> None:
         self.name = name
         self.fn = fn
         self.args = args
@@ -171,6 +202,8 @@ class ToolJob:
         self.error: BaseException | None = None
         self.future: Any = None  # an async tool's future on the caller's event loop
         self.abandoned = False
+        self.stragglers = stragglers
+        self._lock = threading.Lock()  # (abandon() and the end of run() race)
 
     def run(self) -> None:
         try:
@@ -182,11 +215,19 @@ class ToolJob:
             self.error = e
         finally:
             self.args = self.kwargs = None  # type: ignore[assignment]
-            self.done.set()
+            with self._lock:
+                self.done.set()
+                if self.abandoned and self.stragglers is not None:
+                    self.stragglers.remove(self.name)
             self.notify()
 
     def _await(self, awaitable: Any) -> Any:
+        owner = serving()
+
         async def wait() -> Any:
+            # (on the caller's loop: the executor the tool serves refuses calls from it,
+            # as from the worker thread)
+            _serving_task.set(owner)
             return await awaitable
 
         loop = self.loop
@@ -201,8 +242,11 @@ class ToolJob:
     def abandon(self) -> None:
         """The call no longer waits for it (deadline, cancel): an async tool is cancelled;
         a function running on the worker thread cannot be stopped, and its result is
-        dropped."""
-        self.abandoned = True
+        dropped (it counts among the executor's stragglers until it returns)."""
+        with self._lock:
+            if not self.abandoned and not self.done.is_set() and self.stragglers is not None:
+                self.stragglers.add(self.name)
+            self.abandoned = True
         future = self.future
         if future is not None:
             future.cancel()
@@ -221,11 +265,15 @@ class ToolJob:
 
 
 _serving = threading.local()
+_serving_task: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+    "wasm_exec_serving", default=None)
 
 
 def serving() -> object | None:
-    """The session whose tool the current thread runs (None outside a tool)."""
-    return getattr(_serving, "owner", None)
+    """The session whose tool the current thread (or, for an async tool, the current
+    task on the caller's event loop) runs; None outside a tool."""
+    owner = getattr(_serving, "owner", None)
+    return owner if owner is not None else _serving_task.get()
 
 
 class ToolWorker:
@@ -263,4 +311,4 @@ class ToolWorker:
             job.run()
 
 
-__all__ = ["ToolBox", "ToolJob", "ToolWorker", "check_tools"]
+__all__ = ["Stragglers", "ToolBox", "ToolJob", "ToolWorker", "check_tools"]
