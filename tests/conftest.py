@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from tests.scientific_support import needs_scientific
 from wasm_exec import PythonExecExecutor
 
 # The Rustic AI suite needs Python >= 3.13 with rusticai-core: CI runs it on its own
@@ -55,3 +56,26 @@ def make_executor():
     yield factory
     for e in made:
         e.close()
+
+
+@pytest.fixture(params=["minimal", pytest.param("scientific", marks=[pytest.mark.scientific,
+                                                                      needs_scientific])])
+def rt(request):
+    """The runtime a test runs on (a test using it runs on both)."""
+    return request.param
+
+
+@pytest.fixture
+def make(rt):
+    """Factory for executors on the test's runtime (``rt``), all closed after the test."""
+    made: list[PythonExecExecutor] = []
+
+    def factory(**kwargs) -> PythonExecExecutor:
+        kwargs.setdefault("timeout_seconds", 20)
+        ex = PythonExecExecutor(runtime=rt, **kwargs)
+        made.append(ex)
+        return ex
+
+    yield factory
+    for ex in made:
+        ex.close()

@@ -13,28 +13,6 @@ from wasm_exec import ConfigurationError, FileInfo, InputError, PythonExecExecut
 from wasm_exec.vfs import NODE_COST
 
 
-@pytest.fixture(params=["minimal", pytest.param("scientific", marks=[pytest.mark.scientific,
-                                                                      needs_scientific])])
-def rt(request):
-    """The runtime a test runs on."""
-    return request.param
-
-
-@pytest.fixture
-def make(rt):
-    made: list[PythonExecExecutor] = []
-
-    def factory(**kwargs) -> PythonExecExecutor:
-        kwargs.setdefault("timeout_seconds", 20)
-        ex = PythonExecExecutor(runtime=rt, **kwargs)
-        made.append(ex)
-        return ex
-
-    yield factory
-    for ex in made:
-        ex.close()
-
-
 def test_write_read_list_delete(make):
     ex = make()
     ex.write_file("data.csv", b"a,b\n1,2\n")

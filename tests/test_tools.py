@@ -7,31 +7,8 @@ import threading
 
 import pytest
 
-from tests.scientific_support import needs_scientific
 from wasm_exec import ConfigurationError, InputError, PythonExecExecutor
 from wasm_exec import tools as tools_mod
-
-
-@pytest.fixture(params=["minimal", pytest.param("scientific", marks=[pytest.mark.scientific,
-                                                                      needs_scientific])])
-def rt(request):
-    """The runtime a test runs on."""
-    return request.param
-
-
-@pytest.fixture
-def make(rt):
-    made: list[PythonExecExecutor] = []
-
-    def factory(**kwargs) -> PythonExecExecutor:
-        kwargs.setdefault("timeout_seconds", 20)
-        ex = PythonExecExecutor(runtime=rt, **kwargs)
-        made.append(ex)
-        return ex
-
-    yield factory
-    for ex in made:
-        ex.close()
 
 
 def get_weather(city, unit="C", *, detail=False):
