@@ -334,15 +334,12 @@ def test_a_directory_cookie_past_the_end_reads_nothing():
 
 # ------------------------------------------------------------------------------------
 # 6. (Found while measuring, not a security finding.) On the scientific runtime (Python
-# 3.15) a library's aliased lazy from-import does not take effect at run time: the guard
+# 3.15) a library's aliased lazy from-import did not take effect at run time: the guard
 # grants a lazy import taking effect in library code only inside an import it granted,
-# and only where the code uses the module's or the imported name, not its alias.
+# and only where the code uses the module's or the imported name, not its alias. The
+# modules collections imports lazily (heapq, copy) are loaded at boot now (the runtime's
+# "preload" list), so taking effect is a library asking for a loaded module.
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open: collections binds `lazy from heapq import nlargest as _nlargest`; "
-    "Counter.most_common(2) loads `_nlargest` at run time, outside any granted import and "
-    "under an alias, and the guard refuses 'heapq.nlargest' (the README says a library's "
-    "lazy imports take effect like its import statements)"))
 @pytest.mark.scientific
 @needs_scientific
 def test_a_librarys_aliased_lazy_import_takes_effect_at_run_time(make_executor):
