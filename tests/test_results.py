@@ -25,15 +25,8 @@ from wasm_exec import (
 from wasm_exec.output import MAX_PIECES, ChunkQueue, Mailbox
 
 
-@pytest.fixture(params=["minimal", pytest.param("scientific", marks=[pytest.mark.scientific,
-                                                                      needs_scientific])])
-def rt(request):
-    """The runtime a test runs on."""
-    return request.param
-
-
 @pytest.fixture
-def make(rt):
+def make(rt):  # (rt: conftest.py; these tests allow sys and time, and take longer)
     made: list[PythonExecExecutor] = []
 
     def factory(**kw) -> PythonExecExecutor:

@@ -18,6 +18,7 @@ parked), and the agent's next result says so (``reset_reason="park_dropped"``).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import hmac
@@ -29,6 +30,7 @@ import threading
 import zlib
 from array import array
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -81,33 +83,39 @@ class Pinned:
         self._buf = None
 
 
-def changed_pages(memory: Any, size: int, base: Any | None, base_size: int) -> array:
-    """Indices of the 4 KiB pages of ``memory`` (``size`` bytes) that differ from ``base``
-    (``base_size`` bytes; past its end, from zeros). memcmp releases the GIL."""
-    cmp = _memcmp()
-    out = array("I")
+@contextlib.contextmanager
+def _compared(memory: Any, base: Any | None,
+              base_size: int) -> Iterator[tuple[Callable[..., int], int, int | None, int]]:
+    """memcmp and the addresses of ``memory``, of ``base`` (None when there is none) and
+    of a page of zeros, pinned while the block runs."""
     mem = Pinned(memory)
     ref = Pinned(base) if base is not None and base_size else None
     zeros = Pinned(_ZEROS)
     try:
-        a = mem.address
-        for start in range(0, size, _CHUNK):
-            n = min(_CHUNK, size - start)
-            if ref is not None and start + n <= base_size:
-                if not cmp(a + start, ref.address + start, n):
-                    continue
-            elif start >= base_size and not cmp(a + start, zeros.address, n):
-                continue
-            for p in range(start, start + n, PAGE):
-                other = (ref.address + p if ref is not None and p + PAGE <= base_size
-                         else zeros.address)
-                if cmp(a + p, other, PAGE):
-                    out.append(p // PAGE)
+        yield _memcmp(), mem.address, None if ref is None else ref.address, zeros.address
     finally:
         mem.release()
         if ref is not None:
             ref.release()
         zeros.release()
+
+
+def changed_pages(memory: Any, size: int, base: Any | None, base_size: int) -> array:
+    """Indices of the 4 KiB pages of ``memory`` (``size`` bytes) that differ from ``base``
+    (``base_size`` bytes; past its end, from zeros). memcmp releases the GIL."""
+    out = array("I")
+    with _compared(memory, base, base_size) as (cmp, a, ref, zeros):
+        for start in range(0, size, _CHUNK):
+            n = min(_CHUNK, size - start)
+            if ref is not None and start + n <= base_size:
+                if not cmp(a + start, ref + start, n):
+                    continue
+            elif start >= base_size and not cmp(a + start, zeros, n):
+                continue
+            for p in range(start, start + n, PAGE):
+                other = ref + p if ref is not None and p + PAGE <= base_size else zeros
+                if cmp(a + p, other, PAGE):
+                    out.append(p // PAGE)
     return out
 
 
@@ -115,25 +123,15 @@ def changed_among(memory: Any, size: int, base: Any | None, base_size: int,
                   candidates: list[int]) -> array:
     """The pages among ``candidates`` where ``memory`` differs from ``base`` (as
     :func:`changed_pages`, comparing only those)."""
-    cmp = _memcmp()
     out = array("I")
-    mem = Pinned(memory)
-    ref = Pinned(base) if base is not None and base_size else None
-    zeros = Pinned(_ZEROS)
-    try:
+    with _compared(memory, base, base_size) as (cmp, a, ref, zeros):
         for p in candidates:
             at = p * PAGE
             if at + PAGE > size:
                 continue
-            other = (ref.address + at if ref is not None and at + PAGE <= base_size
-                     else zeros.address)
-            if cmp(mem.address + at, other, PAGE):
+            other = ref + at if ref is not None and at + PAGE <= base_size else zeros
+            if cmp(a + at, other, PAGE):
                 out.append(p)
-    finally:
-        mem.release()
-        if ref is not None:
-            ref.release()
-        zeros.release()
     return out
 
 

@@ -580,31 +580,32 @@ class Session:
         self._imaged.wait(timeout)
         if not current:
             return self.latest_image
-        deadline = time.monotonic() + timeout
         with self._cv:
-            while self._image_of != self._answered and self._dead is None:
-                self._want_image = True
-                self._cv.notify_all()
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._cv.wait(left)
+            if not self._await_answered_image(timeout):
+                return None
             return self.latest_image if self._dead is None else None
 
     def answered_image(self, timeout: float = 30.0) -> MemoryImage | None:
         """The image taken after the last answered call (waiting for it, or asking for
         one), also when the interpreter has stopped since (as a roll-back uses it); None
         when there is none (the interpreter died before it was taken)."""
-        deadline = time.monotonic() + timeout
         with self._cv:
-            while self._image_of != self._answered and self._dead is None:
-                self._want_image = True
-                self._cv.notify_all()
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._cv.wait(min(left, 0.05))  # (a death is not notified)
+            if not self._await_answered_image(timeout):
+                return None
             return self.latest_image if self._image_of == self._answered else None
+
+    def _await_answered_image(self, timeout: float) -> bool:
+        """With ``self._cv`` held: ask for an image of the last answered call and wait
+        until it is taken or the interpreter died; False when ``timeout`` ran out."""
+        deadline = time.monotonic() + timeout
+        while self._image_of != self._answered and self._dead is None:
+            self._want_image = True
+            self._cv.notify_all()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._cv.wait(min(left, 0.05))  # (a death is not notified)
+        return True
 
     def current_image(self) -> MemoryImage | None:
         """The image taken after the last answered turn (None when there is none: the
