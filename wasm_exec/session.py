@@ -49,6 +49,7 @@ import wasmtime
 from . import sharing, streams
 from .dirty import DirtyPages, open_tracker
 from .output import ChunkQueue
+from .pages import PAGE, Pinned, changed_pages
 from .protocol import (
     REPLY_HEADER,
     ProtocolError,
@@ -635,7 +636,6 @@ class Session:
                         and self.latest_image is self._touched_base else None)
             known = None
             if pristine is not None:
-                from .parking import changed_pages
 
                 known = (pages if base is pristine and pages is not None
                          else list(changed_pages(image.memory, image.size, pristine.memory,
@@ -659,7 +659,6 @@ class Session:
         same pages into its roll-back image when that is its own; else copies the memory
         once. False (nothing changed) when it cannot. ``reseed``: fresh random numbers
         (a copy of an agent, not the agent itself)."""
-        from .parking import PAGE, Pinned
 
         if not self._lock.acquire(blocking=False):
             return False

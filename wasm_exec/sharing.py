@@ -22,11 +22,10 @@ import weakref
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from .pages import CHUNK, PAGE, changed_pages, memcmp
+
 if TYPE_CHECKING:
     from .session import MemoryImage
-
-PAGE = 4096
-_CHUNK = 64 * PAGE
 
 _lock = threading.Lock()
 _baked: dict[str, mmap.mmap] = {}          # runtime build -> its modules' baked memory
@@ -61,7 +60,6 @@ def differing_runs(image: MemoryImage, baked: mmap.mmap) -> list[tuple[int, int]
         cached = _runs.get(key)
     if cached is not None:
         return cached
-    from .parking import changed_pages
 
     pages = changed_pages(image.memory, image.size, baked, len(baked))
     out: list[tuple[int, int]] = []
@@ -135,11 +133,10 @@ def write_differences(dst: int, src: int, size: int) -> None:
     """Make the ``size`` bytes at ``dst`` those at ``src``, writing only the pages that
     differ (compared a chunk, then a page, at a time: memcmp and memmove release the
     GIL), so that pages already equal stay as they are (shared, if they are)."""
-    from .parking import _memcmp
 
-    cmp = _memcmp()
-    for start in range(0, size, _CHUNK):
-        n = min(_CHUNK, size - start)
+    cmp = memcmp()
+    for start in range(0, size, CHUNK):
+        n = min(CHUNK, size - start)
         if not cmp(dst + start, src + start, n):
             continue
         for p in range(start, start + n, PAGE):
