@@ -465,7 +465,7 @@ def format_table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     import sys
 
-    from .cli import OneLineParser, positive_int_arg
+    from .options import OneLineParser, positive_int_arg
 
     def progress(message: str) -> None:  # (stderr: stdout keeps the table)
         print(f"bench: {message}", file=sys.stderr, flush=True)

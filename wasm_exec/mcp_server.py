@@ -492,7 +492,7 @@ def serve_http(server: SandboxServer, host: str, port: int) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """``wasm-exec mcp`` (its options are parsed by the command line)."""
-    from .cli import _limits
+    from .options import limits_from_args as _limits
 
     if args.transport == "http" and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"wasm-exec mcp: listening on {args.host}, beyond loopback: the server has no "
@@ -506,7 +506,7 @@ def main(args: argparse.Namespace) -> int:
             runtime=args.runtime, limits=_limits(args), max_agents=args.max_sessions,
             idle_timeout_seconds=args.idle_timeout, max_file_bytes=args.max_file_size)
     except WasmExecError as e:
-        from .cli import explain
+        from .options import explain
 
         print(f"wasm-exec mcp: {explain(e)}", file=sys.stderr)
         return 2
