@@ -8,8 +8,6 @@ native yardstick measured in the same run.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import platform
@@ -17,54 +15,17 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
+
+from .bench_state import bench_state_store
+from .benchkit import Row, _native_exec, _stats, _time
 
 CPU_LOOP = "s = 0\nfor i in range(3_000_000):\n    s += i\n"
 PRINT_LOOP = "for i in range(10_000):\n    print(i)\n"
 # the same work with no output at all: what printing costs the guest's interpreter itself
 PRINT_INTO = "import io\nsink = io.StringIO()\nfor i in range(10_000):\n    print(i, file=sink)\n"
 TEN_GLOBALS = "\n".join(f"g{i} = {i} * 2" for i in range(10))
-
-
-@dataclass
-class Row:
-    name: str
-    unit: str
-    median: float
-    low: float
-    high: float
-    runs: int
-    native: float | None = None
-    target: str = ""
-    note: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ratio(self) -> float | None:
-        if self.native:
-            return self.median / self.native
-        return None
-
-
-def _stats(samples: list[float]) -> tuple[float, float, float]:
-    return statistics.median(samples), min(samples), max(samples)
-
-
-def _time(fn: Callable[[], object], repeat: int) -> list[float]:
-    out = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
-
-
-def _native_exec(code: str, ns: dict[str, Any] | None = None) -> dict[str, Any]:
-    ns = {} if ns is None else ns
-    with contextlib.redirect_stdout(io.StringIO()):
-        exec(compile(code, "<native>", "exec"), ns)
-    return ns
 
 
 def bench_new_agent(repeat: int) -> list[Row]:
@@ -412,9 +373,7 @@ def bench_snapshots(repeat: int) -> list[Row]:
 
 
 def _parts() -> dict[str, Callable[[int], list[Row]]]:
-    """The benchmark's parts by name (bench_state imports this module: imported here)."""
-    from .bench_state import bench_state_store
-
+    """The benchmark's parts by name."""
     return {f.__name__.removeprefix("bench_"): f for f in (
         bench_new_agent, bench_per_call, bench_cpu, bench_printing, bench_marshal,
         bench_parallel, bench_snapshots, bench_state_store)}

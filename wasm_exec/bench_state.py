@@ -10,7 +10,7 @@ import time
 import zlib
 from typing import Any
 
-from .bench import Row, _native_exec, _stats, _time
+from .benchkit import Row, _native_exec, _stats, _time
 
 SEEDS: dict[str, dict[str, Any]] = {
     "minimal": {},
