@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from wasm_exec.errors import WasmExecError
-from wasm_exec.runtime import EngineSettings, get_image
+from wasm_exec.runtime import EngineSettings, load_runtime
 
 
 def scientific_installed() -> bool:
     try:
-        get_image(EngineSettings(fuel=True), "scientific")
+        load_runtime(EngineSettings(fuel=True), "scientific")
         return True
     except WasmExecError:
         return False

@@ -7,7 +7,7 @@ import json
 import zipfile
 
 from wasm_exec import codeindex
-from wasm_exec.runtime import EngineSettings, get_image
+from wasm_exec.runtime import EngineSettings, load_runtime
 
 
 def H(data):
@@ -65,7 +65,7 @@ def test_index_is_cached_and_a_damaged_cache_is_rebuilt(tmp_path):
 
 
 def test_minimal_runtime_lists_its_standard_library():
-    index = get_image(EngineSettings()).code_index()
+    index = load_runtime(EngineSettings()).code_index()
     names = index["names"].split("\n")
     assert {"json", "json.decoder", "re", "subprocess", "encodings.utf_8"} <= set(names)
     assert len(base64.b64decode(index["digests"])) == 16 * len(names)

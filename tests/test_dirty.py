@@ -30,7 +30,7 @@ CALLS = [
 
 def _same_as_memory(ex: PythonExecExecutor) -> None:
     session = ex._session
-    image = session.wait_image(current=True)
+    image = session.wait_snapshot(current=True)
     assert image is not None
     base = ctypes.addressof(session._memory.data_ptr(session._store).contents)
     size = session._memory.data_len(session._store)
@@ -126,7 +126,7 @@ def test_restores_that_write_only_differing_pages_are_exact():
             assert template is not None
             assert _memory_bytes(ex) == bytes(template.memory[:template.size])
             ex.execute("plan = list(range(1000))")
-            image = ex._session.wait_image(current=True)
+            image = ex._session.wait_snapshot(current=True)
             with ex.fork() as copy:
                 assert _memory_bytes(copy) == bytes(image.memory[:image.size])
             r = ex.execute("plan = None\nwhile True: pass", limits={"fuel": 20_000_000})
@@ -136,11 +136,11 @@ def test_restores_that_write_only_differing_pages_are_exact():
 
 def test_a_shared_image_and_its_copies_stay_apart():
     from wasm_exec import sharing
-    from wasm_exec.session import MemoryImage
+    from wasm_exec.snapshot import Snapshot
 
     memory = mmap.mmap(-1, 8 * 4096)
     memory[:5] = b"hello"
-    image = MemoryImage(memory, None, {}, 0, "x", b"0" * 16)
+    image = Snapshot(memory, None, {}, 0, "x", b"0" * 16)
     shared = sharing.shareable(image)
     assert bytes(shared.memory[:8 * 4096]) == bytes(memory[:])
     one, two = sharing.cow_copy(shared), sharing.cow_copy(shared)

@@ -27,10 +27,10 @@ def test_python_block_runs(index):
 @pytest.mark.parametrize("index", range(len(python_blocks(scientific=True))))
 def test_scientific_python_block_runs(index):
     from wasm_exec.errors import WasmExecError
-    from wasm_exec.runtime import EngineSettings, get_image
+    from wasm_exec.runtime import EngineSettings, load_runtime
 
     try:
-        get_image(EngineSettings(fuel=True), "scientific")
+        load_runtime(EngineSettings(fuel=True), "scientific")
     except WasmExecError as e:
         pytest.skip(f"the scientific runtime is not installed: {e}")
     code = python_blocks(scientific=True)[index]

@@ -23,10 +23,10 @@ from wasm_exec import fsimage, fsnodes, vfs, wasi
 def _installed() -> tuple[Path, Path]:
     """The scientific runtime's precompiled module and stdlib zip, when it is installed."""
     from wasm_exec.errors import WasmExecError
-    from wasm_exec.runtime import EngineSettings, get_image
+    from wasm_exec.runtime import EngineSettings, load_runtime
 
     try:
-        image = get_image(EngineSettings(fuel=True), "scientific")
+        image = load_runtime(EngineSettings(fuel=True), "scientific")
     except WasmExecError:
         return Path("/nonexistent/scientific.cwasm"), Path("/nonexistent/python-stdlib.zip")
     return image.cwasm, image.file("python-stdlib.zip")

@@ -329,7 +329,7 @@ def bench_snapshots(repeat: int) -> list[Row]:
                                    ("images off, back to back", False, 0.0),
                                    ("images on, 0.1 s between calls", True, 0.1)):
         first.rollback = rollback
-        first._session.keep_images = rollback  # type: ignore[union-attr]
+        first._session.keep_snapshots = rollback  # type: ignore[union-attr]
         first.execute("x = 0")
         samples = []
         for _ in range(calls):
@@ -342,8 +342,8 @@ def bench_snapshots(repeat: int) -> list[Row]:
         rows.append(Row(f"scientific: per call x += 1, {label}", "ms",
                         *[v * 1000 for v in _stats(samples)], calls))
     first.rollback = True
-    first._session.keep_images = True  # type: ignore[union-attr]
-    image = first._session.wait_image(current=True)  # type: ignore[union-attr]
+    first._session.keep_snapshots = True  # type: ignore[union-attr]
+    image = first._session.wait_snapshot(current=True)  # type: ignore[union-attr]
     size = image.size if image is not None else 0
     extra = per_call["images on, back to back"] - per_call["images off, back to back"]
     rows[-1].note = (f"image per agent: {size / (1 << 20):.0f} MiB of host memory "

@@ -69,7 +69,7 @@ def _one_runtime(runtime: str, seed: dict[str, Any], repeat: int) -> list[Row]:
         chunks = len(state._deflate._digests)
         session = stored._session
         assert session is not None
-        image = session.answered_image()
+        image = session.answered_snapshot()
         assert image is not None
         full_cpu = []
         for _ in range(3):

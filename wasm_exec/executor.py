@@ -48,8 +48,9 @@ from .protocol import (
     is_plain_json,
     validate_call_reply,
 )
-from .runtime import EngineSettings, get_image, load_pin, profiles
-from .session import STOP_CANCELLED, CallLimits, MemoryImage, Session, SessionDead
+from .runtime import EngineSettings, load_pin, load_runtime, profiles
+from .session import STOP_CANCELLED, CallLimits, Session, SessionDead
+from .snapshot import Snapshot
 from .state_store import (
     AgentState,
     StateStore,
@@ -301,8 +302,8 @@ class PythonExecExecutor:
         state_key: str | tuple[str, ...] | None = None,
         state_store_key: bytes | str | None = None,
         tools: Mapping[str, ToolFunction] | None = None,
-        _restore: MemoryImage | None = None,
-        _fork_of: tuple[MemoryImage, MemoryImage | None, list[int] | None] | None = None,
+        _restore: Snapshot | None = None,
+        _fork_of: tuple[Snapshot, Snapshot | None, list[int] | None] | None = None,
     ) -> None:
         self._tools = check_tools(tools, where="tools", error=ConfigurationError)
         self._stragglers = Stragglers()  # (its tools still running past their call)
@@ -321,7 +322,7 @@ class PythonExecExecutor:
         if runtime not in profiles():
             raise ConfigurationError(f"unknown runtime {runtime!r}; known: {profiles()}")
         self.runtime = runtime
-        get_image(self._settings, runtime)  # the runtime is found (or an error names the fix)
+        load_runtime(self._settings, runtime)  # the runtime is found (or an error names the fix)
         self._key = SessionKey.of(self._settings, self.policy.allowed,
                                   self.policy.default_imports, self.limits.memory_bytes,
                                   runtime)
@@ -370,14 +371,14 @@ class PythonExecExecutor:
                 stored = self._stored_image()
                 if stored is not None:
                     try:
-                        self._session = self._key.restore(stored, keep_images=self.rollback)
+                        self._session = self._key.restore(stored, keep_snapshots=self.rollback)
                     except ValueError as e:
                         _log.warning("agent %r starts on a fresh interpreter: %s",
                                      self._state.identity, e)
                         self._reset_pending = "lost"
         if self._session is None and _restore is not None:
             try:
-                self._session = self._key.restore(_restore, keep_images=self.rollback)
+                self._session = self._key.restore(_restore, keep_snapshots=self.rollback)
             except ValueError as e:
                 raise ImageError(str(e)) from e
         elif _fork_of is not None and self._session is None:
@@ -587,7 +588,7 @@ class PythonExecExecutor:
             # image: taken after this call's answer, or before this call when the stop
             # cut the end of its turn (as if the cancel had come during the call)
             session.close()  # (stops it: no image is being taken any more)
-            image = session.latest_image if self.rollback else None
+            image = session.latest_snapshot if self.rollback else None
             self._discard(session)
             restored = (self._restore_for_rollback(image)
                         if image is not None and not self._closed else None)
@@ -613,8 +614,8 @@ class PythonExecExecutor:
             # answered call: the latest one may miss the last answer
             image = None
             if self.rollback and outcome.died.reason != "protocol":
-                image = (session.latest_image if outcome.died.during_call
-                         else session.current_image())
+                image = (session.latest_snapshot if outcome.died.during_call
+                         else session.current_snapshot())
             self._discard(session)
             if image is not None and not self._closed:
                 restored = self._restore_for_rollback(image)
@@ -642,7 +643,7 @@ class PythonExecExecutor:
             self._state.request_save(session)  # (in the background: the caller goes on)
         if (self.rollback_standby and self.rollback
                 and self._rollback_standby is None):
-            image = session.latest_image
+            image = session.latest_snapshot
             if image is not None:
                 self._prepare_rollback_standby(image)
         if reply["ok"]:
@@ -845,7 +846,7 @@ class PythonExecExecutor:
             if session is None or not session.alive:
                 session, lost = self._continue_session(session)
                 self._reset_pending = lost or self._reset_pending
-            image = session.wait_image(current=True)
+            image = session.wait_snapshot(current=True)
             if image is None:
                 raise ImageError("the interpreter has no memory image yet; try again")
             # (the pages where it can differ from the boot image, when known: only those
@@ -859,7 +860,7 @@ class PythonExecExecutor:
             rollback_standby=self.rollback_standby,
             _fork_of=(image, base, changed))
 
-    def _copy_of(self, image: MemoryImage, base: MemoryImage | None = None,
+    def _copy_of(self, image: Snapshot, base: Snapshot | None = None,
                  pages: list[int] | None = None) -> Session:
         """A new interpreter continuing from ``image``, with fresh random numbers: a ready
         one of this configuration (its pages are mapped already, so the image is copied
@@ -868,14 +869,14 @@ class PythonExecExecutor:
         if session is None and self._pool is not None:
             session = self._pool.take_ready(self._key)
         if session is None:
-            session = self._key.waiting(keep_images=self.rollback)
+            session = self._key.waiting(keep_snapshots=self.rollback)
         if session is not None:
             if session.reload(image, self.limits.memory_bytes, base=base, pages=pages):
-                session.keep_images = self.rollback
+                session.keep_snapshots = self.rollback
                 return session
             session.close()
         try:
-            return self._key.restore(image, keep_images=self.rollback)
+            return self._key.restore(image, keep_snapshots=self.rollback)
         except ValueError as e:
             raise ImageError(str(e)) from e
 
@@ -896,7 +897,7 @@ class PythonExecExecutor:
             if session is None or not session.alive:
                 session, lost = self._continue_session(session)
                 self._reset_pending = lost or self._reset_pending
-            image = session.wait_image(current=True)
+            image = session.wait_snapshot(current=True)
             fs = session.fs
             if image is None or fs is None:
                 raise ImageError("the interpreter has no memory image yet; try again")
@@ -1019,13 +1020,13 @@ class PythonExecExecutor:
             raise ImageError(f"{path} holds an interpreter of {size} bytes of memory, more "
                              f"than the memory limit of {memory_limit} bytes; load it with a "
                              "larger memory_bytes")
-        rt = get_image(EngineSettings(fuel=True), runtime)
+        rt = load_runtime(EngineSettings(fuel=True), runtime)
         fs = MemoryFS(shared_zip(rt.stdlib_zip()), zip_path=rt.pin.zip_path,
                       scratch_bytes=scratch_budget(memory_limit))
-        memory_image = images.decode(header, body, fs, max_memory=memory_limit)
+        snapshot = images.decode(header, body, fs, max_memory=memory_limit)
         return cls(whitelisted_imports=allowed, default_imports=defaults, limits=built,
                    pool=pool, runtime=runtime, rollback=rollback,
-                   rollback_standby=rollback_standby, tools=tools, _restore=memory_image)
+                   rollback_standby=rollback_standby, tools=tools, _restore=snapshot)
 
     def cancel(self) -> None:
         """Stop the call running now (from another thread); its interpreter is lost."""
@@ -1136,11 +1137,11 @@ class PythonExecExecutor:
                 self._resume = False
                 self._state.forget()
 
-    def _stored_image(self) -> MemoryImage | None:
+    def _stored_image(self) -> Snapshot | None:
         """The image in the state store to continue from (None: none, or not usable,
         which is logged and makes the first result say ``state_reset=True``)."""
         assert self._state is not None
-        rt = get_image(self._settings, self.runtime)
+        rt = load_runtime(self._settings, self.runtime)
         fs = MemoryFS(shared_zip(rt.stdlib_zip()), zip_path=rt.pin.zip_path,
                       scratch_bytes=scratch_budget(self.limits.memory_bytes))
         try:
@@ -1165,7 +1166,7 @@ class PythonExecExecutor:
         if self.on_session_start is not None:
             self.on_session_start(self)
         try:
-            session = self._key.restore(image, keep_images=self.rollback)
+            session = self._key.restore(image, keep_snapshots=self.rollback)
         except Exception as e:  # noqa: BLE001 - a fresh interpreter instead
             _log.warning("agent %r starts on a fresh interpreter: %s", self._state.identity,
                          e)
@@ -1212,7 +1213,7 @@ class PythonExecExecutor:
         finally:
             self._lock.release()
 
-    def _restore_for_rollback(self, image: MemoryImage) -> Session | None:
+    def _restore_for_rollback(self, image: Snapshot) -> Session | None:
         """An interpreter continuing from ``image``: the standby one when it is ready
         (prepared after this agent's previous roll-back: agents that hit a limit once
         tend to again), else restored now."""
@@ -1226,14 +1227,14 @@ class PythonExecExecutor:
                 self._discard(standby)
         if restored is None:
             try:
-                restored = self._key.restore(image, keep_images=self.rollback)
+                restored = self._key.restore(image, keep_snapshots=self.rollback)
             except Exception:  # noqa: BLE001 - a fresh interpreter instead
                 return None
-        restored.keep_images = self.rollback
+        restored.keep_snapshots = self.rollback
         self._prepare_rollback_standby(image)
         return restored
 
-    def _prepare_rollback_standby(self, image: MemoryImage) -> None:
+    def _prepare_rollback_standby(self, image: Snapshot) -> None:
         """Restore an interpreter from ``image`` in the background, to be reloaded with the
         image of the moment at the next stop (its pages are then mapped already)."""
         if self._rollback_thread is not None and self._rollback_thread.is_alive():
@@ -1241,7 +1242,7 @@ class PythonExecExecutor:
 
         def make() -> None:
             try:
-                session = self._key.restore(image, keep_images=self.rollback)
+                session = self._key.restore(image, keep_snapshots=self.rollback)
             except Exception:  # noqa: BLE001 - the next stop restores for itself
                 return
             with self._lock:
@@ -1275,8 +1276,8 @@ class PythonExecExecutor:
         session = self._take_spare()
         if session is None:
             session = (self._pool.take(self._key) if self._pool is not None
-                       else self._key.start(keep_images=self.rollback))
-        session.keep_images = self.rollback
+                       else self._key.start(keep_snapshots=self.rollback))
+        session.keep_snapshots = self.rollback
         if session.default_import_errors:
             session.close()
             problems = "; ".join(
@@ -1298,7 +1299,7 @@ class PythonExecExecutor:
                 return self._unpark()
             return self._replace_session(), None
         died = dead.dead
-        image = (dead.current_image() if self.rollback and not self._closed
+        image = (dead.current_snapshot() if self.rollback and not self._closed
                  and (died is None or died.reason != "protocol") else None)
         self._discard(dead)
         if image is not None:
@@ -1349,10 +1350,10 @@ class PythonExecExecutor:
             self._holder[0] = None
             self._drop_rollback_standby()
             died = session.dead
-            image = (session.current_image()
+            image = (session.current_snapshot()
                      if died is None or died.reason != "protocol" else None)
             if image is None and session.alive:
-                image = session.wait_image(5.0, current=True)
+                image = session.wait_snapshot(5.0, current=True)
             parked = None
             if image is not None:
                 base = template_of(self._key)
@@ -1412,7 +1413,7 @@ class PythonExecExecutor:
                     self._discard(session)
                     try:
                         session = self._key.restore(parked.materialize(),
-                                                    keep_images=self.rollback)
+                                                    keep_snapshots=self.rollback)
                     except Exception:  # noqa: BLE001 - its state is gone: a fresh one
                         session, reason = self._new_session(), "park_failed"
             if session is freed:
@@ -1420,7 +1421,7 @@ class PythonExecExecutor:
         finally:
             if freed is not None:
                 self._discard(freed)
-        session.keep_images = self.rollback
+        session.keep_snapshots = self.rollback
         self._session = session
         self._holder[0] = session
         return session, reason

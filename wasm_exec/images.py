@@ -34,7 +34,7 @@ from typing import Any
 from .errors import ImageError
 from .fsimage import decode_fs_state, encode_fs_state, max_image_nodes
 from .runtime import runner_identity
-from .session import MemoryImage
+from .snapshot import Snapshot
 from .vfs import DEFAULT_MAX_FDS, MemoryFS
 
 MAGIC = b"WASM-EXEC-IMAGE\n"
@@ -98,13 +98,13 @@ def runner_sha256() -> str:
 class SavedImage:
     """What a file holds: the image and the configuration it needs."""
 
-    image: MemoryImage
+    image: Snapshot
     runtime: str
     whitelisted_imports: list[str]
     default_imports: dict[str, str]
 
 
-def save(path: str | os.PathLike[str], image: MemoryImage, *, runtime: str,
+def save(path: str | os.PathLike[str], image: Snapshot, *, runtime: str,
          allowed: frozenset[str], default_imports: dict[str, str], fs: MemoryFS,
          level: int = 1, key: bytes | None = None) -> int:
     """Write ``image`` to ``path`` (atomically); returns the file's size in bytes.
@@ -126,7 +126,7 @@ def save(path: str | os.PathLike[str], image: MemoryImage, *, runtime: str,
     return sum(len(p) for p in parts)
 
 
-def encode(image: MemoryImage, *, runtime: str, allowed: frozenset[str],
+def encode(image: Snapshot, *, runtime: str, allowed: frozenset[str],
            default_imports: dict[str, str], fs: MemoryFS, level: int = 1,
            key: bytes | None = None, body: bytes | None = None) -> list[bytes]:
     """The bytes of an image file, in parts (written one after the other they are the
@@ -261,7 +261,7 @@ def check_compatible(header: dict[str, Any], *, runtime_sha256: str, path: objec
 
 
 def decode(header: dict[str, Any], body: bytes | memoryview, fs: MemoryFS,
-           max_memory: int = MAX_MEMORY) -> MemoryImage:
+           max_memory: int = MAX_MEMORY) -> Snapshot:
     size = header.get("memory_size")
     if type(size) is not int or not 0 < size <= max_memory:
         raise ImageError(f"the image's memory size ({size!r}) is not between 1 byte and "
@@ -284,7 +284,7 @@ def decode(header: dict[str, Any], body: bytes | memoryview, fs: MemoryFS,
         monotonic = int(header["monotonic_ns"])
         if not 0 <= monotonic < 1 << 63:
             raise ValueError("monotonic_ns")
-        return MemoryImage(memory, state, errors, monotonic, str(header["runtime_sha256"]),
+        return Snapshot(memory, state, errors, monotonic, str(header["runtime_sha256"]),
                            token)
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError,
             RecursionError) as e:

@@ -37,7 +37,7 @@ from .errors import ConfigurationError, ImageError
 from .fsimage import decode_fs_state, encode_fs_state
 from .fsnodes import FSState
 from .pages import PAGE, Pinned, changed_among, changed_pages, gather
-from .session import MemoryImage
+from .snapshot import Snapshot
 from .vfs import MemoryFS
 
 _PARKED_MAGIC = b"WASM-EXEC-PARKED"
@@ -82,7 +82,7 @@ def _base_run(base: Any | None, base_size: int, first: int, end: int) -> bytes |
 class ParkedImage:
     """An interpreter between turns, as the pages that differ from ``base``."""
 
-    base: MemoryImage | None  # the boot image the pages are relative to (None: zeros)
+    base: Snapshot | None  # the boot image the pages are relative to (None: zeros)
     size: int                 # its linear memory, in bytes
     pages: array              # indices of the pages that differ from ``base`` (ascending)
     # each run of those pages (see runs()) compressed with zlib, the base's bytes of the
@@ -133,7 +133,7 @@ class ParkedImage:
             view.release()
         return b"".join(out)
 
-    def materialize(self) -> MemoryImage:
+    def materialize(self) -> Snapshot:
         """The whole image (a full copy of the memory): for a fresh interpreter."""
         if self.fs is None:
             raise ValueError("the image is in a file; take it from its lot first")
@@ -152,11 +152,11 @@ class ParkedImage:
         for i, p in enumerate(self.pages):
             memory[p * PAGE:(p + 1) * PAGE] = view[i * PAGE:(i + 1) * PAGE]
         view.release()
-        return MemoryImage(memory, self.fs, dict(self.default_import_errors),
+        return Snapshot(memory, self.fs, dict(self.default_import_errors),
                            self.monotonic_ns, self.runtime_sha256, self.token)
 
 
-def park(image: MemoryImage, base: MemoryImage | None,
+def park(image: Snapshot, base: Snapshot | None,
          candidates: list[int] | None = None) -> ParkedImage:
     """``image`` as the pages that differ from ``base`` (an image of the same runtime
     build; None compares with zeros). ``candidates``: the only pages that can differ

@@ -9,26 +9,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from . import sharing
-from .runtime import EngineSettings, get_image
-from .session import MemoryImage, Session
+from .runtime import EngineSettings, load_runtime
+from .session import Session
+from .snapshot import Snapshot
 
-# Warm starts (reactor runtimes): the image of a freshly booted interpreter per
+# Warm starts (reactor runtimes): the snapshot of a freshly booted interpreter per
 # configuration, taken once per process; later interpreters of that configuration start
 # from it instead of booting and importing the default imports again. Each costs its
 # linear memory (40-100 MB for the scientific runtime), so only the latest few are kept.
 MAX_TEMPLATES = 4
-_templates: OrderedDict[SessionKey, MemoryImage] = OrderedDict()
+_templates: OrderedDict[SessionKey, Snapshot] = OrderedDict()
 _templates_lock = threading.Lock()
 
 
 # ... and one interpreter already restored from each of them, waiting: restoring copies the
-# whole image into fresh pages (about 0.7 ms per MiB), which the agent then need not wait for
+# whole snapshot into fresh pages (about 0.7 ms per MiB), which the agent then need not wait for
 _standby: dict[SessionKey, Session] = {}
 _standby_busy: set[SessionKey] = set()
 
 
 def forget_templates() -> None:
-    """Drop the boot images kept for warm starts, and the interpreters waiting on them."""
+    """Drop the boot snapshots kept for warm starts, and the interpreters waiting on them."""
     with _templates_lock:
         _templates.clear()
         waiting = list(_standby.values())
@@ -37,13 +38,13 @@ def forget_templates() -> None:
         session.close()
 
 
-def template_of(key: SessionKey) -> MemoryImage | None:
-    """The boot image kept for ``key`` (the warm-start template), if there is one."""
+def template_of(key: SessionKey) -> Snapshot | None:
+    """The boot snapshot kept for ``key`` (the warm-start template), if there is one."""
     with _templates_lock:
         return _templates.get(key)
 
 
-def _prepare_standby(key: SessionKey, template: MemoryImage) -> None:
+def _prepare_standby(key: SessionKey, template: Snapshot) -> None:
     """Restore one interpreter from ``template`` in the background, for the next agent."""
     with _templates_lock:
         if key in _standby or key in _standby_busy:
@@ -84,10 +85,10 @@ class SessionKey:
         return cls(settings, profile, frozenset(allowed), tuple(sorted(default_imports.items())),
                    memory_bytes)
 
-    def start(self, keep_images: bool = True) -> Session:
-        """A new interpreter: from this configuration's boot image when there is one, else
-        booted (and its boot image kept for the next)."""
-        image = get_image(self.settings, self.profile)
+    def start(self, keep_snapshots: bool = True) -> Session:
+        """A new interpreter: from this configuration's boot snapshot when there is one, else
+        booted (and its boot snapshot kept for the next)."""
+        rt = load_runtime(self.settings, self.profile)
         with _templates_lock:
             template = _templates.get(self)
             waiting = _standby.pop(self, None)
@@ -96,13 +97,13 @@ class SessionKey:
         if template is not None:
             _prepare_standby(self, template)
             if waiting is not None and waiting.alive:
-                waiting.keep_images = keep_images
+                waiting.keep_snapshots = keep_snapshots
                 return waiting
-            return self.restore(template, keep_images=keep_images)
-        session = Session(image, allowed=self.allowed, default_imports=dict(self.default_imports),
-                          memory_bytes=self.memory_bytes, keep_images=keep_images)
+            return self.restore(template, keep_snapshots=keep_snapshots)
+        session = Session(rt, allowed=self.allowed, default_imports=dict(self.default_imports),
+                          memory_bytes=self.memory_bytes, keep_snapshots=keep_snapshots)
         if not session.default_import_errors:
-            boot = session.wait_image()
+            boot = session.wait_snapshot()
             if boot is not None:
                 # (in a memory file: interpreters restored from it map it copy-on-write)
                 taken, boot = boot, sharing.shareable(boot)
@@ -119,8 +120,8 @@ class SessionKey:
                 _prepare_standby(self, boot)
         return session
 
-    def waiting(self, keep_images: bool = True) -> Session | None:
-        """The interpreter restored from this configuration's boot image that waits for
+    def waiting(self, keep_snapshots: bool = True) -> Session | None:
+        """The interpreter restored from this configuration's boot snapshot that waits for
         the next agent, if one does (another is then prepared in the background)."""
         with _templates_lock:
             template = _templates.get(self)
@@ -128,16 +129,16 @@ class SessionKey:
         if template is not None:
             _prepare_standby(self, template)
         if waiting is not None and waiting.alive:
-            waiting.keep_images = keep_images
+            waiting.keep_snapshots = keep_snapshots
             return waiting
         return None
 
-    def restore(self, memory_image: MemoryImage, keep_images: bool = True) -> Session:
-        """A new interpreter that continues from ``memory_image`` (reactor runtimes)."""
-        return Session(get_image(self.settings, self.profile), allowed=self.allowed,
+    def restore(self, snapshot: Snapshot, keep_snapshots: bool = True) -> Session:
+        """A new interpreter that continues from ``snapshot`` (reactor runtimes)."""
+        return Session(load_runtime(self.settings, self.profile), allowed=self.allowed,
                        default_imports=dict(self.default_imports),
-                       memory_bytes=self.memory_bytes, from_image=memory_image,
-                       keep_images=keep_images)
+                       memory_bytes=self.memory_bytes, from_snapshot=snapshot,
+                       keep_snapshots=keep_snapshots)
 
 
 class SessionPool:

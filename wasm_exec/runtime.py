@@ -338,7 +338,7 @@ def _announce(message: str) -> None:
     logger.info("%s", message)
 
 
-class RuntimeImage:
+class LoadedRuntime:
     """A runtime ready to start interpreters: one Engine and Module per session.
 
     Each session gets its own Engine (deserializing the precompiled module is a
@@ -390,15 +390,15 @@ class RuntimeImage:
 
 
 _index_lock = threading.Lock()
-_images: dict[tuple[str, EngineSettings], RuntimeImage] = {}
-_images_lock = threading.Lock()
+_loaded: dict[tuple[str, EngineSettings], LoadedRuntime] = {}
+_loaded_lock = threading.Lock()
 
 
-def get_image(settings: EngineSettings, profile: str = PROFILE) -> RuntimeImage:
-    """The process-wide image of ``profile`` for ``settings`` (precompiled if needed)."""
-    with _images_lock:
-        image = _images.get((profile, settings))
-        if image is None or not image.cwasm.is_file():
+def load_runtime(settings: EngineSettings, profile: str = PROFILE) -> LoadedRuntime:
+    """The process-wide loaded runtime ``profile`` for ``settings`` (precompiled if needed)."""
+    with _loaded_lock:
+        rt = _loaded.get((profile, settings))
+        if rt is None or not rt.cwasm.is_file():
             pin = load_pin(profile)
             wasm = find_runtime(pin)
             for entry in pin.files[1:]:  # cheap presence and size checks (sums: at install)
@@ -407,10 +407,10 @@ def get_image(settings: EngineSettings, profile: str = PROFILE) -> RuntimeImage:
                     raise RuntimeNotFoundError(
                         f"{other} is missing or damaged; run: {build_command(profile)}")
             # a variant build-runtime did not make is compiled now: said, not silent
-            image = RuntimeImage(settings, precompile(settings, pin=pin, wasm=wasm,
-                                                      log=_announce), pin, wasm)
-            _images[(profile, settings)] = image
-        return image
+            rt = LoadedRuntime(settings, precompile(settings, pin=pin, wasm=wasm,
+                                                   log=_announce), pin, wasm)
+            _loaded[(profile, settings)] = rt
+        return rt
 
 
 # ------------------------------------------------------------------ install

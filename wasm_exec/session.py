@@ -3,7 +3,7 @@
 Every runtime is a WASI reactor driven in turns (``turn(ptr, len)``): the first turn boots
 the guest runner, each later turn answers one request, and between turns no WebAssembly
 frame is live, so the linear memory plus the in-memory file system is the whole
-interpreter (images: roll-back, save/load, warm starts). Turns run on the session's own
+interpreter (snapshots: roll-back, save/load, warm starts). Turns run on the session's own
 thread; callers hand requests over and wait for the reply.
 
 Shadowed WASI imports (everything else is wasmtime's WASI with no preopened directory,
@@ -19,7 +19,7 @@ no environment and no arguments):
   running call (see :mod:`wasm_exec.tools`); refused outside a call.
 
 The host's own file operations (:meth:`Session.files`) run on the session thread too,
-between turns, so they never race a turn or the image taken after one.
+between turns, so they never race a turn or the snapshot taken after one.
 
 The epoch deadline runs a callback (streams.py) at least every 20 ms while wasm runs: it
 stops the guest at the call's deadline, and switches the runner's stdout and stderr back
@@ -60,7 +60,8 @@ from .protocol import (
     stream_ids,
     validate_ready,
 )
-from .runtime import RuntimeImage, runner_identity
+from .runtime import LoadedRuntime, runner_identity
+from .snapshot import Snapshot
 from .tools import (
     MAX_STRAGGLERS,
     REQUEST_OVERHEAD,
@@ -152,7 +153,7 @@ class SessionDead(Exception):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
-        # False when it died between calls (after an answer): the last image may then
+        # False when it died between calls (after an answer): the last snapshot may then
         # predate the last call that answered
         self.during_call = during_call
 
@@ -232,24 +233,6 @@ class _FilesJob:
     error: BaseException | None = None
 
 
-@dataclass(frozen=True)
-class MemoryImage:
-    """A reactor interpreter between turns: its whole linear memory, the host-side file
-    system (tree and descriptor table) and what the host knows of it. Restoring one into
-    a fresh instance gives the same interpreter (with a new session token)."""
-
-    memory: bytes | bytearray | mmap.mmap  # (never changed once taken)
-    fs: Any  # vfs.FSState
-    default_import_errors: dict[str, str]
-    monotonic_ns: int  # the guest's monotonic clock when the image was taken
-    runtime_sha256: str
-    token: bytes  # the session token the image's runner holds
-
-    @property
-    def size(self) -> int:
-        return len(self.memory)
-
-
 # ----------------------------------------------------------------- epoch ticker
 
 class _Ticker:
@@ -291,44 +274,44 @@ _ticker = _Ticker()
 class Session:
     """One CPython interpreter inside WebAssembly, alive between calls."""
 
-    def __init__(self, image: RuntimeImage, *, allowed: frozenset[str],
+    def __init__(self, runtime: LoadedRuntime, *, allowed: frozenset[str],
                  default_imports: dict[str, str], memory_bytes: int,
-                 from_image: MemoryImage | None = None, keep_images: bool = True) -> None:
-        self._image = image
+                 from_snapshot: Snapshot | None = None, keep_snapshots: bool = True) -> None:
+        self._runtime = runtime
         self._token = os.urandom(16)
         # the interpreter's memory as of the end of its last successful turn
-        self.latest_image: MemoryImage | None = None
-        self._keep_images = keep_images
+        self.latest_snapshot: Snapshot | None = None
+        self._keep_snapshots = keep_snapshots
         self._reseed = False
         self._mono_shift = 0  # keeps the guest's monotonic clock going forward
-        self._imaged = threading.Event()  # set once latest_image holds an image
+        self._snapped = threading.Event()  # set once latest_snapshot holds a snapshot
         self._answered = 0  # turns answered (boot included) ...
-        self._image_of = -1  # ... and the one latest_image was taken after
-        self._want_image = False  # an image is wanted although keep_images is off
-        self._buffers: list[mmap.mmap] = []  # image memory this session allocated
-        # earlier images that share the latest image's memory (the latest one took the
+        self._snapshot_of = -1  # ... and the one latest_snapshot was taken after
+        self._want_snapshot = False  # a snapshot is wanted although keep_snapshots is off
+        self._buffers: list[mmap.mmap] = []  # snapshot memory this session allocated
+        # earlier snapshots that share the latest snapshot's memory (the latest one took the
         # host's files after them: see files()); its pages are reused only once they are gone
-        self._sharers: list[weakref.ref[MemoryImage]] = []
-        # the image its agent was parked as (and its turns then): its memory is that
-        # image's until it runs again, so another agent can take it over (become)
+        self._sharers: list[weakref.ref[Snapshot]] = []
+        # the snapshot its agent was parked as (and its turns then): its memory is that
+        # snapshot's until it runs again, so another agent can take it over (become)
         self._parked_as: tuple[ParkedImage, int] | None = None
-        # the kernel's list of the pages written since the last image (dirty.py; None
-        # where it cannot), and the image buffer that equals the memory as of that image:
-        # the next image copies only the written pages into it (used on the session thread)
+        # the kernel's list of the pages written since the last snapshot (dirty.py; None
+        # where it cannot), and the snapshot buffer that equals the memory as of that snapshot:
+        # the next snapshot copies only the written pages into it (used on the session thread)
         self._dirty: DirtyPages | None = None
         self._dirty_tried = False
         self._dirty_buffer: mmap.mmap | None = None
-        # the pages written since the memory was that of an image (None: not known), for
+        # the pages written since the memory was that of a snapshot (None: not known), for
         # parking: only those can differ from it
         self._touched: set[int] | None = None
-        self._touched_base: MemoryImage | None = None
+        self._touched_base: Snapshot | None = None
         self._boot_source = b""
         self._started_ns = time.monotonic_ns()
         self._memory_bytes = 0
-        self._engine, self._module = image.new_engine()
+        self._engine, self._module = runtime.new_engine()
         self._store = wasmtime.Store(self._engine)
         self._store.set_limits(memory_size=memory_bytes)
-        self._fuel_enabled = image.settings.fuel
+        self._fuel_enabled = runtime.settings.fuel
         self._requests: list[bytes] = []
         self._cv = threading.Condition()
         self._inbuf = b""
@@ -359,7 +342,7 @@ class Session:
         wasi = wasmtime.WasiConfig()
         # the runner gets its own file name, so tracebacks can leave its frames out
         source, source_sha = runner_identity()
-        self._blob_key = (source_sha, str(image.cwasm))
+        self._blob_key = (source_sha, str(runtime.cwasm))
         blob = _runner_blobs.get(self._blob_key)
         runner_arg = "M:" + blob if blob else source
         self._store.set_wasi(wasi)
@@ -369,7 +352,7 @@ class Session:
         i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
         # the standard library zip, read-only from host memory; a scratch area in host
         # memory for writes (never the host's files)
-        self._fs = MemoryFS(shared_zip(image.stdlib_zip()), zip_path=image.pin.zip_path,
+        self._fs = MemoryFS(shared_zip(runtime.stdlib_zip()), zip_path=runtime.pin.zip_path,
                             scratch_bytes=scratch_budget(memory_bytes))
         self._fs.install(linker, lambda: self._memory, stdio_read=self._fd_read,
                          stdio_write=self._fd_write)
@@ -399,8 +382,8 @@ class Session:
         self._turn_func = turn
 
         self._deadline_ticks = 0
-        if from_image is not None:
-            self._restore(from_image, memory_bytes, fresh=True)
+        if from_snapshot is not None:
+            self._restore(from_snapshot, memory_bytes, fresh=True)
             self._thread = threading.Thread(target=self._run, name="wasm-exec-session",
                                             daemon=True)
             self._thread.start()
@@ -409,8 +392,8 @@ class Session:
                 "implicit": implicit_imports(frozenset(allowed)),
                 "default_imports": dict(default_imports),
                 # the runtime's genuine compiled modules: all the import machinery may load
-                "code_index": image.code_index(), "turns": True,
-                "preload": list(image.pin.preload)}
+                "code_index": runtime.code_index(), "turns": True,
+                "preload": list(runtime.pin.preload)}
         self._inbuf = encode_request(init)
         self._arm(self._boot)
         self._call = self._boot
@@ -463,7 +446,7 @@ class Session:
             call_id = next(self._ids)
             payload = dict(payload, id=call_id, max_globals_bytes=limits.max_globals_bytes)
             if self._reseed:
-                payload["reseed"] = True  # restored from an image: fresh random numbers
+                payload["reseed"] = True  # restored from a snapshot: fresh random numbers
                 self._reseed = False
             if self._want_streams:
                 payload["streams"] = True  # (the addresses of the runner's streams)
@@ -526,8 +509,8 @@ class Session:
 
     def files(self, fn: Callable[[MemoryFS], T], *, changes: bool) -> T:
         """``fn(fs)`` run on the session thread between turns (never during a call, nor
-        while an image is taken); returns its value or raises its exception. With
-        ``changes``, the latest image (when it is that of the last answered call) takes the
+        while a snapshot is taken); returns its value or raises its exception. With
+        ``changes``, the latest snapshot (when it is that of the last answered call) takes the
         file system as ``fn`` left it: a later call stopped by a limit rolls back to the
         files the host put in. Raises :class:`SessionDead` when the interpreter is gone."""
         with self._lock:
@@ -554,53 +537,53 @@ class Session:
             job.error = e
         if job.changes:
             with self._cv:
-                image = self.latest_image
-                if image is not None and self._image_of == self._answered:
-                    # the same memory with the files as they are now (the previous image
+                snapshot = self.latest_snapshot
+                if snapshot is not None and self._snapshot_of == self._answered:
+                    # the same memory with the files as they are now (the previous snapshot
                     # object may still be held, by a standby being restored from it: its
-                    # pages are reused for a later image only once it is gone)
-                    self._sharers.append(weakref.ref(image))
+                    # pages are reused for a later snapshot only once it is gone)
+                    self._sharers.append(weakref.ref(snapshot))
                     try:
-                        self.latest_image = dataclasses.replace(image, fs=self._fs.snapshot())
-                    except Exception:  # noqa: BLE001 - no image: a stop then loses the state
-                        self.latest_image = None
+                        self.latest_snapshot = dataclasses.replace(snapshot, fs=self._fs.snapshot())
+                    except Exception:  # noqa: BLE001 - no snapshot: a stop then loses the state
+                        self.latest_snapshot = None
         job.done.set()
 
     @property
-    def keep_images(self) -> bool:
-        return self._keep_images
+    def keep_snapshots(self) -> bool:
+        return self._keep_snapshots
 
-    @keep_images.setter
-    def keep_images(self, value: bool) -> None:
-        self._keep_images = bool(value)
+    @keep_snapshots.setter
+    def keep_snapshots(self, value: bool) -> None:
+        self._keep_snapshots = bool(value)
 
-    def wait_image(self, timeout: float = 30.0, current: bool = False) -> MemoryImage | None:
-        """The latest image of the interpreter (None when it died before one was taken).
+    def wait_snapshot(self, timeout: float = 30.0, current: bool = False) -> Snapshot | None:
+        """The latest snapshot of the interpreter (None when it died before one was taken).
         With ``current``, one taken after the last answered call (waiting for it, or asking
         for one)."""
-        self._imaged.wait(timeout)
+        self._snapped.wait(timeout)
         if not current:
-            return self.latest_image
+            return self.latest_snapshot
         with self._cv:
-            if not self._await_answered_image(timeout):
+            if not self._await_answered_snapshot(timeout):
                 return None
-            return self.latest_image if self._dead is None else None
+            return self.latest_snapshot if self._dead is None else None
 
-    def answered_image(self, timeout: float = 30.0) -> MemoryImage | None:
-        """The image taken after the last answered call (waiting for it, or asking for
+    def answered_snapshot(self, timeout: float = 30.0) -> Snapshot | None:
+        """The snapshot taken after the last answered call (waiting for it, or asking for
         one), also when the interpreter has stopped since (as a roll-back uses it); None
         when there is none (the interpreter died before it was taken)."""
         with self._cv:
-            if not self._await_answered_image(timeout):
+            if not self._await_answered_snapshot(timeout):
                 return None
-            return self.latest_image if self._image_of == self._answered else None
+            return self.latest_snapshot if self._snapshot_of == self._answered else None
 
-    def _await_answered_image(self, timeout: float) -> bool:
-        """With ``self._cv`` held: ask for an image of the last answered call and wait
+    def _await_answered_snapshot(self, timeout: float) -> bool:
+        """With ``self._cv`` held: ask for a snapshot of the last answered call and wait
         until it is taken or the interpreter died; False when ``timeout`` ran out."""
         deadline = time.monotonic() + timeout
-        while self._image_of != self._answered and self._dead is None:
-            self._want_image = True
+        while self._snapshot_of != self._answered and self._dead is None:
+            self._want_snapshot = True
             self._cv.notify_all()
             left = deadline - time.monotonic()
             if left <= 0:
@@ -608,45 +591,45 @@ class Session:
             self._cv.wait(min(left, 0.05))  # (a death is not notified)
         return True
 
-    def current_image(self) -> MemoryImage | None:
-        """The image taken after the last answered turn (None when there is none: the
+    def current_snapshot(self) -> Snapshot | None:
+        """The snapshot taken after the last answered turn (None when there is none: the
         turn after it was not imaged, or the interpreter died first)."""
-        if not self._imaged.is_set():
+        if not self._snapped.is_set():
             return None
         with self._cv:
-            return self.latest_image if self._image_of == self._answered else None
+            return self.latest_snapshot if self._snapshot_of == self._answered else None
 
-    def reload(self, image: MemoryImage, memory_bytes: int, *,
-               base: MemoryImage | None = None, pages: list[int] | None = None) -> bool:
-        """Make this restored, never-used interpreter that of ``image`` instead, writing
+    def reload(self, snapshot: Snapshot, memory_bytes: int, *,
+               base: Snapshot | None = None, pages: list[int] | None = None) -> bool:
+        """Make this restored, never-used interpreter that of ``snapshot`` instead, writing
         only the pages that differ (``pages``: those that can, when this interpreter is
         ``base``'s, never used since it was restored from it; else the memory is compared
         first). False when it cannot (it was used, died, or holds more memory than the
-        image)."""
+        snapshot)."""
         if not self._lock.acquire(blocking=False):
             return False
         try:
             if (self._dead is not None or self._closing or self.calls or self._answered
                     or self._call is not None or self._memory is None
-                    or self._memory.data_len(self._store) > image.size):
+                    or self._memory.data_len(self._store) > snapshot.size):
                 return False
-            # (this memory is that of `pristine`, an image in host memory: the pages to
-            # write are found by comparing the two images, not by reading this memory)
+            # (this memory is that of `pristine`, a snapshot in host memory: the pages to
+            # write are found by comparing the two snapshots, not by reading this memory)
             pristine = (self._touched_base if self._touched == set()
-                        and self.latest_image is self._touched_base else None)
+                        and self.latest_snapshot is self._touched_base else None)
             known = None
             if pristine is not None:
 
                 known = (pages if base is pristine and pages is not None
-                         else list(changed_pages(image.memory, image.size, pristine.memory,
+                         else list(changed_pages(snapshot.memory, snapshot.size, pristine.memory,
                                                  pristine.size)))
-            self._restore(image, memory_bytes, pages=known)
+            self._restore(snapshot, memory_bytes, pages=known)
             return True
         finally:
             self._lock.release()
 
     def mark_parked(self, parked: ParkedImage) -> None:
-        """This interpreter's agent was parked as ``parked`` (an image of its memory as it
+        """This interpreter's agent was parked as ``parked`` (a snapshot of its memory as it
         is now): another agent may :meth:`become` it by writing only changed pages."""
         self._parked_as = (parked, self._answered)
 
@@ -654,9 +637,9 @@ class Session:
                reseed: bool = False) -> bool:
         """Make this idle interpreter the one parked as ``target`` (``contents``: its
         pages), writing only the pages that differ: possible when this interpreter's
-        memory is ``target``'s base (restored from it and never used since) or an image
+        memory is ``target``'s base (restored from it and never used since) or a snapshot
         parked on the same base (see :meth:`mark_parked`; not used since). Writes the
-        same pages into its roll-back image when that is its own; else copies the memory
+        same pages into its roll-back snapshot when that is its own; else copies the memory
         once. False (nothing changed) when it cannot. ``reseed``: fresh random numbers
         (a copy of an agent, not the agent itself)."""
 
@@ -666,9 +649,9 @@ class Session:
             with self._cv:
                 idle = (self._dead is None and not self._closing and self._call is None
                         and not self._requests and self._memory is not None
-                        and self._image_of == self._answered and self._imaged.is_set()
+                        and self._snapshot_of == self._answered and self._snapped.is_set()
                         and self._boot.done.is_set())
-            if not idle or target.runtime_sha256 != self._image.pin.sha256:
+            if not idle or target.runtime_sha256 != self._runtime.pin.sha256:
                 return False
             if target.size > memory_bytes or len(contents) != PAGE * len(target.pages) \
                     or target.fs is None:
@@ -678,7 +661,7 @@ class Session:
                     and parked[0].base is target.base):
                 previous, have = parked[0].pages, parked[0].size
             elif (self.calls == 0 and target.base is not None
-                  and self.latest_image is target.base):
+                  and self.latest_snapshot is target.base):
                 previous, have = (), target.base.size
             else:
                 return False
@@ -694,9 +677,9 @@ class Session:
             writes = [(p, old_contents, i) for i, p in enumerate(back)]
             writes += [(p, contents, i) for i, p in enumerate(target.pages)]
             base = ctypes.addressof(self._memory.data_ptr(self._store).contents)
-            # the roll-back image: its own buffer when it is a copy of this memory (it is
+            # the roll-back snapshot: its own buffer when it is a copy of this memory (it is
             # patched alike), else a full copy of the memory once it is written
-            old = self.latest_image
+            old = self.latest_snapshot
             image_buf = None
             if (old is not None and old is not target.base and target.size == old.size
                     and any(old.memory is b for b in self._buffers)
@@ -705,7 +688,7 @@ class Session:
             elif (self._dirty_buffer is not None and have == target.size
                   and len(self._dirty_buffer) == target.size
                   and (old is None or old.memory is not self._dirty_buffer)):
-                image_buf = self._dirty_buffer  # (the memory's copy, held by no image)
+                image_buf = self._dirty_buffer  # (the memory's copy, held by no snapshot)
             del old
             pinned = Pinned(image_buf) if image_buf is not None else None
             try:
@@ -722,7 +705,7 @@ class Session:
                 ctypes.memmove((ctypes.c_char * target.size).from_buffer(image_buf), base,
                                target.size)
                 self._buffers = (self._buffers + [image_buf])[-2:]
-                self._dirty_buffer = None  # (the next image copies it all once)
+                self._dirty_buffer = None  # (the next snapshot copies it all once)
             if self._dirty is not None and target.base is not None:
                 # (what it wrote is listed too: only these pages can differ from the base)
                 self._touched, self._touched_base = set(target.pages), target.base
@@ -737,10 +720,10 @@ class Session:
             self._mono_shift = max(0, target.monotonic_ns - now)
             self._memory_bytes = target.size
             with self._cv:
-                self.latest_image = MemoryImage(
+                self.latest_snapshot = Snapshot(
                     image_buf, target.fs, dict(target.default_import_errors),
                     target.monotonic_ns, target.runtime_sha256, target.token)
-                self._image_of = self._answered
+                self._snapshot_of = self._answered
             return True
         finally:
             self._lock.release()
@@ -788,7 +771,7 @@ class Session:
 
     def _serve_turns(self, store: wasmtime.Store) -> None:
         """The session thread of a reactor runtime: the boot turn (unless restored from
-        an image), then one turn per request; an image after each answered turn."""
+        a snapshot), then one turn per request; a snapshot after each answered turn."""
         if self._boot_source:
             self._turn(self._boot_source)
             self._boot_source = b""
@@ -799,14 +782,14 @@ class Session:
             _ticker.remove(self._engine)  # idle: no epoch to advance
             with self._cv:
                 while (not self._requests and self._abort_reason is None and not self._jobs
-                       and not (self._want_image and self._image_of != self._answered)):
+                       and not (self._want_snapshot and self._snapshot_of != self._answered)):
                     self._cv.wait()
                 if self._abort_reason is not None:
                     raise _Abort(self._abort_reason)
                 job = None
                 if self._jobs and not (self._requests and not self._requests[0]):
                     job = self._jobs.pop(0)  # (the host's files; a close goes first)
-                elif not self._requests:  # an image of the interpreter as it is now
+                elif not self._requests:  # a snapshot of the interpreter as it is now
                     self._publish(self._capture_or_none())
                     continue
                 else:
@@ -833,43 +816,43 @@ class Session:
             self._after_turn()
 
     def _after_turn(self) -> None:
-        """Between turns (the caller has its answer already): keep the rollback image."""
+        """Between turns (the caller has its answer already): keep the rollback snapshot."""
         self._memory_bytes = self._read_memory_size()
-        if self._keep_images or self.latest_image is None or self._want_image:
+        if self._keep_snapshots or self.latest_snapshot is None or self._want_snapshot:
             with self._cv:
-                # the previous image's pages, when nothing but this session holds it (a
+                # the previous snapshot's pages, when nothing but this session holds it (a
                 # copy into pages already mapped costs a tenth of one into new pages)
-                old = self.latest_image
+                old = self.latest_snapshot
                 reuse = None
                 if (old is not None and any(old.memory is b for b in self._buffers)
                         and sys.getrefcount(old) <= 3  # the attribute, `old`, the call
                         and all(ref() is None for ref in self._sharers)):
                     reuse = old.memory
-                    self.latest_image = None
+                    self.latest_snapshot = None
                 elif self._dirty_buffer is not None and (
                         old is None or old.memory is not self._dirty_buffer):
-                    reuse = self._dirty_buffer  # (held by no image: prepared at a restore)
+                    reuse = self._dirty_buffer  # (held by no snapshot: prepared at a restore)
                 del old
-                self._sharers = []  # (the next image is in pages of its own)
-            image = self._capture_or_none(reuse)
+                self._sharers = []  # (the next snapshot is in pages of its own)
+            snapshot = self._capture_or_none(reuse)
             with self._cv:
-                self._publish(image)
-        self._imaged.set()
+                self._publish(snapshot)
+        self._snapped.set()
 
-    def _capture_or_none(self, reuse: mmap.mmap | None = None) -> MemoryImage | None:
+    def _capture_or_none(self, reuse: mmap.mmap | None = None) -> Snapshot | None:
         try:
             return self._capture(reuse)
-        except Exception:  # noqa: BLE001 - no image: a stop then loses the interpreter
+        except Exception:  # noqa: BLE001 - no snapshot: a stop then loses the interpreter
             return None
 
-    def _publish(self, image: MemoryImage | None) -> None:
-        """Make ``image`` the latest, taken after the last answer (hold ``self._cv``)."""
-        self.latest_image = image
-        self._image_of = self._answered
-        self._want_image = False
+    def _publish(self, snapshot: Snapshot | None) -> None:
+        """Make ``snapshot`` the latest, taken after the last answer (hold ``self._cv``)."""
+        self.latest_snapshot = snapshot
+        self._snapshot_of = self._answered
+        self._want_snapshot = False
         self._cv.notify_all()
 
-    def _capture(self, reuse: mmap.mmap | None = None) -> MemoryImage:
+    def _capture(self, reuse: mmap.mmap | None = None) -> Snapshot:
         assert self._memory is not None and self._fs is not None
         fs_state = self._fs.snapshot()  # (first: if it fails, no page was overwritten)
         base = ctypes.addressof(self._memory.data_ptr(self._store).contents)
@@ -886,7 +869,7 @@ class Session:
         target = ctypes.addressof((ctypes.c_char * size).from_buffer(copy))
         regions = self._written(base, size)
         if regions is not None and copy is self._dirty_buffer:
-            # only what the turn (or the host) wrote since the image this buffer holds
+            # only what the turn (or the host) wrote since the snapshot this buffer holds
             for lo, hi in regions:
                 ctypes.memmove(target + lo, base + lo, hi - lo)
         else:
@@ -898,24 +881,24 @@ class Session:
         if self._touched is not None and regions is not None:
             for lo, hi in regions:
                 self._touched.update(range(lo // 4096, hi // 4096))
-        image = MemoryImage(copy, fs_state,
+        snapshot = Snapshot(copy, fs_state,
                             dict(self.default_import_errors),
                             time.monotonic_ns() - _CLOCK_ORIGIN + self._mono_shift,
-                            self._image.pin.sha256, self._token)
+                            self._runtime.pin.sha256, self._token)
         if regions is None and self._dirty is not None:
-            # tracked from now on: only the pages written later can differ from this image
-            self._touched, self._touched_base = set(), image
-        return image
+            # tracked from now on: only the pages written later can differ from this snapshot
+            self._touched, self._touched_base = set(), snapshot
+        return snapshot
 
-    def rebase(self, image: MemoryImage, same: MemoryImage) -> None:
-        """``same`` is a copy of ``image`` (the same bytes): what this interpreter knows
-        relative to ``image`` holds relative to ``same`` too."""
+    def rebase(self, snapshot: Snapshot, same: Snapshot) -> None:
+        """``same`` is a copy of ``snapshot`` (the same bytes): what this interpreter knows
+        relative to ``snapshot`` holds relative to ``same`` too."""
         with self._cv:
-            if self._touched_base is image:
+            if self._touched_base is snapshot:
                 self._touched_base = same
 
     def _written(self, base: int, size: int) -> list[tuple[int, int]] | None:
-        """The ranges of the memory written since the last image (None: unknown); a part
+        """The ranges of the memory written since the last snapshot (None: unknown); a part
         the memory grew by counts as written (and is tracked from now on)."""
         tracker = self._dirty
         if tracker is None:
@@ -951,84 +934,84 @@ class Session:
             tracker.close()
             return False
 
-    def pages_changed_from(self, image: MemoryImage) -> list[int] | None:
-        """The pages that can differ from ``image`` (written since the memory was that
-        image's, as of the latest image taken); None when that is not known."""
+    def pages_changed_from(self, snapshot: Snapshot) -> list[int] | None:
+        """The pages that can differ from ``snapshot`` (written since the memory was that
+        snapshot's, as of the latest snapshot taken); None when that is not known."""
         with self._cv:
-            if (self._touched is None or self._touched_base is not image
-                    or self._image_of != self._answered):
+            if (self._touched is None or self._touched_base is not snapshot
+                    or self._snapshot_of != self._answered):
                 return None
             return sorted(self._touched)
 
-    def _restore(self, image: MemoryImage, memory_bytes: int, fresh: bool = False,
+    def _restore(self, snapshot: Snapshot, memory_bytes: int, fresh: bool = False,
                  pages: list[int] | None = None) -> None:
-        """Make this instance the interpreter of ``image`` (before its thread runs).
+        """Make this instance the interpreter of ``snapshot`` (before its thread runs).
 
         ``fresh``: the instance was just made, so its memory is the module's baked
         memory, mapped copy-on-write from the compiled file: only the pages where the
-        image differs from it are written (the rest stays shared by every interpreter).
-        ``pages``: the only pages where the image can differ from this memory. Otherwise
-        the memory is compared with the image and only the pages that differ written."""
+        snapshot differs from it are written (the rest stays shared by every interpreter).
+        ``pages``: the only pages where the snapshot can differ from this memory. Otherwise
+        the memory is compared with the snapshot and only the pages that differ written."""
         self._dirty_buffer = None
         self._touched = None
         assert self._memory is not None and self._fs is not None
-        if image.runtime_sha256 != self._image.pin.sha256:
-            raise ValueError("the memory image belongs to another runtime build")
-        if image.size > memory_bytes:
-            raise ValueError(f"the memory image needs {image.size} bytes of memory; the "
+        if snapshot.runtime_sha256 != self._runtime.pin.sha256:
+            raise ValueError("the memory snapshot belongs to another runtime build")
+        if snapshot.size > memory_bytes:
+            raise ValueError(f"the memory snapshot needs {snapshot.size} bytes of memory; the "
                              f"memory limit is {memory_bytes} (limits.memory_bytes)")
         page = 65536
         have = self._memory.data_len(self._store)
-        if image.size > have:
-            self._memory.grow(self._store, (image.size - have + page - 1) // page)
+        if snapshot.size > have:
+            self._memory.grow(self._store, (snapshot.size - have + page - 1) // page)
         base = ctypes.addressof(self._memory.data_ptr(self._store).contents)
-        source = image.memory
+        source = snapshot.memory
         src = (ctypes.cast(ctypes.c_char_p(source), ctypes.c_void_p).value or 0
                if isinstance(source, bytes)
-               else ctypes.addressof((ctypes.c_char * image.size).from_buffer(source)))
-        if fresh and image.size >= have:
-            baked = sharing.baked_memory(self._image.pin.sha256, base, have)
-            for off, length in sharing.differing_runs(image, baked):
+               else ctypes.addressof((ctypes.c_char * snapshot.size).from_buffer(source)))
+        if fresh and snapshot.size >= have:
+            baked = sharing.baked_memory(self._runtime.pin.sha256, base, have)
+            for off, length in sharing.differing_runs(snapshot, baked):
                 ctypes.memmove(base + off, src + off, length)
         elif pages is not None:
             for p in pages:
                 at = p * 4096
-                if at < image.size:
-                    ctypes.memmove(base + at, src + at, min(4096, image.size - at))
+                if at < snapshot.size:
+                    ctypes.memmove(base + at, src + at, min(4096, snapshot.size - at))
         else:
-            sharing.write_differences(base, src, image.size)
+            sharing.write_differences(base, src, snapshot.size)
         # from now on the written pages are listed (see _capture): for parking, only they
-        # can differ from this image
+        # can differ from this snapshot
         if self._track(base, self._memory.data_len(self._store)):
-            self._touched, self._touched_base = set(), image
-            # a roll-back image that starts as a copy-on-write mapping of this one (when
-            # it is in a memory file: a boot image): the first image after a call copies
+            self._touched, self._touched_base = set(), snapshot
+            # a roll-back snapshot that starts as a copy-on-write mapping of this one (when
+            # it is in a memory file: a boot snapshot): the first snapshot after a call copies
             # only the pages written
-            cow = sharing.cow_copy(image)
+            cow = sharing.cow_copy(snapshot)
             if cow is not None:
                 self._buffers = (self._buffers + [cow])[-2:]
                 self._dirty_buffer = cow
-        self._fs.restore(image.fs)
+        self._fs.restore(snapshot.fs)
         self._parked_as = None
         self._boot_source = b""
-        self.default_import_errors = dict(image.default_import_errors)
-        # the token the image's runner holds (sent to no one: a copy of an interpreter
+        self.default_import_errors = dict(snapshot.default_import_errors)
+        # the token the snapshot's runner holds (sent to no one: a copy of an interpreter
         # answers on its own channel only), fresh random numbers, a clock that never goes
         # back
-        self._token = image.token
+        self._token = snapshot.token
         self._reader = ReplyReader(self._token, 1 << 20)
         self._reseed = True
         now = time.monotonic_ns() - _CLOCK_ORIGIN
-        self._mono_shift = max(0, image.monotonic_ns - now)
+        self._mono_shift = max(0, snapshot.monotonic_ns - now)
         # the streams are where this runtime build's first interpreter found them, in
-        # every interpreter restored from an image of one; else the runner says
-        layout = streams.known_layout(self._image.pin.sha256)
+        # every interpreter restored from a snapshot of one; else the runner says
+        layout = streams.known_layout(self._runtime.pin.sha256)
         self._stream_layout = (layout if layout is not None
                                and streams.layout_holds(layout, self._read_idle) else None)
         self._want_streams = self._stream_layout is None
-        self.latest_image = image
-        self._answered = self._image_of = 0
-        self._imaged.set()
+        self.latest_snapshot = snapshot
+        self._answered = self._snapshot_of = 0
+        self._snapped.set()
         self._boot.reply = {"id": 0, "ready": True, "errors": self.default_import_errors}
         self._boot.done.set()
 
@@ -1099,7 +1082,7 @@ class Session:
             self._cv.notify_all()
             # a cancel with no call in wasm (none taken yet, or the end of the previous
             # turn still running, after its answer): the serving loop stops before the
-            # next call, and that turn ends and leaves its image (the roll-back's), as
+            # next call, and that turn ends and leaves its snapshot (the roll-back's), as
             # after any answered call
             if reason == STOP_CANCELLED and self._call is None and not force:
                 return
@@ -1164,8 +1147,8 @@ class Session:
         during = self._call is not None and self._call is not self._boot
         pending = self._pending
         if (not during and pending is not None and not pending.done.is_set()
-                and self._image_of == self._answered and self._boot.done.is_set()):
-            # stopped before it took the call waiting for it, with the image of its last
+                and self._snapshot_of == self._answered and self._boot.done.is_set()):
+            # stopped before it took the call waiting for it, with the snapshot of its last
             # answered turn taken: that call is rolled back like one stopped while it ran
             during = True
         self._dead = SessionDead(reason, detail, during)
@@ -1326,10 +1309,10 @@ class Session:
                 # streams.calibrate)
                 self._stream_layout = streams.calibrate(
                     ids, lambda a, n: self._read_guest(caller, a, n),
-                    self._image.pin.sha256 if call is self._boot else None)
+                    self._runtime.pin.sha256 if call is self._boot else None)
                 self._want_streams = False  # (found or not: asked once)
         call.reply = reply
-        self._answered += 1  # (before the caller can ask for an image of it)
+        self._answered += 1  # (before the caller can ask for a snapshot of it)
         call.ended = time.perf_counter()
         if self._fuel_enabled:
             call.fuel_left = _safe_fuel(self._store)

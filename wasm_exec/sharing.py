@@ -1,15 +1,15 @@
 """Memory pages interpreters share instead of each holding a copy (issue 15 item 2).
 
 - A fresh instance's linear memory is the module's baked memory, which wasmtime maps
-  copy-on-write from the compiled file: restoring an image into it writes only the pages
-  where the image differs from that memory (:func:`differing_runs`, about a third of a
-  boot image), and the rest stays one copy in the page cache for every interpreter.
-- A boot image (a configuration's warm-start template) is kept in an anonymous memory
-  file (:func:`shareable`): the roll-back image of an interpreter restored from it starts
+  copy-on-write from the compiled file: restoring a snapshot into it writes only the pages
+  where the snapshot differs from that memory (:func:`differing_runs`, about a third of a
+  boot snapshot), and the rest stays one copy in the page cache for every interpreter.
+- A boot snapshot (a configuration's warm-start template) is kept in an anonymous memory
+  file (:func:`shareable`): the roll-back snapshot of an interpreter restored from it starts
   as a private mapping of that file (:func:`cow_copy`), so it costs nothing until the
   pages a call wrote are copied into it.
 
-Where memory files are not available, images are plain copies as before.
+Where memory files are not available, snapshots are plain copies as before.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any
 from .pages import CHUNK, PAGE, changed_pages, memcmp
 
 if TYPE_CHECKING:
-    from .session import MemoryImage
+    from .snapshot import Snapshot
 
 _lock = threading.Lock()
 _baked: dict[str, mmap.mmap] = {}          # runtime build -> its modules' baked memory
-_runs: dict[int, list[tuple[int, int]]] = {}  # id(image) -> where it differs from baked
-_files: dict[int, int] = {}                # id(image) -> the memory file its memory is in
+_runs: dict[int, list[tuple[int, int]]] = {}  # id(snapshot) -> where it differs from baked
+_files: dict[int, int] = {}                # id(snapshot) -> the memory file its memory is in
 
 
 def baked_memory(runtime_sha256: str, address: int, size: int) -> mmap.mmap:
@@ -52,16 +52,16 @@ def _address(buf: Any) -> tuple[int, Any]:
     return ctypes.addressof(view), view
 
 
-def differing_runs(image: MemoryImage, baked: mmap.mmap) -> list[tuple[int, int]]:
-    """(offset, length) runs of ``image``'s memory that differ from ``baked`` (zeros past
-    its end), whole pages; remembered for images kept for many restores (templates)."""
-    key = id(image)
+def differing_runs(snapshot: Snapshot, baked: mmap.mmap) -> list[tuple[int, int]]:
+    """(offset, length) runs of ``snapshot``'s memory that differ from ``baked`` (zeros past
+    its end), whole pages; remembered for snapshots kept for many restores (templates)."""
+    key = id(snapshot)
     with _lock:
         cached = _runs.get(key)
     if cached is not None:
         return cached
 
-    pages = changed_pages(image.memory, image.size, baked, len(baked))
+    pages = changed_pages(snapshot.memory, snapshot.size, baked, len(baked))
     out: list[tuple[int, int]] = []
     for p in pages:
         at = p * PAGE
@@ -72,26 +72,26 @@ def differing_runs(image: MemoryImage, baked: mmap.mmap) -> list[tuple[int, int]
     if key in _files:
         with _lock:
             _runs[key] = out
-        weakref.finalize(image, _runs.pop, key, None)
+        weakref.finalize(snapshot, _runs.pop, key, None)
     return out
 
 
-def shareable(image: MemoryImage) -> MemoryImage:
-    """``image`` with its memory in an anonymous memory file (the same bytes), so that
-    :func:`cow_copy` can map it copy-on-write; ``image`` itself where that is not
+def shareable(snapshot: Snapshot) -> Snapshot:
+    """``snapshot`` with its memory in an anonymous memory file (the same bytes), so that
+    :func:`cow_copy` can map it copy-on-write; ``snapshot`` itself where that is not
     possible."""
     if not hasattr(os, "memfd_create"):
-        return image
+        return snapshot
     try:
-        fd = os.memfd_create("wasm-exec-image", os.MFD_CLOEXEC)
+        fd = os.memfd_create("wasm-exec-snapshot", os.MFD_CLOEXEC)
     except OSError:
-        return image
+        return snapshot
     try:
-        size = image.size
+        size = snapshot.size
         os.ftruncate(fd, max(size, 1))
         view = mmap.mmap(fd, max(size, 1), flags=mmap.MAP_SHARED,
                          prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        src, hold = _address(image.memory)
+        src, hold = _address(snapshot.memory)
         dst, dst_hold = _address(view)
         ctypes.memmove(dst, src, size)
         del hold, dst_hold
@@ -101,8 +101,8 @@ def shareable(image: MemoryImage) -> MemoryImage:
                            prot=mmap.PROT_READ | mmap.PROT_WRITE)
     except (OSError, ValueError, BufferError):
         os.close(fd)
-        return image
-    shared = replace(image, memory=memory)
+        return snapshot
+    shared = replace(snapshot, memory=memory)
     with _lock:
         _files[id(shared)] = fd
     weakref.finalize(shared, _forget_file, id(shared), fd)
@@ -115,15 +115,15 @@ def _forget_file(key: int, fd: int) -> None:
     os.close(fd)
 
 
-def cow_copy(image: MemoryImage) -> mmap.mmap | None:
-    """A private, copy-on-write mapping of ``image``'s memory file (None when it has
+def cow_copy(snapshot: Snapshot) -> mmap.mmap | None:
+    """A private, copy-on-write mapping of ``snapshot``'s memory file (None when it has
     none): a buffer equal to its memory that costs only the pages written into it."""
     with _lock:
-        fd = _files.get(id(image))
+        fd = _files.get(id(snapshot))
         if fd is None:
             return None
         try:
-            return mmap.mmap(fd, max(image.size, 1), flags=mmap.MAP_PRIVATE,
+            return mmap.mmap(fd, max(snapshot.size, 1), flags=mmap.MAP_PRIVATE,
                              prot=mmap.PROT_READ | mmap.PROT_WRITE)
         except (OSError, ValueError):
             return None

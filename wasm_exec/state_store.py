@@ -48,7 +48,8 @@ from . import images
 from .errors import ImageError, WasmExecError
 
 if TYPE_CHECKING:
-    from .session import MemoryImage, Session
+    from .session import Session
+    from .snapshot import Snapshot
     from .vfs import MemoryFS
 
 log = logging.getLogger("wasm_exec.state_store")
@@ -424,7 +425,7 @@ class AgentState:
         if queue:
             _worker.submit(self)
 
-    def save_image(self, image: MemoryImage, fs: MemoryFS) -> int:
+    def save_image(self, image: Snapshot, fs: MemoryFS) -> int:
         """Save ``image`` now, on this thread; returns the bytes written."""
         started, cpu = time.perf_counter(), time.thread_time()
         body = self._deflate.compress(image.memory)
@@ -453,7 +454,7 @@ class AgentState:
                 return
             error = None
             try:
-                image = session.answered_image(IMAGE_WAIT_SECONDS)
+                image = session.answered_snapshot(IMAGE_WAIT_SECONDS)
                 if image is not None:
                     # a copy of its memory (a few ms, into pages this thread has mapped
                     # already), so that the session gets its image's pages back at once:
@@ -501,7 +502,7 @@ class AgentState:
 
     # ------------------------------------------------------------------ load
     def load(self, memory_bytes: int, scratch_bytes: int, fs: MemoryFS,
-             runtime_sha256: str) -> MemoryImage | None:
+             runtime_sha256: str) -> Snapshot | None:
         """The stored image of this agent, checked against this executor's configuration
         (None when there is none). Raises :class:`ImageError` when one is stored but
         cannot be used (damaged, not signed with this key, another runtime build or
@@ -540,7 +541,7 @@ class AgentState:
 _scratch = threading.local()  # (per worker thread: freed when the thread ends)
 
 
-def _scratch_copy(image: MemoryImage) -> MemoryImage:
+def _scratch_copy(image: Snapshot) -> Snapshot:
     """``image`` with its memory copied into this thread's scratch buffer."""
     size = image.size
     buffer: mmap.mmap | None = getattr(_scratch, "buffer", None)
