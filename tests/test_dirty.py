@@ -117,7 +117,7 @@ def test_restores_that_write_only_differing_pages_are_exact():
     """A new interpreter is its boot image; a fork is its original's image; a roll-back
     is the last answered call's image: byte for byte, although each wrote only the pages
     that differ (from the module's memory, or from the ready interpreter's)."""
-    import wasm_exec.pool as pool
+    import wasm_exec.supply as pool
 
     with PythonExecExecutor(timeout_seconds=20) as first:
         first.execute("x = 1")

@@ -177,7 +177,7 @@ def test_nonsense_resolver_options_are_refused(kwargs):
 def _session_threads() -> int:
     """Interpreter threads, leaving out those the process-wide warm-start cache keeps
     restored ahead (one per configuration, owned and freed by that cache)."""
-    from wasm_exec import pool
+    from wasm_exec import supply as pool
 
     standby = {s._thread for s in list(pool._standby.values())}
     return sum(1 for t in threading.enumerate()
@@ -197,7 +197,7 @@ def test_executor_dropped_unclosed_after_a_limit_frees_its_spare():
     ex = PythonExecExecutor(timeout_seconds=0.5, fuel=None, rollback=False)  # (the spare path)
     r = ex.execute("while True: pass")
     assert r.limit == "timeout"
-    spare = ex._spare  # the interpreter booted in the background for the next call
+    spare = ex._supply.spare_thread  # the interpreter booted in the background for the next call
     assert spare is not None
     spare.join(60)
     assert _session_threads() == before + 1  # the spare, waiting

@@ -45,7 +45,7 @@ def _session_threads() -> set[threading.Thread]:
 def _standby_threads():
     """Threads of the interpreters the process-wide warm-start cache keeps restored ahead
     (one per configuration, owned and freed by that cache, not by any executor)."""
-    from wasm_exec import pool
+    from wasm_exec import supply as pool
 
     return {s._thread for s in list(pool._standby.values())}
 

@@ -242,9 +242,9 @@ def test_rollback_standby_restores_an_interpreter_ahead_of_the_first_stop(rt):
     with make(rt, rollback_standby=True) as ex:
         assert ex.execute(STATE[rt]).success
         deadline = time.monotonic() + 30  # (restored in the background after the call)
-        while ex._rollback_standby is None and time.monotonic() < deadline:
+        while ex._supply.standby is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert ex._rollback_standby is not None
+        assert ex._supply.standby is not None
         r = ex.execute("k = 99\nwhile True: pass", limits={"fuel": 50_000_000})
         assert r.rolled_back
         assert ex.execute(CHECK[rt], return_globals=["out"]).globals == {"out": EXPECTED}

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-import wasm_exec.pool
+import wasm_exec.supply
 from wasm_exec import PythonExecExecutor, PythonExecExecutorResolver
 
 pytestmark = pytest.mark.slow
@@ -125,7 +125,7 @@ def _rss_mib() -> float:
 
 
 def _quiesce() -> None:
-    wasm_exec.pool.forget_templates()
+    wasm_exec.supply.forget_templates()
     for _ in range(3):
         gc.collect()
     # memory freed but kept by the C allocator's arenas (one per thread that allocated)

@@ -22,10 +22,10 @@ from .errors import (
 from .executor import DisplayValue, ExecutionResult, PythonExecExecutor
 from .files import FileInfo
 from .output import OutputChunk
-from .pool import SessionPool
 from .protocol import StopReason
 from .resolver import PythonExecExecutorResolver
 from .state_store import DirectoryStateStore, RedisStateStore, StateStore, StateStoreError
+from .supply import SessionPool
 
 __all__ = [
     "ConfigurationError",

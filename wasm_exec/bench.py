@@ -30,7 +30,7 @@ TEN_GLOBALS = "\n".join(f"g{i} = {i} * 2" for i in range(10))
 
 def bench_new_agent(repeat: int) -> list[Row]:
     from .executor import PythonExecExecutor
-    from .pool import SessionPool
+    from .supply import SessionPool
 
     native = _time(lambda: _native_exec("print(1)"), max(repeat, 20))
     nat = statistics.median(native)
@@ -253,7 +253,7 @@ def bench_snapshots(repeat: int) -> list[Row]:
 
     from .errors import WasmExecError
     from .executor import PythonExecExecutor
-    from .pool import forget_templates
+    from .supply import forget_templates
 
     def make(**kw: Any) -> PythonExecExecutor:
         return PythonExecExecutor(runtime="scientific", timeout_seconds=120,

@@ -39,16 +39,16 @@ from .files import (
     write_all,
 )
 from .output import Mailbox, OutputChunk, OutputDispatch, OutputHandler, in_callback_of
-from .pool import SessionKey, SessionPool, template_of
 from .protocol import (
     MAX_JSON_DEPTH,
     ProtocolError,
+    ResetReason,
     StopReason,
     check_json_value,
     is_plain_json,
     validate_call_reply,
 )
-from .runtime import EngineSettings, load_pin, load_runtime, profiles
+from .runtime import EngineSettings, load_pin, load_runtime, missing_module_hint, profiles
 from .session import STOP_CANCELLED, CallLimits, Session, SessionDead
 from .snapshot import Snapshot
 from .state_store import (
@@ -59,28 +59,10 @@ from .state_store import (
     check_key,
     open_state_store,
 )
+from .supply import AgentSupply, SessionKey, SessionPool, template_of
 from .tools import Stragglers, ToolBox, ToolFunction, check_tools, serving
 from .vfs import MemoryFS, host_path, scratch_budget
 from .zipfs import shared_zip
-
-# top-level packages the scientific runtime has and the minimal one lacks
-SCIENTIFIC_PACKAGES = frozenset({
-    "numpy", "pandas", "scipy", "sklearn", "statsmodels", "matplotlib", "PIL", "lxml",
-    "openpyxl", "xlsxwriter", "xlrd", "pypdf", "bs4", "html5lib", "xmltodict", "dateutil",
-    "sympy", "networkx", "seaborn", "regex", "yaml", "jinja2", "tabulate", "tqdm", "patsy",
-    "kiwisolver", "contourpy", "fontTools", "cycler", "pyparsing", "mpmath", "joblib",
-    "threadpoolctl", "markupsafe", "soupsieve", "defusedxml", "tzdata", "six", "packaging",
-    "reportlab", "narwhals", "toolz", "more_itertools", "charset_normalizer", "cloudpickle",
-    "formulaic", "wrapt", "typing_extensions", "attrs", "tomli_w"})
-
-
-def _runtime_hint(module: str, runtime: str) -> str:
-    top = module.split(".")[0]
-    if runtime == "minimal" and top in SCIENTIFIC_PACKAGES:
-        return (f" ({top} is not in the minimal runtime; the scientific runtime has it: "
-                "PythonExecExecutor(runtime=\"scientific\"))")
-    return ""
-
 
 _log = logging.getLogger("wasm_exec.state_store")
 
@@ -88,9 +70,6 @@ _log = logging.getLogger("wasm_exec.state_store")
 # each name twice, and has to fit the host's cap)
 MAX_RETURN_NAMES = 10_000
 MAX_NAME_CHARS = 1_000
-
-# why a call ran on a fresh interpreter (see ExecutionResult.reset_reason)
-ResetReason = Literal["reset", "evicted", "lost", "park_dropped", "park_failed"]
 
 # (the name ExecutionResult.limit had before StopReason; kept for type annotations)
 LimitName = StopReason
@@ -326,7 +305,7 @@ class PythonExecExecutor:
         self._key = SessionKey.of(self._settings, self.policy.allowed,
                                   self.policy.default_imports, self.limits.memory_bytes,
                                   runtime)
-        # an image of the interpreter is kept after each call (taken after the answer is
+        # a snapshot of the interpreter is kept after each call (taken after the answer is
         # returned), so that a stopped call rolls back instead of losing the agent's state
         self.rollback = bool(rollback)
         # an interpreter kept restored in the background from the start (not only after a
@@ -336,58 +315,54 @@ class PythonExecExecutor:
         # every runtime can be imaged (kept for compatibility: always True)
         self.snapshots = True
         self._pool = pool
-        self._spare: threading.Thread | None = None
-        # the interpreter booted in the background after a stop (see _prepare_spare); the
-        # boot thread holds this list and `_gone`, never the executor, so that an executor
-        # dropped unclosed is collected and its finalizer frees the spare too
-        self._spare_session: list[Session] = []
-        self._gone = [False]  # set once the executor is closed or collected
         self._lock = threading.RLock()
+        # every interpreter of this agent's (the one it runs on, the roll-back standby, the
+        # spare, its parked image) comes from and goes back to its supply
+        self._supply = AgentSupply(self._key, pool=pool, rollback=self.rollback,
+                                   rollback_standby=self.rollback_standby, lock=self._lock,
+                                   default_imports=self.policy.default_imports,
+                                   runtime=runtime)
+        ref = weakref.ref(self)  # (the supply must not keep its executor alive)
+        self._supply.room = lambda: _room_of(ref)
         self._closed = False
         self._last_used = time.monotonic()
         self.on_session_start: Callable[[PythonExecExecutor], None] | None = None
         # set by a resolver: makes room for an interpreter of this executor's (evicting
-        # or parking others) and may hand over one it freed (see _unpark)
+        # or parking others) and may hand over one it freed (see AgentSupply.room)
         self._room_for: Callable[[PythonExecExecutor], Session | None] | None = None
-        # (the lot and ticket of this agent's parked image while it is parked: freed
-        # with the executor, closed or collected)
-        self._parked: list[tuple[parking.ParkingLot, int] | None] = [None]
-        self._session: Session | None = None
-        self._rollback_standby: Session | None = None
-        self._rollback_thread: threading.Thread | None = None
         # why the next call runs on a fresh interpreter (ExecutionResult.reset_reason)
         self._reset_pending: ResetReason | None = None
         self._calls = 0  # calls that got the executor (see _Ticket.deliver)
-        # (the interpreter, and the standby one for roll-backs: closed if the executor is
-        # garbage collected unclosed)
-        self._holder: list[Session | None] = [None, None]
         # the agent's image in a state store: saved after each answered call, and what a
         # new executor of the same identity continues from (see state_store.py)
         self._state: AgentState | None = None
         self._resume = False  # the next call continues from the store (after release())
+        supply = self._supply
         if state_store is not None or state_key is not None or state_store_key is not None:
             self._state = _agent_state(self, state_store, state_key, state_store_key)
             if _restore is None:
-                stored = self._stored_image()
+                stored = self._stored_snapshot()
                 if stored is not None:
                     try:
-                        self._session = self._key.restore(stored, keep_snapshots=self.rollback)
+                        supply.adopt(supply.restore(stored))
                     except ValueError as e:
                         _log.warning("agent %r starts on a fresh interpreter: %s",
                                      self._state.identity, e)
                         self._reset_pending = "lost"
-        if self._session is None and _restore is not None:
+        if supply.current is None and _restore is not None:
             try:
-                self._session = self._key.restore(_restore, keep_snapshots=self.rollback)
+                supply.adopt(supply.restore(_restore))
             except ValueError as e:
                 raise ImageError(str(e)) from e
-        elif _fork_of is not None and self._session is None:
-            self._session = self._copy_of(*_fork_of)
-        elif self._session is None:
-            self._session = self._new_session()
-        self._holder[0] = self._session
-        self._finalizer = weakref.finalize(self, _close_session, self._holder,
-                                           self._spare_session, self._gone, self._parked)
+        elif _fork_of is not None and supply.current is None:
+            try:
+                supply.adopt(supply.copy_of(*_fork_of))
+            except ValueError as e:
+                raise ImageError(str(e)) from e
+        elif supply.current is None:
+            supply.adopt(supply.new())
+        # (an executor dropped unclosed frees its interpreters and parked image)
+        self._finalizer = weakref.finalize(self, supply.free)
 
     # ------------------------------------------------------------------ API
     def execute(
@@ -501,12 +476,13 @@ class PythonExecExecutor:
         if self._closed:
             raise ExecutorClosedError("this executor is closed; create a new one")
         reset = self._reset_pending
-        session = self._session
+        supply = self._supply
+        session = supply.current
         if session is None and self._resume:
             session = self._resume_from_store()  # (released: continue from the store)
             reset = None if session is not None else (reset or "lost")
         if session is None or not session.alive:
-            session, lost = self._continue_session(session)
+            session, lost = supply.continue_after(session)
             reset = lost or reset
         self._reset_pending = None
         payload = {"op": "exec", "code": code, "return": names, "display": bool(display),
@@ -550,9 +526,9 @@ class PythonExecExecutor:
             except SessionDead:
                 # it died between calls, before it took this request (e.g. a cancel of
                 # this call that landed just before the request was handed over):
-                # continue from the image of its last answered call (the agent keeps its
+                # continue from the snapshot of its last answered call (the agent keeps its
                 # state)
-                session, lost = self._continue_session(session)
+                session, lost = supply.continue_after(session)
                 reset = lost or reset
                 if ticket is not None and not ticket.start(session):
                     self._reset_pending = reset
@@ -585,19 +561,12 @@ class PythonExecExecutor:
             # cancelled as the call ended: the cancel reached the interpreter after
             # its answer (its result goes to no one), so it would stop the next call
             # instead. The interpreter is replaced by one restored from its latest
-            # image: taken after this call's answer, or before this call when the stop
+            # snapshot: taken after this call's answer, or before this call when the stop
             # cut the end of its turn (as if the cancel had come during the call)
-            session.close()  # (stops it: no image is being taken any more)
-            image = session.latest_snapshot if self.rollback else None
-            self._discard(session)
-            restored = (self._restore_for_rollback(image)
-                        if image is not None and not self._closed else None)
-            if restored is not None:
-                self._session = restored
-                self._holder[0] = restored
-            else:
+            session.close()  # (stops it: no snapshot is being taken any more)
+            snapshot = session.latest_snapshot if self.rollback else None
+            if not supply.roll_back(session, snapshot):
                 self._reset_pending = "lost"
-                self._prepare_spare()
         duration = outcome.duration or (time.perf_counter() - started)
         self._last_used = time.monotonic()
         common = dict(stdout=outcome.stdout, stderr=outcome.stderr,
@@ -609,30 +578,23 @@ class PythonExecExecutor:
         if outcome.died is not None:
             # roll back a call that a limit, a cancel or a crash stopped; not one that
             # broke the protocol (the interpreter itself is then suspect: so may its
-            # last image be). After a death between calls (a cancel that landed before
-            # the interpreter took the request, say) only to the image of its last
+            # last snapshot be). After a death between calls (a cancel that landed before
+            # the interpreter took the request, say) only to the snapshot of its last
             # answered call: the latest one may miss the last answer
-            image = None
+            snapshot = None
             if self.rollback and outcome.died.reason != "protocol":
-                image = (session.latest_snapshot if outcome.died.during_call
-                         else session.current_snapshot())
-            self._discard(session)
-            if image is not None and not self._closed:
-                restored = self._restore_for_rollback(image)
-                if restored is not None:
-                    self._session = restored
-                    self._holder[0] = restored
-                    return self._stopped(outcome.died, call_limits, common,
-                                         rolled_back=True)
+                snapshot = (session.latest_snapshot if outcome.died.during_call
+                            else session.current_snapshot())
+            if supply.roll_back(session, snapshot):
+                return self._stopped(outcome.died, call_limits, common, rolled_back=True)
             self._reset_pending = "lost"
-            self._prepare_spare()
             return self._stopped(outcome.died, call_limits, common)
         assert outcome.reply is not None
         try:
             reply = validate_call_reply(outcome.reply, outcome.call_id)
         except ProtocolError as e:
             self._reset_pending = "lost"
-            self._discard(session)
+            supply.discard(session)
             return self._stopped(SessionDead("protocol", str(e)), call_limits, common)
         common["figures"] = reply.get("figures", [])
         common["value"] = _display_value(reply.get("value"))
@@ -641,17 +603,13 @@ class PythonExecExecutor:
             common["imports"] = reply.get("imports", [])
         if self._state is not None:
             self._state.request_save(session)  # (in the background: the caller goes on)
-        if (self.rollback_standby and self.rollback
-                and self._rollback_standby is None):
-            image = session.latest_snapshot
-            if image is not None:
-                self._prepare_rollback_standby(image)
+        supply.after_answer(session)
         if reply["ok"]:
             return ExecutionResult(success=True, globals=reply["globals"],
                                    globals_errors=reply["globals_errors"], **common)
         etype, emsg = reply["error_type"], reply["error_message"]
         if etype == "ModuleNotFoundError" and emsg.startswith("No module named '"):
-            emsg += _runtime_hint(emsg[len("No module named '"):].rstrip("'"),
+            emsg += missing_module_hint(emsg[len("No module named '"):].rstrip("'"),
                                   self.runtime)
         return ExecutionResult(
             success=False, error=f"{etype}: {emsg}" if emsg else etype,
@@ -842,14 +800,12 @@ class PythonExecExecutor:
         """
         with self._lock:
             self._check_open()
-            session = self._session
-            if session is None or not session.alive:
-                session, lost = self._continue_session(session)
-                self._reset_pending = lost or self._reset_pending
-            image = session.wait_snapshot(current=True)
-            if image is None:
-                raise ImageError("the interpreter has no memory image yet; try again")
-            # (the pages where it can differ from the boot image, when known: only those
+            session, lost = self._supply.ready()
+            self._reset_pending = lost or self._reset_pending
+            snapshot = session.wait_snapshot(current=True)
+            if snapshot is None:
+                raise ImageError("the interpreter has no memory snapshot yet; try again")
+            # (the pages where it can differ from the boot snapshot, when known: only those
             # are written into the copy)
             base = template_of(self._key)
             changed = session.pages_changed_from(base) if base is not None else None
@@ -858,27 +814,7 @@ class PythonExecExecutor:
             default_imports=self.policy.default_imports, limits=self.limits, pool=self._pool,
             runtime=self.runtime, rollback=self.rollback,
             rollback_standby=self.rollback_standby,
-            _fork_of=(image, base, changed))
-
-    def _copy_of(self, image: Snapshot, base: Snapshot | None = None,
-                 pages: list[int] | None = None) -> Session:
-        """A new interpreter continuing from ``image``, with fresh random numbers: a ready
-        one of this configuration (its pages are mapped already, so the image is copied
-        at memory speed) reloaded with it, else one restored from it (into new pages)."""
-        session = self._take_spare()
-        if session is None and self._pool is not None:
-            session = self._pool.take_ready(self._key)
-        if session is None:
-            session = self._key.waiting(keep_snapshots=self.rollback)
-        if session is not None:
-            if session.reload(image, self.limits.memory_bytes, base=base, pages=pages):
-                session.keep_snapshots = self.rollback
-                return session
-            session.close()
-        try:
-            return self._key.restore(image, keep_snapshots=self.rollback)
-        except ValueError as e:
-            raise ImageError(str(e)) from e
+            _fork_of=(snapshot, base, changed))
 
     def save(self, path: str | os.PathLike[str], *, key: bytes | None = None) -> int:
         """Save this agent's interpreter to ``path``; returns the file's size in bytes.
@@ -893,15 +829,13 @@ class PythonExecExecutor:
         self._check_not_serving()
         with self._lock:
             self._check_open()
-            session = self._session
-            if session is None or not session.alive:
-                session, lost = self._continue_session(session)
-                self._reset_pending = lost or self._reset_pending
-            image = session.wait_snapshot(current=True)
+            session, lost = self._supply.ready()
+            self._reset_pending = lost or self._reset_pending
+            snapshot = session.wait_snapshot(current=True)
             fs = session.fs
-            if image is None or fs is None:
-                raise ImageError("the interpreter has no memory image yet; try again")
-            return images.save(path, image, runtime=self.runtime, allowed=self.policy.allowed,
+            if snapshot is None or fs is None:
+                raise ImageError("the interpreter has no memory snapshot yet; try again")
+            return images.save(path, snapshot, runtime=self.runtime, allowed=self.policy.allowed,
                                default_imports=dict(self.policy.default_imports), fs=fs,
                                key=key)
 
@@ -951,14 +885,14 @@ class PythonExecExecutor:
         self._check_not_serving()
         with self._lock:
             self._check_open()
-            session = self._session
+            session = self._supply.current
             if session is None or not session.alive:
-                session = self._replace_session()
+                session = self._supply.replace()
                 self._reset_pending = "lost"
             try:
                 return session.files(fn, changes=changes)
             except SessionDead:
-                session = self._replace_session()
+                session = self._supply.replace()
                 self._reset_pending = "lost"
                 return session.files(fn, changes=changes)
 
@@ -1030,7 +964,7 @@ class PythonExecExecutor:
 
     def cancel(self) -> None:
         """Stop the call running now (from another thread); its interpreter is lost."""
-        session = self._session
+        session = self._supply.current
         if session is not None:
             session.cancel()
 
@@ -1041,8 +975,8 @@ class PythonExecExecutor:
         self._check_not_serving()
         with self._lock:
             self._check_open()
-            self._drop_rollback_standby()
-            self._replace_session()
+            self._supply.drop_standby()
+            self._supply.replace()
             self._reset_pending = "reset"
             self._resume = False
             if self._state is not None:
@@ -1063,9 +997,7 @@ class PythonExecExecutor:
         if not self._lock.acquire(blocking=False):
             return False
         try:
-            session, self._session = self._session, None
-            self._holder[0] = None
-            self._drop_rollback_standby()
+            session = self._supply.release()
             if session is not None:
                 self._reset_pending = "evicted"
                 self._resume = self._state is not None
@@ -1077,7 +1009,7 @@ class PythonExecExecutor:
     @property
     def has_interpreter(self) -> bool:
         """Whether a live interpreter is attached (False after ``release`` or a stop)."""
-        session = self._session
+        session = self._supply.current
         return session is not None and session.alive
 
     @property
@@ -1090,23 +1022,7 @@ class PythonExecExecutor:
         if self._closed:
             return
         self._closed = True
-        self._gone[0] = True
-        # stop a running call first (it holds the lock), then tidy up under the lock
-        running = self._session
-        if running is not None:
-            running.close()
-        with self._lock:
-            session, self._session = self._session, None
-            self._holder[0] = None
-        if session is not None:
-            session.close()
-        with self._lock:
-            self._drop_rollback_standby()
-            self._forget_parked()
-        spare = self._spare
-        if spare is not None:
-            spare.join(60)
-        self._drop_spare()
+        self._supply.close()  # (stops a running call first)
         if self._state is not None:
             # the last answered call's image reaches the store (a failure was logged)
             with contextlib.suppress(WasmExecError):
@@ -1137,8 +1053,9 @@ class PythonExecExecutor:
                 self._resume = False
                 self._state.forget()
 
-    def _stored_image(self) -> Snapshot | None:
-        """The image in the state store to continue from (None: none, or not usable,
+    def _stored_snapshot(self) -> Snapshot | None:
+        """The image in the state store to continue from, as a snapshot (None: none, or not
+        usable,
         which is logged and makes the first result say ``state_reset=True``)."""
         assert self._state is not None
         rt = load_runtime(self._settings, self.runtime)
@@ -1160,21 +1077,19 @@ class PythonExecExecutor:
         self._resume = False
         with contextlib.suppress(WasmExecError):
             self._state.flush(timeout=60)
-        image = self._stored_image()
-        if image is None:
+        snapshot = self._stored_snapshot()
+        if snapshot is None:
             return None
         if self.on_session_start is not None:
             self.on_session_start(self)
         try:
-            session = self._key.restore(image, keep_snapshots=self.rollback)
+            session = self._supply.restore(snapshot)
         except Exception as e:  # noqa: BLE001 - a fresh interpreter instead
             _log.warning("agent %r starts on a fresh interpreter: %s", self._state.identity,
                          e)
             return None
-        self._session = session
-        self._holder[0] = session
         self._reset_pending = None
-        return session
+        return self._supply.adopt(session)
 
     def __enter__(self) -> PythonExecExecutor:
         return self
@@ -1187,8 +1102,13 @@ class PythonExecExecutor:
         return self._closed
 
     # ------------------------------------------------------------ internals
+    @property
+    def _session(self) -> Session | None:
+        """The interpreter the agent runs on now (None: released, parked or lost)."""
+        return self._supply.current
+
     def _check_not_serving(self) -> None:
-        session = self._session
+        session = self._supply.current
         if session is not None and serving() is session:
             raise RuntimeError(
                 "a tool called the executor whose call it serves: that would wait for the "
@@ -1213,55 +1133,6 @@ class PythonExecExecutor:
         finally:
             self._lock.release()
 
-    def _restore_for_rollback(self, image: Snapshot) -> Session | None:
-        """An interpreter continuing from ``image``: the standby one when it is ready
-        (prepared after this agent's previous roll-back: agents that hit a limit once
-        tend to again), else restored now."""
-        standby, self._rollback_standby = self._rollback_standby, None
-        self._holder[1] = None
-        restored = None
-        if standby is not None:
-            if standby.reload(image, self.limits.memory_bytes):
-                restored = standby
-            else:
-                self._discard(standby)
-        if restored is None:
-            try:
-                restored = self._key.restore(image, keep_snapshots=self.rollback)
-            except Exception:  # noqa: BLE001 - a fresh interpreter instead
-                return None
-        restored.keep_snapshots = self.rollback
-        self._prepare_rollback_standby(image)
-        return restored
-
-    def _prepare_rollback_standby(self, image: Snapshot) -> None:
-        """Restore an interpreter from ``image`` in the background, to be reloaded with the
-        image of the moment at the next stop (its pages are then mapped already)."""
-        if self._rollback_thread is not None and self._rollback_thread.is_alive():
-            return
-
-        def make() -> None:
-            try:
-                session = self._key.restore(image, keep_snapshots=self.rollback)
-            except Exception:  # noqa: BLE001 - the next stop restores for itself
-                return
-            with self._lock:
-                if self._closed or self._rollback_standby is not None:
-                    session.close()
-                else:
-                    self._rollback_standby = session
-                    self._holder[1] = session
-
-        self._rollback_thread = threading.Thread(target=make, daemon=True,
-                                                 name="wasm-exec-rollback-standby")
-        self._rollback_thread.start()
-
-    def _drop_rollback_standby(self) -> None:
-        standby, self._rollback_standby = self._rollback_standby, None
-        self._holder[1] = None
-        if standby is not None:
-            standby.close()
-
     def _not_from_callback(self, what: str) -> None:
         if in_callback_of(self):
             raise ReentrantCallError(
@@ -1271,56 +1142,6 @@ class PythonExecExecutor:
     def _check_open(self) -> None:
         if self._closed:
             raise ExecutorClosedError("this executor is closed; create a new one")
-
-    def _new_session(self) -> Session:
-        session = self._take_spare()
-        if session is None:
-            session = (self._pool.take(self._key) if self._pool is not None
-                       else self._key.start(keep_snapshots=self.rollback))
-        session.keep_snapshots = self.rollback
-        if session.default_import_errors:
-            session.close()
-            problems = "; ".join(
-                f"{alias!r} ({self.policy.default_imports[alias]!r}): {err}"
-                + _runtime_hint(self.policy.default_imports[alias], self.runtime)
-                for alias, err in session.default_import_errors.items())
-            raise ConfigurationError(f"default imports that the runtime cannot provide: "
-                                     f"{problems}")
-        return session
-
-    def _continue_session(self, dead: Session | None) -> tuple[Session, ResetReason | None]:
-        """The interpreter to go on with when the current one is gone (``dead``: None after
-        a release). One that died between calls (a cancel that landed before its request
-        was handed over, say) continues from the image of its last answered call, so the
-        agent keeps its state; without such an image, a fresh interpreter (and the reason
-        the next result gives)."""
-        if dead is None:
-            if self._parked[0] is not None:
-                return self._unpark()
-            return self._replace_session(), None
-        died = dead.dead
-        image = (dead.current_snapshot() if self.rollback and not self._closed
-                 and (died is None or died.reason != "protocol") else None)
-        self._discard(dead)
-        if image is not None:
-            restored = self._restore_for_rollback(image)
-            if restored is not None:
-                self._session = restored
-                self._holder[0] = restored
-                return restored, None
-        return self._replace_session(), "lost"
-
-    def _replace_session(self) -> Session:
-        old = self._session
-        if old is not None:
-            self._discard(old)
-        self._forget_parked()
-        freed = self._make_room()
-        if freed is not None:  # (another agent's memory: a fresh interpreter is wanted)
-            self._discard(freed)
-        self._session = self._new_session()
-        self._holder[0] = self._session
-        return self._session
 
     def _make_room(self) -> Session | None:
         """Tell the owner (a resolver) that this executor takes an interpreter, so that it
@@ -1333,149 +1154,26 @@ class PythonExecExecutor:
 
     # ------------------------------------------------------------- parking
     def _park(self, lot: parking.ParkingLot) -> Session | None | Literal[False]:
-        """Park this agent in ``lot`` (a resolver making room): its interpreter is kept as
-        the pages that differ from its configuration's boot image, and its next call
-        continues from them. False when busy (a call runs); else the interpreter freed
-        (alive, for another agent to take over) or None. An agent that cannot be parked
-        (no image, or the lot refuses it) is released: its next result says so."""
+        """Park this agent in ``lot`` (a resolver making room; see
+        :meth:`AgentSupply.park`). False when busy (a call runs); else the interpreter
+        freed (alive, for another agent to take over) or None. An agent that cannot be
+        parked is released: its next result says so."""
         if self._lock._is_owned():  # type: ignore[attr-defined]  # (its own work: busy)
             return False
         if not self._lock.acquire(blocking=False):
             return False
         try:
-            session = self._session
-            if self._closed or session is None:
-                return None
-            self._session = None
-            self._holder[0] = None
-            self._drop_rollback_standby()
-            died = session.dead
-            image = (session.current_snapshot()
-                     if died is None or died.reason != "protocol" else None)
-            if image is None and session.alive:
-                image = session.wait_snapshot(5.0, current=True)
-            parked = None
-            if image is not None:
-                base = template_of(self._key)
-                try:
-                    parked = parking.park(image, base, session.pages_changed_from(base)
-                                          if base is not None else None)
-                except Exception:  # noqa: BLE001 - not parked: released instead
-                    parked = None
-            ticket = lot.new_ticket()
-            if parked is not None and lot.put(ticket, parked, session.fs):
-                self._parked[0] = (lot, ticket)
-                if session.alive:
-                    session.mark_parked(parked)
-                    return session
-            else:
-                self._reset_pending = ("park_dropped" if parked is not None
-                                       else "evicted" if session.alive else "lost")
-            self._discard(session)
-            return None
+            freed, reason = self._supply.park(lot)
+            if reason is not None:
+                self._reset_pending = reason
+            return freed
         finally:
             self._lock.release()
-
-    def _unpark(self) -> tuple[Session, ResetReason | None]:
-        """The interpreter of this parked agent, its parked image written back (into an
-        interpreter freed for it, else a fresh one); a fresh one when the image was
-        dropped (over the parking budget) or cannot be used."""
-        entry, self._parked[0] = self._parked[0], None
-        assert entry is not None
-        lot, ticket = entry
-        taken = lot.take(ticket)  # (first: the room made for it must not drop it)
-        freed = self._make_room()
-        try:
-            target = freed if freed is not None else self._new_session()
-            reason: ResetReason | None = None
-            parked = None
-            try:
-                if taken is not None:
-                    parked = lot.load(taken[0], taken[1], target.fs)
-                contents = parked.contents() if parked is not None else b""
-            except ImageError:
-                parked, reason = None, "park_failed"
-            if parked is None:
-                reason = reason or "park_dropped"
-                if target is freed:  # (another agent's memory)
-                    freed = None
-                    self._discard(target)
-                    target = self._new_session()
-                session = target
-            elif target.become(parked, contents, self.limits.memory_bytes):
-                session = target
-            else:
-                self._discard(target)
-                if target is freed:
-                    freed = None
-                session = self._new_session()
-                if not session.become(parked, contents, self.limits.memory_bytes):
-                    self._discard(session)
-                    try:
-                        session = self._key.restore(parked.materialize(),
-                                                    keep_snapshots=self.rollback)
-                    except Exception:  # noqa: BLE001 - its state is gone: a fresh one
-                        session, reason = self._new_session(), "park_failed"
-            if session is freed:
-                freed = None
-        finally:
-            if freed is not None:
-                self._discard(freed)
-        session.keep_snapshots = self.rollback
-        self._session = session
-        self._holder[0] = session
-        return session, reason
-
-    def _forget_parked(self) -> None:
-        """Free this agent's parked image (reset, close)."""
-        entry, self._parked[0] = self._parked[0], None
-        if entry is not None:
-            entry[0].discard(entry[1])
 
     @property
     def parked(self) -> bool:
         """Whether this agent is parked (its state kept as an image; no interpreter)."""
-        entry = self._parked[0]
-        return entry is not None and entry[1] in entry[0]
-
-    def _discard(self, session: Session) -> None:
-        if self._session is session:
-            self._session = None
-        threading.Thread(target=session.close, daemon=True).start() \
-            if session.alive else session.close()
-
-    def _prepare_spare(self) -> None:
-        """Boot the next interpreter in the background after a stop, so that the call
-        after a limit does not wait for it (with a pool, the pool does this)."""
-        if self._pool is not None or self._closed or self._spare is not None:
-            return
-
-        key, spares, gone = self._key, self._spare_session, self._gone
-
-        def boot() -> None:
-            try:
-                session = key.start()
-            except Exception:  # the next call boots (and reports) for itself
-                return
-            spares.append(session)
-            if gone[0]:  # closed or collected meanwhile (it set the flag, then drained)
-                _drain(spares)
-
-        self._spare = threading.Thread(target=boot, daemon=True, name="wasm-exec-spare")
-        self._spare.start()
-
-    def _take_spare(self) -> Session | None:
-        spare, self._spare = self._spare, None
-        if spare is not None:
-            spare.join(60)
-        while self._spare_session:
-            session = self._spare_session.pop()
-            if session.alive:
-                return session
-        return None
-
-    def _drop_spare(self) -> None:
-        _drain(self._spare_session)
+        return self._supply.parked
 
     def _call_limits(self, overrides: Mapping[str, Any] | None) -> Limits:
         try:
@@ -1665,29 +1363,11 @@ def _not_run() -> ExecutionResult:
                            error_message=text, limit="cancelled")
 
 
-def _close_session(holder: list[Session | None], spares: list[Session],
-                   gone: list[bool],
-                   parked: list[tuple[parking.ParkingLot, int] | None] | None = None) -> None:
-    """Free every interpreter of an executor, and its parked image (run by close() or
-    when it is collected)."""
-    gone[0] = True
-    if parked is not None and parked[0] is not None:
-        lot, ticket = parked[0]
-        parked[0] = None
-        lot.discard(ticket)
-    for s in holder:
-        if s is not None:
-            s.close()
-    _drain(spares)
-
-
-def _drain(sessions: list[Session]) -> None:
-    while sessions:
-        try:
-            session = sessions.pop()
-        except IndexError:  # (another thread drained it meanwhile)
-            return
-        session.close()
+def _room_of(ref: weakref.ReferenceType[PythonExecExecutor]) -> Session | None:
+    """Make room for an interpreter of the executor ``ref`` names (the supply's ``room``:
+    a weak reference, so that the supply does not keep its executor alive)."""
+    executor = ref()
+    return executor._make_room() if executor is not None else None
 
 
 __all__ = ["DisplayValue", "ExecutionResult", "OutputChunk", "PythonExecExecutor"]

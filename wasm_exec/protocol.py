@@ -23,7 +23,7 @@ import json
 import math
 import re
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 REQUEST_MAGIC = b"WXQ1"
 REPLY_MAGIC = b"WXR1"
@@ -49,6 +49,11 @@ class StopReason(StrEnum):
     CRASH = "crash"  # a WebAssembly trap, or the interpreter stopped answering
     PROTOCOL = "protocol"  # the interpreter broke the sandbox protocol
     CANCELLED = "cancelled"  # the caller cancelled the call (or closed the executor)
+
+
+# why a call ran on a fresh interpreter (``ExecutionResult.reset_reason``): the agent was
+# reset, evicted or lost its interpreter, or its parked image was dropped or unusable
+ResetReason = Literal["reset", "evicted", "lost", "park_dropped", "park_failed"]
 
 
 def encode_request(payload: dict[str, Any]) -> bytes:

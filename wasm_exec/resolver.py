@@ -15,7 +15,6 @@ from .config import Limits, Policy
 from .errors import ConfigurationError, ExecutorClosedError
 from .executor import PythonExecExecutor
 from .parking import ParkingLot
-from .pool import SessionPool
 from .session import Session
 from .state_store import (
     StateStore,
@@ -24,6 +23,7 @@ from .state_store import (
     open_state_store,
     state_name,
 )
+from .supply import SessionPool
 
 # an agent's identity: its id and the scope parts after it, kept apart (never joined)
 AgentKey = tuple[str, ...]

@@ -86,6 +86,26 @@ class Pin:
         return self.files[0].sha256
 
 
+# top-level packages the scientific runtime has and the minimal one lacks
+SCIENTIFIC_PACKAGES = frozenset({
+    "numpy", "pandas", "scipy", "sklearn", "statsmodels", "matplotlib", "PIL", "lxml",
+    "openpyxl", "xlsxwriter", "xlrd", "pypdf", "bs4", "html5lib", "xmltodict", "dateutil",
+    "sympy", "networkx", "seaborn", "regex", "yaml", "jinja2", "tabulate", "tqdm", "patsy",
+    "kiwisolver", "contourpy", "fontTools", "cycler", "pyparsing", "mpmath", "joblib",
+    "threadpoolctl", "markupsafe", "soupsieve", "defusedxml", "tzdata", "six", "packaging",
+    "reportlab", "narwhals", "toolz", "more_itertools", "charset_normalizer", "cloudpickle",
+    "formulaic", "wrapt", "typing_extensions", "attrs", "tomli_w"})
+
+
+def missing_module_hint(module: str, runtime: str) -> str:
+    """What to add to "No module named ..." when another runtime has ``module``."""
+    top = module.split(".")[0]
+    if runtime == "minimal" and top in SCIENTIFIC_PACKAGES:
+        return (f" ({top} is not in the minimal runtime; the scientific runtime has it: "
+                "PythonExecExecutor(runtime=\"scientific\"))")
+    return ""
+
+
 def profiles() -> list[str]:
     data = json.loads(spec_file("pins.json").read_text())
     return sorted(data)
