@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .errors import ConfigurationError
+from .protocol import CallLimits
 
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _ALIAS_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -112,6 +116,17 @@ class Limits(BaseModel):
         data.update(overrides)
         return Limits.model_validate(data)
 
+    def for_call(self, return_names: Sequence[str] = ()) -> CallLimits:
+        """What the session enforces for one call under these limits. A reply may hold
+        the values' cap, the error texts, and per returned name its key and message
+        (each character at most 6 bytes as an escape)."""
+        return CallLimits(
+            fuel=self.fuel, timeout_seconds=self.timeout_seconds,
+            max_output_bytes=self.max_output_bytes,
+            max_reply_bytes=self.max_globals_bytes + 1_000_000
+            + sum(6 * len(n) + 3_100 for n in return_names),
+            max_globals_bytes=self.max_globals_bytes)
+
 
 class Policy(BaseModel):
     """What the agent's code may import, and what is bound before its first call."""
@@ -165,3 +180,34 @@ class Policy(BaseModel):
     def allowed(self) -> frozenset[str]:
         """The allow-list including the modules named by default imports."""
         return self.whitelisted_imports | frozenset(self.default_imports.values())
+
+
+def configure(
+    whitelisted_imports: Iterable[str] | None = None,
+    default_imports: Mapping[str, str] | None = None,
+    limits: Limits | Mapping[str, Any] | None = None,
+    *,
+    fuel: int | None | Literal["default"] | str = "default",
+    timeout_seconds: float | None = None,
+    memory_bytes: int | None = None,
+    max_output_bytes: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    owner: str = "",
+) -> tuple[Policy, Limits]:
+    """The one place where a policy and limits are made from what a caller gives: the
+    executor's and resolver's keywords, a ``limits`` Limits or mapping (a framework's
+    JSON properties), the keyword shortcuts (``fuel``, ``timeout_seconds``, ...) and
+    further ``overrides`` (a resolver's ``**limit_overrides``), applied in that order.
+    Anything invalid raises :class:`ConfigurationError` (prefixed with ``owner``)."""
+    try:
+        policy = Policy(whitelisted_imports=whitelisted_imports,  # type: ignore[arg-type]
+                        default_imports=default_imports)  # type: ignore[arg-type]
+        if limits is not None and not isinstance(limits, (Limits, Mapping)):
+            raise TypeError(f"limits must be a Limits or a mapping of limit names to values, "
+                            f"not {type(limits).__name__}")
+        built = Limits.build(limits if isinstance(limits, Limits) else dict(limits or {}),
+                             fuel=fuel, timeout_seconds=timeout_seconds,
+                             memory_bytes=memory_bytes, max_output_bytes=max_output_bytes)
+        return policy, built.merged(dict(overrides) if overrides else None)
+    except (TypeError, ValueError) as e:
+        raise ConfigurationError(f"{owner}: {e}" if owner else str(e)) from e

@@ -13,13 +13,14 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 from pydantic_core import PydanticSerializationError
 
 from . import images, parking
-from .config import Limits, Policy
+from .config import Limits, Policy, configure
 from .errors import (
     ConfigurationError,
     ExecutorClosedError,
@@ -40,16 +41,14 @@ from .files import (
 )
 from .output import Mailbox, OutputChunk, OutputDispatch, OutputHandler, in_callback_of
 from .protocol import (
-    MAX_JSON_DEPTH,
-    ProtocolError,
+    CallRequest,
     ResetReason,
     StopReason,
     check_json_value,
     is_plain_json,
-    validate_call_reply,
 )
 from .runtime import EngineSettings, load_pin, load_runtime, missing_module_hint, profiles
-from .session import STOP_CANCELLED, CallLimits, Session, SessionDead
+from .session import STOP_CANCELLED, Session, SessionDead
 from .snapshot import Snapshot
 from .state_store import (
     AgentState,
@@ -232,19 +231,20 @@ class ExecutionResult(BaseModel):
                               ensure_ascii=True)
 
 
-class _CallExtras:
-    """What a call brings besides its code and globals: files in, names of files out,
-    tools, and the event loop of an ``aexecute`` (where async tools run)."""
+@dataclass
+class _Call:
+    """One call with its input checked: the request the guest is sent, the limits it runs
+    under, and what the host brings to it (files in, names of files out, tools, the event
+    loop of an ``aexecute`` where async tools run, its ticket and its output callbacks)."""
 
-    __slots__ = ("files", "output_files", "tools", "loop")
-
-    def __init__(self, files: list[tuple[str, bytes]], output_files: list[tuple[str, str]],
-                 tools: dict[str, ToolFunction],
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self.files = files
-        self.output_files = output_files
-        self.tools = tools
-        self.loop = loop
+    request: CallRequest
+    limits: Limits
+    files: list[tuple[str, bytes]] = field(default_factory=list)
+    output_files: list[tuple[str, str]] = field(default_factory=list)
+    tools: dict[str, ToolFunction] = field(default_factory=dict)
+    loop: asyncio.AbstractEventLoop | None = None
+    ticket: _Ticket | None = None
+    output: OutputDispatch | None = None
 
 
 class PythonExecExecutor:
@@ -286,17 +286,12 @@ class PythonExecExecutor:
     ) -> None:
         self._tools = check_tools(tools, where="tools", error=ConfigurationError)
         self._stragglers = Stragglers()  # (its tools still running past their call)
-        try:
-            self.policy = Policy(
-                whitelisted_imports=whitelisted_imports,  # type: ignore[arg-type]
-                default_imports=default_imports,  # type: ignore[arg-type]
-            )
-            self.limits = Limits.build(
-                limits if isinstance(limits, Limits) else dict(limits or {}), fuel=fuel,
-                timeout_seconds=timeout_seconds, memory_bytes=memory_bytes,
-                max_output_bytes=max_output_bytes)
-        except ValueError as e:
-            raise ConfigurationError(str(e)) from e
+        self.policy: Policy
+        self.limits: Limits
+        self.policy, self.limits = configure(
+            whitelisted_imports, default_imports, limits, fuel=fuel,
+            timeout_seconds=timeout_seconds, memory_bytes=memory_bytes,
+            max_output_bytes=max_output_bytes)
         self._settings = EngineSettings(fuel=self.limits.fuel is not None)
         if runtime not in profiles():
             raise ConfigurationError(f"unknown runtime {runtime!r}; known: {profiles()}")
@@ -404,42 +399,25 @@ class PythonExecExecutor:
         is not called again in this call, and ``result.callback_error`` says what it
         raised; the call goes on. ``result.stdout`` / ``stderr`` still hold everything.
         """
-        output = (OutputDispatch(self, on_stdout, on_stderr)
-                  if on_stdout is not None or on_stderr is not None else None)
-        return self._execute(code, globals_dict, return_globals, limits, display, return_all,
-                             None, trace_imports, self._extras(files, output_files, tools),
-                             output)
+        self._not_from_callback("execute()")
+        call = self._prepare(code, globals_dict, return_globals, limits, display, return_all,
+                             trace_imports, files, output_files, tools)
+        if on_stdout is not None or on_stderr is not None:
+            call.output = OutputDispatch(self, on_stdout, on_stderr)
+        return self._execute(call)
 
-    def _extras(self, files: Mapping[str, FileData] | None,
-                output_files: Iterable[str] | None,
-                tools: Mapping[str, ToolFunction] | None,
-                loop: asyncio.AbstractEventLoop | None = None) -> _CallExtras:
-        self._check_not_serving()  # (execute, aexecute and astream, on the caller's side)
+    def _prepare(self, code: str, globals_dict: Mapping[str, Any] | None,
+                 return_globals: Iterable[str] | None, limits: Mapping[str, Any] | None,
+                 display: bool, return_all: bool, trace_imports: bool,
+                 files: Mapping[str, FileData] | None, output_files: Iterable[str] | None,
+                 tools: Mapping[str, ToolFunction] | None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> _Call:
+        """Check a call's input (on the caller's side, before it waits for the executor):
+        InputError says what is wrong, and nothing runs."""
+        self._check_not_serving()
         merged = dict(self._tools)
         merged.update(check_tools(tools, where="tools", error=InputError))
-        return _CallExtras(check_files(files), check_output_files(output_files), merged, loop)
-
-    def _execute(self, code: str, globals_dict: Mapping[str, Any] | None,
-                 return_globals: Iterable[str] | None, limits: Mapping[str, Any] | None,
-                 display: bool, return_all: bool, ticket: _Ticket | None,
-                 trace_imports: bool = False, extras: _CallExtras | None = None,
-                 output: OutputDispatch | None = None) -> ExecutionResult:
-        result = self._execute_call(code, globals_dict, return_globals, limits, display,
-                                    return_all, ticket, trace_imports, extras, output)
-        if output is not None:
-            output.finish()
-            if output.error is not None:
-                result = result.model_copy(update={"callback_error": output.error})
-            if output.interrupt is not None:
-                raise output.interrupt  # (the call was stopped and rolled back)
-        return result
-
-    def _execute_call(self, code: str, globals_dict: Mapping[str, Any] | None,
-                      return_globals: Iterable[str] | None, limits: Mapping[str, Any] | None,
-                      display: bool, return_all: bool, ticket: _Ticket | None,
-                      trace_imports: bool, extras: _CallExtras | None,
-                      output: OutputDispatch | None) -> ExecutionResult:
-        self._not_from_callback("execute()")
+        files_in, files_out = check_files(files), check_output_files(output_files)
         call_limits = self._call_limits(limits)
         if not isinstance(code, str):
             raise InputError(f"code must be a str, not {type(code).__name__}")
@@ -454,25 +432,43 @@ class PythonExecExecutor:
         if len(encoded) > call_limits.max_code_bytes:
             raise InputError(f"code is {len(encoded)} bytes; the limit is "
                              f"{call_limits.max_code_bytes} (limits.max_code_bytes)")
-        globals_json = self._check_globals(globals_dict, call_limits)
-        names = self._check_names(return_globals)
+        request = CallRequest(
+            code=code, return_names=tuple(self._check_names(return_globals)),
+            globals_json=self._check_globals(globals_dict, call_limits),
+            display=bool(display), return_all=bool(return_all),
+            figures=self.runtime != "minimal", trace_imports=bool(trace_imports),
+            tools=tuple(sorted(merged)))
+        return _Call(request, call_limits, files_in, files_out, merged, loop)
+
+    def _execute(self, call: _Call) -> ExecutionResult:
+        """Run a prepared call; its output callbacks are done with when it returns."""
+        result = self._execute_call(call)
+        output = call.output
+        if output is not None:
+            output.finish()
+            if output.error is not None:
+                result = result.model_copy(update={"callback_error": output.error})
+            if output.interrupt is not None:
+                raise output.interrupt  # (the call was stopped and rolled back)
+        return result
+
+    def _execute_call(self, call: _Call) -> ExecutionResult:
+        """Hold the executor for ``call`` (it never runs when its ticket is cancelled
+        first), then run it."""
+        ticket = call.ticket
         with self._call_lock(ticket) as go:
             if not go:
                 return _not_run()
             self._calls += 1
-            result = self._execute_locked(code, names, globals_json, call_limits, display,
-                                          return_all, ticket, trace_imports, extras, output)
+            result = self._execute_locked(call)
             if ticket is not None and result.state_reset and not ticket.deliver(self._calls):
                 # cancelled: no one reads this result, so the next call reports the reset
                 self._reset_pending = result.reset_reason or "lost"
             return result
 
-    def _execute_locked(self, code: str, names: list[str], globals_json: str,
-                        call_limits: Limits, display: bool, return_all: bool,
-                        ticket: _Ticket | None, trace_imports: bool = False,
-                        extras: _CallExtras | None = None,
-                        output: OutputDispatch | None = None) -> ExecutionResult:
-        """One call, with the executor held (see ``_execute``)."""
+    def _execute_locked(self, call: _Call) -> ExecutionResult:
+        """One call, with the executor held (see ``_execute_call``)."""
+        ticket, output, call_limits = call.ticket, call.output, call.limits
         if self._closed:
             raise ExecutorClosedError("this executor is closed; create a new one")
         reset = self._reset_pending
@@ -485,27 +481,14 @@ class PythonExecExecutor:
             session, lost = supply.continue_after(session)
             reset = lost or reset
         self._reset_pending = None
-        payload = {"op": "exec", "code": code, "return": names, "display": bool(display),
-                   "return_all": bool(return_all), "figures": self.runtime != "minimal",
-                   "max_depth": MAX_JSON_DEPTH}
-        if trace_imports:
-            payload["trace_imports"] = True
-        extras = extras or _CallExtras([], [], dict(self._tools))
+        request = call.request
         box = None
-        if extras.tools:
-            payload["tools"] = sorted(extras.tools)
-            box = ToolBox(extras.tools, max_calls=call_limits.max_tool_calls,
-                          max_bytes=call_limits.max_globals_bytes, loop=extras.loop,
+        if call.tools:
+            box = ToolBox(call.tools, max_calls=call_limits.max_tool_calls,
+                          max_bytes=call_limits.max_globals_bytes, loop=call.loop,
                           stragglers=self._stragglers)
-        writes = write_all(extras.files) if extras.files else None
-        limits_for_call = CallLimits(
-            fuel=call_limits.fuel, timeout_seconds=call_limits.timeout_seconds,
-            max_output_bytes=call_limits.max_output_bytes,
-            # (the values' cap, the error texts, and per name its key and message,
-            # each character at most 6 bytes as an escape)
-            max_reply_bytes=call_limits.max_globals_bytes + 1_000_000
-            + sum(6 * len(n) + 3_100 for n in names),
-            max_globals_bytes=call_limits.max_globals_bytes)
+        writes = write_all(call.files) if call.files else None
+        limits_for_call = call_limits.for_call(request.return_names)
         started = time.perf_counter()
         if ticket is not None and not ticket.start(session):
             self._reset_pending = reset  # (still to be reported by the next call)
@@ -514,7 +497,7 @@ class PythonExecExecutor:
             try:
                 if writes is not None:
                     session.files(writes, changes=True)
-                outcome = session.call(payload, limits_for_call, globals_json, box, output)
+                outcome = session.call(request, limits_for_call, box, output)
                 died = outcome.died
                 if (died is not None and not outcome.taken and not died.during_call
                         and died.reason != STOP_CANCELLED and not self._closed):
@@ -535,7 +518,7 @@ class PythonExecExecutor:
                     return _not_run()
                 if writes is not None:
                     session.files(writes, changes=True)
-                outcome = session.call(payload, limits_for_call, globals_json, box, output)
+                outcome = session.call(request, limits_for_call, box, output)
         except BaseException:
             # (files that did not fit: nothing ran; the ticket lets go of the session)
             if ticket is not None:
@@ -546,17 +529,17 @@ class PythonExecExecutor:
             output.interrupt = outcome.interrupt
         out_files: dict[str, bytes] = {}
         out_errors: dict[str, str] = {}
-        if extras.output_files:
+        if call.output_files:
             if outcome.died is None:
                 try:
-                    out_files, out_errors = session.files(read_all(extras.output_files),
+                    out_files, out_errors = session.files(read_all(call.output_files),
                                                           changes=False)
                 except SessionDead:
                     out_errors = {name: "the interpreter was stopped before the file could "
-                                  "be read" for name, _path in extras.output_files}
+                                  "be read" for name, _path in call.output_files}
             else:
                 out_errors = {name: "not read: a limit stopped the call, and what it wrote "
-                              "is not kept" for name, _path in extras.output_files}
+                              "is not kept" for name, _path in call.output_files}
         if ticket is not None and ticket.finish() and outcome.died is None:
             # cancelled as the call ended: the cancel reached the interpreter after
             # its answer (its result goes to no one), so it would stop the next call
@@ -589,32 +572,27 @@ class PythonExecExecutor:
                 return self._stopped(outcome.died, call_limits, common, rolled_back=True)
             self._reset_pending = "lost"
             return self._stopped(outcome.died, call_limits, common)
-        assert outcome.reply is not None
-        try:
-            reply = validate_call_reply(outcome.reply, outcome.call_id)
-        except ProtocolError as e:
-            self._reset_pending = "lost"
-            supply.discard(session)
-            return self._stopped(SessionDead("protocol", str(e)), call_limits, common)
-        common["figures"] = reply.get("figures", [])
-        common["value"] = _display_value(reply.get("value"))
-        common["exit_code"] = reply.get("exit_code")
-        if trace_imports:
-            common["imports"] = reply.get("imports", [])
+        reply = outcome.reply  # (validated where the session received it)
+        assert reply is not None
+        common["figures"] = reply.figures
+        common["value"] = _display_value(reply.value)
+        common["exit_code"] = reply.exit_code
+        if request.trace_imports:
+            common["imports"] = reply.imports
         if self._state is not None:
             self._state.request_save(session)  # (in the background: the caller goes on)
         supply.after_answer(session)
-        if reply["ok"]:
-            return ExecutionResult(success=True, globals=reply["globals"],
-                                   globals_errors=reply["globals_errors"], **common)
-        etype, emsg = reply["error_type"], reply["error_message"]
+        if reply.ok:
+            return ExecutionResult(success=True, globals=reply.globals,
+                                   globals_errors=reply.globals_errors, **common)
+        etype, emsg = reply.error_type, reply.error_message
         if etype == "ModuleNotFoundError" and emsg.startswith("No module named '"):
             emsg += missing_module_hint(emsg[len("No module named '"):].rstrip("'"),
                                   self.runtime)
         return ExecutionResult(
             success=False, error=f"{etype}: {emsg}" if emsg else etype,
-            error_type=etype, error_message=emsg, traceback=reply["traceback"],
-            globals=reply["globals"], globals_errors=reply["globals_errors"], **common)
+            error_type=etype, error_message=emsg, traceback=reply.traceback,
+            globals=reply.globals, globals_errors=reply.globals_errors, **common)
 
     async def aexecute(
         self,
@@ -649,18 +627,13 @@ class PythonExecExecutor:
         ``files``, ``output_files`` and ``tools`` as for :meth:`execute`; a tool that is a
         coroutine function (``async def``) runs on this event loop.
         """
-        if on_stdout is not None or on_stderr is not None:
-            return await self._aexecute_streamed(
-                code, globals_dict, return_globals, limits=limits, display=display,
-                return_all=return_all, on_stdout=on_stdout, on_stderr=on_stderr,
-                trace_imports=trace_imports, files=files, output_files=output_files,
-                tools=tools)
         loop = asyncio.get_running_loop()
-        extras = self._extras(files, output_files, tools, loop)
-        ticket = _Ticket()
-        future = loop.run_in_executor(None, lambda: self._execute(
-            code, globals_dict, return_globals, limits, display, return_all, ticket,
-            trace_imports, extras))
+        call = self._prepare(code, globals_dict, return_globals, limits, display, return_all,
+                             trace_imports, files, output_files, tools, loop)
+        if on_stdout is not None or on_stderr is not None:
+            return await self._aexecute_streamed(call, on_stdout, on_stderr)
+        ticket = call.ticket = _Ticket()
+        future = loop.run_in_executor(None, self._execute, call)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -707,13 +680,20 @@ class PythonExecExecutor:
         break out of it, so that this happens at once.
         """
         loop = asyncio.get_running_loop()
-        extras = self._extras(files, output_files, tools, loop)
-        mailbox = Mailbox(loop)
-        ticket = _Ticket()
-        output = OutputDispatch(self, mailbox.sender("stdout"), mailbox.sender("stderr"))
-        future = loop.run_in_executor(None, lambda: self._execute(
-            code, globals_dict, return_globals, limits, display, return_all, ticket,
-            trace_imports, extras, output))
+        call = self._prepare(code, globals_dict, return_globals, limits, display, return_all,
+                             trace_imports, files, output_files, tools, loop)
+        # (closing this iterator closes the inner one at once: the call stops)
+        async with contextlib.aclosing(self._stream(call)) as events:
+            async for event in events:
+                yield event
+
+    async def _stream(self, call: _Call) -> AsyncIterator[OutputChunk | ExecutionResult]:
+        """A prepared call's output as it is printed, then its result (see astream)."""
+        assert call.loop is not None
+        mailbox = Mailbox(call.loop)
+        ticket = call.ticket = _Ticket()
+        call.output = OutputDispatch(self, mailbox.sender("stdout"), mailbox.sender("stderr"))
+        future = call.loop.run_in_executor(None, self._execute, call)
         # (every chunk is posted before the call returns, so before this runs)
         future.add_done_callback(lambda _: mailbox.end())
         finished = False
@@ -731,22 +711,14 @@ class PythonExecExecutor:
             if not finished:  # (the caller left: no one reads the result)
                 await self._abandon(ticket, future)
 
-    async def _aexecute_streamed(
-        self, code: str, globals_dict: Mapping[str, Any] | None,
-        return_globals: Iterable[str] | None, *, limits: Mapping[str, Any] | None,
-        display: bool, return_all: bool, on_stdout: Callable[[str], Any] | None,
-        on_stderr: Callable[[str], Any] | None, trace_imports: bool = False,
-        files: Mapping[str, FileData] | None = None,
-        output_files: Iterable[str] | None = None,
-        tools: Mapping[str, ToolFunction] | None = None,
-    ) -> ExecutionResult:
+    async def _aexecute_streamed(self, call: _Call, on_stdout: Callable[[str], Any] | None,
+                                 on_stderr: Callable[[str], Any] | None) -> ExecutionResult:
+        """``aexecute`` with output callbacks: the chunks of :meth:`_stream`, each handed
+        to its callback on the event loop (awaited when it is a coroutine)."""
         handlers = {"stdout": on_stdout, "stderr": on_stderr}
         error = None
         result = None
-        async with contextlib.aclosing(self.astream(
-                code, globals_dict, return_globals, limits=limits, display=display,
-                return_all=return_all, trace_imports=trace_imports, files=files,
-                output_files=output_files, tools=tools)) as events:
+        async with contextlib.aclosing(self._stream(call)) as events:
             async for event in events:
                 if isinstance(event, ExecutionResult):
                     result = event
@@ -928,13 +900,8 @@ class PythonExecExecutor:
         them could be is refused before it is read whole or parsed. The agent's files come
         with it. ``tools`` as for a new executor (an image holds no host functions).
         """
-        try:
-            built = Limits.build(
-                limits if isinstance(limits, Limits) else dict(limits or {}), fuel=fuel,
-                timeout_seconds=timeout_seconds, memory_bytes=memory_bytes,
-                max_output_bytes=max_output_bytes)
-        except ValueError as e:
-            raise ConfigurationError(str(e)) from e
+        _, built = configure(limits=limits, fuel=fuel, timeout_seconds=timeout_seconds,
+                             memory_bytes=memory_bytes, max_output_bytes=max_output_bytes)
         memory_limit = built.memory_bytes
         # what an image within these limits can hold (its file system: the one its
         # interpreter will get)

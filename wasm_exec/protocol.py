@@ -22,6 +22,7 @@ import binascii
 import json
 import math
 import re
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -54,6 +55,64 @@ class StopReason(StrEnum):
 # why a call ran on a fresh interpreter (``ExecutionResult.reset_reason``): the agent was
 # reset, evicted or lost its interpreter, or its parked image was dropped or unusable
 ResetReason = Literal["reset", "evicted", "lost", "park_dropped", "park_failed"]
+
+
+@dataclass(frozen=True)
+class CallLimits:
+    """What one call may use, as the session enforces it (see ``Limits.for_call``)."""
+
+    fuel: int | None
+    timeout_seconds: float
+    max_output_bytes: int
+    max_reply_bytes: int
+    max_globals_bytes: int
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    """One call as the guest runner receives it (an ``exec`` request), checked by the host.
+
+    ``globals_json`` is the globals already encoded as a JSON object (they are not
+    encoded again); ``tools`` the names of the host functions the call offers.
+    """
+
+    code: str
+    return_names: tuple[str, ...] = ()
+    globals_json: str = "{}"
+    display: bool = False
+    return_all: bool = False
+    figures: bool = False  # (the scientific runtime: return matplotlib's open figures)
+    trace_imports: bool = False
+    tools: tuple[str, ...] = ()
+
+    def payload(self, call_id: int, max_globals_bytes: int) -> dict[str, Any]:
+        """The request's fields as the runner reads them (all but the globals)."""
+        out: dict[str, Any] = {
+            "op": "exec", "code": self.code, "return": list(self.return_names),
+            "display": self.display, "return_all": self.return_all,
+            "figures": self.figures, "max_depth": MAX_JSON_DEPTH, "id": call_id,
+            "max_globals_bytes": max_globals_bytes}
+        if self.trace_imports:
+            out["trace_imports"] = True
+        if self.tools:
+            out["tools"] = list(self.tools)
+        return out
+
+
+@dataclass(frozen=True)
+class CallReply:
+    """The runner's answer to a call, validated (see :func:`validate_call_reply`)."""
+
+    ok: bool
+    globals: dict[str, Any]
+    globals_errors: dict[str, str]
+    error_type: str = ""
+    error_message: str = ""
+    traceback: str = ""
+    exit_code: int | None = None
+    value: dict[str, Any] | None = None  # (the last expression's shown forms)
+    imports: list[tuple[str, str | None]] = field(default_factory=list)
+    figures: list[bytes] = field(default_factory=list)
 
 
 def encode_request(payload: dict[str, Any]) -> bytes:
@@ -149,8 +208,9 @@ def _value_count(text: str) -> int:
     return text.count(",") + text.count("[") + text.count("{") + 1
 
 
-def validate_call_reply(reply: dict[str, Any], call_id: int) -> dict[str, Any]:
-    """Check a call reply's shape and types; parse the returned globals."""
+def validate_call_reply(reply: dict[str, Any], call_id: int) -> CallReply:
+    """Check a call reply's shape and types; parse the returned globals (ProtocolError:
+    the reply is not one the runner sends)."""
     if reply.get("id") != call_id:
         raise ProtocolError(f"reply for call {reply.get('id')!r}, expected {call_id}")
     ok = reply.get("ok")
@@ -207,7 +267,7 @@ def validate_call_reply(reply: dict[str, Any], call_id: int) -> dict[str, Any]:
                                                    validate=True))
         except (ValueError, binascii.Error):
             raise ProtocolError("a figure is not base64") from None
-    return out
+    return CallReply(**out)
 
 
 def _exit_code(raw: Any) -> int | None:

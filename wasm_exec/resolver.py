@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
-from .config import Limits, Policy
+from .config import Limits, configure
 from .errors import ConfigurationError, ExecutorClosedError
 from .executor import PythonExecExecutor
 from .parking import ParkingLot
@@ -101,13 +101,8 @@ class PythonExecExecutorResolver:
                 or not 0 < idle_timeout_seconds < math.inf):
             raise ConfigurationError("idle_timeout_seconds must be a positive, finite number "
                                      f"of seconds (or None), not {idle_timeout_seconds!r}")
-        try:
-            self.policy = Policy(whitelisted_imports=whitelisted_imports,  # type: ignore[arg-type]
-                                 default_imports=default_imports)  # type: ignore[arg-type]
-            base = limits if isinstance(limits, Limits) else Limits.model_validate(limits or {})
-            self.limits = base.merged(limit_overrides or None)
-        except ValueError as e:
-            raise ConfigurationError(str(e)) from e
+        self.policy, self.limits = configure(whitelisted_imports, default_imports, limits,
+                                             overrides=limit_overrides)
         self.max_agents = max_agents
         self.runtime = runtime
         self.state_store: StateStore | None = None

@@ -52,12 +52,16 @@ from .output import ChunkQueue
 from .pages import PAGE, Pinned, changed_pages
 from .protocol import (
     REPLY_HEADER,
+    CallLimits,
+    CallReply,
+    CallRequest,
     ProtocolError,
     ReplyReader,
     StopReason,
     encode_request,
     encode_request_with_globals,
     stream_ids,
+    validate_call_reply,
     validate_ready,
 )
 from .runtime import LoadedRuntime, runner_identity
@@ -163,17 +167,8 @@ class _Abort(Exception):
 
 
 @dataclass
-class CallLimits:
-    fuel: int | None
-    timeout_seconds: float
-    max_output_bytes: int
-    max_reply_bytes: int
-    max_globals_bytes: int
-
-
-@dataclass
 class CallOutcome:
-    reply: dict[str, Any] | None
+    reply: CallReply | None  # (validated: a reply that is not valid is a protocol stop)
     stdout: str
     stderr: str
     stdout_truncated: bool
@@ -429,13 +424,12 @@ class Session:
         a Store is never touched from two threads at once)."""
         return self._memory_bytes
 
-    def call(self, payload: dict[str, Any], limits: CallLimits,
-             globals_json: str = "{}", tools: ToolBox | None = None,
+    def call(self, request: CallRequest, limits: CallLimits, tools: ToolBox | None = None,
              on_output: Callable[[int, bytes], None] | None = None) -> CallOutcome:
-        """Run one request; returns its outcome, or ``died`` set when the interpreter died.
+        """Run one request; returns its outcome, or ``died`` set when the interpreter died
+        (or broke the protocol: its reply is validated here, where it is received).
 
-        ``globals_json`` is the request's globals, already encoded as a JSON object;
-        ``tools`` the host functions the call's code may call (its names are the
+        ``tools`` are the host functions the call's code may call (their names are the
         request's ``tools``). ``on_output(fd, data)`` is given what the call writes on fd 1
         and 2 (within the output cap) while it runs, on this thread; the guest does not
         wait for it.
@@ -444,14 +438,14 @@ class Session:
             if self._dead is not None:
                 raise self._dead
             call_id = next(self._ids)
-            payload = dict(payload, id=call_id, max_globals_bytes=limits.max_globals_bytes)
+            payload = request.payload(call_id, limits.max_globals_bytes)
             if self._reseed:
                 payload["reseed"] = True  # restored from a snapshot: fresh random numbers
                 self._reseed = False
             if self._want_streams:
                 payload["streams"] = True  # (the addresses of the runner's streams)
-            call = _Call(call_id, encode_request_with_globals(payload, globals_json), limits,
-                         tools=tools)
+            call = _Call(call_id, encode_request_with_globals(payload, request.globals_json),
+                         limits, tools=tools)
             if on_output is not None:
                 call.chunks = ChunkQueue()
                 call.done = _Waking(call.chunks.wake)
@@ -1029,9 +1023,15 @@ class Session:
             fuel_used = max(0, call.limits.fuel - call.fuel_left)
         end = call.ended or time.perf_counter()
         died = None
+        reply = None
         if call.reply is None:
             died = self._dead or SessionDead(STOP_CRASH, "the interpreter stopped answering")
-        return CallOutcome(call.reply, out, err, call.out_dropped, call.err_dropped, fuel_used,
+        else:
+            try:
+                reply = validate_call_reply(call.reply, call.call_id)
+            except ProtocolError as e:
+                died = SessionDead(STOP_PROTOCOL, str(e))
+        return CallOutcome(reply, out, err, call.out_dropped, call.err_dropped, fuel_used,
                            max(0.0, end - call.started) if call.started else 0.0,
                            self._memory_bytes, call.call_id, died, bool(call.started))
 

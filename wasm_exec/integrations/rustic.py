@@ -84,7 +84,7 @@ except ImportError as _error:  # pragma: no cover - exercised in a subprocess by
         f"(Python >= 3.13) [{type(_error).__name__}: {_error}]"
     ) from _error
 
-from ..config import Limits, Policy
+from ..config import Limits, Policy, configure
 from ..errors import ConfigurationError, ExecutorClosedError, WasmExecError
 from ..executor import ExecutionResult, PythonExecExecutor
 from ..pool import SessionPool
@@ -439,12 +439,8 @@ class WasmExecExecutorResolver(DependencyResolver[CodeExecutor]):
         overrides.update(Limits.shortcuts(fuel=fuel, timeout_seconds=timeout_seconds,
                                           memory_bytes=memory_bytes,
                                           max_output_bytes=max_output_bytes))
-        try:
-            policy = Policy(whitelisted_imports=whitelisted_imports,  # type: ignore[arg-type]
-                            default_imports=default_imports)  # type: ignore[arg-type]
-            call_limits = Limits().merged(overrides)
-        except ValueError as e:
-            raise ConfigurationError(f"WasmExecExecutorResolver: {e}") from e
+        policy, call_limits = configure(whitelisted_imports, default_imports, overrides,
+                                        owner="WasmExecExecutorResolver")
         # a configured deadline is a ceiling that a run(timeout_seconds=...) cannot lift
         self.max_timeout_seconds: float | None = (
             call_limits.timeout_seconds if "timeout_seconds" in overrides else None)
@@ -760,15 +756,9 @@ def _policy_and_limits(
     memory_bytes: int | None,
     max_output_bytes: int | None,
 ) -> tuple[Policy, Limits]:
-    try:
-        policy = Policy(whitelisted_imports=whitelisted_imports,  # type: ignore[arg-type]
-                        default_imports=default_imports)  # type: ignore[arg-type]
-        base = limits if isinstance(limits, Limits) or limits is None else dict(limits)
-        return policy, Limits.build(base, fuel=fuel, timeout_seconds=timeout_seconds,
-                                    memory_bytes=memory_bytes,
-                                    max_output_bytes=max_output_bytes)
-    except (TypeError, ValueError) as e:
-        raise ConfigurationError(f"{owner}: {e}") from e
+    return configure(whitelisted_imports, default_imports, limits, fuel=fuel,
+                     timeout_seconds=timeout_seconds, memory_bytes=memory_bytes,
+                     max_output_bytes=max_output_bytes, owner=owner)
 
 
 def _read_back(block: CodeBlock, values: Mapping[str, Any]) -> None:
