@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
-import math
 import os
 import threading
 import time
@@ -15,9 +13,6 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
-from pydantic_core import PydanticSerializationError
 
 from . import images, parking
 from .config import Limits, Policy, configure
@@ -43,9 +38,15 @@ from .output import Mailbox, OutputChunk, OutputDispatch, OutputHandler, in_call
 from .protocol import (
     CallRequest,
     ResetReason,
-    StopReason,
     check_json_value,
     is_plain_json,
+)
+from .results import (
+    DisplayValue,
+    ExecutionResult,
+    display_value,
+    not_run,
+    stopped,
 )
 from .runtime import EngineSettings, load_pin, load_runtime, missing_module_hint, profiles
 from .session import STOP_CANCELLED, Session, SessionDead
@@ -69,167 +70,6 @@ _log = logging.getLogger("wasm_exec.state_store")
 # each name twice, and has to fit the host's cap)
 MAX_RETURN_NAMES = 10_000
 MAX_NAME_CHARS = 1_000
-
-# (the name ExecutionResult.limit had before StopReason; kept for type annotations)
-LimitName = StopReason
-
-_STOP_TEXT = {
-    StopReason.FUEL: "Fuel limit exceeded: the call used its whole budget of {fuel} fuel "
-                     "units",
-    StopReason.TIMEOUT: "Timeout: the call ran past its deadline of {timeout} s",
-    StopReason.STACK_OVERFLOW: "The interpreter's WebAssembly stack overflowed (too deep "
-                               "recursion in C code)",
-    StopReason.EXIT: "The code ended the interpreter ({detail})",
-    StopReason.CRASH: "The interpreter crashed ({detail})",
-    StopReason.PROTOCOL: "The interpreter broke the sandbox protocol ({detail})",
-    StopReason.CANCELLED: "The call was cancelled",
-    StopReason.MEMORY: "Memory limit exceeded",
-}
-# the error_type of a stopped call
-_STOP_ERROR_TYPE = {StopReason.FUEL: "FuelExhausted", StopReason.TIMEOUT: "TimeoutError",
-                    StopReason.STACK_OVERFLOW: "StackOverflow",
-                    StopReason.CANCELLED: "Cancelled"}
-
-
-class DisplayValue(BaseModel):
-    """The value of a cell's last expression, like a notebook's ``execute_result``.
-
-    ``text`` is its ``repr()`` (shortened to 100,000 characters); ``json_value`` is the
-    value itself when it is JSON data (``is_json``); ``html`` is its ``_repr_html_()``
-    when its type offers one (a pandas DataFrame's table); ``png`` its ``_repr_png_()``.
-    :meth:`mime_bundle` gives them keyed by MIME type, as Jupyter does.
-    """
-
-    model_config = ConfigDict(frozen=True, val_json_bytes="base64")
-
-    text: str
-    is_json: bool = False
-    json_value: Any = None
-    html: str | None = None
-    png: bytes | None = None
-
-    @field_serializer("png", when_used="json")
-    def _png_as_base64(self, png: bytes | None) -> str | None:
-        return None if png is None else _b64(png)
-
-    def mime_bundle(self) -> dict[str, Any]:
-        """``{"text/plain": ..., "application/json": ..., "text/html": ...,
-        "image/png": <base64 str>}``, with the forms the value has."""
-        bundle: dict[str, Any] = {"text/plain": self.text}
-        if self.is_json:
-            bundle["application/json"] = self.json_value
-        if self.html is not None:
-            bundle["text/html"] = self.html
-        if self.png is not None:
-            bundle["image/png"] = _b64(self.png)
-        return bundle
-
-
-class ExecutionResult(BaseModel):
-    """What one ``execute`` call produced.
-
-    ``success`` is False when the code raised (including ``SyntaxError`` and a
-    ``SystemExit`` other than ``sys.exit(0)``) or when a limit stopped it; ``error`` then
-    says what happened in one line and ``error_type`` / ``error_message`` / ``traceback``
-    give the details. ``model_dump_json()`` works for every result (bytes as base64).
-    """
-
-    # (bytes travel in JSON as standard base64, and are read back from it)
-    model_config = ConfigDict(frozen=True, val_json_bytes="base64")
-
-    success: bool
-    error: str | None = None
-    stdout: str = ""
-    stderr: str = ""
-    globals: dict[str, Any] = Field(default_factory=dict)
-    globals_errors: dict[str, str] = Field(
-        default_factory=dict,
-        description="Names from return_globals that could not be returned, with the reason.")
-    error_type: str | None = None
-    error_message: str | None = None
-    traceback: str | None = None
-    limit: LimitName | None = Field(
-        default=None, description="The limit that stopped the call, if one did.")
-    state_reset: bool = Field(
-        default=False,
-        description="True when this call ran on a fresh interpreter because the previous "
-        "one was lost (a limit stopped it, it crashed, or it was evicted): variables from "
-        "earlier calls are gone. Default imports are in place again.")
-    reset_reason: ResetReason | None = Field(
-        default=None,
-        description="Why state_reset is True: 'reset' (reset() was called), 'evicted' (the "
-        "interpreter was released to make room, or idle, without parking), 'lost' (an "
-        "earlier call ended the interpreter and it could not be rolled back), "
-        "'park_dropped' (the agent was parked and its image dropped to stay within the "
-        "parking budget), 'park_failed' (its parked image could not be restored).")
-    interpreter_lost: bool = Field(
-        default=False,
-        description="True when this call ended the interpreter: the next call starts fresh.")
-    rolled_back: bool = Field(
-        default=False,
-        description="True when a limit (or a crash) stopped this call and the interpreter "
-        "was put back as it was after the previous call (reactor runtimes): nothing this "
-        "call did is kept; earlier variables, functions and imports are intact.")
-    duration_seconds: float = 0.0
-    fuel_used: int | None = None
-    memory_bytes: int = Field(default=0, description="Guest linear memory after the call.")
-    stdout_truncated: bool = False
-    stderr_truncated: bool = False
-    figures: list[bytes] = Field(
-        default_factory=list,
-        description="PNG images of the matplotlib figures the call left open (scientific "
-        "runtime); they are closed afterwards. Counted against max_globals_bytes.")
-    imports: list[tuple[str, str | None]] | None = Field(
-        default=None,
-        description="With execute(..., trace_imports=True): each import the import guard was "
-        "asked for during the call (the agent's and the libraries'), in order, with the "
-        "name of the grant rule that allowed it, or None where it was refused (at most "
-        "256). None when not asked for.")
-    files: dict[str, bytes] = Field(
-        default_factory=dict,
-        description="The files named in output_files, read from the agent's file system "
-        "after the call, by the name given.")
-    files_errors: dict[str, str] = Field(
-        default_factory=dict,
-        description="Names from output_files that could not be read, with the reason.")
-
-    @field_serializer("files", when_used="json")
-    def _files_as_base64(self, files: dict[str, bytes]) -> dict[str, str]:
-        # (in JSON, file contents are standard base64: they are often not text)
-        return {name: base64.b64encode(data).decode("ascii") for name, data in files.items()}
-
-    value: DisplayValue | None = Field(
-        default=None,
-        description="The value of the cell's last statement when that is an expression "
-        "whose value is not None (like a notebook's execute_result); counted against "
-        "max_globals_bytes.")
-    exit_code: int | None = Field(
-        default=None,
-        description="The status the code exited with by SystemExit (sys.exit(), exit(), "
-        "quit()): 0 for sys.exit() and sys.exit(0) (a success), n for sys.exit(n), 1 for "
-        "sys.exit('message') (the message goes to stderr). None when it did not exit.")
-    callback_error: str | None = Field(
-        default=None,
-        description="The first exception an on_stdout / on_stderr callback raised during "
-        "the call (that callback was not called again; the call went on).")
-
-    @field_serializer("figures", when_used="json")
-    def _figures_as_base64(self, figures: list[bytes]) -> list[str]:
-        return [_b64(f) for f in figures]
-
-    def model_dump_json(self, *, indent: int | None = None, **kwargs: Any) -> str:
-        """The result as JSON text: bytes (figures, a value's PNG) as base64, NaN and
-        infinities as null. Whatever the agent returned: a str holding a lone surrogate
-        (a valid str, not UTF-8) is written escaped (``"\\ud800"``, as Python's json
-        module writes it: it reads back as the same str), and globals nested deeper than
-        pydantic's serializer goes (about 250 levels; they may nest 400) are written
-        too."""
-        try:
-            return super().model_dump_json(indent=indent, **kwargs)
-        except PydanticSerializationError:
-            return json.dumps(_json_safe(self.model_dump(**kwargs)), indent=indent,
-                              ensure_ascii=True)
-
 
 @dataclass
 class _Call:
@@ -458,7 +298,7 @@ class PythonExecExecutor:
         ticket = call.ticket
         with self._call_lock(ticket) as go:
             if not go:
-                return _not_run()
+                return not_run()
             self._calls += 1
             result = self._execute_locked(call)
             if ticket is not None and result.state_reset and not ticket.deliver(self._calls):
@@ -492,7 +332,7 @@ class PythonExecExecutor:
         started = time.perf_counter()
         if ticket is not None and not ticket.start(session):
             self._reset_pending = reset  # (still to be reported by the next call)
-            return _not_run()
+            return not_run()
         try:
             try:
                 if writes is not None:
@@ -515,7 +355,7 @@ class PythonExecExecutor:
                 reset = lost or reset
                 if ticket is not None and not ticket.start(session):
                     self._reset_pending = reset
-                    return _not_run()
+                    return not_run()
                 if writes is not None:
                     session.files(writes, changes=True)
                 outcome = session.call(request, limits_for_call, box, output)
@@ -575,7 +415,7 @@ class PythonExecExecutor:
         reply = outcome.reply  # (validated where the session received it)
         assert reply is not None
         common["figures"] = reply.figures
-        common["value"] = _display_value(reply.value)
+        common["value"] = display_value(reply.value)
         common["exit_code"] = reply.exit_code
         if request.trace_imports:
             common["imports"] = reply.imports
@@ -1216,23 +1056,9 @@ class PythonExecExecutor:
 
     def _stopped(self, died: SessionDead, limits: Limits, common: dict[str, Any],
                  rolled_back: bool = False) -> ExecutionResult:
-        reason = died.reason
-        text = _STOP_TEXT.get(reason, "The interpreter stopped ({detail})").format(
-            fuel=limits.fuel, timeout=limits.timeout_seconds, detail=died.detail)
-        if rolled_back:
-            text += (". The call was rolled back: nothing it did is kept, and the "
-                     "interpreter is as it was after the previous call (earlier variables, "
-                     "functions and imports are intact).")
-        else:
-            text += ". The interpreter was lost: the next call starts a fresh one " \
-                    "(earlier variables are gone, default imports are rebound)."
-        etype = _STOP_ERROR_TYPE.get(reason, "SandboxError")
-        if reason == STOP_CANCELLED and self._closed:
-            text = "The executor was closed while the call ran."
-        return ExecutionResult(success=False, error=text, error_type=etype,
-                               error_message=text, limit=reason,
-                               interpreter_lost=not rolled_back, rolled_back=rolled_back,
-                               **common)
+        return stopped(died.reason, died.detail, fuel=limits.fuel,
+                       timeout=limits.timeout_seconds, rolled_back=rolled_back,
+                       closed=self._closed, **common)
 
 
 class _Ticket:
@@ -1295,39 +1121,6 @@ def _agent_state(executor: PythonExecExecutor, store: Any, identity: Any,
                       allowed=executor.policy.allowed,
                       default_imports=dict(executor.policy.default_imports),
                       owns_store=opened is not store)
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` (a result dumped as Python data) as JSON data the way pydantic writes it:
-    bytes as base64, NaN and infinities as None."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, bytes):
-        return _b64(value)
-    return value
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _display_value(shown: dict[str, Any] | None) -> DisplayValue | None:
-    if shown is None:
-        return None
-    return DisplayValue(text=shown["text"], is_json="json" in shown,
-                        json_value=shown.get("json"), html=shown.get("html"),
-                        png=shown.get("png"))
-
-
-def _not_run() -> ExecutionResult:
-    text = ("The call was cancelled before it started: nothing ran, and the agent's state "
-            "is unchanged.")
-    return ExecutionResult(success=False, error=text, error_type="Cancelled",
-                           error_message=text, limit="cancelled")
 
 
 def _room_of(ref: weakref.ReferenceType[PythonExecExecutor]) -> Session | None:
