@@ -139,11 +139,15 @@ class HostCalls:
         return self._put_u32(caller, nread_ptr, total)
 
     def _put_u32(self, caller: wasmtime.Caller, ptr: int, value: int) -> int:
+        return self._put(caller, ptr, struct.pack("<I", value))
+
+    def _put(self, caller: wasmtime.Caller, ptr: int, data: bytes) -> int:
+        """Write ``data`` at the guest address ``ptr`` (EFAULT when it does not fit)."""
         base, size = self._mem(caller)
         ptr &= U32
-        if ptr + 4 > size:
+        if ptr + len(data) > size:
             return ERRNO_FAULT
-        ctypes.memmove(base + ptr, struct.pack("<I", value), 4)
+        ctypes.memmove(base + ptr, data, len(data))
         return ERRNO_SUCCESS
 
     def _fd_write(self, caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int,
@@ -368,12 +372,7 @@ class HostCalls:
             now = time.monotonic_ns() - self._started_ns
         else:
             return ERRNO_INVAL
-        base, size = self._mem(caller)
-        out_ptr &= U32
-        if out_ptr + 8 > size:
-            return ERRNO_FAULT
-        ctypes.memmove(base + out_ptr, struct.pack("<Q", now), 8)
-        return ERRNO_SUCCESS
+        return self._put(caller, out_ptr, struct.pack("<Q", now))
 
     def _poll_oneoff(self, caller: wasmtime.Caller, in_ptr: int, out_ptr: int, nsubs: int,
                      nevents_ptr: int) -> int:

@@ -1,5 +1,6 @@
 """A snapshot: an interpreter between calls, held by the host (its whole linear memory,
-its file system and what the host knows of it).
+its file system and what the host knows of it), and how a session takes snapshots and
+continues from them (:class:`SessionSnapshots`, a base class of the session).
 
 Three words, three things: the *runtime* is the WebAssembly module and standard library an
 interpreter runs (runtime.py, ``LoadedRuntime``); a *snapshot* is one interpreter's state
@@ -263,13 +264,8 @@ class SessionSnapshots:
                 self._touched, self._touched_base = set(target.pages), target.base
             else:
                 self._touched = None
-            self._fs.restore(target.fs)
-            self.default_import_errors = dict(target.default_import_errors)
-            self._token = target.token
-            self._reader = ReplyReader(self._token, 1 << 20)
-            self._reseed = reseed
-            now = time.monotonic_ns() - CLOCK_ORIGIN
-            self._mono_shift = max(0, target.monotonic_ns - now)
+            self._take_identity(target.fs, target.default_import_errors, target.token,
+                                target.monotonic_ns, reseed=reseed)
             self._memory_bytes = target.size
             with self._cv:
                 self.latest_snapshot = Snapshot(
@@ -432,18 +428,10 @@ class SessionSnapshots:
             if cow is not None:
                 self._buffers = (self._buffers + [cow])[-2:]
                 self._dirty_buffer = cow
-        self._fs.restore(snapshot.fs)
         self._parked_as = None
         self._boot_source = b""
-        self.default_import_errors = dict(snapshot.default_import_errors)
-        # the token the snapshot's runner holds (sent to no one: a copy of an interpreter
-        # answers on its own channel only), fresh random numbers, a clock that never goes
-        # back
-        self._token = snapshot.token
-        self._reader = ReplyReader(self._token, 1 << 20)
-        self._reseed = True
-        now = time.monotonic_ns() - CLOCK_ORIGIN
-        self._mono_shift = max(0, snapshot.monotonic_ns - now)
+        self._take_identity(snapshot.fs, snapshot.default_import_errors, snapshot.token,
+                            snapshot.monotonic_ns, reseed=True)
         # the streams are where this runtime build's first interpreter found them, in
         # every interpreter restored from a snapshot of one; else the runner says
         layout = streams.known_layout(self._runtime.pin.sha256)
@@ -455,3 +443,17 @@ class SessionSnapshots:
         self._snapped.set()
         self._boot.reply = {"id": 0, "ready": True, "errors": self.default_import_errors}
         self._boot.done.set()
+
+    def _take_identity(self, fs: Any, default_import_errors: dict[str, str], token: bytes,
+                       monotonic_ns: int, *, reseed: bool) -> None:
+        """Become the interpreter a snapshot (or a parked image) was taken of, as far as
+        the host knows it: its files, the token its runner holds (sent to no one: a copy
+        of an interpreter answers on its own channel only), fresh random numbers at the
+        next call when ``reseed``, and a monotonic clock that never goes back."""
+        self._fs.restore(fs)
+        self.default_import_errors = dict(default_import_errors)
+        self._token = token
+        self._reader = ReplyReader(self._token, 1 << 20)
+        self._reseed = reseed
+        now = time.monotonic_ns() - CLOCK_ORIGIN
+        self._mono_shift = max(0, monotonic_ns - now)
