@@ -34,6 +34,7 @@ from .files import (
     read_all,
     write_all,
 )
+from .hostfiles import host_path
 from .output import Mailbox, OutputChunk, OutputDispatch, OutputHandler, in_callback_of
 from .protocol import (
     CallRequest,
@@ -61,7 +62,7 @@ from .state_store import (
 )
 from .supply import AgentSupply, SessionKey, SessionPool, template_of
 from .tools import Stragglers, ToolBox, ToolFunction, check_tools, serving
-from .vfs import MemoryFS, host_path, scratch_budget
+from .vfs import MemoryFS, scratch_budget
 from .zipfs import shared_zip
 
 _log = logging.getLogger("wasm_exec.state_store")

@@ -15,7 +15,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from .errors import InputError
-from .vfs import MemoryFS, host_path
+from .hostfiles import host_path
+from .vfs import MemoryFS
 
 # how many files one call may put in or ask back
 MAX_FILES = 10_000

@@ -1,6 +1,7 @@
-"""The in-memory file system's nodes: files, directories, open descriptors, and a whole
-tree's state (FSState); copying and freezing trees for images (a frozen node is shared
-between images until one of them changes it)."""
+"""The in-memory file system's tree: its layout (where the guest's places are, and the
+limits), its nodes (files, directories, open descriptors, a whole tree's state: FSState),
+and copying and freezing trees for snapshots (a frozen node is shared between snapshots
+until one of them changes it)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,31 @@ from .wasi import (
 
 DEV_RO, DEV_SCRATCH, DEV_DEVICES = 1, 2, 3
 FIXED_TIME_NS = 1_767_225_600 * 10**9  # 2026-01-01: times of the read-only part
+
+# ------------------------------------------------------------------ layout and limits
+ZIP_PATH = "/usr/local/lib/python315.zip"
+SCRATCH_ROOT = "/tmp"
+GUEST_CWD = "/tmp/work"
+GUEST_HOME = "/tmp/home"
+GUEST_MPLCONFIGDIR = "/tmp/mpl"
+GUEST_DIRS = (GUEST_CWD, GUEST_HOME, GUEST_MPLCONFIGDIR)
+# archives inside the stdlib zip served as read-only folders under the zip's own path,
+# where the packages look for their data (matplotlib: Path(__file__).with_name("mpl-data"))
+ZIP_OVERLAYS = (("matplotlib/mpl-data.zip", "matplotlib/mpl-data"),)
+GUEST_ENV = {"HOME": GUEST_HOME, "MPLCONFIGDIR": GUEST_MPLCONFIGDIR, "TMPDIR": SCRATCH_ROOT,
+             "PWD": GUEST_CWD}
+
+PREOPEN_FD = 3  # the one preopened directory, "/"
+FIRST_FD = 4  # fds the guest opens start here
+STDIO_FDS = 3  # 0, 1, 2 belong to the caller
+PATH_MAX = 4096
+NAME_MAX = 255
+# budget charged per scratch file or directory: its host cost (node, a name of up to 255
+# bytes, its copy in the latest image) was measured at up to about 1.2 KB
+NODE_COST = 1536
+DEFAULT_SCRATCH_BYTES = 256 << 20
+DEFAULT_MAX_FDS = 1024
+CONSOLE_CAP = 1 << 20
 
 
 # ------------------------------------------------------------------ nodes

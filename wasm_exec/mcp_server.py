@@ -331,7 +331,7 @@ class SandboxServer:
 
     @staticmethod
     def _write(ex: PythonExecExecutor, path: str, data: bytes) -> str:
-        from .vfs import host_path
+        from .hostfiles import host_path
 
         ex.write_file(path, data)
         return host_path(path)
@@ -347,7 +347,7 @@ class SandboxServer:
     ) -> Annotated[CallToolResult, FileOutput]:
         """Read a file of a sandbox, e.g. one its code wrote: text as it is, other bytes as
         base64 (a PNG, JPEG, GIF or WebP image also as image content)."""
-        from .vfs import host_path
+        from .hostfiles import host_path
 
         try:
             name, data = await self._file_job(ctx, session, False,
@@ -411,7 +411,7 @@ class SandboxServer:
                           ) -> Annotated[CallToolResult, FileOutput]:
         """Delete a file of a sandbox, or a directory with everything in it; its space is
         free again."""
-        from .vfs import host_path
+        from .hostfiles import host_path
 
         try:
             name, _ = await self._file_job(ctx, session, False,

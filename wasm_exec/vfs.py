@@ -5,9 +5,10 @@ import is shadowed by a method of one :class:`MemoryFS`, one per interpreter. No
 touches the host file system on the guest's behalf.
 
 The file system's parts, one concept per module: the WASI ABI (errno values, flags, struct
-layouts, guest memory access) in ``wasi.py``; the nodes and tree copies in ``fsnodes.py``;
-the runtime's read-only archives in ``zipfs.py``; the state as JSON for image files in
-``fsimage.py``; the calls themselves (``MemoryFS``) here.
+layouts, guest memory access) in ``wasi.py``; the layout, nodes and tree copies in
+``fsnodes.py``; the runtime's read-only archives in ``zipfs.py``; the state as JSON for
+image files in ``fsimage.py``; the host's own file API in ``hostfiles.py``; the guest's
+WASI calls (``MemoryFS``) here.
 
 The guest sees one preopened directory, ``/`` on fd 3 (the snapshot's libc finds it by
 asking ``fd_prestat_get`` for fds 3, 4, ... on its first path call), holding:
@@ -31,10 +32,10 @@ for a non-terminal stream (file type unknown, not seekable).
 The snapshot's ``os.environ`` and working directory were fixed when it was made (empty,
 ``/``), so the guest learns its places from :func:`setup_source`, run as the first turn.
 
-The host puts files in and reads them out with :meth:`MemoryFS.host_write`,
-``host_read``, ``host_list`` and ``host_delete`` (the executor's file API), on paths that
-:func:`host_path` made: only under the scratch root, charged to the same budget as the
-guest's own writes.
+The host puts files in and reads them out with ``host_write``, ``host_read``,
+``host_list`` and ``host_delete`` (hostfiles.py; the executor's file API), on paths that
+:func:`~wasm_exec.hostfiles.host_path` made: only under the scratch root, charged to the
+same budget as the guest's own writes.
 """
 
 from __future__ import annotations
@@ -48,12 +49,26 @@ from typing import Any
 
 import wasmtime
 
-from .errors import InputError
-from .fsnodes import (
+from .fsnodes import (  # (the layout's names are this module's too)
+    CONSOLE_CAP,
+    DEFAULT_MAX_FDS,
+    DEFAULT_SCRATCH_BYTES,
     DEV_DEVICES,
     DEV_RO,
     DEV_SCRATCH,
+    FIRST_FD,
     FIXED_TIME_NS,
+    GUEST_CWD,
+    GUEST_DIRS,
+    GUEST_ENV,
+    NAME_MAX,
+    NODE_COST,
+    PATH_MAX,
+    PREOPEN_FD,
+    SCRATCH_ROOT,
+    STDIO_FDS,
+    ZIP_OVERLAYS,
+    ZIP_PATH,
     Dir,
     Fd,
     File,
@@ -63,6 +78,7 @@ from .fsnodes import (
     filetype,
     freeze,
 )
+from .hostfiles import HostFiles
 from .wasi import (
     DIR_RIGHTS,
     DIRENT,
@@ -133,32 +149,6 @@ from .zipfs import (
     zip_overlay,
 )
 
-# ------------------------------------------------------------------ layout and limits
-ZIP_PATH = "/usr/local/lib/python315.zip"
-SCRATCH_ROOT = "/tmp"
-GUEST_CWD = "/tmp/work"
-GUEST_HOME = "/tmp/home"
-GUEST_MPLCONFIGDIR = "/tmp/mpl"
-GUEST_DIRS = (GUEST_CWD, GUEST_HOME, GUEST_MPLCONFIGDIR)
-# archives inside the stdlib zip served as read-only folders under the zip's own path,
-# where the packages look for their data (matplotlib: Path(__file__).with_name("mpl-data"))
-ZIP_OVERLAYS = (("matplotlib/mpl-data.zip", "matplotlib/mpl-data"),)
-GUEST_ENV = {"HOME": GUEST_HOME, "MPLCONFIGDIR": GUEST_MPLCONFIGDIR, "TMPDIR": SCRATCH_ROOT,
-             "PWD": GUEST_CWD}
-
-PREOPEN_FD = 3  # the one preopened directory, "/"
-FIRST_FD = 4  # fds the guest opens start here
-STDIO_FDS = 3  # 0, 1, 2 belong to the caller
-PATH_MAX = 4096
-NAME_MAX = 255
-# budget charged per scratch file or directory: its host cost (node, a name of up to 255
-# bytes, its copy in the latest image) was measured at up to about 1.2 KB
-NODE_COST = 1536
-DEFAULT_SCRATCH_BYTES = 256 << 20
-DEFAULT_MAX_FDS = 1024
-CONSOLE_CAP = 1 << 20
-
-
 
 def scratch_budget(memory_bytes: int) -> int:
     """The scratch budget of an interpreter with this memory limit: a quarter of it, at
@@ -190,7 +180,7 @@ def setup_source() -> str:
 StdioFunc = Callable[[Any, int, int, int, int], int]
 
 
-class MemoryFS:
+class MemoryFS(HostFiles):
     """One interpreter's file system: the shared read-only zip and a private scratch area."""
 
     def __init__(self, stdlib_zip: Any, *, zip_path: str = ZIP_PATH,
@@ -1140,196 +1130,10 @@ class MemoryFS:
     # What the host puts into and reads out of the agent's files, between turns (the
     # session runs these on its own thread, so they never race a turn or an image). Paths
     # are absolute guest paths made by host_path(): under the scratch root, normalised.
-    def _host_walk(self, path: str, *, missing_ok: bool = False
-                   ) -> tuple[Dir, str, Node | None]:
-        """(directory, name, node or None) of ``path``; a directory on the way that is
-        missing raises FileNotFoundError (None for the node itself with ``missing_ok``)."""
-        parts = path.strip("/").split("/")
-        node: Node = self._root
-        for i, part in enumerate(parts[:-1]):
-            child = node.entries.get(part)  # type: ignore[attr-defined]
-            if child is None:
-                raise FileNotFoundError(_ENOENT_ERR, "no such directory in the sandbox",
-                                        "/" + "/".join(parts[:i + 1]))
-            if type(child) is not Dir:
-                raise NotADirectoryError(_ENOTDIR_ERR, "not a directory in the sandbox",
-                                         "/" + "/".join(parts[:i + 1]))
-            node = child
-        found = node.entries.get(parts[-1])  # type: ignore[attr-defined]
-        if found is None and not missing_ok:
-            raise FileNotFoundError(_ENOENT_ERR, "no such file or directory in the sandbox",
-                                    path)
-        return node, parts[-1], found  # type: ignore[return-value]
-
-    def host_write(self, path: str, data: bytes) -> int:
-        """Make ``path`` a file holding ``data`` (its directories too), charged to the
-        scratch budget like the guest's own writes: nothing changes when it does not fit
-        (InputError). An existing file keeps its identity (descriptors the guest holds see
-        the new contents). Returns the bytes of budget the write took (or gave back)."""
-        parts = path.strip("/").split("/")
-        node: Node = self._root
-        i = 0
-        while i < len(parts) - 1:
-            child = node.entries.get(parts[i])  # type: ignore[attr-defined]
-            if child is None:
-                break
-            if type(child) is not Dir:
-                raise NotADirectoryError(_ENOTDIR_ERR, "a file is in the way (not a "
-                                         "directory)", "/" + "/".join(parts[:i + 1]))
-            node = child
-            i += 1
-        folder: Dir = node  # type: ignore[assignment]
-        new_dirs = parts[i:-1]
-        name = parts[-1]
-        existing = None if new_dirs else folder.entries.get(name)
-        if existing is not None and type(existing) is Dir:
-            raise IsADirectoryError(_EISDIR_ERR, "a directory has that name in the sandbox",
-                                    path)
-        if not folder.writable or folder.dev != DEV_SCRATCH or folder.removed:
-            raise InputError(f"{path}: not in the agent's writable files")
-        need = NODE_COST * len(new_dirs) + (
-            NODE_COST + len(data) if existing is None
-            else len(data) - len(existing.data))  # type: ignore[attr-defined]
-        if need > 0 and self._used + need > self.scratch_bytes:
-            free = max(0, self.scratch_bytes - self._used)
-            raise InputError(
-                f"writing {path} ({len(data):,} bytes) needs {need:,} bytes of the agent's "
-                f"file space and {free:,} of {self.scratch_bytes:,} are free (file contents "
-                f"plus {NODE_COST} per file or directory; the space is a quarter of "
-                "memory_bytes, at least 16 MiB): write less, delete files first, or give "
-                "the executor more memory_bytes. Nothing was written")
-        now = time.time_ns()
-        for part in new_dirs:
-            child = Dir(self._ino(), DEV_SCRATCH, True, now, folder)
-            self._dirty(folder)
-            folder.entries[part] = child
-            folder.mtim = folder.ctim = now
-            self._used += NODE_COST
-            folder = child
-        if existing is None:
-            f = File(self._ino(), DEV_SCRATCH, True, now, bytearray(data))
-            f.parent = folder
-            self._dirty(folder)
-            folder.entries[name] = f
-            folder.mtim = folder.ctim = now
-            self._used += NODE_COST + len(data)
-        else:
-            self._dirty(existing)
-            self._used += len(data) - len(existing.data)  # type: ignore[attr-defined]
-            existing.data[:] = data  # type: ignore[attr-defined]
-            existing.mtim = existing.ctim = now
-        return need
-
-    def host_read(self, path: str) -> bytes:
-        """The contents of the file at ``path`` (FileNotFoundError, IsADirectoryError)."""
-        _folder, _name, node = self._host_walk(path)
-        if type(node) is Dir:
-            raise IsADirectoryError(_EISDIR_ERR, "a directory, not a file, in the sandbox",
-                                    path)
-        data = node.data  # type: ignore[union-attr]
-        return b"" if data is None else bytes(data)
-
-    def host_list(self, path: str, recursive: bool = False) -> list[tuple[str, int, bool]]:
-        """(name relative to ``path``, size, is a directory) of what the directory at
-        ``path`` holds, sorted by name; with ``recursive``, everything below it."""
-        if path.strip("/"):
-            _folder, _name, top = self._host_walk(path)
-        else:
-            top = self._root
-        if type(top) is not Dir:
-            raise NotADirectoryError(_ENOTDIR_ERR, "a file, not a directory, in the sandbox",
-                                     path)
-        out: list[tuple[str, int, bool]] = []
-        stack: list[tuple[str, Dir]] = [("", top)]  # type: ignore[list-item]
-        while stack:
-            prefix, folder = stack.pop()
-            for name, child in folder.entries.items():
-                if child.shared and type(child) is Dir and child.hidden:
-                    continue
-                rel = prefix + name
-                if type(child) is Dir:
-                    out.append((rel, 0, True))
-                    if recursive:
-                        stack.append((rel + "/", child))  # type: ignore[arg-type]
-                else:
-                    data = child.data  # type: ignore[attr-defined]
-                    out.append((rel, 0 if data is None else len(data), False))
-        out.sort()
-        return out
-
-    def host_delete(self, path: str) -> None:
-        """Remove the file or directory (with everything in it) at ``path``; the
-        sandbox's own directories (the scratch root, the working directory, HOME,
-        MPLCONFIGDIR) stay. A file the guest holds open keeps its budget until closed."""
-        if path.rstrip("/") in (SCRATCH_ROOT,) + GUEST_DIRS:
-            raise InputError(f"{path} is one of the sandbox's own directories (the working "
-                             f"directory {GUEST_CWD}, HOME {GUEST_HOME}, MPLCONFIGDIR "
-                             f"{GUEST_MPLCONFIGDIR}, or {SCRATCH_ROOT}): delete what is "
-                             "inside it instead")
-        folder, name, node = self._host_walk(path)
-        if node is None or not node.writable or node.dev != DEV_SCRATCH:
-            raise InputError(f"{path}: not in the agent's writable files")
-        self._dirty(folder)
-        del folder.entries[name]
-        folder.mtim = folder.ctim = time.time_ns()
-        stack: list[Node] = [node]
-        while stack:
-            item = stack.pop()
-            if type(item) is Dir:
-                stack.extend(item.entries.values())
-            self._drop(item)
 
 
-# errno values of the host's own OSErrors (the file API above raises them for the caller)
-_ENOENT_ERR = 2
-_ENOTDIR_ERR = 20
-_EISDIR_ERR = 21
 
 
-def host_path(path: Any, what: str = "path") -> str:
-    """The absolute guest path the host's file API means by ``path``.
-
-    A relative name is under the working directory (``/tmp/work``); an absolute path
-    must be under the scratch root (``/tmp``), the agent's only writable tree. ``.``
-    parts are dropped; ``..``, NUL, empty names, lone surrogates and names longer than the
-    guest allows raise InputError, which says what to give instead.
-    """
-    if isinstance(path, os.PathLike):
-        path = os.fspath(path)
-    if not isinstance(path, str):
-        raise InputError(f"{what} must be a str, not {type(path).__name__}")
-    shown = repr(path) if len(path) <= 200 else repr(path[:200]) + "..."
-    hint = (f"give a name relative to the working directory {GUEST_CWD} (like 'data.csv' "
-            f"or 'out/chart.png') or an absolute path under {SCRATCH_ROOT}")
-    if not path:
-        raise InputError(f"{what} is empty: {hint}")
-    if "\0" in path:
-        raise InputError(f"{what} {shown} contains a NUL character: {hint}")
-    try:
-        size = len(path.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise InputError(f"{what} {shown} contains a lone surrogate, which no file name in "
-                         "the sandbox can hold") from None
-    if size > PATH_MAX:
-        raise InputError(f"{what} is {size} bytes long; paths in the sandbox have at most "
-                         f"{PATH_MAX}")
-    parts = []
-    for part in path.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            raise InputError(f"{what} {shown} contains '..': {hint} (the host's file API "
-                             "never leaves the agent's files)")
-        if len(part.encode("utf-8")) > NAME_MAX:
-            raise InputError(f"{what} {shown} has a name longer than {NAME_MAX} bytes")
-        parts.append(part)
-    root = SCRATCH_ROOT.strip("/").split("/")
-    if path.startswith("/"):
-        if parts[:len(root)] != root:
-            raise InputError(f"{what} {shown} is outside the agent's files: {hint}")
-    else:
-        parts = GUEST_CWD.strip("/").split("/") + parts
-    return "/" + "/".join(parts)
 
 
 # parameter kinds of each call after the caller: "i" i32, "I" i64 (results are one i32)
