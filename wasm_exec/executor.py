@@ -37,14 +37,17 @@ from .files import (
 from .hostfiles import host_path
 from .output import Mailbox, OutputChunk, OutputDispatch, OutputHandler, in_callback_of
 from .protocol import (
+    CallReply,
     CallRequest,
     ResetReason,
+    StopReason,
     check_json_value,
     is_plain_json,
 )
-from .results import (
+from .results import (  # (LimitName: importable from here, as before)
     DisplayValue,
     ExecutionResult,
+    LimitName,  # noqa: F401
     display_value,
     not_run,
     stopped,
@@ -62,6 +65,7 @@ from .state_store import (
 )
 from .supply import AgentSupply, SessionKey, SessionPool, template_of
 from .tools import Stragglers, ToolBox, ToolFunction, check_tools, serving
+from .turns import CallOutcome
 from .vfs import MemoryFS, scratch_budget
 from .zipfs import shared_zip
 
@@ -308,37 +312,73 @@ class PythonExecExecutor:
             return result
 
     def _execute_locked(self, call: _Call) -> ExecutionResult:
-        """One call, with the executor held (see ``_execute_call``)."""
-        ticket, output, call_limits = call.ticket, call.output, call.limits
+        """One call, with the executor held (see ``_execute_call``): an interpreter for
+        it, the call handed over, its output files read, and its outcome as a result."""
         if self._closed:
             raise ExecutorClosedError("this executor is closed; create a new one")
-        reset = self._reset_pending
-        supply = self._supply
-        session = supply.current
+        session, reset = self._interpreter(self._reset_pending)
+        self._reset_pending = None
+        started = time.perf_counter()
+        ran = self._run(call, session, reset)
+        if ran is None:
+            return not_run()
+        session, outcome, reset = ran
+        if call.output is not None and outcome.interrupt is not None:
+            call.output.interrupt = outcome.interrupt
+        out_files, out_errors = self._output_files(call, session, outcome)
+        if call.ticket is not None and call.ticket.finish() and outcome.died is None:
+            self._replace_after_late_cancel(session)
+        self._last_used = time.monotonic()
+        common = dict(stdout=outcome.stdout, stderr=outcome.stderr,
+                      stdout_truncated=outcome.stdout_truncated,
+                      stderr_truncated=outcome.stderr_truncated,
+                      duration_seconds=outcome.duration or (time.perf_counter() - started),
+                      fuel_used=outcome.fuel_used, memory_bytes=outcome.memory_bytes,
+                      state_reset=reset is not None, reset_reason=reset, files=out_files,
+                      files_errors=out_errors)
+        if outcome.died is not None:
+            return self._roll_back(session, outcome.died, call.limits, common)
+        assert outcome.reply is not None  # (validated where the session received it)
+        return self._answered(call, session, outcome.reply, common)
+
+    def _interpreter(self, reset: ResetReason | None
+                     ) -> tuple[Session, ResetReason | None]:
+        """The interpreter the next call runs on, and why the agent's state was reset
+        (``reset``: what is still to be reported, None if nothing)."""
+        session = self._supply.current
         if session is None and self._resume:
             session = self._resume_from_store()  # (released: continue from the store)
             reset = None if session is not None else (reset or "lost")
         if session is None or not session.alive:
-            session, lost = supply.continue_after(session)
+            session, lost = self._supply.continue_after(session)
             reset = lost or reset
-        self._reset_pending = None
-        request = call.request
+        return session, reset
+
+    def _run(self, call: _Call, session: Session, reset: ResetReason | None
+             ) -> tuple[Session, CallOutcome, ResetReason | None] | None:
+        """Hand ``call`` over to ``session`` and wait for its outcome (None: its ticket
+        was cancelled before it ran). An interpreter that died between calls, before it
+        took the request, is replaced first (see ``AgentSupply.continue_after``)."""
+        ticket, limits = call.ticket, call.limits
         box = None
         if call.tools:
-            box = ToolBox(call.tools, max_calls=call_limits.max_tool_calls,
-                          max_bytes=call_limits.max_globals_bytes, loop=call.loop,
+            box = ToolBox(call.tools, max_calls=limits.max_tool_calls,
+                          max_bytes=limits.max_globals_bytes, loop=call.loop,
                           stragglers=self._stragglers)
         writes = write_all(call.files) if call.files else None
-        limits_for_call = call_limits.for_call(request.return_names)
-        started = time.perf_counter()
+        for_call = limits.for_call(call.request.return_names)
+
+        def hand_over(session: Session) -> CallOutcome:
+            if writes is not None:
+                session.files(writes, changes=True)
+            return session.call(call.request, for_call, box, call.output)
+
         if ticket is not None and not ticket.start(session):
             self._reset_pending = reset  # (still to be reported by the next call)
-            return not_run()
+            return None
         try:
             try:
-                if writes is not None:
-                    session.files(writes, changes=True)
-                outcome = session.call(request, limits_for_call, box, output)
+                outcome = hand_over(session)
                 died = outcome.died
                 if (died is not None and not outcome.taken and not died.during_call
                         and died.reason != STOP_CANCELLED and not self._closed):
@@ -350,86 +390,84 @@ class PythonExecExecutor:
             except SessionDead:
                 # it died between calls, before it took this request (e.g. a cancel of
                 # this call that landed just before the request was handed over):
-                # continue from the snapshot of its last answered call (the agent keeps its
-                # state)
-                session, lost = supply.continue_after(session)
+                # continue from the snapshot of its last answered call (the agent keeps
+                # its state)
+                session, lost = self._supply.continue_after(session)
                 reset = lost or reset
                 if ticket is not None and not ticket.start(session):
                     self._reset_pending = reset
-                    return not_run()
-                if writes is not None:
-                    session.files(writes, changes=True)
-                outcome = session.call(request, limits_for_call, box, output)
+                    return None
+                outcome = hand_over(session)
         except BaseException:
             # (files that did not fit: nothing ran; the ticket lets go of the session)
             if ticket is not None:
                 ticket.finish()
             self._reset_pending = self._reset_pending or reset
             raise
-        if output is not None and outcome.interrupt is not None:
-            output.interrupt = outcome.interrupt
-        out_files: dict[str, bytes] = {}
-        out_errors: dict[str, str] = {}
-        if call.output_files:
-            if outcome.died is None:
-                try:
-                    out_files, out_errors = session.files(read_all(call.output_files),
-                                                          changes=False)
-                except SessionDead:
-                    out_errors = {name: "the interpreter was stopped before the file could "
-                                  "be read" for name, _path in call.output_files}
-            else:
-                out_errors = {name: "not read: a limit stopped the call, and what it wrote "
-                              "is not kept" for name, _path in call.output_files}
-        if ticket is not None and ticket.finish() and outcome.died is None:
-            # cancelled as the call ended: the cancel reached the interpreter after
-            # its answer (its result goes to no one), so it would stop the next call
-            # instead. The interpreter is replaced by one restored from its latest
-            # snapshot: taken after this call's answer, or before this call when the stop
-            # cut the end of its turn (as if the cancel had come during the call)
-            session.close()  # (stops it: no snapshot is being taken any more)
-            snapshot = session.latest_snapshot if self.rollback else None
-            if not supply.roll_back(session, snapshot):
-                self._reset_pending = "lost"
-        duration = outcome.duration or (time.perf_counter() - started)
-        self._last_used = time.monotonic()
-        common = dict(stdout=outcome.stdout, stderr=outcome.stderr,
-                      stdout_truncated=outcome.stdout_truncated,
-                      stderr_truncated=outcome.stderr_truncated,
-                      duration_seconds=duration, fuel_used=outcome.fuel_used,
-                      memory_bytes=outcome.memory_bytes, state_reset=reset is not None,
-                      reset_reason=reset, files=out_files, files_errors=out_errors)
+        return session, outcome, reset
+
+    @staticmethod
+    def _output_files(call: _Call, session: Session, outcome: CallOutcome
+                      ) -> tuple[dict[str, bytes], dict[str, str]]:
+        """The files the call named in ``output_files``, and why others could not be read."""
+        if not call.output_files:
+            return {}, {}
         if outcome.died is not None:
-            # roll back a call that a limit, a cancel or a crash stopped; not one that
-            # broke the protocol (the interpreter itself is then suspect: so may its
-            # last snapshot be). After a death between calls (a cancel that landed before
-            # the interpreter took the request, say) only to the snapshot of its last
-            # answered call: the latest one may miss the last answer
-            snapshot = None
-            if self.rollback and outcome.died.reason != "protocol":
-                snapshot = (session.latest_snapshot if outcome.died.during_call
-                            else session.current_snapshot())
-            if supply.roll_back(session, snapshot):
-                return self._stopped(outcome.died, call_limits, common, rolled_back=True)
+            return {}, {name: "not read: a limit stopped the call, and what it wrote is not "
+                        "kept" for name, _path in call.output_files}
+        try:
+            return session.files(read_all(call.output_files),  # type: ignore[no-any-return]
+                                 changes=False)
+        except SessionDead:
+            return {}, {name: "the interpreter was stopped before the file could be read"
+                        for name, _path in call.output_files}
+
+    def _replace_after_late_cancel(self, session: Session) -> None:
+        """The call was cancelled as it ended: the cancel reached the interpreter after its
+        answer (the result goes to no one), so it would stop the next call instead. The
+        interpreter is replaced by one restored from its latest snapshot: taken after this
+        call's answer, or before this call when the stop cut the end of its turn (as if
+        the cancel had come during the call)."""
+        session.close()  # (stops it: no snapshot is being taken any more)
+        snapshot = session.latest_snapshot if self.rollback else None
+        if not self._supply.roll_back(session, snapshot):
             self._reset_pending = "lost"
-            return self._stopped(outcome.died, call_limits, common)
-        reply = outcome.reply  # (validated where the session received it)
-        assert reply is not None
+
+    def _roll_back(self, session: Session, died: SessionDead, limits: Limits,
+                   common: dict[str, Any]) -> ExecutionResult:
+        """The result of a call that a limit, a cancel or a crash stopped: rolled back to
+        the agent's last snapshot, or (without one) with its interpreter lost. Not one
+        that broke the protocol: the interpreter itself is then suspect, and so may its
+        last snapshot be. After a death between calls (a cancel that landed before the
+        interpreter took the request, say) only to the snapshot of its last answered
+        call: the latest one may miss the last answer."""
+        snapshot = None
+        if self.rollback and died.reason != StopReason.PROTOCOL:
+            snapshot = (session.latest_snapshot if died.during_call
+                        else session.current_snapshot())
+        if self._supply.roll_back(session, snapshot):
+            return self._stopped(died, limits, common, rolled_back=True)
+        self._reset_pending = "lost"
+        return self._stopped(died, limits, common)
+
+    def _answered(self, call: _Call, session: Session, reply: CallReply,
+                  common: dict[str, Any]) -> ExecutionResult:
+        """The result of a call the interpreter answered (its code may have raised)."""
         common["figures"] = reply.figures
         common["value"] = display_value(reply.value)
         common["exit_code"] = reply.exit_code
-        if request.trace_imports:
+        if call.request.trace_imports:
             common["imports"] = reply.imports
         if self._state is not None:
             self._state.request_save(session)  # (in the background: the caller goes on)
-        supply.after_answer(session)
+        self._supply.after_answer(session)
         if reply.ok:
             return ExecutionResult(success=True, globals=reply.globals,
                                    globals_errors=reply.globals_errors, **common)
         etype, emsg = reply.error_type, reply.error_message
         if etype == "ModuleNotFoundError" and emsg.startswith("No module named '"):
             emsg += missing_module_hint(emsg[len("No module named '"):].rstrip("'"),
-                                  self.runtime)
+                                        self.runtime)
         return ExecutionResult(
             success=False, error=f"{etype}: {emsg}" if emsg else etype,
             error_type=etype, error_message=emsg, traceback=reply.traceback,
