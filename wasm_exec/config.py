@@ -202,9 +202,6 @@ def configure(
     try:
         policy = Policy(whitelisted_imports=whitelisted_imports,  # type: ignore[arg-type]
                         default_imports=default_imports)  # type: ignore[arg-type]
-        if limits is not None and not isinstance(limits, (Limits, Mapping)):
-            raise TypeError(f"limits must be a Limits or a mapping of limit names to values, "
-                            f"not {type(limits).__name__}")
         built = Limits.build(limits if isinstance(limits, Limits) else dict(limits or {}),
                              fuel=fuel, timeout_seconds=timeout_seconds,
                              memory_bytes=memory_bytes, max_output_bytes=max_output_bytes)

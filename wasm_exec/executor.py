@@ -77,19 +77,28 @@ MAX_RETURN_NAMES = 10_000
 MAX_NAME_CHARS = 1_000
 
 @dataclass
-class _Call:
-    """One call with its input checked: the request the guest is sent, the limits it runs
-    under, and what the host brings to it (files in, names of files out, tools, the event
-    loop of an ``aexecute`` where async tools run, its ticket and its output callbacks)."""
+class _Extras:
+    """What the host brings to a call, checked on the caller's side: files in, names of
+    files out, tools, the event loop of an ``aexecute`` (where async tools run), and the
+    call's ticket (an async call's cancellation) and output callbacks."""
 
-    request: CallRequest
-    limits: Limits
     files: list[tuple[str, bytes]] = field(default_factory=list)
     output_files: list[tuple[str, str]] = field(default_factory=list)
     tools: dict[str, ToolFunction] = field(default_factory=dict)
     loop: asyncio.AbstractEventLoop | None = None
     ticket: _Ticket | None = None
     output: OutputDispatch | None = None
+
+
+@dataclass
+class _Call:
+    """One call with its input checked: the request the guest is sent, the limits it runs
+    under, and its extras. (An async call's request is checked on the worker thread: a
+    large code or globals never blocks the event loop.)"""
+
+    request: CallRequest
+    limits: Limits
+    extras: _Extras
 
 
 class PythonExecExecutor:
@@ -244,25 +253,30 @@ class PythonExecExecutor:
         is not called again in this call, and ``result.callback_error`` says what it
         raised; the call goes on. ``result.stdout`` / ``stderr`` still hold everything.
         """
+        output = (OutputDispatch(self, on_stdout, on_stderr)
+                  if on_stdout is not None or on_stderr is not None else None)
+        extras = self._extras(files, output_files, tools)
+        extras.output = output
         self._not_from_callback("execute()")
-        call = self._prepare(code, globals_dict, return_globals, limits, display, return_all,
-                             trace_imports, files, output_files, tools)
-        if on_stdout is not None or on_stderr is not None:
-            call.output = OutputDispatch(self, on_stdout, on_stderr)
-        return self._execute(call)
+        return self._execute(self._check(extras, code, globals_dict, return_globals, limits,
+                                         display, return_all, trace_imports))
 
-    def _prepare(self, code: str, globals_dict: Mapping[str, Any] | None,
-                 return_globals: Iterable[str] | None, limits: Mapping[str, Any] | None,
-                 display: bool, return_all: bool, trace_imports: bool,
-                 files: Mapping[str, FileData] | None, output_files: Iterable[str] | None,
-                 tools: Mapping[str, ToolFunction] | None,
-                 loop: asyncio.AbstractEventLoop | None = None) -> _Call:
-        """Check a call's input (on the caller's side, before it waits for the executor):
-        InputError says what is wrong, and nothing runs."""
-        self._check_not_serving()
+    def _extras(self, files: Mapping[str, FileData] | None,
+                output_files: Iterable[str] | None,
+                tools: Mapping[str, ToolFunction] | None,
+                loop: asyncio.AbstractEventLoop | None = None) -> _Extras:
+        """Check what the host brings to a call (InputError: nothing runs)."""
+        self._check_not_serving()  # (execute, aexecute and astream, on the caller's side)
         merged = dict(self._tools)
         merged.update(check_tools(tools, where="tools", error=InputError))
-        files_in, files_out = check_files(files), check_output_files(output_files)
+        return _Extras(check_files(files), check_output_files(output_files), merged, loop)
+
+    def _check(self, extras: _Extras, code: str, globals_dict: Mapping[str, Any] | None,
+               return_globals: Iterable[str] | None, limits: Mapping[str, Any] | None,
+               display: bool, return_all: bool, trace_imports: bool) -> _Call:
+        """Check a call's code, globals, names and limits into the request the guest is
+        sent (InputError says what is wrong; nothing runs and the agent's state is
+        unchanged)."""
         call_limits = self._call_limits(limits)
         if not isinstance(code, str):
             raise InputError(f"code must be a str, not {type(code).__name__}")
@@ -277,18 +291,18 @@ class PythonExecExecutor:
         if len(encoded) > call_limits.max_code_bytes:
             raise InputError(f"code is {len(encoded)} bytes; the limit is "
                              f"{call_limits.max_code_bytes} (limits.max_code_bytes)")
+        globals_json = self._check_globals(globals_dict, call_limits)
+        names = tuple(self._check_names(return_globals))
         request = CallRequest(
-            code=code, return_names=tuple(self._check_names(return_globals)),
-            globals_json=self._check_globals(globals_dict, call_limits),
-            display=bool(display), return_all=bool(return_all),
-            figures=self.runtime != "minimal", trace_imports=bool(trace_imports),
-            tools=tuple(sorted(merged)))
-        return _Call(request, call_limits, files_in, files_out, merged, loop)
+            code=code, return_names=names, globals_json=globals_json, display=bool(display),
+            return_all=bool(return_all), figures=self.runtime != "minimal",
+            trace_imports=bool(trace_imports), tools=tuple(sorted(extras.tools)))
+        return _Call(request, call_limits, extras)
 
     def _execute(self, call: _Call) -> ExecutionResult:
         """Run a prepared call; its output callbacks are done with when it returns."""
         result = self._execute_call(call)
-        output = call.output
+        output = call.extras.output
         if output is not None:
             output.finish()
             if output.error is not None:
@@ -300,7 +314,7 @@ class PythonExecExecutor:
     def _execute_call(self, call: _Call) -> ExecutionResult:
         """Hold the executor for ``call`` (it never runs when its ticket is cancelled
         first), then run it."""
-        ticket = call.ticket
+        ticket = call.extras.ticket
         with self._call_lock(ticket) as go:
             if not go:
                 return not_run()
@@ -323,10 +337,10 @@ class PythonExecExecutor:
         if ran is None:
             return not_run()
         session, outcome, reset = ran
-        if call.output is not None and outcome.interrupt is not None:
-            call.output.interrupt = outcome.interrupt
+        if call.extras.output is not None and outcome.interrupt is not None:
+            call.extras.output.interrupt = outcome.interrupt
         out_files, out_errors = self._output_files(call, session, outcome)
-        if call.ticket is not None and call.ticket.finish() and outcome.died is None:
+        if call.extras.ticket is not None and call.extras.ticket.finish() and outcome.died is None:
             self._replace_after_late_cancel(session)
         self._last_used = time.monotonic()
         common = dict(stdout=outcome.stdout, stderr=outcome.stderr,
@@ -359,19 +373,19 @@ class PythonExecExecutor:
         """Hand ``call`` over to ``session`` and wait for its outcome (None: its ticket
         was cancelled before it ran). An interpreter that died between calls, before it
         took the request, is replaced first (see ``AgentSupply.continue_after``)."""
-        ticket, limits = call.ticket, call.limits
+        ticket, limits = call.extras.ticket, call.limits
         box = None
-        if call.tools:
-            box = ToolBox(call.tools, max_calls=limits.max_tool_calls,
-                          max_bytes=limits.max_globals_bytes, loop=call.loop,
+        if call.extras.tools:
+            box = ToolBox(call.extras.tools, max_calls=limits.max_tool_calls,
+                          max_bytes=limits.max_globals_bytes, loop=call.extras.loop,
                           stragglers=self._stragglers)
-        writes = write_all(call.files) if call.files else None
+        writes = write_all(call.extras.files) if call.extras.files else None
         for_call = limits.for_call(call.request.return_names)
 
         def hand_over(session: Session) -> CallOutcome:
             if writes is not None:
                 session.files(writes, changes=True)
-            return session.call(call.request, for_call, box, call.output)
+            return session.call(call.request, for_call, box, call.extras.output)
 
         if ticket is not None and not ticket.start(session):
             self._reset_pending = reset  # (still to be reported by the next call)
@@ -410,17 +424,22 @@ class PythonExecExecutor:
     def _output_files(call: _Call, session: Session, outcome: CallOutcome
                       ) -> tuple[dict[str, bytes], dict[str, str]]:
         """The files the call named in ``output_files``, and why others could not be read."""
-        if not call.output_files:
+        wanted = call.extras.output_files
+        if not wanted:
             return {}, {}
-        if outcome.died is not None:
+        died = outcome.died
+        # (a reply that broke the protocol leaves the interpreter alive: its files are read
+        # before it is replaced)
+        if died is not None and (died.reason != StopReason.PROTOCOL or not session.alive):
             return {}, {name: "not read: a limit stopped the call, and what it wrote is not "
-                        "kept" for name, _path in call.output_files}
+                        "kept" for name, _path in wanted}
         try:
-            return session.files(read_all(call.output_files),  # type: ignore[no-any-return]
-                                 changes=False)
+            found: tuple[dict[str, bytes], dict[str, str]] = session.files(
+                read_all(wanted), changes=False)
         except SessionDead:
             return {}, {name: "the interpreter was stopped before the file could be read"
-                        for name, _path in call.output_files}
+                        for name, _path in wanted}
+        return found
 
     def _replace_after_late_cancel(self, session: Session) -> None:
         """The call was cancelled as it ended: the cancel reached the interpreter after its
@@ -506,13 +525,20 @@ class PythonExecExecutor:
         ``files``, ``output_files`` and ``tools`` as for :meth:`execute`; a tool that is a
         coroutine function (``async def``) runs on this event loop.
         """
-        loop = asyncio.get_running_loop()
-        call = self._prepare(code, globals_dict, return_globals, limits, display, return_all,
-                             trace_imports, files, output_files, tools, loop)
+        def extras_for(loop: asyncio.AbstractEventLoop) -> _Extras:
+            return self._extras(files, output_files, tools, loop)
+
+        def check(extras: _Extras) -> _Call:
+            return self._check(extras, code, globals_dict, return_globals, limits, display,
+                               return_all, trace_imports)
+
         if on_stdout is not None or on_stderr is not None:
-            return await self._aexecute_streamed(call, on_stdout, on_stderr)
-        ticket = call.ticket = _Ticket()
-        future = loop.run_in_executor(None, self._execute, call)
+            return await self._aexecute_streamed(self._stream(extras_for, check), on_stdout,
+                                                 on_stderr)
+        loop = asyncio.get_running_loop()
+        extras = extras_for(loop)
+        ticket = extras.ticket = _Ticket()
+        future = loop.run_in_executor(None, lambda: self._execute(check(extras)))
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -530,7 +556,7 @@ class PythonExecExecutor:
                             self._reset_pending = result.reset_reason or "lost"
             raise
 
-    async def astream(
+    def astream(
         self,
         code: str,
         globals_dict: Mapping[str, Any] | None = None,
@@ -558,21 +584,23 @@ class PythonExecExecutor:
         cancelled ``aexecute``; close the iterator (``contextlib.aclosing``) when you
         break out of it, so that this happens at once.
         """
-        loop = asyncio.get_running_loop()
-        call = self._prepare(code, globals_dict, return_globals, limits, display, return_all,
-                             trace_imports, files, output_files, tools, loop)
-        # (closing this iterator closes the inner one at once: the call stops)
-        async with contextlib.aclosing(self._stream(call)) as events:
-            async for event in events:
-                yield event
+        return self._stream(
+            lambda loop: self._extras(files, output_files, tools, loop),
+            lambda extras: self._check(extras, code, globals_dict, return_globals, limits,
+                                       display, return_all, trace_imports))
 
-    async def _stream(self, call: _Call) -> AsyncIterator[OutputChunk | ExecutionResult]:
-        """A prepared call's output as it is printed, then its result (see astream)."""
-        assert call.loop is not None
-        mailbox = Mailbox(call.loop)
-        ticket = call.ticket = _Ticket()
-        call.output = OutputDispatch(self, mailbox.sender("stdout"), mailbox.sender("stderr"))
-        future = call.loop.run_in_executor(None, self._execute, call)
+    async def _stream(self, extras_for: Callable[[asyncio.AbstractEventLoop], _Extras],
+                      check: Callable[[_Extras], _Call]
+                      ) -> AsyncIterator[OutputChunk | ExecutionResult]:
+        """A call's output as it is printed, then its result (see astream). Its extras
+        are checked when the iteration starts, its request on the worker thread."""
+        loop = asyncio.get_running_loop()
+        extras = extras_for(loop)
+        mailbox = Mailbox(loop)
+        ticket = extras.ticket = _Ticket()
+        extras.output = OutputDispatch(self, mailbox.sender("stdout"),
+                                       mailbox.sender("stderr"))
+        future = loop.run_in_executor(None, lambda: self._execute(check(extras)))
         # (every chunk is posted before the call returns, so before this runs)
         future.add_done_callback(lambda _: mailbox.end())
         finished = False
@@ -590,14 +618,16 @@ class PythonExecExecutor:
             if not finished:  # (the caller left: no one reads the result)
                 await self._abandon(ticket, future)
 
-    async def _aexecute_streamed(self, call: _Call, on_stdout: Callable[[str], Any] | None,
+    async def _aexecute_streamed(self, stream: AsyncIterator[OutputChunk | ExecutionResult],
+                                 on_stdout: Callable[[str], Any] | None,
                                  on_stderr: Callable[[str], Any] | None) -> ExecutionResult:
-        """``aexecute`` with output callbacks: the chunks of :meth:`_stream`, each handed
-        to its callback on the event loop (awaited when it is a coroutine)."""
+        """``aexecute`` with output callbacks: the chunks of ``stream`` (see
+        :meth:`_stream`), each handed to its callback on the event loop (awaited when it
+        is a coroutine)."""
         handlers = {"stdout": on_stdout, "stderr": on_stderr}
         error = None
         result = None
-        async with contextlib.aclosing(self._stream(call)) as events:
+        async with contextlib.aclosing(stream) as events:  # type: ignore[type-var]
             async for event in events:
                 if isinstance(event, ExecutionResult):
                     result = event

@@ -383,7 +383,8 @@ class AgentSupply:
         died = dead.dead
         snapshot = (dead.current_snapshot() if self.rollback and not self.closed
                     and (died is None or died.reason != "protocol") else None)
-        if self.roll_back(dead, snapshot):
+        # (no spare: the replacement is made now, after the owner has made room for it)
+        if self.roll_back(dead, snapshot, spare=False):
             assert self.current is not None
             return self.current, None
         return self.replace(), "lost"
@@ -416,17 +417,20 @@ class AgentSupply:
             session.close()
 
     # ---------------------------------------------------------- roll-back
-    def roll_back(self, session: Session, snapshot: Snapshot | None) -> bool:
+    def roll_back(self, session: Session, snapshot: Snapshot | None, *,
+                  spare: bool = True) -> bool:
         """Replace ``session`` (stopped, or lost) by an interpreter continuing from
         ``snapshot``. False when there is none to continue from (no snapshot, the supply is
-        closed, or restoring failed): the agent has no interpreter then, and a spare boots."""
+        closed, or restoring failed): the agent has no interpreter then, and (``spare``) a
+        spare boots in the background for its next call."""
         self.discard(session)
         if snapshot is not None and not self.closed:
             restored = self._restore_for_rollback(snapshot)
             if restored is not None:
                 self.adopt(restored)
                 return True
-        self.prepare_spare()
+        if spare:
+            self.prepare_spare()
         return False
 
     def after_answer(self, session: Session) -> None:
@@ -654,12 +658,12 @@ class AgentSupply:
 
     def free(self) -> None:
         """Free everything without waiting (the executor was collected unclosed)."""
+        # (no lock: this also runs at interpreter exit, where a call running on a daemon
+        # thread holds it; closing its interpreter stops that call at once)
         self._gone[0] = True
-        with self._lock:  # (a standby being handed over sees `closed`, or is closed here)
-            self.closed = True
-            sessions, self.current, self.standby = (self.current, self.standby), None, None
-            self.forget_parked()
-        for session in sessions:
+        self.closed = True  # (a standby handed over from now on closes itself)
+        self.forget_parked()
+        for session in (self.current, self.standby):
             if session is not None:
                 session.close()
         _drain(self._spares)

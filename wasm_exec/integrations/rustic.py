@@ -439,8 +439,8 @@ class WasmExecExecutorResolver(DependencyResolver[CodeExecutor]):
         overrides.update(Limits.shortcuts(fuel=fuel, timeout_seconds=timeout_seconds,
                                           memory_bytes=memory_bytes,
                                           max_output_bytes=max_output_bytes))
-        policy, call_limits = configure(whitelisted_imports, default_imports, overrides,
-                                        owner="WasmExecExecutorResolver")
+        policy, call_limits = configure(whitelisted_imports, default_imports,
+                                        overrides=overrides, owner="WasmExecExecutorResolver")
         # a configured deadline is a ceiling that a run(timeout_seconds=...) cannot lift
         self.max_timeout_seconds: float | None = (
             call_limits.timeout_seconds if "timeout_seconds" in overrides else None)
