@@ -8,7 +8,7 @@ import types
 from wasm_exec.runtime import runner_source
 
 # functions that run only while the interpreter boots, before any agent code exists
-BOOT_ONLY = {"read_exact", "read_frame", "_Ctx", "_ToolCtx", "ToolError", "_Bound",
+BOOT_ONLY = {"read_exact", "read_frame", "_Ctx", "ToolError", "_Bound",
              "install_hook", "<dictcomp>", "<genexpr>", "<listcomp>", "<setcomp>"}
 
 

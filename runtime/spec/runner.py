@@ -9,7 +9,8 @@
 #
 # Map of this file (one function, _wasm_exec_boot, whose locals are the runner: nothing
 # here may read a global or builtin name after boot, see tests/test_runner_static.py):
-# - channel: reading the framed init request;
+# - channel: reading the framed init request; json_scanner (the C scanner of JSON text,
+#   for requests and for the tools' answers);
 # - install_hook: the audit hook and everything it holds. Inside it: the facts it checks
 #   (roles by code identity, library files, granted imports), `grant_rules` (the ordered,
 #   named rules that decide each import the guard is asked for), `handlers` (one small
@@ -146,18 +147,25 @@ def _wasm_exec_boot():
             raise EOFError("bad request frame")
         return read_exact(int.from_bytes(header[4:8], "little"))
 
-    class _Ctx:
-        strict = True
-        object_hook = None
-        object_pairs_hook = None
-        array_hook = None  # Python 3.15+
-        parse_float = float
-        parse_int = int
-        parse_constant = {"NaN": float("nan"), "Infinity": float("inf"),
-                          "-Infinity": float("-inf")}.__getitem__
-        memo = {}
+    def json_scanner(constants):
+        """json.loads's C scanner of JSON text, with no hook of anyone's: objects are dicts,
+        arrays lists, numbers int and float; `constants` makes NaN, Infinity and -Infinity
+        (the requests' scanner and the tools' differ only there). Called at boot only."""
+        class _Ctx:
+            strict = True
+            object_hook = None
+            object_pairs_hook = None
+            array_hook = None  # Python 3.15+
+            parse_float = float
+            parse_int = int
+            parse_constant = constants
+            memo = {}
 
-    scan = _json.make_scanner(_Ctx())
+        return _json.make_scanner(_Ctx())
+
+    # (a request's NaNs are all one object)
+    scan = json_scanner({"NaN": float("nan"), "Infinity": float("inf"),
+                         "-Infinity": float("-inf")}.__getitem__)
 
     def json_loads(text, _len=len, _ValueError=ValueError):
         obj, end = scan(text, 0)
@@ -2462,26 +2470,16 @@ def _wasm_exec_boot():
         return reply
 
     # ------------------------------------------------------------- tools
-    class _ToolCtx:
-        strict = True
-        object_hook = None
-        object_pairs_hook = None
-        array_hook = None  # Python 3.15+
-        parse_float = float
-        parse_int = int
-        parse_constant = float  # NaN, Infinity, -Infinity
-        memo = {}
-
     tool_encoders = tuple(_make_encoder(None, tool_default, enc, None, ":", ",", False, False,
                                         True) for enc in (_encode_str, _encode_ascii))
     tool_helpers = (400, type, dict, list, tuple, str, int, float, bool, issubclass, len,
                     dict.items, list.copy, tuple.__getitem__, slice(None), str.__str__,
                     int.__int__, float.__float__, int.__repr__, float.__repr__, TypeError,
                     _qualname, _join, float("inf"))
-    TOOL_T = (tool_plain, tool_helpers, tool_encoders, _json.make_scanner(_ToolCtx()),
-              ToolError, TypeError, ValueError, RecursionError, type, str, bytes, list, _join,
-              UnicodeEncodeError)
-    del _ToolCtx
+    # (the tools' scanner makes NaN, Infinity and -Infinity with float)
+    TOOL_T = (tool_plain, tool_helpers, tool_encoders, json_scanner(float), ToolError, TypeError,
+              ValueError, RecursionError, type, str, bytes, list, _join, UnicodeEncodeError)
+    del json_scanner
     # the stub an agent calls: made (at boot, before any agent code) from source of its own
     # file name, not the runner's, so that a ToolError's traceback holds the agent's frames
     # and the stub's only (tracebacks can be read; the runner's frames cannot). `make_tool`
