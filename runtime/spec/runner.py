@@ -21,8 +21,9 @@
 #   points (__import__, importlib.import_module), the built-in module loader wrappers,
 #   the lazy-import filter;
 # - the agent's world: its namespace, builtins, gc stand-ins, streams;
-# - a call: run_call (bind globals and the host's tools, compile, run, convert the reply),
-#   step / turn_step (one request per reactor turn);
+# - a call: run_call (start_call binds the globals and the host's tools; it compiles and
+#   runs the cell; record_error and returned_globals make the reply), step / turn_step
+#   (one request per reactor turn);
 # - tools: tool_call (one call through the host's door, `_host.call`, which only the hook
 #   holds), tool_plain (arguments as plain JSON data), the agents' stubs (make_tool, from
 #   source of their own file name) and bind_tools;
@@ -2337,9 +2338,12 @@ def _wasm_exec_boot():
             pass
         return 1
 
-    def run_call(req, cell_no):
-        code_text = req["code"]
-        filename = "<cell-" + _str(cell_no) + ">"
+    def start_call(req, code_text, filename):
+        """Ready the agent's namespace for a call: the cell's source kept (for tracebacks),
+        the random generators reseeded when the host asks, the host's tools of this call
+        bound, what the runner gave the namespace put back, and the globals sent in.
+        Returns what the repair replaced, for the caller to keep until the call ends (no
+        finalizer of it runs in here)."""
         sources[filename] = code_text.splitlines()
         source_order.append(filename)
         if _len(source_order) > 32:
@@ -2353,65 +2357,44 @@ def _wasm_exec_boot():
             if name in agent_builtins:
                 del agent_builtins[name]
         tools_bound.clear()
-        # (kept alive until the call ends: no finalizer of what it replaced runs in repair)
-        replaced = repair_namespace()  # noqa: F841
+        replaced = repair_namespace()
         bind_tools(req.get("tools"))
         values = req.get("globals")
         if values:
             for k, v in values.items():
                 ns[k] = v
-        reply = {"id": req["id"], "ok": True}
-        started = False
-        # (the host sends the call's cap with every call; the fallback is the host's
-        # default, Limits.max_globals_bytes: 16 MiB)
-        max_bytes = req.get("max_globals_bytes", 16 << 20)
-        max_depth = req.get("max_depth")
-        if _type(max_depth) is not _int:
-            max_depth = 400
-        used = 0
-        try:
-            compiled, last = compile_cell(code_text, filename)
-            started = True
-            take_reserve()
+        return replaced
+
+    def record_error(reply, exc, started):
+        """What the cell raised, into `reply` (`started`: its code had been compiled). A
+        SystemExit gives its status; sys.exit(0) ends the cell as a success."""
+        if _isinstance(exc, _MemoryError):
+            pressed[0] = True
+        status = exit_status(exc) if _isinstance(exc, _SystemExit) else None
+        if status is not None:
+            reply["exit_code"] = status  # (0: sys.exit(0) ends the cell as a success)
+        if status is None or status != 0:
+            reply["ok"] = False
             try:
-                _exec(compiled, ns)
-                del compiled
-                if last is not None:
-                    # the cell's last statement is an expression: its value is the
-                    # result's (like a notebook's execute_result; never bound to `_`)
-                    value = _eval(last, ns)
-                    if value is not None:
-                        shown, used = show_value(value, max_depth, max_bytes)
-                        value = None
-                        reply["value"] = shown
-                        if req.get("display") is True:
-                            stdout.write(shown["text"] + "\n")  # as at the prompt
-            finally:
-                release_reserve()
-        except _BaseException as exc:
-            if _isinstance(exc, _MemoryError):
-                pressed[0] = True
-            status = exit_status(exc) if _isinstance(exc, _SystemExit) else None
-            if status is not None:
-                reply["exit_code"] = status  # (0: sys.exit(0) ends the cell as a success)
-            if status is None or status != 0:
-                reply["ok"] = False
-                try:
-                    # (memory running out, not the parser's own MemoryError, which says why)
-                    if not started and _type(exc) is _MemoryError and not exc.args:
-                        tname, msg, text = ("MemoryError", NO_MEMORY,
-                                            "MemoryError: " + NO_MEMORY + "\n")
-                    else:
-                        tname, msg, text = describe(exc)
-                except _BaseException:
-                    tname, msg, text = "Exception", "<unprintable>", ""
-                # (capped: the reply has to fit the host's cap, whatever the message)
-                reply["error_type"] = shorten(tname, 500)
-                reply["error_message"] = shorten(msg, 20_000)
-                reply["traceback"] = text if _len(text) <= 50_000 else (
-                    text[:10_000] + "\n[... traceback shortened ...]\n" + text[-40_000:])
-            del exc
-        flush_streams()
+                # (memory running out, not the parser's own MemoryError, which says why)
+                if not started and _type(exc) is _MemoryError and not exc.args:
+                    tname, msg, text = ("MemoryError", NO_MEMORY,
+                                        "MemoryError: " + NO_MEMORY + "\n")
+                else:
+                    tname, msg, text = describe(exc)
+            except _BaseException:
+                tname, msg, text = "Exception", "<unprintable>", ""
+            # (capped: the reply has to fit the host's cap, whatever the message)
+            reply["error_type"] = shorten(tname, 500)
+            reply["error_message"] = shorten(msg, 20_000)
+            reply["traceback"] = text if _len(text) <= 50_000 else (
+                text[:10_000] + "\n[... traceback shortened ...]\n" + text[-40_000:])
+
+    def returned_globals(req, max_depth, max_bytes, used):
+        """The globals the call asks for (by name, or all that convert with return_all), as
+        JSON text: (name -> text, name -> why it could not be returned, the reply's bytes
+        used in all). Their names and texts count against `max_bytes`, after the `used`
+        bytes the cell's shown value took."""
         out = {}
         errs = {}
         names = req.get("return", ())
@@ -2460,7 +2443,49 @@ def _wasm_exec_boot():
                 continue
             used += _len(text) + _len(name)
             out[name] = text
-        del found
+        return out, errs, used
+
+    def run_call(req, cell_no):
+        """One call: ready the namespace, compile and run the cell (here, so that the
+        agent's code has the stack it always had), then the reply: the value of its last
+        expression or its error, the globals asked for, figures, the streams' addresses."""
+        code_text = req["code"]
+        filename = "<cell-" + _str(cell_no) + ">"
+        # (kept alive until the call ends: no finalizer of what it replaced runs in repair)
+        replaced = start_call(req, code_text, filename)  # noqa: F841
+        reply = {"id": req["id"], "ok": True}
+        started = False
+        # (the host sends the call's cap with every call; the fallback is the host's
+        # default, Limits.max_globals_bytes: 16 MiB)
+        max_bytes = req.get("max_globals_bytes", 16 << 20)
+        max_depth = req.get("max_depth")
+        if _type(max_depth) is not _int:
+            max_depth = 400
+        used = 0
+        try:
+            compiled, last = compile_cell(code_text, filename)
+            started = True
+            take_reserve()
+            try:
+                _exec(compiled, ns)
+                del compiled
+                if last is not None:
+                    # the cell's last statement is an expression: its value is the
+                    # result's (like a notebook's execute_result; never bound to `_`)
+                    value = _eval(last, ns)
+                    if value is not None:
+                        shown, used = show_value(value, max_depth, max_bytes)
+                        value = None
+                        reply["value"] = shown
+                        if req.get("display") is True:
+                            stdout.write(shown["text"] + "\n")  # as at the prompt
+            finally:
+                release_reserve()
+        except _BaseException as exc:
+            record_error(reply, exc, started)
+            del exc
+        flush_streams()
+        out, errs, used = returned_globals(req, max_depth, max_bytes, used)
         reply["globals"] = out
         reply["globals_errors"] = errs
         if req.get("figures") is True:
@@ -2652,7 +2677,8 @@ def _wasm_exec_boot():
     del slot, consts, bound, guard_steps
     trusted = [guard_impl, guard_arguments, guard_relative_name, guard_verdicts, guard_answer,
                guard_call, guard_import_module, guard_create_builtin, load_named, lazy_filter,
-               guard_exec_builtin, main, boot_reply, step, turn_step, run_call, collect_figures,
+               guard_exec_builtin, main, boot_reply, step, turn_step, run_call, start_call,
+               record_error, returned_globals, collect_figures,
                reseed_generators, tool_call, tool_plain, tool_default, bind_tools,
                install_hook, read_exact, read_frame, json_loads, json_dumps, reply_bytes,
                json_key, plain, holds_container, on_path, needs_plain, repair_namespace,
