@@ -116,20 +116,101 @@ def decode_fs_state(data: dict[str, Any], fs: MemoryFS) -> FSState:
     contents of the file's own, descriptors have no more rights than opening the node
     would give, and the scratch usage, the open counts, which nodes are linked and the
     parents are recounted: a file cannot lift ``fs``'s budget or loop the tree."""
-    overlay = zip_overlay(fs._zip, fs._overlays)
     raw = data["nodes"]
     most = max_image_nodes(fs.scratch_bytes, fs.max_fds)
     if not isinstance(raw, list) or len(raw) > most:
         raise ValueError(f"nodes (at most {most} for this scratch budget)")
-    limit = 1 << 63
+    made = [_decode_node(e, fs) for e in raw]
+    refs = _Refs(made, zip_overlay(fs._zip, fs._overlays))
+    root = refs.get(data["root"], in_tree=True)
+    if type(root) is not Dir or root.dev != DEV_RO:
+        raise ValueError("root")
+    seen = _link_tree(root, raw, made, refs)
+    fds = _decode_fds(data["fds"], fs, root, refs)
+    used = _recount(made, seen, fds, root, fs)
+    next_ino = _number(data["next_ino"], 1)
+    if made and next_ino <= max(n.ino for n in made):
+        raise ValueError("next_ino")
+    return FSState(root, fds, used, next_ino, fs._zip)
 
-    def number(value: Any, low: int = 0, high: int = limit) -> int:
-        if type(value) is not int or not low <= value < high:
-            raise ValueError("a number out of range")
-        return value
 
-    def shared_node(path: Any) -> Node:
-        node: Any = overlay
+def _number(value: Any, low: int = 0, high: int = 1 << 63) -> int:
+    """``value`` when it is an int in [low, high); else ValueError."""
+    if type(value) is not int or not low <= value < high:
+        raise ValueError("a number out of range")
+    return value
+
+
+def _decode_node(e: Any, fs: MemoryFS) -> Node:
+    """One node of the image, its flags checked (its entries are linked later)."""
+    if not isinstance(e, dict):
+        raise ValueError("node")
+    dev = _number(e["dev"])
+    if dev not in (DEV_RO, DEV_SCRATCH, DEV_DEVICES):
+        raise ValueError("device")
+    writable = e["writable"]
+    if type(writable) is not bool:
+        raise ValueError("writable")
+    ino = _number(e["ino"], 1)
+    node: Node
+    if e["kind"] == "dir":
+        # only the scratch device is writable, and all of it
+        if writable != (dev == DEV_SCRATCH):
+            raise ValueError("writable")
+        node = Dir(ino, dev, writable, 0, None)
+        if e["hidden"] is not False or type(e["removed"]) is not bool:
+            raise ValueError("a directory's flags")
+    elif e["kind"] == "file":
+        d = e["data"]
+        if d is None:
+            # a device (/dev/null): no contents
+            if dev != DEV_DEVICES:
+                raise ValueError("a file without contents outside /dev")
+            content: Any = None
+        elif writable != (dev == DEV_SCRATCH):
+            raise ValueError("writable")
+        elif isinstance(d, dict) and d.get("zip") is True:
+            if dev != DEV_RO:
+                raise ValueError("the library zip as a writable file")
+            content = fs._zip
+        elif isinstance(d, dict) and isinstance(d.get("b64"), str):
+            # contents of the file's own are scratch files (charged to the budget);
+            # read-only ones come from the runtime, never from an image
+            if dev != DEV_SCRATCH or d.get("mutable") is not True:
+                raise ValueError("file contents outside the scratch area")
+            content = bytearray(base64.b64decode(d["b64"], validate=True))
+        else:
+            raise ValueError("file contents")
+        node = File(ino, dev, writable, 0, content)
+        _number(e["opens"], 0, 1 << 20)  # (recounted by _recount)
+        if type(e["linked"]) is not bool:
+            raise ValueError("linked")
+    else:
+        raise ValueError("node kind")
+    times = e["times"]
+    if not isinstance(times, list) or len(times) != 3:
+        raise ValueError("times")
+    node.atim, node.mtim, node.ctim = (_number(t) for t in times)
+    return node
+
+
+class _Refs:
+    """What a reference in the image names: a node of its own (an index) or a library
+    file of this runtime (``{"shared": [path parts]}``, only outside the scratch tree)."""
+
+    def __init__(self, made: list[Node], overlay: Dir | None) -> None:
+        self.made = made
+        self.overlay = overlay
+
+    def get(self, r: Any, in_tree: bool) -> Node:
+        if isinstance(r, dict):
+            if in_tree:
+                raise ValueError("a library file inside the scratch tree")
+            return self._shared(r.get("shared"))
+        return self.made[_number(r, 0, len(self.made))]
+
+    def _shared(self, path: Any) -> Node:
+        node: Any = self.overlay
         if node is None or not isinstance(path, list):
             raise ValueError("shared path")
         for part in path:
@@ -138,71 +219,12 @@ def decode_fs_state(data: dict[str, Any], fs: MemoryFS) -> FSState:
             node = node.entries[part]
         return node  # type: ignore[no-any-return]
 
-    made: list[Node] = []
-    for e in raw:
-        if not isinstance(e, dict):
-            raise ValueError("node")
-        dev = number(e["dev"])
-        if dev not in (DEV_RO, DEV_SCRATCH, DEV_DEVICES):
-            raise ValueError("device")
-        writable = e["writable"]
-        if type(writable) is not bool:
-            raise ValueError("writable")
-        ino = number(e["ino"], 1)
-        node: Node
-        if e["kind"] == "dir":
-            # only the scratch device is writable, and all of it
-            if writable != (dev == DEV_SCRATCH):
-                raise ValueError("writable")
-            node = Dir(ino, dev, writable, 0, None)
-            if e["hidden"] is not False or type(e["removed"]) is not bool:
-                raise ValueError("a directory's flags")
-        elif e["kind"] == "file":
-            d = e["data"]
-            if d is None:
-                # a device (/dev/null): no contents
-                if dev != DEV_DEVICES:
-                    raise ValueError("a file without contents outside /dev")
-                content: Any = None
-            elif writable != (dev == DEV_SCRATCH):
-                raise ValueError("writable")
-            elif isinstance(d, dict) and d.get("zip") is True:
-                if dev != DEV_RO:
-                    raise ValueError("the library zip as a writable file")
-                content = fs._zip
-            elif isinstance(d, dict) and isinstance(d.get("b64"), str):
-                # contents of the file's own are scratch files (charged to the budget);
-                # read-only ones come from the runtime, never from an image
-                if dev != DEV_SCRATCH or d.get("mutable") is not True:
-                    raise ValueError("file contents outside the scratch area")
-                content = bytearray(base64.b64decode(d["b64"], validate=True))
-            else:
-                raise ValueError("file contents")
-            node = File(ino, dev, writable, 0, content)
-            number(e["opens"], 0, 1 << 20)  # (recounted below)
-            if type(e["linked"]) is not bool:
-                raise ValueError("linked")
-        else:
-            raise ValueError("node kind")
-        times = e["times"]
-        if not isinstance(times, list) or len(times) != 3:
-            raise ValueError("times")
-        node.atim, node.mtim, node.ctim = (number(t) for t in times)
-        made.append(node)
 
-    def get(r: Any, in_tree: bool) -> Node:
-        if isinstance(r, dict):
-            if in_tree:
-                raise ValueError("a library file inside the scratch tree")
-            return shared_node(r.get("shared"))
-        return made[number(r, 0, len(made))]
-
-    root = get(data["root"], True)
-    if type(root) is not Dir or root.dev != DEV_RO:
-        raise ValueError("root")
-    # the shape: every node reached once from the root (so no cycles, no directory in two
-    # places, no file under two names); parents are those that hold them, never what the
-    # file says
+def _link_tree(root: Dir, raw: list[Any], made: list[Node], refs: _Refs) -> set[int]:
+    """Rebuild the tree from the directories' entries; returns the ids of the nodes in it.
+    Every node is reached once from the root (so no cycles, no directory in two places,
+    no file under two names); parents are those that hold them, never what the file
+    says."""
     seen = {id(root)}
     walk = [(root, raw[made.index(root)])]
     while walk:
@@ -216,28 +238,31 @@ def decode_fs_state(data: dict[str, Any], fs: MemoryFS) -> FSState:
             if (not isinstance(name, str) or not name or "/" in name or "\0" in name
                     or name in (".", "..") or not _utf8_name(name)):
                 raise ValueError(f"a file name ({name[:40]!r})")
-            child = get(r, True)
+            child = refs.get(r, in_tree=True)
             if id(child) in seen:
                 raise ValueError("a file or directory under more than one name, or a "
                                  "directory in two places (a loop)")
             seen.add(id(child))
             child.parent = parent
             if type(child) is Dir:
-                walk.append((child, raw[number(r)]))
-            parent.entries[name] = child  # type: ignore[attr-defined]
+                walk.append((child, raw[_number(r)]))
+            parent.entries[name] = child
+    return seen
+
+
+def _decode_fds(items: Any, fs: MemoryFS, root: Dir, refs: _Refs) -> dict[int, Fd]:
+    """The open descriptors, each with no more rights than path_open gives its node."""
     fds: dict[int, Fd] = {}
-    items = data["fds"]
     if not isinstance(items, dict) or len(items) > fs.max_fds:
         raise ValueError("fds")
     for key, f in items.items():
         fd_number = int(key)
-        number(fd_number, PREOPEN_FD, 1 << 31)
+        _number(fd_number, PREOPEN_FD, 1 << 31)
         preopen = f["preopen"]
-        node = get(f["node"], False)
+        node = refs.get(f["node"], in_tree=False)
         if preopen is not None and (fd_number != PREOPEN_FD or preopen != "/" or node is not root):
             raise ValueError("preopen")
-        base, inh = number(f["base"], 0, 1 << 64), number(f["inh"], 0, 1 << 64)
-        # no more rights than path_open gives for the node
+        base, inh = _number(f["base"], 0, 1 << 64), _number(f["inh"], 0, 1 << 64)
         if type(node) is Dir:
             if base & ~DIR_RIGHTS or inh & ~RIGHTS_ALL:
                 raise ValueError("a descriptor's rights")
@@ -245,13 +270,20 @@ def decode_fs_state(data: dict[str, Any], fs: MemoryFS) -> FSState:
               or (not node.writable and base & (R_FD_WRITE | R_FD_ALLOCATE
                                                 | R_FD_FILESTAT_SET_SIZE))):
             raise ValueError("a descriptor's rights")
-        fd = Fd(node, number(f["flags"], 0, FDFLAGS_ALL + 1), base, inh, preopen)
-        fd.pos = number(f["pos"])
+        fd = Fd(node, _number(f["flags"], 0, FDFLAGS_ALL + 1), base, inh, preopen)
+        fd.pos = _number(f["pos"])
         fds[fd_number] = fd
     if fds.get(PREOPEN_FD) is None or fds[PREOPEN_FD].node is not root:
         raise ValueError("the preopened directory")
-    # what the host keeps for itself, recounted: which nodes are linked (in the tree),
-    # which directories were removed, how many descriptors hold each file
+    return fds
+
+
+def _recount(made: list[Node], seen: set[int], fds: dict[int, Fd], root: Dir,
+             fs: MemoryFS) -> int:
+    """What the host keeps for itself, recounted: which nodes are linked (in the tree),
+    which directories were removed, how many descriptors hold each file; returns the
+    bytes the scratch area holds (the tree's scratch nodes, and the files removed from it
+    while a descriptor holds them: a removed directory gave its budget back already)."""
     for node in made:
         linked = id(node) in seen
         if type(node) is Dir:
@@ -261,8 +293,6 @@ def decode_fs_state(data: dict[str, Any], fs: MemoryFS) -> FSState:
     for f in fds.values():
         if type(f.node) is File and f.node.dev == DEV_SCRATCH:
             f.node.opens += 1
-    # what the scratch area holds: the tree's scratch nodes, and the files removed from it
-    # while a descriptor holds them (a removed directory gave its budget back already)
     scratch_root: Any = root
     for part in SCRATCH_ROOT.strip("/").split("/"):
         scratch_root = scratch_root.entries.get(part) if type(scratch_root) is Dir else None
@@ -278,10 +308,7 @@ def decode_fs_state(data: dict[str, Any], fs: MemoryFS) -> FSState:
     if used > fs.scratch_bytes:
         raise ValueError(f"the scratch files need {used} bytes, more than the budget of "
                          f"{fs.scratch_bytes}")
-    next_ino = number(data["next_ino"], 1)
-    if made and next_ino <= max(n.ino for n in made):
-        raise ValueError("next_ino")
-    return FSState(root, fds, used, next_ino, fs._zip)
+    return used
 
 
 def _utf8_name(name: str) -> bool:
