@@ -245,7 +245,20 @@ class Session(HostCalls, SessionSnapshots):
         self._want_streams = False
         self._idle_deadline = 0.0  # (the end of a turn's own deadline, after its answer)
         streams.install_epoch_callback(self._store, self)
+        self._instantiate(runtime, memory_bytes)
+        self._deadline_ticks = 0
+        if from_snapshot is not None:
+            self._restore(from_snapshot, memory_bytes, fresh=True)
+            self._thread = threading.Thread(target=self._run, name="wasm-exec-session",
+                                            daemon=True)
+            self._thread.start()
+            return
+        self._boot_runner(runtime, allowed, default_imports)
 
+    def _instantiate(self, runtime: LoadedRuntime, memory_bytes: int) -> None:
+        """The instance: wasmtime's WASI with no preopened directory, no environment and
+        no arguments, its file system calls shadowed by a MemoryFS and the rest by the
+        host functions (hostcalls.py); and the boot turn's source."""
         wasi = wasmtime.WasiConfig()
         # the runner gets its own file name, so tracebacks can leave its frames out
         source, source_sha = runner_identity()
@@ -288,13 +301,10 @@ class Session(HostCalls, SessionSnapshots):
         self._host_alloc = host_alloc
         self._turn_func = turn
 
-        self._deadline_ticks = 0
-        if from_snapshot is not None:
-            self._restore(from_snapshot, memory_bytes, fresh=True)
-            self._thread = threading.Thread(target=self._run, name="wasm-exec-session",
-                                            daemon=True)
-            self._thread.start()
-            return
+    def _boot_runner(self, runtime: LoadedRuntime, allowed: frozenset[str],
+                     default_imports: dict[str, str]) -> None:
+        """Run the boot turn (the runner's set-up, the hook, the default imports) and wait
+        for the ready message (RuntimeError with the guest's stderr when it fails)."""
         init = {"token": self._token.hex(), "allowed": sorted(allowed),
                 "implicit": implicit_imports(frozenset(allowed)),
                 "default_imports": dict(default_imports),
