@@ -53,7 +53,8 @@ from .protocol import (
     validate_ready,
 )
 from .runtime import LoadedRuntime, runner_identity
-from .snapshot import SessionSnapshots, Snapshot
+from .session_snapshots import SessionSnapshots
+from .snapshot import Snapshot
 from .tools import (
     ToolBox,
     ToolJob,
