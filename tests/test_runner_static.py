@@ -8,7 +8,7 @@ import types
 from wasm_exec.runtime import runner_source
 
 # functions that run only while the interpreter boots, before any agent code exists
-BOOT_ONLY = {"read_exact", "read_frame", "_Ctx", "_ToolCtx", "ToolError", "_Bound",
+BOOT_ONLY = {"read_exact", "read_frame", "_Ctx", "ToolError", "_Bound",
              "install_hook", "<dictcomp>", "<genexpr>", "<listcomp>", "<setcomp>"}
 
 
@@ -48,6 +48,46 @@ def test_tool_functions_reach_nothing_of_the_runner():
         assert code.co_freevars == (), name
         assert not {i.argval for i in dis.get_instructions(code)
                     if i.opname in ("LOAD_GLOBAL", "LOAD_NAME", "LOAD_DEREF")}, name
+
+
+def test_the_guard_and_its_steps_reach_nothing_of_the_runner():
+    # the guard is reachable (its tuple T); it and its steps close over no cell and name no
+    # global, and guard_impl calls each step through a constant of its code, bound at boot:
+    # no variable of its frame (which agent code can read and write) holds a step
+    codes = {c.co_name: c for c in _boot_code().co_consts if isinstance(c, types.CodeType)}
+    steps = sorted(n for n in codes if n.startswith("guard_") and n not in (
+        "guard_impl", "guard_call", "guard_import_module", "guard_create_builtin",
+        "guard_exec_builtin"))
+    assert steps == ["guard_answer", "guard_arguments", "guard_relative_name",
+                     "guard_verdicts"]
+    impl = codes["guard_impl"]
+    for name in ["guard_impl", *steps]:
+        code = codes[name]
+        assert code.co_freevars == (), name
+        assert not {i.argval for i in dis.get_instructions(code)
+                    if i.opname in ("LOAD_GLOBAL", "LOAD_NAME", "LOAD_DEREF")}, name
+    marks = {"<" + name + ">" for name in steps}
+    assert marks <= set(impl.co_consts)
+    for name in steps:
+        assert name not in impl.co_varnames + impl.co_names, name
+    # each step constant is called where it is loaded, never stored on the way
+    ops = list(dis.get_instructions(impl))
+    for i, op in enumerate(ops):
+        if op.opname == "LOAD_CONST" and op.argval in marks:
+            j = i + 1
+            while not ops[j].opname.startswith("CALL"):
+                assert not ops[j].opname.startswith("STORE"), (op.argval, ops[j])
+                j += 1
+
+
+def test_the_frames_the_attack_tests_rewrite_keep_their_variables():
+    # tests/test_adversarial.py (and test_review_round.py) find the runner's live frames by
+    # the names of their variables, and rewrite them: a rename would let those attacks
+    # pass without biting
+    codes = {c.co_name: c for c in _nested(_boot_code())}
+    for name, variables in (("guard_impl", {"verdicts", "box"}), ("run_call", {"cell_no", "req"}),
+                            ("step", {"box", "req"}), ("turn_step", {"source", "number"})):
+        assert variables <= set(codes[name].co_varnames), name
 
 
 def test_hook_and_guard_exist():

@@ -9,21 +9,26 @@
 #
 # Map of this file (one function, _wasm_exec_boot, whose locals are the runner: nothing
 # here may read a global or builtin name after boot, see tests/test_runner_static.py):
-# - channel: reading the framed init request;
+# - channel: reading the framed init request; json_scanner (the C scanner of JSON text,
+#   for requests and for the tools' answers);
 # - install_hook: the audit hook and everything it holds. Inside it: the facts it checks
 #   (roles by code identity, library files, granted imports), `grant_rules` (the ordered,
 #   named rules that decide each import the guard is asked for), `handlers` (one small
 #   function per (role, operation) a trusted runner function may ask for), and `check`
 #   (the audit events it refuses);
-# - the guard: guard_impl and its entry points (__import__, importlib.import_module),
-#   the built-in module loader wrappers, the lazy-import filter;
+# - the guard: guard_impl, its steps (guard_arguments, guard_relative_name,
+#   guard_verdicts, guard_answer: constants of its code, bound at boot) and its entry
+#   points (__import__, importlib.import_module), the built-in module loader wrappers,
+#   the lazy-import filter;
 # - the agent's world: its namespace, builtins, gc stand-ins, streams;
-# - a call: run_call (bind globals and the host's tools, compile, run, convert the reply),
-#   step / turn_step (one request per reactor turn);
+# - a call: run_call (start_call binds the globals and the host's tools; it compiles and
+#   runs the cell; record_error and returned_globals make the reply), step / turn_step
+#   (one request per reactor turn);
 # - tools: tool_call (one call through the host's door, `_host.call`, which only the hook
 #   holds), tool_plain (arguments as plain JSON data), the agents' stubs (make_tool, from
 #   source of their own file name) and bind_tools;
-# - arming: binding the request slot, the trusted code table, the roles, the hook.
+# - arming: binding the guard's steps and the request slot, the trusted code table, the
+#   roles, the hook.
 # Lint: ruff checks this file like the package; its exceptions are marked `noqa` where
 # they stand, with the reason (the request slot is a lambda; a name kept alive on purpose).
 #
@@ -60,8 +65,9 @@
 #   guard that granted the import, are all library or runner code: agent code that runs
 #   during an import (a patched function, a sys.meta_path finder) gets none of them.
 # - The import guard (`builtins.__import__`) is a bound method of a plain function over
-#   an immutable tuple; its code uses no global or builtin name, so editing dicts, cells
-#   or builtins cannot change what it decides, and the hook re-checks who calls it.
+#   an immutable tuple; its code (and that of its steps, constants of that code) uses no
+#   global or builtin name and no cell, so editing dicts, cells or builtins cannot change
+#   what it decides, and the hook re-checks who calls it.
 
 
 def _wasm_exec_boot():
@@ -142,18 +148,25 @@ def _wasm_exec_boot():
             raise EOFError("bad request frame")
         return read_exact(int.from_bytes(header[4:8], "little"))
 
-    class _Ctx:
-        strict = True
-        object_hook = None
-        object_pairs_hook = None
-        array_hook = None  # Python 3.15+
-        parse_float = float
-        parse_int = int
-        parse_constant = {"NaN": float("nan"), "Infinity": float("inf"),
-                          "-Infinity": float("-inf")}.__getitem__
-        memo = {}
+    def json_scanner(constants):
+        """json.loads's C scanner of JSON text, with no hook of anyone's: objects are dicts,
+        arrays lists, numbers int and float; `constants` makes NaN, Infinity and -Infinity
+        (the requests' scanner and the tools' differ only there). Called at boot only."""
+        class _Ctx:
+            strict = True
+            object_hook = None
+            object_pairs_hook = None
+            array_hook = None  # Python 3.15+
+            parse_float = float
+            parse_int = int
+            parse_constant = constants
+            memo = {}
 
-    scan = _json.make_scanner(_Ctx())
+        return _json.make_scanner(_Ctx())
+
+    # (a request's NaNs are all one object)
+    scan = json_scanner({"NaN": float("nan"), "Infinity": float("inf"),
+                         "-Infinity": float("-inf")}.__getitem__)
 
     def json_loads(text, _len=len, _ValueError=ValueError):
         obj, end = scan(text, 0)
@@ -1190,15 +1203,23 @@ def _wasm_exec_boot():
         sys.addaudithook(hook)
 
     # ------------------------------------------------------------------ the guard
-    def guard_impl(T, name, globals, locals, fromlist, level):
-        # T's fields, named (T is built at boot, below: an immutable tuple)
-        (allowed_set, prefixes, implicit_set, ModuleType_, module_dict_, type_, str_, int_,
-         tuple_, list_, dict_, len_, isinstance_, getattr_, sorted_, repr_, ImportError_,
-         TypeError_, ValueError_, range_, BaseException_, _request, _impl,
-         import_name_op) = T
-        # The fromlist is read first: it may be an iterable the agent wrote, and no code of
-        # the agent's may run in this frame once the decisions below are being made (on
-        # Python 3.13+ such code could rewrite this frame's local variables).
+    allowed = frozenset(init["allowed"])
+    prefixes = tuple(a + "." for a in sorted(allowed))
+    # modules CPython's C code imports on the caller's behalf (never by a statement)
+    implicit = frozenset(init.get("implicit", ()))
+
+    # The guard's steps, in the order guard_impl takes them. Each is a constant of
+    # guard_impl's code, bound at boot (see "arm the hook") like the request slot: no
+    # variable and no field of T holds one, so agent code can neither reach a step nor
+    # swap one for its own. A step takes what it uses as arguments and defaults (no cell,
+    # no global name), asks the hook for nothing and loads nothing: the guard's requests
+    # and its calls of the real import stay in guard_impl, whose frame the hook checks.
+    def guard_arguments(name, fromlist, level, type_=type, str_=str, int_=int, list_=list,
+                        tuple_=tuple, isinstance_=isinstance, TypeError_=TypeError):
+        """The import's name, fromlist and level as an exact str, a tuple of exact str and
+        an exact int. The fromlist is read first: it may be an iterable the agent wrote,
+        and no code of the agent's may run in the guard's frame once the decisions are
+        being made (on Python 3.13+ such code could rewrite that frame's variables)."""
         items = list_()
         if fromlist is not None:
             for item in fromlist:
@@ -1216,47 +1237,44 @@ def _wasm_exec_boot():
             if not isinstance_(level, int_):
                 raise TypeError_("level must be an int")
             level = int_.__index__(level)
-        try:
-            raise ImportError_
-        except BaseException_ as e:
-            me = e.__traceback__.tb_frame
-        requester = me.f_back.f_back  # 0: guard_impl, 1: entry point, 2: who asked
-        del me
-        code = requester.f_code
-        filename = code.co_filename
-        lasti = requester.f_lasti
-        statement = lasti >= 0 and code.co_code[lasti] == import_name_op
-        library = type_(filename) is str_ and (not filename.startswith("<")
-                                               or filename.startswith("<frozen"))
-        absname = name
-        if level > 0:
-            package = None
-            if type_(globals) is dict_:
-                # read by iterating: a lookup would compare keys, and a key the agent
-                # planted could run its own __eq__ here
-                pkg = modname = None
-                has_path = False
-                for key, value in dict_.items(globals):
-                    if type_(key) is str_:
-                        if key == "__package__":
-                            pkg = value
-                        elif key == "__name__":
-                            modname = value
-                        elif key == "__path__":
-                            has_path = True
-                if type_(pkg) is str_ and pkg:
-                    package = pkg
-                elif pkg is None and type_(modname) is str_:
-                    package = modname if has_path else modname.rpartition(".")[0]
-            if not package:
-                raise ImportError_("attempted relative import with no known parent package")
-            bits = package.rsplit(".", level - 1)
-            if len_(bits) < level:
-                raise ImportError_("attempted relative import beyond top-level package")
-            absname = bits[0] + "." + name if name else bits[0]
-        if not absname:
-            raise ValueError_("Empty module name")
-        top_name = absname.partition(".")[0]
+        return name, fl, level
+
+    def guard_relative_name(name, globals, level, type_=type, str_=str, dict_=dict, len_=len,
+                            ImportError_=ImportError):
+        """The absolute name of a relative import (`level` dots, then `name`), from the
+        package the importing module's globals name."""
+        package = None
+        if type_(globals) is dict_:
+            # read by iterating: a lookup would compare keys, and a key the agent
+            # planted could run its own __eq__ here
+            pkg = modname = None
+            has_path = False
+            for key, value in dict_.items(globals):
+                if type_(key) is str_:
+                    if key == "__package__":
+                        pkg = value
+                    elif key == "__name__":
+                        modname = value
+                    elif key == "__path__":
+                        has_path = True
+            if type_(pkg) is str_ and pkg:
+                package = pkg
+            elif pkg is None and type_(modname) is str_:
+                package = modname if has_path else modname.rpartition(".")[0]
+        if not package:
+            raise ImportError_("attempted relative import with no known parent package")
+        bits = package.rsplit(".", level - 1)
+        if len_(bits) < level:
+            raise ImportError_("attempted relative import beyond top-level package")
+        return bits[0] + "." + name if name else bits[0]
+
+    def guard_verdicts(absname, top_name, fl, statement, library, level, filename,
+                       allowed_set=allowed, prefixes=prefixes, implicit_set=implicit,
+                       list_=list, tuple_=tuple, len_=len, range_=range, ImportError_=ImportError):
+        """What the guard expects of the import of `absname` (the hook decides; this only
+        shapes the answer): whether the module may be imported whole, the fromlist's
+        names allowed one by one (a tuple), and the first name refused (or None). Refuses
+        gc itself."""
         if top_name == "gc" and not (library and statement):
             # the runner alone drives the garbage collector (see the top of this file);
             # library code that imports gc gets the runner's inert stand-in
@@ -1293,13 +1311,103 @@ def _wasm_exec_boot():
                         refused = names[i]
                         break
                     children.append(fl[i - 1])
+        return whole, tuple_(children), refused
+
+    def guard_answer(absname, top_name, top, leaf, fl, whole, children, statement,
+                     allowed_set=allowed, prefixes=prefixes, implicit_set=implicit,
+                     ModuleType_=ModuleType, module_dict_=module_dict, type_=type, str_=str,
+                     dict_=dict, list_=list, len_=len, range_=range):
+        """What the agent's import of `absname` gives back once its modules are loaded
+        (`top`: the top-level package `top_name`; `leaf`: the module itself, when the
+        import had a fromlist or names a top-level module): a restricted view where only
+        some of it is allowed, the sandbox's view of importlib, or the module."""
+        if fl and not whole:
+            view = ModuleType_("<restricted " + absname + ">")
+            d = module_dict_(view)
+            src = module_dict_(leaf)
+            for item in children:
+                if item in src:
+                    d[item] = src[item]
+            return view
+        if top_name == "importlib":
+            # the agent sees importlib's public API only (not _bootstrap & co., whose
+            # functions import without the guard); import_module and __import__ are guarded
+            src = module_dict_(leaf if fl else top)
+            view = ModuleType_("importlib (sandbox view)")
+            d = module_dict_(view)
+            for key in list_(src):
+                if type_(key) is str_ and (not key.startswith("_") or key == "__import__"):
+                    d[key] = src[key]
+            return view
+        if fl:
+            return leaf
+        ok_first = top_name in allowed_set or (not statement and top_name in implicit_set)
+        if ok_first:
+            return top
+        # `import a.b.c` binds `a`: a stand-in holding only the allowed path
+        parts = absname.split(".")
+        view = ModuleType_("<restricted " + top_name + ">")
+        cur = view
+        obj = top
+        prefix = top_name
+        for i in range_(1, len_(parts)):
+            obj = dict_.get(module_dict_(obj), parts[i])
+            prefix = prefix + "." + parts[i]
+            ok = prefix in allowed_set
+            if not ok:
+                for p in prefixes:
+                    if prefix.startswith(p):
+                        ok = True
+                        break
+            if ok or type_(obj) is not ModuleType_:
+                module_dict_(cur)[parts[i]] = obj
+                break
+            nxt = ModuleType_("<restricted " + prefix + ">")
+            module_dict_(cur)[parts[i]] = nxt
+            cur = nxt
+        return view
+
+    def guard_impl(T, name, globals, locals, fromlist, level):
+        # T's fields, named (T is built at boot, below: an immutable tuple)
+        (allowed_set, _prefixes, _implicit_set, ModuleType_, module_dict_, type_, str_, int_,
+         _tuple, _list, _dict, _len, _isinstance, _getattr, sorted_, repr_, ImportError_,
+         _TypeError, ValueError_, _range, BaseException_, _request, _impl,
+         import_name_op) = T
+        # (each ["<guard_...>"][0] is a step: see guard_arguments. The agent's fromlist is
+        # read first, there; an import statement without one has nothing to read)
+        if fromlist is None and type_(name) is str_ and type_(level) is int_:
+            fl = ()
+        else:
+            name, fl, level = ["<guard_arguments>"][0](name, fromlist, level)
+        # who asked: the frame of the import statement or call
+        try:
+            raise ImportError_
+        except BaseException_ as e:
+            me = e.__traceback__.tb_frame
+        requester = me.f_back.f_back  # 0: guard_impl, 1: entry point, 2: who asked
+        del me
+        code = requester.f_code
+        filename = code.co_filename
+        lasti = requester.f_lasti
+        statement = lasti >= 0 and code.co_code[lasti] == import_name_op
+        library = type_(filename) is str_ and (not filename.startswith("<")
+                                               or filename.startswith("<frozen"))
+        absname = name
+        if level > 0:
+            absname = ["<guard_relative_name>"][0](name, globals, level)
+        if not absname:
+            raise ValueError_("Empty module name")
+        top_name = absname.partition(".")[0]
+        # (one variable: tests/test_adversarial.py's round-6 finder finds this frame by it)
+        verdicts = ["<guard_verdicts>"][0](absname, top_name, fl, statement, library, level,
+                                           filename)
+        whole, children, refused = verdicts
         # The audit hook decides, from the frames and names themselves (this frame's own
         # conclusions above only shape the answer): it hands back the real import and
         # whether to call it as asked ("raw": a library's own import) or as policed.
-        kids = tuple_(children)
         # (nothing is called between making the answer list and asking: see the top)
         box = []
-        "<wasm-exec request slot>".__defaults__ = ("grant", box, T, absname, name, kids, fl)
+        "<wasm-exec request slot>".__defaults__ = ("grant", box, T, absname, name, children, fl)
         del "<wasm-exec request slot>".__defaults__
         if not box:
             shown = refused if refused is not None else absname
@@ -1315,8 +1423,7 @@ def _wasm_exec_boot():
         # The agent's import (or an implicit one): the import machinery gets no fromlist, so
         # no module __getattr__ runs while the import is granted; children are read from
         # the modules' own dicts and submodules imported by their full names.
-        parts = absname.split(".")
-        if fl or len_(parts) == 1:
+        if fl or "." not in absname:
             # the module itself (a fromlist of "__name__" makes the import machinery return
             # it; every module has that attribute, so no module __getattr__ is consulted)
             leaf = top = box.pop()(absname, None, None, ("__name__",), 0)
@@ -1340,50 +1447,8 @@ def _wasm_exec_boot():
                         box.pop()(sub, None, None, (), 0)
                     except ImportError_:
                         pass
-            if not whole:
-                view = ModuleType_("<restricted " + absname + ">")
-                d = module_dict_(view)
-                src = module_dict_(leaf)
-                for item in children:
-                    if item in src:
-                        d[item] = src[item]
-                return view
-        if top_name == "importlib":
-            # the agent sees importlib's public API only (not _bootstrap & co., whose
-            # functions import without the guard); import_module and __import__ are guarded
-            src = module_dict_(leaf if fl else top)
-            view = ModuleType_("importlib (sandbox view)")
-            d = module_dict_(view)
-            for key in list_(src):
-                if type_(key) is str_ and (not key.startswith("_") or key == "__import__"):
-                    d[key] = src[key]
-            return view
-        if fl:
-            return leaf
-        ok_first = top_name in allowed_set or (not statement and top_name in implicit_set)
-        if ok_first:
-            return top
-        # `import a.b.c` binds `a`: a stand-in holding only the allowed path
-        view = ModuleType_("<restricted " + top_name + ">")
-        cur = view
-        obj = top
-        prefix = top_name
-        for i in range_(1, len_(parts)):
-            obj = dict_.get(module_dict_(obj), parts[i])
-            prefix = prefix + "." + parts[i]
-            ok = prefix in allowed_set
-            if not ok:
-                for p in prefixes:
-                    if prefix.startswith(p):
-                        ok = True
-                        break
-            if ok or type_(obj) is not ModuleType_:
-                module_dict_(cur)[parts[i]] = obj
-                break
-            nxt = ModuleType_("<restricted " + prefix + ">")
-            module_dict_(cur)[parts[i]] = nxt
-            cur = nxt
-        return view
+        return ["<guard_answer>"][0](absname, top_name, top, leaf, fl, whole, children,
+                                     statement)
 
     def guard_call(T, name, globals=None, locals=None, fromlist=(), level=0):
         """The sandbox's __import__: applies the import allow-list to agent code."""
@@ -1451,10 +1516,6 @@ def _wasm_exec_boot():
         del "<wasm-exec request slot>".__defaults__
         return box.pop()(module)
 
-    allowed = frozenset(init["allowed"])
-    prefixes = tuple(a + "." for a in sorted(allowed))
-    # modules CPython's C code imports on the caller's behalf (never by a statement)
-    implicit = frozenset(init.get("implicit", ()))
     # the guard's one argument, an immutable tuple: its users name the fields by unpacking
     # it whole, in this order (guard_impl, guard_call, guard_import_module)
     T = (allowed, prefixes, implicit, ModuleType, module_dict, type, str, int, tuple, list,
@@ -2277,9 +2338,12 @@ def _wasm_exec_boot():
             pass
         return 1
 
-    def run_call(req, cell_no):
-        code_text = req["code"]
-        filename = "<cell-" + _str(cell_no) + ">"
+    def start_call(req, code_text, filename):
+        """Ready the agent's namespace for a call: the cell's source kept (for tracebacks),
+        the random generators reseeded when the host asks, the host's tools of this call
+        bound, what the runner gave the namespace put back, and the globals sent in.
+        Returns what the repair replaced, for the caller to keep until the call ends (no
+        finalizer of it runs in here)."""
         sources[filename] = code_text.splitlines()
         source_order.append(filename)
         if _len(source_order) > 32:
@@ -2293,65 +2357,44 @@ def _wasm_exec_boot():
             if name in agent_builtins:
                 del agent_builtins[name]
         tools_bound.clear()
-        # (kept alive until the call ends: no finalizer of what it replaced runs in repair)
-        replaced = repair_namespace()  # noqa: F841
+        replaced = repair_namespace()
         bind_tools(req.get("tools"))
         values = req.get("globals")
         if values:
             for k, v in values.items():
                 ns[k] = v
-        reply = {"id": req["id"], "ok": True}
-        started = False
-        # (the host sends the call's cap with every call; the fallback is the host's
-        # default, Limits.max_globals_bytes: 16 MiB)
-        max_bytes = req.get("max_globals_bytes", 16 << 20)
-        max_depth = req.get("max_depth")
-        if _type(max_depth) is not _int:
-            max_depth = 400
-        used = 0
-        try:
-            compiled, last = compile_cell(code_text, filename)
-            started = True
-            take_reserve()
+        return replaced
+
+    def record_error(reply, exc, started):
+        """What the cell raised, into `reply` (`started`: its code had been compiled). A
+        SystemExit gives its status; sys.exit(0) ends the cell as a success."""
+        if _isinstance(exc, _MemoryError):
+            pressed[0] = True
+        status = exit_status(exc) if _isinstance(exc, _SystemExit) else None
+        if status is not None:
+            reply["exit_code"] = status  # (0: sys.exit(0) ends the cell as a success)
+        if status is None or status != 0:
+            reply["ok"] = False
             try:
-                _exec(compiled, ns)
-                del compiled
-                if last is not None:
-                    # the cell's last statement is an expression: its value is the
-                    # result's (like a notebook's execute_result; never bound to `_`)
-                    value = _eval(last, ns)
-                    if value is not None:
-                        shown, used = show_value(value, max_depth, max_bytes)
-                        value = None
-                        reply["value"] = shown
-                        if req.get("display") is True:
-                            stdout.write(shown["text"] + "\n")  # as at the prompt
-            finally:
-                release_reserve()
-        except _BaseException as exc:
-            if _isinstance(exc, _MemoryError):
-                pressed[0] = True
-            status = exit_status(exc) if _isinstance(exc, _SystemExit) else None
-            if status is not None:
-                reply["exit_code"] = status  # (0: sys.exit(0) ends the cell as a success)
-            if status is None or status != 0:
-                reply["ok"] = False
-                try:
-                    # (memory running out, not the parser's own MemoryError, which says why)
-                    if not started and _type(exc) is _MemoryError and not exc.args:
-                        tname, msg, text = ("MemoryError", NO_MEMORY,
-                                            "MemoryError: " + NO_MEMORY + "\n")
-                    else:
-                        tname, msg, text = describe(exc)
-                except _BaseException:
-                    tname, msg, text = "Exception", "<unprintable>", ""
-                # (capped: the reply has to fit the host's cap, whatever the message)
-                reply["error_type"] = shorten(tname, 500)
-                reply["error_message"] = shorten(msg, 20_000)
-                reply["traceback"] = text if _len(text) <= 50_000 else (
-                    text[:10_000] + "\n[... traceback shortened ...]\n" + text[-40_000:])
-            del exc
-        flush_streams()
+                # (memory running out, not the parser's own MemoryError, which says why)
+                if not started and _type(exc) is _MemoryError and not exc.args:
+                    tname, msg, text = ("MemoryError", NO_MEMORY,
+                                        "MemoryError: " + NO_MEMORY + "\n")
+                else:
+                    tname, msg, text = describe(exc)
+            except _BaseException:
+                tname, msg, text = "Exception", "<unprintable>", ""
+            # (capped: the reply has to fit the host's cap, whatever the message)
+            reply["error_type"] = shorten(tname, 500)
+            reply["error_message"] = shorten(msg, 20_000)
+            reply["traceback"] = text if _len(text) <= 50_000 else (
+                text[:10_000] + "\n[... traceback shortened ...]\n" + text[-40_000:])
+
+    def returned_globals(req, max_depth, max_bytes, used):
+        """The globals the call asks for (by name, or all that convert with return_all), as
+        JSON text: (name -> text, name -> why it could not be returned, the reply's bytes
+        used in all). Their names and texts count against `max_bytes`, after the `used`
+        bytes the cell's shown value took."""
         out = {}
         errs = {}
         names = req.get("return", ())
@@ -2400,7 +2443,49 @@ def _wasm_exec_boot():
                 continue
             used += _len(text) + _len(name)
             out[name] = text
-        del found
+        return out, errs, used
+
+    def run_call(req, cell_no):
+        """One call: ready the namespace, compile and run the cell (here, so that the
+        agent's code has the stack it always had), then the reply: the value of its last
+        expression or its error, the globals asked for, figures, the streams' addresses."""
+        code_text = req["code"]
+        filename = "<cell-" + _str(cell_no) + ">"
+        # (kept alive until the call ends: no finalizer of what it replaced runs in repair)
+        replaced = start_call(req, code_text, filename)  # noqa: F841
+        reply = {"id": req["id"], "ok": True}
+        started = False
+        # (the host sends the call's cap with every call; the fallback is the host's
+        # default, Limits.max_globals_bytes: 16 MiB)
+        max_bytes = req.get("max_globals_bytes", 16 << 20)
+        max_depth = req.get("max_depth")
+        if _type(max_depth) is not _int:
+            max_depth = 400
+        used = 0
+        try:
+            compiled, last = compile_cell(code_text, filename)
+            started = True
+            take_reserve()
+            try:
+                _exec(compiled, ns)
+                del compiled
+                if last is not None:
+                    # the cell's last statement is an expression: its value is the
+                    # result's (like a notebook's execute_result; never bound to `_`)
+                    value = _eval(last, ns)
+                    if value is not None:
+                        shown, used = show_value(value, max_depth, max_bytes)
+                        value = None
+                        reply["value"] = shown
+                        if req.get("display") is True:
+                            stdout.write(shown["text"] + "\n")  # as at the prompt
+            finally:
+                release_reserve()
+        except _BaseException as exc:
+            record_error(reply, exc, started)
+            del exc
+        flush_streams()
+        out, errs, used = returned_globals(req, max_depth, max_bytes, used)
         reply["globals"] = out
         reply["globals_errors"] = errs
         if req.get("figures") is True:
@@ -2410,26 +2495,16 @@ def _wasm_exec_boot():
         return reply
 
     # ------------------------------------------------------------- tools
-    class _ToolCtx:
-        strict = True
-        object_hook = None
-        object_pairs_hook = None
-        array_hook = None  # Python 3.15+
-        parse_float = float
-        parse_int = int
-        parse_constant = float  # NaN, Infinity, -Infinity
-        memo = {}
-
     tool_encoders = tuple(_make_encoder(None, tool_default, enc, None, ":", ",", False, False,
                                         True) for enc in (_encode_str, _encode_ascii))
     tool_helpers = (400, type, dict, list, tuple, str, int, float, bool, issubclass, len,
                     dict.items, list.copy, tuple.__getitem__, slice(None), str.__str__,
                     int.__int__, float.__float__, int.__repr__, float.__repr__, TypeError,
                     _qualname, _join, float("inf"))
-    TOOL_T = (tool_plain, tool_helpers, tool_encoders, _json.make_scanner(_ToolCtx()),
-              ToolError, TypeError, ValueError, RecursionError, type, str, bytes, list, _join,
-              UnicodeEncodeError)
-    del _ToolCtx
+    # (the tools' scanner makes NaN, Infinity and -Infinity with float)
+    TOOL_T = (tool_plain, tool_helpers, tool_encoders, json_scanner(float), ToolError, TypeError,
+              ValueError, RecursionError, type, str, bytes, list, _join, UnicodeEncodeError)
+    del json_scanner
     # the stub an agent calls: made (at boot, before any agent code) from source of its own
     # file name, not the runner's, so that a ToolError's traceback holds the agent's frames
     # and the stub's only (tracebacks can be read; the runner's frames cannot). `make_tool`
@@ -2576,6 +2651,16 @@ def _wasm_exec_boot():
         return 0
 
     # ------------------------------------------------------- arm the hook and go
+    # The guard's steps are constants of its code, "<guard_arguments>" and so on (see the
+    # guard), bound here to the functions of those names: like the request slot below,
+    # they are then no variable, cell or field of T that agent code could reach or swap
+    guard_steps = {"<" + f.__name__ + ">": f for f in (
+        guard_arguments, guard_relative_name, guard_verdicts, guard_answer)}
+    consts = guard_impl.__code__.co_consts
+    if sorted(c for c in consts if type(c) is str and c in guard_steps) != sorted(guard_steps):
+        raise RuntimeError("runner: a step constant is missing in guard_impl")
+    guard_impl.__code__ = guard_impl.__code__.replace(co_consts=tuple(
+        guard_steps[c] if type(c) is str and c in guard_steps else c for c in consts))
     # Each role names the request slot by a constant of its own code, bound here to
     # REQUEST: a frame's variables can be rewritten (Python 3.13+), its constants cannot,
     # so the object a role's STORE_ATTR assigns to is always the slot itself, and no
@@ -2589,10 +2674,11 @@ def _wasm_exec_boot():
         if sum(1 for c in bound if c is REQUEST) != 1:
             raise RuntimeError("runner: request slot constant missing in " + fn.__name__)
         fn.__code__ = fn.__code__.replace(co_consts=bound)
-    del slot, consts, bound
-    trusted = [guard_impl, guard_call, guard_import_module, guard_create_builtin, load_named,
-               lazy_filter,
-               guard_exec_builtin, main, boot_reply, step, turn_step, run_call, collect_figures,
+    del slot, consts, bound, guard_steps
+    trusted = [guard_impl, guard_arguments, guard_relative_name, guard_verdicts, guard_answer,
+               guard_call, guard_import_module, guard_create_builtin, load_named, lazy_filter,
+               guard_exec_builtin, main, boot_reply, step, turn_step, run_call, start_call,
+               record_error, returned_globals, collect_figures,
                reseed_generators, tool_call, tool_plain, tool_default, bind_tools,
                install_hook, read_exact, read_frame, json_loads, json_dumps, reply_bytes,
                json_key, plain, holds_container, on_path, needs_plain, repair_namespace,
