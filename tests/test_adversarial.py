@@ -14,6 +14,7 @@ import textwrap
 import pytest
 
 from wasm_exec import PythonExecExecutor
+from wasm_exec.fsnodes import SCRATCH_ROOT, ZIP_PATH
 from wasm_exec.vfs import GUEST_ENV
 
 ALLOWED = ["json", "math", "pickle", "importlib", "time", "base64"]
@@ -28,8 +29,31 @@ def shared():
     ex.close()
 
 
+# An attack that looks for what it strikes (a frame, a function, a field of the guard's
+# tuple) takes it with `the_one(what, candidates)`: exactly one candidate, or LookupError.
+# The targets taken are listed in `reached`, and the tests compare that list with the
+# targets each attack must reach: an attack that lost its aim (a renamed variable, a
+# field that moved) fails its test instead of passing for a refused attack.
+AIM = """
+reached = []
+def the_one(what, candidates):
+    found = list(candidates)
+    if len(found) != 1:
+        raise LookupError('the attack lost its aim: ' + what + ' (' + str(len(found))
+                          + ' candidates)')
+    reached.append(what)
+    return found[0]
+"""
+# the guard's tuple (``__import__.__self__``) holds the guard function and the request
+# slot: attacks find them by name, never by position
+GUARD_IMPL = ("the_one('guard_impl', [x for x in __import__.__self__ "
+              "if getattr(x, '__name__', None) == 'guard_impl'])")
+REQUEST_SLOT = ("the_one('the request slot', [x for x in __import__.__self__ "
+                "if getattr(x, '__name__', None) == '<lambda>'])")
+
+
 def run_attack(ex, code: str):
-    wrapped = ("got = None\nattack_error = None\ntry:\n"
+    wrapped = (AIM + "got = None\nattack_error = None\ntry:\n"
                + textwrap.indent(textwrap.dedent(code).strip("\n"), "    ")
                + "\nexcept BaseException as e:\n    attack_error = type(e).__name__ + ': ' + str(e)\n"
                + "got_name = getattr(got, '__name__', None) if got is not None else None\n"
@@ -37,7 +61,30 @@ def run_attack(ex, code: str):
                + "got_attrs = len([a for a in dir(got) if not a.startswith('__')]) "
                + "if got is not None else 0\n")
     return ex.execute(wrapped, return_globals=["got_name", "got_repr", "attack_error",
-                                               "got_attrs"])
+                                               "got_attrs", "reached"])
+
+
+def assert_reached_and_refused(r, name: str, refusal: str | None, aims=()) -> None:
+    """The attack took each target it aims at (`aims`, in order) and ran into `refusal`
+    (how its error starts; None: it ran to its end without one). An attack whose own
+    set-up failed (a KeyError for a module that is not loaded, say) would otherwise pass
+    for a refused one."""
+    assert r.success, (name, r.error)
+    assert r.globals["reached"] == list(aims), (name, r.globals)
+    error = r.globals["attack_error"]
+    if refusal is None:
+        assert error is None, (name, r.globals)
+    else:
+        assert error is not None and error.startswith(refusal), (name, refusal, r.globals)
+
+
+# refusals the attacks below run into (how their errors start)
+NOT_READABLE = "PermissionError: the sandbox runner's code is not accessible"
+READ_ONLY = "PermissionError: the sandbox runner's functions are read-only"
+NOT_ALLOWED = "PermissionError: not allowed"  # (the hook: a request not from a role)
+OS_REFUSED = "ImportError: Import of 'os' is not allowed"
+OS_PATH_REFUSED = "ImportError: Import of 'os.path' is not allowed"
+SANDBOX_VIEW = "module 'importlib (sandbox view)' has no attribute '_bootstrap'"
 
 
 def assert_still_works(ex):
@@ -114,9 +161,68 @@ IMPORT_BYPASSES = {
 }
 
 
+# how each import bypass is refused (its error starts so; None: it ends without one)
+IMPORT_REFUSALS = {
+    "import_stmt": OS_REFUSED,
+    "import_dotted": OS_PATH_REFUSED,
+    "from_import": OS_PATH_REFUSED,
+    "from_star": OS_REFUSED,
+    "import_posix": "ImportError: Import of 'posix' is not allowed",
+    "import_sys": "ImportError: Import of 'sys' is not allowed",
+    "dunder_import": OS_REFUSED,
+    "builtins_dict": OS_REFUSED,
+    "print_self": OS_REFUSED,
+    "print_self_dict": OS_REFUSED,
+    "exec_stmt": OS_REFUSED,
+    "exec_fresh_globals_real_builtins": OS_REFUSED,
+    "eval_dunder": OS_REFUSED,
+    "compile_exec": OS_REFUSED,
+    "exec_in_module_dict": OS_REFUSED,
+    "compile_forged_filename": "PermissionError: compile() with a file name that is not",
+    "compile_frozen_filename": "PermissionError: compile() with a file name that is not",
+    "code_replace_filename": "PermissionError: code.__new__ is not available in the sandbox",
+    "importlib_import_module": OS_REFUSED,
+    "importlib_dunder_import": OS_REFUSED,
+    "importlib_relative": OS_PATH_REFUSED,
+    "relative_forged_package": OS_PATH_REFUSED,
+    "relative_forged_name": OS_PATH_REFUSED,
+    "dunder_import_level": "ImportError: Import of 'os.path.sep' is not allowed",
+    # (the agent's builtins have no __loader__; the real builtins' is print_self_loader)
+    "builtins_loader": "KeyError: '__loader__'",
+    "print_self_loader": "PermissionError: loading built-in modules outside an import",
+    "math_loader_create": "PermissionError: a built-in module may be created only by the "
+                          "import of its name",
+    "json_loader_load_module": "PermissionError: marshal is not available in the sandbox",
+    # (an empty module object: its code is refused; CPython reports the refused
+    # unmarshalling of the frozen code so)
+    "importlib_spec_loader": "ImportError: Frozen object named 'os' is invalid",
+    "imp_create_builtin": "AttributeError: " + SANDBOX_VIEW,
+    "pickle_find_class": "PermissionError: unpickling os.system is not allowed",
+    "pickle_reduce_import": "PermissionError: unpickling builtins.__import__ is not allowed",
+    "chr_built_name": OS_REFUSED,
+    "fullwidth_identifier": OS_REFUSED,
+    "coding_cookie": "SyntaxError: 'rot13' is not a text encoding",
+    "breakpoint": "RuntimeError: this function is not available in the sandbox",
+    "help_builtin": "NameError: name 'help' is not defined",
+    "guard_tuple_items": None,  # (its `got` is a new, empty module named os)
+    "guard_via_library_callback": OS_REFUSED,
+    "import_module_in_library_callback": OS_REFUSED,
+    "str_subclass_name": OS_REFUSED,
+    "facade_sibling_fallback": "ImportError: cannot import name 'os' from 'json'",
+}
+
+
+def test_every_import_bypass_says_how_it_is_refused():
+    assert set(IMPORT_REFUSALS) == set(IMPORT_BYPASSES)
+
+
 @pytest.mark.parametrize("name", sorted(IMPORT_BYPASSES))
 def test_import_bypass_fails(shared, name):
+    # (a fresh interpreter for each: an earlier attack that changed the import machinery
+    # made later imports refused for that reason, before this attack ran)
+    shared.reset()
     r = run_attack(shared, IMPORT_BYPASSES[name])
+    assert_reached_and_refused(r, name, IMPORT_REFUSALS[name])
     got = r.globals.get("got_name")
     # a refused module must not be obtained (an empty, never-executed module object that
     # importlib.util.module_from_spec makes is not a module the agent can use)
@@ -128,21 +234,22 @@ def test_import_bypass_fails(shared, name):
 TAMPERING = {
     "guard_setattr": "__import__.__func__ = None\ngot = __import__('os')",
     "guard_code_read": "got = __import__.__func__.__code__",
-    "guard_impl_code_read": "got = __import__.__self__[-1].__code__",
+    "guard_impl_code_read": f"got = {GUARD_IMPL}.__code__",
     "guard_code_replace": "f = __import__.__func__\nf.__code__ = (lambda *a, **k: None).__code__\n"
                           "got = __import__('os')",
     "guard_defaults": "__import__.__func__.__defaults__ = (1, 2, 3, 4)\ngot = __import__('os')",
     "guard_impl_direct": (
-        "T = __import__.__self__\ngot = T[-1](T, 'os', None, None, (), 0)"),
+        f"T = __import__.__self__\ngot = {GUARD_IMPL}(T, 'os', None, None, (), 0)"),
     "guard_impl_from_library_callback": (
-        "import json\nT = __import__.__self__\n"
-        "got = json.loads('{}', object_hook=lambda d: T[-1](T, 'os', None, None, (), 0))"),
+        f"import json\nT = __import__.__self__\nG = {GUARD_IMPL}\n"
+        "got = json.loads('{}', object_hook=lambda d: G(T, 'os', None, None, (), 0))"),
     "guard_globals_poison": (
         "g = __import__.__func__.__globals__\ng['isinstance'] = lambda *a: True\n"
         "g['len'] = lambda *a: 0\ngot = __import__('os')"),
     "guard_tuple_swap": (
-        "import json\nT = list(__import__.__self__)\nT[3] = frozenset({'os'})\n"
-        "got = __import__.__func__(tuple(T), 'os')"),
+        "import json\nT = list(__import__.__self__)\n"
+        f"i = the_one('the allow-list', [i for i, x in enumerate(T) if x == {frozenset(ALLOWED)!r}])\n"
+        "T[i] = frozenset({'os'})\ngot = __import__.__func__(tuple(T), 'os')"),
     "real_builtins_poison": (
         "b = print.__self__\nb.isinstance = lambda *a: True\nb.len = lambda *a: 0\n"
         "got = __import__('os')"),
@@ -157,43 +264,98 @@ TAMPERING = {
         "codes = []\nwhile f is not None:\n    codes.append(f.f_code)\n    f = f.f_back\n"
         "got = codes"),
     "fake_reply_request": (
-        "REQ = __import__.__self__[21]\nREQ.__defaults__ = ('reply', [], b'{}')\ngot = 1"),
+        f"REQ = {REQUEST_SLOT}\nREQ.__defaults__ = ('reply', [], b'{{}}')\ngot = 1"),
     "fake_read_request": (
-        "REQ = __import__.__self__[21]\nbox = []\nREQ.__defaults__ = ('read', box)\ngot = box[0]"),
+        f"REQ = {REQUEST_SLOT}\nbox = []\nREQ.__defaults__ = ('read', box)\ngot = box[0]"),
     "fake_grant_request": (
-        "T = __import__.__self__\nREQ = T[21]\nbox = []\n"
-        "REQ.__defaults__ = ('grant', box, T, 'os', True, True, True)\ngot = box[0]('os')"),
+        f"T = __import__.__self__\nREQ = {REQUEST_SLOT}\nbox = []\n"
+        "REQ.__defaults__ = ('grant', box, T, 'os', 'os', (), ())\ngot = box[0]('os')"),
+    # (each event is raised, whether the hook refuses the one before or not: `reached`
+    # lists them with the hook's answer)
     "forged_audit_event_hash": (
         "import json\nsys = json.codecs.sys\nseen = []\nclass K:\n"
         "    def __hash__(self):\n        seen.append(sys._getframe(1).f_code.co_name)\n        return 0\n"
         "    def __eq__(self, o): return False\n"
-        "sys.audit('object.__getattr__', 0, K())\nsys.audit('open', K())\n"
-        "sys.audit('pickle.find_class', K(), K())\nsys.audit('compile', K(), K())\n"
         "class E(str):\n    def __hash__(self):\n        seen.append(sys._getframe(1).f_code.co_name)\n        return 0\n"
-        "sys.audit(E('object.__getattr__'), 0, '__code__')\n"
+        "for event, *args in [('object.__getattr__', 0, K()), ('open', K()),\n"
+        "                     ('pickle.find_class', K(), K()), ('compile', K(), K()),\n"
+        "                     (E('object.__getattr__'), 0, '__code__')]:\n"
+        "    try:\n        sys.audit(event, *args)\n        reached.append(event + ' passed')\n"
+        "    except PermissionError:\n        reached.append(event + ' refused')\n"
         "if seen: got = seen"),
     "frame_locals_bomb": (
         "import json\nsys = json.codecs.sys\nloot = []\nclass Bomb:\n    def __del__(self):\n"
         "        f = sys._getframe(1)\n        while f is not None:\n"
         "            if '_header' in f.f_locals or 'serve' in f.f_locals: loot.append(1)\n"
         "            f = f.f_back\n"
-        "f = sys._getframe()\nwhile f is not None and 'cell_no' not in f.f_locals: f = f.f_back\n"
-        "if f is not None: f.f_locals['cell_no'] = Bomb()\n"
+        "frames = []\nf = sys._getframe()\nwhile f is not None:\n    frames.append(f)\n    f = f.f_back\n"
+        "f = the_one('run_call', [f for f in frames if 'cell_no' in f.f_locals])\n"
+        "del frames\nf.f_locals['cell_no'] = Bomb()\ndel f\n"
         "__import__('json')\nif loot: got = loot"),
     "monitoring_callback": (
         "import json\nm = json.codecs.sys.monitoring\nm.use_tool_id(3, 'x')\n"
         "m.register_callback(3, m.events.PY_START, lambda *a: None)\ngot = 1"),
+    # (the runner imports _signal at boot; the signal module, loaded or not, wraps it)
     "signal_handler_frames": (
-        "import json\ns = json.codecs.sys.modules['signal']\ns.signal(2, lambda *a: None)\ngot = 1"),
+        "import json\ns = json.codecs.sys.modules['_signal']\ns.signal(2, lambda *a: None)\ngot = 1"),
     "marshal_code": (
         "import json\nm = json.codecs.sys.modules['marshal']\n"
         "got = m.loads(m.dumps(compile('1', '<x>', 'exec')))"),
 }
 
 
+# how each tampering attack is refused (its error starts so; None: it ends without one)
+TAMPERING_REFUSALS = {
+    "guard_setattr": "AttributeError: readonly attribute",
+    "guard_code_read": NOT_READABLE,
+    "guard_impl_code_read": NOT_READABLE,
+    "guard_code_replace": READ_ONLY,
+    "guard_defaults": READ_ONLY,
+    "guard_impl_direct": NOT_ALLOWED,
+    "guard_impl_from_library_callback": NOT_ALLOWED,
+    "guard_globals_poison": OS_REFUSED,
+    "guard_tuple_swap": NOT_ALLOWED,
+    "real_builtins_poison": OS_REFUSED,
+    "gc_get_objects": "ImportError: Import of 'gc' is not allowed",
+    "gc_via_attribute": "RuntimeError: this function is not available in the sandbox",
+    "settrace": "PermissionError: sys.settrace is not available in the sandbox",
+    "addaudithook": "RuntimeError: not added",
+    "frame_walk_to_runner_code": NOT_READABLE,
+    "fake_reply_request": NOT_ALLOWED,
+    "fake_read_request": NOT_ALLOWED,
+    "fake_grant_request": NOT_ALLOWED,
+    "forged_audit_event_hash": None,
+    "frame_locals_bomb": None,
+    "monitoring_callback": "PermissionError: sys.monitoring.register_callback is not available",
+    "signal_handler_frames": "RuntimeError: this function is not available in the sandbox",
+    "marshal_code": "PermissionError: marshal is not available in the sandbox",
+}
+# what the attacks that look for their target must have taken
+TAMPERING_AIMS = {
+    "guard_impl_code_read": ["guard_impl"],
+    "guard_impl_direct": ["guard_impl"],
+    "guard_impl_from_library_callback": ["guard_impl"],
+    "guard_tuple_swap": ["the allow-list"],
+    "fake_reply_request": ["the request slot"],
+    "fake_read_request": ["the request slot"],
+    "fake_grant_request": ["the request slot"],
+    "forged_audit_event_hash": ["object.__getattr__ passed", "open passed",
+                                "pickle.find_class refused", "compile refused",
+                                "object.__getattr__ passed"],
+    "frame_locals_bomb": ["run_call"],
+}
+
+
+def test_every_tampering_attack_says_how_it_is_refused():
+    assert set(TAMPERING_REFUSALS) == set(TAMPERING)
+    assert set(TAMPERING_AIMS) <= set(TAMPERING)
+
+
 @pytest.mark.parametrize("name", sorted(TAMPERING))
 def test_tampering_fails(shared, name):
+    shared.reset()  # (a fresh interpreter: no earlier attack's traces stand in its way)
     r = run_attack(shared, TAMPERING[name])
+    assert_reached_and_refused(r, name, TAMPERING_REFUSALS[name], TAMPERING_AIMS.get(name, ()))
     assert r.globals.get("got_repr") == "None", (name, r.globals)
     assert_still_works(shared)
     # attacks that plant something for later (finalizers) must find nothing either
@@ -205,28 +367,63 @@ def test_tampering_fails(shared, name):
 
 
 # ------------------------------------------------------- filesystem, network, processes
+# These run where the agent may import os (the minimal runtime does not load os for
+# itself, so without it these attacks found nothing to strike); the same functions are
+# reached through posix, which the interpreter always has.
+GUEST_ROOT = {ZIP_PATH.split("/")[1], "dev", SCRATCH_ROOT.strip("/")}
+POSIX = "import json\nposix = json.codecs.sys.modules['posix']\n"
 HOST_ACCESS = {
     "read_etc_passwd": "got = open('/etc/passwd').read()",
     "read_proc_environ": "got = open('/proc/self/environ', 'rb').read()",
-    "list_root": "import json\ngot = json.codecs.sys.modules['os'].listdir('/')",
-    "list_work": "import json\ngot = json.codecs.sys.modules['os'].listdir('/work')",
+    # (the guest's own root holds the standard library, /dev and its scratch /tmp only)
+    "list_root": f"import os\ngot = sorted(set(os.listdir('/')) - {GUEST_ROOT!r}) or None",
+    "list_root_posix": POSIX + f"got = sorted(set(posix.listdir('/')) - {GUEST_ROOT!r}) or None",
+    "list_work": "import os\ngot = os.listdir('/work')",
     # (the guest's own fixed places are all it sees: nothing of the host's)
-    "environ": "import json\ne = dict(json.codecs.sys.modules['os'].environ)\n"
+    "environ": "import os\ne = dict(os.environ)\n"
                f"got = {{k: v for k, v in e.items() if (k, v) not in {set(GUEST_ENV.items())!r}}}"
                " or None",
+    "environ_posix": POSIX + "e = {k.decode(): v.decode() for k, v in posix.environ.items()}\n"
+                     f"got = {{k: v for k, v in e.items() if (k, v) not in {set(GUEST_ENV.items())!r}}}"
+                     " or None",
     # (/tmp is the guest's own scratch area in host memory: see test_guest_tmp_is_not_the_hosts)
     "write_file": "open('/etc/wasm_exec_pwned', 'w').write('x')\ngot = 1",
     "open_fd0": "got = open(0).read()",
-    "os_system": "import json\nos = json.codecs.sys.modules['os']\ngot = os.system('id')",
+    "os_system": "import os\ngot = os.system('id')",
     "subprocess": "import json\nsp = json.codecs.sys.modules['importlib'].import_module('subprocess')\n"
                   "got = sp.run(['id'])",
     "socket_connect": "import json\nimport importlib\ns = importlib.import_module('socket')\ngot = s",
-    "raw_socket_via_attribute": (
-        "import json\nos = json.codecs.sys.modules['os']\ngot = os.open('/etc/passwd', 0)"),
+    "raw_socket_via_attribute": "import os\ngot = os.open('/etc/passwd', os.O_RDONLY)",
     "subclasses_wrap_close": (
-        "c = [k for k in ().__class__.__base__.__subclasses__() if k.__name__ == '_wrap_close'][0]\n"
+        "import os\nc = the_one('os._wrap_close', [k for k in ().__class__.__base__.__subclasses__() "
+        "if k.__name__ == '_wrap_close'])\n"
         "got = c.__init__.__globals__['popen']('id').read()"),
 }
+NO_SUCH_FILE = "FileNotFoundError: [Errno 44] No such file or directory"
+HOST_ACCESS_REFUSALS = {
+    "read_etc_passwd": NO_SUCH_FILE,
+    "read_proc_environ": NO_SUCH_FILE,
+    "list_root": None,
+    "list_root_posix": None,
+    "list_work": NO_SUCH_FILE,
+    "environ": None,
+    "environ_posix": None,
+    "write_file": NO_SUCH_FILE,
+    "open_fd0": "PermissionError: opening file descriptors is not allowed in the sandbox",
+    "os_system": "AttributeError: module 'os' has no attribute 'system'",
+    "subprocess": "ImportError: Import of 'subprocess' is not allowed",
+    "socket_connect": "ImportError: Import of 'socket' is not allowed",
+    "raw_socket_via_attribute": NO_SUCH_FILE,
+    "subclasses_wrap_close": "OSError: [Errno 58] wasi does not support processes",
+}
+HOST_ACCESS_AIMS = {"subclasses_wrap_close": ["os._wrap_close"]}
+
+
+@pytest.fixture(scope="module")
+def os_ex():
+    ex = PythonExecExecutor(whitelisted_imports=ALLOWED + ["os"], timeout_seconds=10)
+    yield ex
+    ex.close()
 
 
 def test_guest_tmp_is_not_the_hosts(shared, tmp_path):
@@ -237,11 +434,18 @@ def test_guest_tmp_is_not_the_hosts(shared, tmp_path):
     assert not os.path.exists(marker)
 
 
+def test_every_host_access_attack_says_how_it_is_refused():
+    assert set(HOST_ACCESS_REFUSALS) == set(HOST_ACCESS)
+
+
 @pytest.mark.parametrize("name", sorted(HOST_ACCESS))
-def test_host_access_fails(shared, name):
-    r = run_attack(shared, HOST_ACCESS[name])
+def test_host_access_fails(os_ex, name):
+    os_ex.reset()
+    r = run_attack(os_ex, HOST_ACCESS[name])
+    assert_reached_and_refused(r, name, HOST_ACCESS_REFUSALS[name],
+                               HOST_ACCESS_AIMS.get(name, ()))
     assert r.globals.get("got_repr") == "None", (name, r.globals)
-    assert_still_works(shared)
+    assert_still_works(os_ex)
 
 
 def test_no_file_written_on_host(shared):
@@ -335,15 +539,30 @@ REVIEW_BYPASSES = {
     "from_importlib_bootstrap": "from importlib import _bootstrap\ngot = _bootstrap._gcd_import('os')",
     "runner_frame_locals": (
         "try:\n    raise Exception\nexcept Exception as e:\n    f = e.__traceback__.tb_frame.f_back\n"
-        "seen = {}\nwhile f is not None:\n    seen.update(f.f_locals)\n    f = f.f_back\n"
+        "seen = {}\nwhile f is not None:\n    if 'cell_no' in f.f_locals: reached.append('run_call')\n"
+        "    seen.update(f.f_locals)\n    f = f.f_back\n"
         "for v in seen.values():\n    if type(v).__name__ == 'module' and v.__name__ in ('sys', 'os', 'posix'):\n"
         "        got = v\n    if type(v).__name__ == 'builtin_function_or_method' and "
         "getattr(v, '__self__', None) is not None and getattr(v.__self__, '__name__', '') in ('sys', 'posix'):\n"
         "        got = v.__self__"),
     "guard_tuple_builtin_self": (
         "for x in __import__.__self__:\n    m = getattr(x, '__self__', None)\n"
+        "    if getattr(m, '__name__', None) == 'builtins' and 'builtins' not in reached:\n"
+        "        reached.append('builtins')  # (len, isinstance... are its functions)\n"
         "    if getattr(m, '__name__', None) in ('sys', 'posix', 'os'): got = m"),
 }
+REVIEW_REFUSALS = {
+    "json_scanner_trampoline": OS_REFUSED,
+    "functools_singledispatch_trampoline": OS_REFUSED,
+    "copy_reconstruct_trampoline": OS_REFUSED,
+    "pickle_main_alias": OS_REFUSED,
+    "importlib_bootstrap_gcd": "AttributeError: " + SANDBOX_VIEW,
+    "from_importlib_bootstrap": "ImportError: cannot import name '_bootstrap' from "
+                                "'importlib (sandbox view)'",
+    "runner_frame_locals": None,
+    "guard_tuple_builtin_self": None,
+}
+REVIEW_AIMS = {"runner_frame_locals": ["run_call"], "guard_tuple_builtin_self": ["builtins"]}
 
 
 @pytest.fixture(scope="module")
@@ -354,9 +573,15 @@ def review_ex():
     ex.close()
 
 
+def test_every_review_bypass_says_how_it_is_refused():
+    assert set(REVIEW_REFUSALS) == set(REVIEW_BYPASSES)
+
+
 @pytest.mark.parametrize("name", sorted(REVIEW_BYPASSES))
 def test_review_bypasses_fail(review_ex, name):
+    review_ex.reset()
     r = run_attack(review_ex, REVIEW_BYPASSES[name])
+    assert_reached_and_refused(r, name, REVIEW_REFUSALS[name], REVIEW_AIMS.get(name, ()))
     got = r.globals.get("got_name")
     assert not (got in FORBIDDEN and r.globals.get("got_attrs")), (name, r.globals)
     assert_still_works(review_ex)
