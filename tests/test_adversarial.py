@@ -912,63 +912,112 @@ def test_forged_loader_tools_and_rewritten_guard_locals_fail(make_executor):
 # reading the answer (a rewritten `reserve` cell), or to assign the request to an object
 # of the agent's whose __setattr__ is a chain of C callables that forges a request from
 # main's own request site (a rewritten `REQUEST` cell; the union then fails on the
-# answer list, but the agent's code has already run at the request site)
-MAIN_RESERVE = SYS_BY_WALK + '''
-import json
-functools = sys.modules['functools']
+# answer list, but the agent's code has already run at the request site).
+# The main loop is `step` now (one request per turn, below `turn_step`): it reads the
+# reserve through release_reserve (whose closure holds it) and its memory flag
+# `pressed`, and its request sites name the slot by a constant of its code. The attacks
+# plant their stand-ins there; each stand-in, whenever the runner uses it, takes any
+# answer list live in the runner's frames above it.
+FRAMES = """
+frames = []
+f = sys._getframe()
+while f is not None:
+    frames.append(f)
+    f = f.f_back
+del f
+"""
+MAIN_RESERVE = SYS_BY_WALK + AIM + FRAMES + '''
 stash = []
 loot = []
-class Reserve:
-    def __getitem__(self, i):
-        loc = sys._getframe(1).f_locals
-        if 'box' in loc and 'cell_no' in loc:
+ran = []  # where the runner used the stand-ins
+def peek(where):
+    ran.append(where)
+    f = sys._getframe(2)  # (0: peek, 1: the stand-in's method, 2: the runner's function)
+    while f is not None:
+        loc = f.f_locals
+        if 'box' in loc and type(loc['box']) is list:
             stash.append(loc['box'])
             loc['box'] = []
-            return None
-        return bytearray(1)
+        f = f.f_back
+class StandIn(list):
+    def __getitem__(self, i):
+        peek(self.name)
+        return list.__getitem__(self, i)
     def __setitem__(self, i, v):
-        pass
-f = sys._getframe()
-call_id = None
-while f is not None:
-    loc = f.f_locals
-    if 'req' in loc and type(loc['req']) is dict:
-        call_id = loc['req'].get('id')
-    if 'reserve' in loc:
-        loc['reserve'] = Reserve()
-    f = f.f_back
+        peek(self.name)
+        list.__setitem__(self, i, v)
+main = the_one('the main loop', [f for f in frames if 'box' in f.f_locals and 'req' in f.f_locals])
+release = the_one('release_reserve', [v for v in main.f_locals.values()
+                                      if getattr(v, '__name__', None) == 'release_reserve'])
+cell = the_one('the reserve', [c for c in release.__closure__ if type(c.cell_contents) is list])
+stand = StandIn(cell.cell_contents)
+stand.name = 'reserve'
+cell.cell_contents = stand
+pressed = the_one('pressed', [main.f_locals[k] for k in ('pressed',) if k in main.f_locals])
+stand = StandIn(pressed)
+stand.name = 'pressed'
+main.f_locals['pressed'] = stand  # (a cell: every function of the runner sharing it sees it)
+del frames, main, release, cell, pressed, stand
 '''
-MAIN_FAKE_SLOT = SYS_BY_WALK + '''
-import json
-functools = sys.modules['functools']
+MAIN_FAKE_SLOT = SYS_BY_WALK + AIM + FRAMES + f'''
+import functools
 stash = []
-REAL = __import__.__self__[21]
+REAL = {REQUEST_SLOT}
 loot = []
-f = sys._getframe()
-while f is not None:
-    loc = f.f_locals
-    if 'cell_no' in loc and 'REQUEST' in loc:
-        # forge a collect request from main's own request site, then put the real
-        # slot back so that main carries on as if nothing happened
+main = the_one('the main loop', [f for f in frames if 'box' in f.f_locals and 'req' in f.f_locals])
+turn = the_one('the turn', [f for f in frames if 'source' in f.f_locals and 'number' in f.f_locals])
+# every variable of the runner's live frames (cells included) that names the slot
+slot_names = []
+for frame in frames[1:]:  # (the first is this cell's own)
+    loc = frame.f_locals
+    for name in [k for k, v in loc.items() if v is REAL]:
+        slot_names.append(name)
+        # forge a collect request from the runner's own request site, then put the real
+        # slot back so that the runner carries on as if nothing happened
         forge = map(setattr, [REAL], ['__defaults__'], [('collect', loot, True)])
-        undo = map(loc.__setitem__, ['REQUEST'], [REAL])
+        undo = map(loc.__setitem__, [name], [REAL])
         class Fake(list):
             __setattr__ = functools.partial(set().union, forge, undo)
-        loc['REQUEST'] = Fake()
-    f = f.f_back
+        loc[name] = Fake()
+# where the main loop's requests name the slot: a constant of its code
+step = the_one('step', [v for v in turn.f_locals.values() if getattr(v, '__name__', None) == 'step'])
+refused = []
+try:
+    step.__code__
+except PermissionError:
+    refused.append('read')
+try:
+    step.__code__ = (lambda: None).__code__
+except PermissionError:
+    refused.append('replace')
+del frames, main, turn, step, frame, loc
 '''
-MAIN_REWRITE_CHECK = "got = [repr(x) for x in stash if x] + [repr(x) for x in loot]"
+MAIN_REWRITE_CHECK = ("got = [repr(x) for x in stash if x] + [repr(x) for x in loot]\n"
+                      "where = sorted(set(globals().get('ran', ())))")
 
 
 def run_round7_attacks(make):
-    """Rewriting the main loop's variables: the answer list stays out of reach."""
-    for code in (MAIN_RESERVE, MAIN_FAKE_SLOT):
-        ex = make()
-        r = ex.execute(code)
-        assert r.success, r.error
-        r = ex.execute(MAIN_REWRITE_CHECK, return_globals=["got"])
-        assert r.success and r.globals == {"got": []}, (r.error, r.globals)
-        assert_still_works(ex)
+    """Rewriting the main loop's variables: the answer lists stay out of reach."""
+    ex = make()
+    r = ex.execute(MAIN_RESERVE, return_globals=["reached"])
+    assert r.success, r.error
+    assert r.globals["reached"] == ["the main loop", "release_reserve", "the reserve",
+                                    "pressed"], r.globals
+    r = ex.execute(MAIN_REWRITE_CHECK, return_globals=["got", "where"])
+    # the runner ran the stand-ins (at the end of the call and the start of the next),
+    # and no answer list was live in its frames whenever it did
+    assert r.success and r.globals == {"got": [], "where": ["pressed", "reserve"]}, (
+        r.error, r.globals)
+    assert_still_works(ex)
+    ex = make()
+    r = ex.execute(MAIN_FAKE_SLOT, return_globals=["reached", "slot_names", "refused"])
+    assert r.success, r.error
+    # no variable of the runner names the slot, and the code that does is out of reach
+    assert r.globals == {"reached": ["the request slot", "the main loop", "the turn", "step"],
+                         "slot_names": [], "refused": ["read", "replace"]}, r.globals
+    r = ex.execute(MAIN_REWRITE_CHECK, return_globals=["got"])
+    assert r.success and r.globals == {"got": []}, (r.error, r.globals)
+    assert_still_works(ex)
 
 
 def test_rewritten_main_loop_variables_leak_nothing(make_executor):
