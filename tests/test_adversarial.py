@@ -455,27 +455,38 @@ def test_no_file_written_on_host(shared):
 
 
 # ----------------------------------------------------------------- runner tampering
-@pytest.mark.parametrize("code", [
-    "print('WXR1' + 'A' * 16 + 'xxxx{}')",
-    "import json\njson.codecs.sys.modules['os'].write(1, b'WXR1' + b'A' * 16 + b'\\x02\\x00\\x00\\x00{}')",
-    "import json\njson.codecs.sys.stdout = None\nprint('x')",
-    "import json\njson.codecs.sys.modules['os'].close(1)",
-    "import json\njson.codecs.sys.modules['os'].close(0)",
-    "import json\njson.dumps = None\njson.loads = None",
-    "print.__self__.len = None\nprint.__self__.str = None\nprint.__self__.isinstance = None",
-    "__builtins__.clear()",
-    "print.__self__.__dict__.clear()",
-    "import json\njson.codecs.sys.exit(3)",
-    "import json\njson.codecs.sys.modules['os']._exit(0)",
-    "import json\njson.codecs.sys.modules['os'].read(0, 100)",
-    "import json\njson.codecs.sys.modules['os'].dup2(2, 1)",
-    "import json\njson.codecs.sys.setrecursionlimit(10**6)\ndef f(): f()\nf()",
+# (the descriptor functions through posix, which the interpreter always has: the minimal
+# runtime does not load os, and through sys.modules['os'] these attacks ran into a
+# KeyError before they touched anything). `ends`: None when the tampering runs to the
+# code's end (which then sets `ran`), else the error it stops at.
+POSIX_BY_WALK = "import json\nposix = json.codecs.sys.modules['posix']\n"
+
+
+@pytest.mark.parametrize("code,ends", [
+    ("print('WXR1' + 'A' * 16 + 'xxxx{}')", None),
+    (POSIX_BY_WALK + "posix.write(1, b'WXR1' + b'A' * 16 + b'\\x02\\x00\\x00\\x00{}')", None),
+    ("import json\njson.codecs.sys.stdout = None\nprint('x')", None),
+    (POSIX_BY_WALK + "posix.close(1)", None),
+    (POSIX_BY_WALK + "posix.close(0)", None),
+    ("import json\njson.dumps = None\njson.loads = None", None),
+    ("print.__self__.len = None\nprint.__self__.str = None\nprint.__self__.isinstance = None", None),
+    ("__builtins__.clear()", None),
+    ("print.__self__.__dict__.clear()", None),
+    ("import json\njson.codecs.sys.exit(3)", "SystemExit"),
+    (POSIX_BY_WALK + "posix._exit(0)", "SandboxError"),  # (the interpreter exited)
+    (POSIX_BY_WALK + "posix.read(0, 100)", None),
+    (POSIX_BY_WALK + "posix.dup2(2, 1)", "AttributeError"),  # (WASI has no dup2)
+    ("import json\njson.codecs.sys.setrecursionlimit(10**6)\ndef f(): f()\nf()", "RecursionError"),
 ])
-def test_runner_tampering_does_not_break_the_host(make_executor, code):
+def test_runner_tampering_does_not_break_the_host(make_executor, code, ends):
     ex = make_executor(whitelisted_imports=["json"], timeout_seconds=5)
     ex.execute("keep = 1")
-    r = ex.execute(code, return_globals=["keep"])
-    assert r.globals in ({}, {"keep": 1})
+    r = ex.execute(code + "\nran = 1", return_globals=["keep", "ran"])
+    if ends is None:
+        assert r.success and r.globals == {"keep": 1, "ran": 1}, (r.error, r.globals)
+    else:
+        assert r.error_type == ends and "ran" not in r.globals, (r.error, r.globals)
+    assert r.globals in ({}, {"keep": 1}, {"keep": 1, "ran": 1})
     r = ex.execute("after = 2", return_globals=["after"])
     assert r.success and r.globals == {"after": 2}
 
@@ -588,13 +599,17 @@ def test_review_bypasses_fail(review_ex, name):
 
 
 def test_finalizer_cannot_observe_the_hook(make_executor):
-    # a __del__ run by the garbage collector must not find the audit hook's frame
+    # a __del__ run by the garbage collector must not find the audit hook's frame. (No
+    # collection runs inside the call: the runner collects after the call's answer is
+    # made, so what the finalizers saw is read in the next call, with how many ran.)
     ex = make_executor(timeout_seconds=20)
     code = (
         "found = []\n"
+        "ran = []\n"
         "class Spy:\n"
         "    def __init__(self): self.me = self\n"
         "    def __del__(self):\n"
+        "        ran.append(1)\n"
         "        try: raise Exception\n"
         "        except Exception as e: f = e.__traceback__.tb_frame.f_back\n"
         "        while f is not None:\n"
@@ -609,6 +624,8 @@ def test_finalizer_cannot_observe_the_hook(make_executor):
     r = ex.execute(code, return_globals=["found"])
     assert r.success, r.error
     assert r.globals["found"] == []
+    r = ex.execute("n = len(ran)\nseen = found", return_globals=["n", "seen"])
+    assert r.globals == {"n": 100000, "seen": []}, (r.error, r.globals)
 
 
 def test_many_iovecs_do_not_exhaust_the_host(make_executor):
@@ -684,29 +701,50 @@ def test_meta_path_finder_gets_no_import_privileges(make_executor):
     # the import machinery's privileges
     ex = make_executor(whitelisted_imports=["json"])
     r = ex.execute(
-        "import json\nsys = json.codecs.sys\ngot = []\n"
+        "import json\nsys = json.codecs.sys\ngot = []\nasked = []\n"
         "class Finder:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
+        "        asked.append(name)\n"
         "        for mod in ('posix', 'socket', 'os'):\n"
         "            try:\n                got.append(__import__(mod).__name__)\n"
         "            except ImportError:\n                pass\n"
         "        return None\n"
         "sys.meta_path.insert(0, Finder())\n"
-        "try:\n    __import__('encodings.nonexistent_xyz')\nexcept ImportError:\n    pass\n"
-        "try:\n    import base64_nonexistent\nexcept ImportError:\n    pass\n"
-        "sys.meta_path.pop(0)\n", return_globals=["got"])
+        "try:\n    import json.nonexistent_xyz\nexcept ImportError:\n    pass\n"
+        "try:\n    'x'.encode('cp1252')\nexcept LookupError:\n    pass\n"
+        "sys.meta_path.pop(0)\n", return_globals=["got", "asked"])
+    # the finder ran inside both imports: the agent's own (of an allowed name) and one the
+    # interpreter made for it (the codec). It ran nothing more than the agent may.
+    assert r.globals.get("asked") == ["json.nonexistent_xyz", "encodings.cp1252"], r
     assert r.globals.get("got") == [], r
 
 
-def test_sleeping_between_calls_cannot_stall_the_host(make_executor):
+SLEEPER = ("import json, time\nsys = json.codecs.sys\n"
+           "class Sleeper:\n    def __del__(self): time.sleep(10**6)\n")
+
+
+@pytest.mark.parametrize("where", ["in_the_collection", "after_the_answer"])
+def test_sleeping_between_calls_cannot_stall_the_host(make_executor, where):
     import time as _time
     ex = make_executor(whitelisted_imports=["json", "time"], timeout_seconds=3)
-    # a finalizer that runs after the reply (between calls) and sleeps
-    ex.execute("import json, time\nclass Sleeper:\n    def __init__(self): self.me = self\n"
-               "    def __del__(self): time.sleep(10**6)\nSleeper()\n")
+    if where == "in_the_collection":
+        # cyclic garbage: its finalizer runs where the runner collects, before the answer,
+        # so inside the call and its time limit (`pad`: enough new objects for a collection)
+        r = ex.execute(SLEEPER + "s = Sleeper()\ns.me = s\ndel s\npad = [[] for _ in range(500)]\n")
+        assert r.limit == "timeout", r
+    else:
+        # planted in the turn's own frame (Python 3.13+ writes frame variables through):
+        # dropped, and its finalizer run, when the turn ends after the answer
+        r = ex.execute(SLEEPER + AIM + FRAMES
+                       + "turn = the_one('the turn', [f for f in frames if 'source' in "
+                       "f.f_locals and 'number' in f.f_locals])\n"
+                       "turn.f_locals['source'] = Sleeper()\ndel frames, turn\n",
+                       return_globals=["reached"])
+        assert r.success and r.globals == {"reached": ["the turn"]}, (r.error, r.globals)
     t = _time.monotonic()
     r = ex.execute("y = 1", return_globals=["y"])
     assert _time.monotonic() - t < 10
+    assert r.success and r.globals == {"y": 1}, r
     r = ex.execute("z = 1", return_globals=["z"])
     assert r.success and r.globals == {"z": 1}
 
@@ -716,28 +754,32 @@ SYS_BY_WALK = ("g = [c for c in ().__class__.__base__.__subclasses__() "
                "sys = g['sys']\n")
 
 
-@pytest.mark.parametrize("name,code", [
+@pytest.mark.parametrize("name,code,refusal", [
     # red-team round 3: a library function planted as a module's __getattr__ ran under a
-    # granted import (through the import machinery's fromlist handling)
+    # granted import (through the import machinery's fromlist handling). (The package is
+    # one the agent may import: the import with the fromlist is granted, and runs.)
     ("getattr_builtin_from_name_gc",
-     "enc = sys.modules['encodings']\nenc.__getattr__ = g['_builtin_from_name']\n"
-     "try:\n    __import__('encodings', fromlist=['gc'])\nfinally:\n    del enc.__getattr__\n"
+     "import json\npkg = sys.modules['json']\npkg.__getattr__ = g['_builtin_from_name']\n"
+     "try:\n    __import__('json', fromlist=['gc'])\nfinally:\n    del pkg.__getattr__\n"
      "g = sys.modules.get('gc')\n"
-     "got = g if g is not None and 'stand-in' not in (g.__doc__ or '') else None"),
+     "got = g if g is not None and 'stand-in' not in (g.__doc__ or '') else None", None),
     ("getattr_gcd_import_socket",
-     "enc = sys.modules['encodings']\nenc.__getattr__ = g['_gcd_import']\n"
-     "try:\n    __import__('encodings', fromlist=['socket'])\nfinally:\n    del enc.__getattr__\n"
-     "got = sys.modules.get('socket')"),
+     "import json\npkg = sys.modules['json']\npkg.__getattr__ = g['_gcd_import']\n"
+     "try:\n    __import__('json', fromlist=['socket'])\nfinally:\n    del pkg.__getattr__\n"
+     "got = sys.modules.get('socket')", None),
     ("create_builtin_gc_directly",
-     "imp = sys.modules['_imp']\ngot = imp.create_builtin(type(sys.implementation)(name='gc'))"),
+     "imp = sys.modules['_imp']\ngot = imp.create_builtin(type(sys.implementation)(name='gc'))",
+     "PermissionError: loading that built-in module is not allowed"),
     ("create_builtin_spec_name_swap",
      "imp = sys.modules['_imp']\nclass S:\n    n = 0\n    @property\n    def name(self):\n"
      "        S.n += 1\n        return 'math' if S.n == 1 else 'gc'\n"
-     "got = imp.create_builtin(S())\nif got.__name__ != 'gc': got = None"),
+     "got = imp.create_builtin(S())\nif got.__name__ != 'gc': got = None",
+     "PermissionError: a built-in module may be created only by the import of its name"),
 ])
-def test_import_machinery_gadgets_fail(make_executor, name, code):
-    ex = make_executor(timeout_seconds=10)
+def test_import_machinery_gadgets_fail(make_executor, name, code, refusal):
+    ex = make_executor(timeout_seconds=10, whitelisted_imports=["json"])
     r = run_attack(ex, SYS_BY_WALK + code)
+    assert_reached_and_refused(r, name, refusal)
     assert r.globals.get("got_repr") == "None", (name, r.globals)
     r = ex.execute(SYS_BY_WALK + "g = sys.modules.get('gc')\n"
                    "real = g is not None and getattr(g, '__doc__', '').find('stand-in') < 0",
@@ -763,16 +805,18 @@ def test_sys_modules_replaced_by_a_dict_subclass_runs_nothing_in_the_hook(make_e
 
 def test_replaced_stdout_with_finalizer_is_dropped_outside_the_hook(make_executor):
     ex = make_executor(whitelisted_imports=["json"])
-    code = (SYS_BY_WALK + "seen = []\nclass Out:\n"
+    code = (SYS_BY_WALK + "seen = []\nran = []\nclass Out:\n"
             "    def write(self, s): return len(s)\n    def flush(self): pass\n"
-            "    def __del__(self):\n        f = sys._getframe(1)\n"
+            "    def __del__(self):\n        ran.append(1)\n        f = sys._getframe(1)\n"
             "        while f is not None:\n"
             "            if 'check' in f.f_locals or 'serve' in f.f_locals: seen.append(1)\n"
             "            f = f.f_back\n"
             "sys.stdout = Out()\n")
     run_attack(ex, code)
-    r = ex.execute("print('visible')\nfound = list(seen)", return_globals=["found"])
-    assert r.globals == {"found": []} and r.stdout == "visible\n"
+    r = ex.execute("print('visible')\nfound = list(seen)\nn = len(ran)",
+                   return_globals=["found", "n"])
+    # (it was dropped, and its finalizer ran, when the runner put its own stdout back)
+    assert r.globals == {"found": [], "n": 1} and r.stdout == "visible\n"
 
 
 def test_planted_str_subclass_key_in_sys_dict(make_executor):
@@ -800,27 +844,34 @@ def test_c_callback_chain_cannot_pass_for_the_runner(make_executor):
     # red-team round 5: a weakref callback made only of C callables, set off while the
     # runner's main loop drops or collects the agent's objects, adds no Python frame of
     # its own; the hook must not take its request for the runner's
+    # (the chain takes its request from an iterator: once the callback has fired, the
+    # iterator is empty)
     ex = make_executor(whitelisted_imports=["json", "functools"])
     r = ex.execute(
-        SYS_BY_WALK
-        + "import functools\nREQUEST = __import__.__self__[21]\nloot = []\n"
+        SYS_BY_WALK + AIM
+        + f"import functools\nREQUEST = {REQUEST_SLOT}\nloot = []\n"
+        "asks = iter([('collect', loot, True)])\n"
         "cb = sys.modules['functools'].partial(dict.fromkeys, map(setattr, [REQUEST], "
-        "['__defaults__'], [('collect', loot, True)]))\n"
+        "['__defaults__'], asks))\n"
         "class Cyc:\n    def __init__(self): self.me = self\n"
-        "wr = sys.modules['_weakref'].ref(Cyc(), cb)\npad = [[] for _ in range(500)]\n")
-    assert r.success, r.error
-    r = ex.execute("got = len(loot)", return_globals=["got"])
-    assert r.globals == {"got": 0}
+        "wr = sys.modules['_weakref'].ref(Cyc(), cb)\npad = [[] for _ in range(500)]\n",
+        return_globals=["reached"])
+    assert r.success and r.globals == {"reached": ["the request slot"]}, (r.error, r.globals)
+    r = ex.execute("got = len(loot)\nfired = list(asks) == []", return_globals=["got", "fired"])
+    assert r.globals == {"got": 0, "fired": True}, (r.error, r.globals)
     r = ex.execute(
-        SYS_BY_WALK
-        + "REQUEST = __import__.__self__[21]\nimport json\n"
+        SYS_BY_WALK + AIM
+        + f"REQUEST = {REQUEST_SLOT}\nimport json\n"
         "payload = json.dumps({'id': 999, 'ok': True, 'globals': {}, 'globals_errors': {}}).encode()\n"
+        "asks = iter([('reply', [], payload)])\n"
         "cb2 = sys.modules['functools'].partial(dict.fromkeys, map(setattr, [REQUEST], "
-        "['__defaults__'], [('reply', [], payload)]))\n"
+        "['__defaults__'], asks))\n"
         "class Cyc2:\n    def __init__(self): self.me = self\n"
         "wr2 = sys.modules['_weakref'].ref(Cyc2(), cb2)\npad = [[] for _ in range(500)]\n"
-        "marker = 'ran'", return_globals=["marker"])
-    assert r.globals == {"marker": "ran"}
+        "marker = 'ran'", return_globals=["marker", "reached"])
+    assert r.globals == {"marker": "ran", "reached": ["the request slot"]}, (r.error, r.globals)
+    r = ex.execute("fired = list(asks) == []", return_globals=["fired"])
+    assert r.globals == {"fired": True}, (r.error, r.globals)
     assert_still_works(ex)
 
 
@@ -845,7 +896,7 @@ for tools in [tuple(B[:5]) + (evil_clear,), (B[0], spec) + tuple(B[2:])]:
         __import__(TOP)
         outcomes.append('imported')
     except BaseException as e:
-        outcomes.append(type(e).__name__)
+        outcomes.append(type(e).__name__ + ': ' + str(e))
     finally:
         imp.create_builtin = orig
 got_gc = [(k, repr(getattr(m, 'get_referrers'))) for k, m in list(sys.modules.items()) if hasattr(m, 'get_referrers')]
@@ -874,7 +925,7 @@ class Finder:
 sys.meta_path.insert(0, Finder())
 try:
     from PKG import SUB
-except BaseException as e:  # since the finder is an import-machinery change: refused
+except BaseException as e:
     seen.append(repr(e))
 finally:
     sys.meta_path.pop(0)
@@ -882,12 +933,18 @@ leaked = [repr(x) for x in mine if x]
 '''
 
 
-def run_round6_attacks(ex, target="_functools", top="functools", pkg="xml", sub="dom"):
-    """The round-6 attacks, asserting the real loader, gc and answer lists stay out of reach."""
+def run_round6_attacks(ex, target="math", top="math", pkg="xml", sub="dom"):
+    """The round-6 attacks, asserting the real loader, gc and answer lists stay out of reach.
+    `ex` allows `top`, a built-in module its interpreter has not loaded: its import
+    creates it through _imp.create_builtin and nothing else. (Through a library module,
+    functools importing _functools, the import stopped earlier: rebinding
+    create_builtin changes the import machinery, so functools' code was refused before
+    the forged tuple was used.)"""
     r = ex.execute(f"TARGET = {target!r}\nTOP = {top!r}\n" + FORGED_B,
                    return_globals=["outcomes", "got_gc", "leaked"])
     assert r.success, r.error
-    assert r.globals["outcomes"] == ["PermissionError", "PermissionError"]
+    # refused by the hook: the tool tuple is not the runner's
+    assert r.globals["outcomes"] == [NOT_ALLOWED, NOT_ALLOWED], r.globals
     assert r.globals["leaked"] == []
     # only the runner's inert gc stand-in, never the real module under any name
     assert all("built-in" not in shown for _name, shown in r.globals["got_gc"]), r.globals
@@ -895,8 +952,8 @@ def run_round6_attacks(ex, target="_functools", top="functools", pkg="xml", sub=
                    return_globals=["seen", "leaked"])
     assert r.success, r.error
     assert r.globals["leaked"] == []
-    # the finder ran inside the import (which is then refused: the machinery was changed)
-    assert r.globals["seen"], r.globals
+    # the finder ran inside the import, and found the guard's frame there
+    assert f"{pkg}.{sub}" in r.globals["seen"], r.globals
     assert_still_works(ex)
 
 
@@ -904,7 +961,7 @@ def test_forged_loader_tools_and_rewritten_guard_locals_fail(make_executor):
     # red-team round 6: the built-in loader method rebound over a tool tuple of the
     # agent's (a `clear` that reads the answer, a spec factory that names gc); and, for
     # Python 3.13+ where f_locals writes through, a finder rewriting the guard's variables
-    run_round6_attacks(make_executor(whitelisted_imports=["json", "functools", "xml"]))
+    run_round6_attacks(make_executor(whitelisted_imports=["json", "functools", "xml", "math"]))
 
 
 # red-team round 7 (Python 3.13+, where f_locals writes through, cells included): the
@@ -1089,6 +1146,8 @@ finally:
 def run_round8_attacks(ex, with_tmp=False):
     r = ex.execute(C_FINDER, return_globals=["got", "codes", "errors"])
     assert r.success, r.error
+    # the finder ran in the first import (its compile refused), and made nothing to run
+    assert r.globals["errors"][:1] == ["PermissionError"], r.globals
     assert r.globals["got"] == "KeyError" and r.globals["codes"] == [], r.globals
     if with_tmp:
         r = ex.execute(TMP_FILE_LOADER, return_globals=["got"])
@@ -1133,7 +1192,7 @@ def attempt(fn):
     try:
         return repr(fn())
     except BaseException as e:
-        return type(e).__name__
+        return type(e).__name__ + ': ' + str(e)
 """
 
 ROUND9_ATTACKS = {
@@ -1274,9 +1333,11 @@ io_mod.open_code = real_open
 
 
 def run_loading_attack(ex, name, attack, watched):
-    """Run one attack (after ROUND9_PRELUDE): it must end normally, load none of the
-    `watched` modules that were not loaded before it, and leave the executor working.
-    Returns the attack's `got`."""
+    """Run one attack (after ROUND9_PRELUDE) on a fresh interpreter (an earlier attack's
+    change to the import machinery would refuse this one's imports before it bit): it
+    must end normally, load none of the `watched` modules that were not loaded before
+    it, and leave the executor working. Returns the attack's `got`."""
+    ex.reset()
     r = ex.execute(ROUND9_PRELUDE + attack + f"\nleaked = [m for m in {tuple(watched)!r} "
                    "if m in sys.modules and m not in before]\n",
                    return_globals=["got", "leaked"])
@@ -1286,17 +1347,35 @@ def run_loading_attack(ex, name, attack, watched):
     return r.globals["got"]
 
 
+# how each loading attack is refused: the error its `got` shows (the attack ran to there)
+LOADS_OWN_CODE_ONLY = ("PermissionError: the import machinery may load only the library's "
+                       "own compiled code of the module being imported")
+NOT_ALLOWED_HERE = "ModuleNotFoundError: Import of 'subprocess' is not allowed here"
+ROUND9_REFUSALS = {
+    "zip_root_loader_under_allowed_name": LOADS_OWN_CODE_ONLY,
+    "spec_of_another_name_frozen": "PermissionError: an import may run only the code of the "
+                                   "module it loads",
+    "spec_of_another_name_zip": LOADS_OWN_CODE_ONLY,
+    "spec_of_another_name_builtin": "PermissionError: a built-in module may be created only "
+                                    "by the import of its name",
+    # (the guard reads the fromlist before any import is granted: the chain's load of
+    # subprocess gets no further than its code)
+    "fromlist_of_c_callables": "PermissionError: marshal is not available in the sandbox",
+    "c_callable_finder_loads_by_name": NOT_ALLOWED_HERE,
+    "crafted_pyc_through_open_code": LOADS_OWN_CODE_ONLY,
+}
+
+
 def run_round9_attacks(ex, only=None):
+    assert set(ROUND9_REFUSALS) == set(ROUND9_ATTACKS)
     for name, attack in ROUND9_ATTACKS.items():
         if only is not None and name not in only:
             continue
         got = run_loading_attack(ex, name, attack, ("subprocess", "os", "_posixsubprocess"))
-        # (a fromlist or finder of C callables fails with a TypeError once it has run)
-        assert got in ("None", "PermissionError", "ImportError", "TypeError",
-                       "ModuleNotFoundError", "ZipImportError"), (name, got)
-    r = ex.execute("import json.tool, xml.dom.minidom\nok = json.tool.__name__",
-                   return_globals=["ok"])
-    assert r.globals == {"ok": "json.tool"}, r.error
+        assert got.startswith(ROUND9_REFUSALS[name]), (name, got)
+        r = ex.execute("import json.tool, xml.dom.minidom\nok = json.tool.__name__",
+                       return_globals=["ok"])
+        assert r.globals == {"ok": "json.tool"}, (name, r.error)
 
 
 @pytest.mark.parametrize("attack", sorted(ROUND9_ATTACKS))
@@ -1343,9 +1422,19 @@ if fnd in sys.meta_path:
 }
 
 
+# (the chain ran: the library code it reached asked for subprocess, and was refused)
+ROUND10_REFUSALS = {
+    "module_getattr_chain_to_create_parser": "ImportError: Import of 'subprocess.create_parser' "
+                                             "is not allowed",
+    "finder_chain_to_warnings_getcategory": "_OptionError: invalid module name: 'subprocess'",
+}
+
+
 def run_round10_attacks(ex):
+    assert set(ROUND10_REFUSALS) == set(ROUND10_ATTACKS)
     for name, attack in ROUND10_ATTACKS.items():
-        run_loading_attack(ex, name, attack, ("subprocess", "_posixsubprocess", "socket"))
+        got = run_loading_attack(ex, name, attack, ("subprocess", "_posixsubprocess", "socket"))
+        assert got.startswith(ROUND10_REFUSALS[name]), (name, got)
 
 
 def test_library_code_imports_no_name_a_c_callable_chain_hands_it(make_executor):
@@ -1393,13 +1482,11 @@ class Spec:
     _initializing = property(json.dumps)
 old_spec = json.__spec__
 json.__spec__ = Spec()
-try:
+def go():
     import json as j2
-except BaseException:
-    pass
+got = attempt(go)
 json.__spec__ = old_spec
 json._default_encoder = old_enc
-got = 'done'
 """,
 }
 
@@ -1407,8 +1494,12 @@ got = 'done'
 def run_round14_attacks(ex):
     for name, attack in ROUND14_ATTACKS.items():
         got = run_loading_attack(ex, name, attack, ("subprocess", "socket", "select"))
-        # the agent's __getattribute__ is never called by the hook
-        assert "__dict__" not in got, (name, got)
+        if name == "namespace_path_getattribute_in_the_hook":
+            # the agent's __getattribute__ ran (for the import machinery), never for the hook
+            assert got.startswith("['") and "__dict__" not in got, (name, got)
+        else:
+            # the property ran json.dumps, whose encoder's chain asked for subprocess
+            assert got.startswith(NOT_ALLOWED_HERE), (name, got)
 
 
 def test_no_agent_code_runs_in_the_hook_and_load_trusts_no_library_caller(make_executor):
@@ -1450,6 +1541,9 @@ def test_the_hooks_own_frames_are_not_reachable_from_its_exceptions(make_executo
 # Round 17 (red team): with C recursion used up to just enough to enter the hook, the
 # hook's own handling of a refused event raised a second RecursionError whose context was
 # the first exception, traceback (hook and check frames, with their closures) and all.
+# The depth of that edge belongs to the interpreter (about 500 on Python 3.12, about
+# 5,000 on the 3.13 runtime): the attack finds it first, then tries every depth of the
+# band below it, from where the hook refuses as usual to where it runs out itself.
 RECURSION_EDGE = SYS_BY_WALK + """
 out = []
 class P:
@@ -1459,17 +1553,38 @@ class P:
         except BaseException as e:
             out.append(e)
         return 'p'
-leaks = []
-for n in range(380, 560, 3):
+def nested(n):
     x = P()
     for i in range(n):
         x = [x]
+    return x
+def runs_out(n):
     out.clear()
     try:
-        repr(x)
+        repr(nested(n))
+        return False
     except RecursionError:
-        break
+        return True
+# the least depth whose repr runs out of C recursion before it reaches P
+low, high = 1, 64
+while not runs_out(high):
+    low, high = high, high * 2
+while high - low > 1:
+    mid = (low + high) // 2
+    if runs_out(mid):
+        high = mid
+    else:
+        low = mid
+leaks = []
+caught = set()  # what P caught over the band: the hook's refusal, or running out in it
+for n in range(high - 1, max(high - 100, 0), -1):
+    out.clear()
+    try:
+        repr(nested(n))
+    except RecursionError:
+        continue
     for exc in out:
+        caught.add(type(exc).__name__)
         c = exc
         while c is not None:
             tb = c.__traceback__
@@ -1482,11 +1597,15 @@ for n in range(380, 560, 3):
                 tb = tb.tb_next
             c = c.__context__
 got = sorted(set(leaks))
+caught = sorted(caught)
 """
 
 
 def test_the_hook_leaks_nothing_at_the_recursion_limit(make_executor):
     ex = make_executor(whitelisted_imports=["json"])
-    r = ex.execute(RECURSION_EDGE, return_globals=["got"])
+    r = ex.execute(RECURSION_EDGE, return_globals=["got", "caught"])
+    # the band reached the edge: at its shallower depths the hook refused as usual, at
+    # the deepest ones the event's handling ran out of recursion
+    assert r.globals.get("caught") == ["PermissionError", "RecursionError"], (r.error, r.globals)
     assert r.globals.get("got") == [], (r.error, r.globals)
     assert_still_works(ex)
