@@ -1609,3 +1609,157 @@ def test_the_hook_leaks_nothing_at_the_recursion_limit(make_executor):
     assert r.globals.get("caught") == ["PermissionError", "RecursionError"], (r.error, r.globals)
     assert r.globals.get("got") == [], (r.error, r.globals)
     assert_still_works(ex)
+
+
+# The runner's closure cells are writable (cell_contents; and a live frame's f_locals on
+# Python 3.13+). time.sleep is the runner's wrapper: its closure holds flush_streams,
+# whose cells (_BaseException, stdout, stderr) step, run_call and the reply's helpers
+# share. Rewriting them harms only the agent's own session: the runner's handlers stop
+# catching (a call then ends its turn without an answer: the interpreter is replaced) or
+# call the agent's own objects, in frames where no answer list is live. The reply is the
+# runner's or none, the next call gets a correct one, and a limit stop still rolls back.
+FLUSH_CELLS = AIM + """
+import time
+flush = the_one('flush_streams', [c.cell_contents for c in time.sleep.__closure__
+                                  if getattr(c.cell_contents, '__name__', None) == 'flush_streams'])
+exc_cell = the_one('_BaseException', [c for c in flush.__closure__
+                                      if c.cell_contents is BaseException])
+out_cell = the_one('stdout', [c for c in flush.__closure__
+                              if getattr(c.cell_contents, 'name', None) == '<stdout>'])
+err_cell = the_one('stderr', [c for c in flush.__closure__
+                              if getattr(c.cell_contents, 'name', None) == '<stderr>'])
+"""
+CELL_TARGETS = ["flush_streams", "_BaseException", "stdout", "stderr"]
+THE_CELLS_AT_BOOT = ("import time\nf = [c.cell_contents for c in time.sleep.__closure__ "
+                     "if getattr(c.cell_contents, '__name__', None) == 'flush_streams'][0]\n"
+                     "at_boot = sorted(getattr(c.cell_contents, 'name', None) or "
+                     "c.cell_contents.__name__ for c in f.__closure__)")
+
+
+@pytest.mark.parametrize("rewrite,then", [
+    # no exception is caught any more: the call whose code raises loses its interpreter
+    ("class Never(BaseException): pass\nexc_cell.cell_contents = Never", "raise ValueError('x')"),
+    ("exc_cell.cell_contents = Exception", "raise SystemExit(3)"),
+    ("exc_cell.cell_contents = 0", "raise ValueError('x')"),
+])
+def test_rewritten_runner_cells_lose_only_the_agents_own_interpreter(make_executor, rewrite, then):
+    ex = make_executor(whitelisted_imports=["time"], timeout_seconds=5)
+    assert ex.execute("keep = 1").success
+    r = ex.execute(FLUSH_CELLS + rewrite, return_globals=["reached", "keep"])
+    assert r.success and r.globals == {"reached": CELL_TARGETS, "keep": 1}, (r.error, r.globals)
+    r = ex.execute(then, return_globals=["keep"])
+    # no answer, so none forged: the host says the interpreter was lost
+    assert not r.success and r.interpreter_lost and r.limit == "protocol", r
+    assert r.globals == {} and "ended its turn without answering" in r.error, r
+    r = ex.execute("fresh = 2" + "\n" + THE_CELLS_AT_BOOT, return_globals=["fresh", "keep", "at_boot"])
+    assert r.success and r.state_reset and r.globals == {
+        "fresh": 2, "at_boot": ["<stderr>", "<stdout>", "BaseException"]}, r
+    r = ex.execute("raise ValueError('y')")
+    assert r.error_type == "ValueError" and not r.interpreter_lost, r
+
+
+def test_rewritten_stream_cells_run_only_the_agents_own_objects(make_executor):
+    ex = make_executor(whitelisted_imports=["time"], timeout_seconds=5)
+    r = ex.execute(FLUSH_CELLS + "log = []\nclass Mine:\n"
+                   "    def write(self, s):\n        log.append(('write', s))\n        return len(s)\n"
+                   "    def flush(self):\n        log.append(('flush',))\n"
+                   "out_cell.cell_contents = Mine()\nerr_cell.cell_contents = Mine()\n"
+                   "print('to the real stdout')", return_globals=["reached"])
+    assert r.success and r.globals == {"reached": CELL_TARGETS}, (r.error, r.globals)
+    assert r.stdout == "to the real stdout\n"
+    # the runner flushes the agent's objects after each call, writes a SystemExit's text
+    # to its "stderr": the replies stay the runner's, and correct
+    r = ex.execute("print('still printed')\nraise SystemExit('bye')", return_globals=["log"])
+    assert r.error_type == "SystemExit" and r.exit_code == 1 and not r.interpreter_lost, r
+    assert r.stdout == "still printed\n"
+    r = ex.execute("seen = list(log)", return_globals=["seen"])
+    assert r.success and not r.state_reset, r
+    assert ["write", "bye\n"] in r.globals["seen"] and ["flush"] in r.globals["seen"], r.globals
+    assert_still_works(ex)
+
+
+def test_a_limit_stop_rolls_back_rewritten_runner_cells(make_executor):
+    ex = make_executor(whitelisted_imports=["time"], timeout_seconds=1)
+    assert ex.execute("keep = 1").success
+    # (the loop is reached only once every cell was found: else a LookupError ends it)
+    r = ex.execute(FLUSH_CELLS + "class Never(BaseException): pass\n"
+                   "exc_cell.cell_contents = Never\nout_cell.cell_contents = None\n"
+                   "while True: pass")
+    assert r.limit == "timeout" and r.rolled_back, r
+    # the call is gone with what it rewrote: the runner catches again, in the same
+    # interpreter (the state before the call is kept)
+    r = ex.execute(THE_CELLS_AT_BOOT + "\nraise ValueError('y')", return_globals=["keep"])
+    assert r.error_type == "ValueError" and not r.interpreter_lost and not r.state_reset, r
+    r = ex.execute(THE_CELLS_AT_BOOT, return_globals=["keep", "at_boot"])
+    assert r.globals == {"keep": 1, "at_boot": ["<stderr>", "<stdout>", "BaseException"]}, r
+
+
+# The same writable cells let the agent word its reply: run_call's `stream_info` (the
+# addresses of the runner's stdout, stderr and layout probes, sent when the host asks)
+# can name objects of the agent's. The host asks after a restore when it knows no
+# layout for the runtime build (an image loaded, or a stored agent resumed, in a process
+# where no interpreter of that build booted), calibrates on the addresses the reply
+# names, and from then on writes a flag byte at them (1 after each reply, 0 on a burst
+# of printing), without looking at them again: a write, inside the guest's memory, at an
+# address the agent chose. Here the byte is a line_buffering flag of the agent's own
+# TextIOWrapper (and, for "stdout", a byte inside an immutable bytes object laid out to
+# pass the checks); freed and reused, it could be a byte of the runner's own objects.
+class HostWroteAtTheAgentsAddress(Exception):
+    """The host wrote into guest memory at an address the agent's reply named."""
+
+
+FORGED_STREAM_INFO = SYS_BY_WALK + AIM + FRAMES + """
+import io
+TW = type(sys.stdout)
+probes = [io.TextIOWrapper(io.BytesIO(), encoding='utf-8', line_buffering=bool(lb),
+                           write_through=bool(wt))
+          for lb, wt in ((1, 0), (0, 1), (1, 1), (0, 0), (1, 0))]
+mine = io.TextIOWrapper(io.BytesIO(), encoding='utf-8', line_buffering=True)
+# a "stream" inside an immutable bytes object: its type word at +4, a flag of 1 at +48
+body = bytearray(200)
+body[4:8] = id(TW).to_bytes(4, 'little')
+body[48] = 1
+fake = bytes(body)
+ids = [id(fake) + 16, id(mine)] + [id(p) for p in probes]  # (+16: a bytes object's data)
+call = the_one('run_call', [f for f in frames if 'cell_no' in f.f_locals])
+the_one('stream_info', [k for k in call.f_locals if k == 'stream_info'])
+call.f_locals['stream_info'] = (ids, probes)
+del frames, call
+"""
+RESUMED_ELSEWHERE = """
+import json, sys
+from wasm_exec import PythonExecExecutor
+ex = PythonExecExecutor.load(sys.argv[1])
+layout_known = ex._session._stream_layout is not None
+first = ex.execute("x = 1")  # (the host asks where the streams are)
+second = ex.execute("mine.reconfigure(line_buffering=False)")
+third = ex.execute("flag = mine.line_buffering", return_globals=["flag"])
+print(json.dumps({"known": layout_known, "ok": [first.success, second.success, third.success],
+                  "flag": third.globals.get("flag")}))
+ex.close()
+"""
+
+
+@pytest.mark.xfail(strict=True, raises=HostWroteAtTheAgentsAddress, reason=(
+    "open (host side): after a restore with no layout known for the runtime build, the "
+    "host takes the streams' addresses from the interpreter's reply, which the agent can "
+    "word (the runner's closure cells are writable), and writes flag bytes there for the "
+    "rest of the session without checking them again. The layout should come only from an "
+    "interpreter's boot (kept with its snapshots and images), never from a later reply"))
+def test_the_host_writes_no_flag_where_an_agents_reply_points(make_executor, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    ex = make_executor(whitelisted_imports=["io", "sys"])
+    r = ex.execute(FORGED_STREAM_INFO, return_globals=["reached"])
+    assert r.success and r.globals == {"reached": ["run_call", "stream_info"]}, r
+    ex.save(tmp_path / "agent.img")
+    # a process that never booted this runtime: the host asks the restored interpreter
+    proc = subprocess.run([sys.executable, "-c", RESUMED_ELSEWHERE, str(tmp_path / "agent.img")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["known"] is False and out["ok"] == [True, True, True], out
+    if out["flag"] is not False:  # the agent set it to False; the host put it back
+        raise HostWroteAtTheAgentsAddress(out)
