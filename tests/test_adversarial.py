@@ -712,6 +712,9 @@ def test_meta_path_finder_gets_no_import_privileges(make_executor):
         "sys.meta_path.insert(0, Finder())\n"
         "try:\n    import json.nonexistent_xyz\nexcept ImportError:\n    pass\n"
         "try:\n    'x'.encode('cp1252')\nexcept LookupError:\n    pass\n"
+        # (refused by the guard before any finder is asked)
+        "try:\n    __import__('encodings.nonexistent_xyz')\nexcept ImportError:\n    pass\n"
+        "try:\n    import base64_nonexistent\nexcept ImportError:\n    pass\n"
         "sys.meta_path.pop(0)\n", return_globals=["got", "asked"])
     # the finder ran inside both imports: the agent's own (of an allowed name) and one the
     # interpreter made for it (the codec). It ran nothing more than the agent may.
@@ -933,21 +936,27 @@ leaked = [repr(x) for x in mine if x]
 '''
 
 
-def run_round6_attacks(ex, target="math", top="math", pkg="xml", sub="dom"):
+MACHINERY_CHANGED = "PermissionError: the import machinery was modified"
+
+
+def run_round6_attacks(ex, pkg="xml", sub="dom"):
     """The round-6 attacks, asserting the real loader, gc and answer lists stay out of reach.
-    `ex` allows `top`, a built-in module its interpreter has not loaded: its import
-    creates it through _imp.create_builtin and nothing else. (Through a library module,
-    functools importing _functools, the import stopped earlier: rebinding
-    create_builtin changes the import machinery, so functools' code was refused before
-    the forged tuple was used.)"""
-    r = ex.execute(f"TARGET = {target!r}\nTOP = {top!r}\n" + FORGED_B,
-                   return_globals=["outcomes", "got_gc", "leaked"])
-    assert r.success, r.error
-    # refused by the hook: the tool tuple is not the runner's
-    assert r.globals["outcomes"] == [NOT_ALLOWED, NOT_ALLOWED], r.globals
-    assert r.globals["leaked"] == []
-    # only the runner's inert gc stand-in, never the real module under any name
-    assert all("built-in" not in shown for _name, shown in r.globals["got_gc"]), r.globals
+    `ex` allows math, a built-in module its interpreter has not loaded: its import creates
+    it through _imp.create_builtin and nothing else, so the forged tuple reaches the
+    hook. Through a library module (functools importing _functools) the import stops
+    earlier: rebinding create_builtin changes the import machinery, and functools' code
+    is refused before the tuple is used."""
+    for target, top, refusal in (("math", "math", NOT_ALLOWED),
+                                 ("_functools", "functools", MACHINERY_CHANGED)):
+        r = ex.execute(f"TARGET = {target!r}\nTOP = {top!r}\n" + FORGED_B,
+                       return_globals=["outcomes", "got_gc", "leaked"])
+        assert r.success, r.error
+        # (NOT_ALLOWED: refused by the hook, the tool tuple is not the runner's)
+        outcomes = r.globals["outcomes"]
+        assert len(outcomes) == 2 and all(o.startswith(refusal) for o in outcomes), r.globals
+        assert r.globals["leaked"] == []
+        # only the runner's inert gc stand-in, never the real module under any name
+        assert all("built-in" not in shown for _name, shown in r.globals["got_gc"]), r.globals
     r = ex.execute(FLOCALS.replace("PKG", pkg).replace("SUB", sub),
                    return_globals=["seen", "leaked"])
     assert r.success, r.error
