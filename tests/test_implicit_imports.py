@@ -23,27 +23,47 @@ CODEC_ATTACKS = {
     "encode_as_subprocess": "'x'.encode('subprocess')",
     "encode_dotted_name": "'x'.encode('encodings.os')",
     "encode_parent_path": "'x'.encode('../os')",
-    "lookup_dotted_module": "__import__('codecs').lookup('os.path')",
+    # (codecs by the module table: the agent may not import it, and the refused import
+    # of it stopped this attack before its lookup)
+    "lookup_dotted_module": "import sys\nsys.modules['codecs'].lookup('os.path')",
     "search_function_crafted": "import sys\nsys.modules['encodings'].search_function('..os')",
     "search_function_dunder": "import sys\nsys.modules['encodings'].search_function('__init__')",
     "utf7_then_walk": "'x'.encode('utf-7')",
 }
 
 
-def _new_modules(code: str) -> tuple[set[str], str | None]:
+# how each attack ends: refused by the codec machinery, or run to its end ("ran")
+CODEC_OUTCOMES = {
+    "encode_as_subprocess": "LookupError: unknown encoding: subprocess",
+    "encode_dotted_name": "LookupError: unknown encoding: encodings.os",
+    "encode_parent_path": "LookupError: unknown encoding: ../os",
+    "lookup_dotted_module": "LookupError: unknown encoding: os.path",
+    "search_function_crafted": "ran",
+    "search_function_dunder": "ran",
+    "utf7_then_walk": "ran",
+}
+
+
+def _new_modules(code: str) -> tuple[set[str], str]:
+    """The modules that running ``code`` loaded, and how it ended: "ran", or the refusal
+    it ran into (an attack that fails in its own set-up must not pass for refused)."""
     with PythonExecExecutor(whitelisted_imports=["sys"], timeout_seconds=20) as ex:
         assert ex.execute("import sys\nboot = set(sys.modules)").success
         r = ex.execute("try:\n" + "".join("    " + line + "\n" for line in code.splitlines())
-                       + "except (LookupError, ImportError, TypeError, ValueError):\n"
-                       "    pass\nnew = sorted(set(sys.modules) - boot)",
-                       return_globals=["new"])
+                       + "    outcome = 'ran'\n"
+                       + "except (LookupError, ImportError, TypeError, ValueError) as e:\n"
+                       "    outcome = type(e).__name__ + ': ' + str(e)\n"
+                       "new = sorted(set(sys.modules) - boot)",
+                       return_globals=["new", "outcome"])
         assert "new" in r.globals, r.error
-        return set(r.globals["new"]), r.error
+        return set(r.globals["new"]), r.globals["outcome"]
 
 
 @pytest.mark.parametrize("name", sorted(CODEC_ATTACKS))
 def test_codec_lookups_load_only_codec_modules(name):
-    new, _ = _new_modules(CODEC_ATTACKS[name])
+    assert set(CODEC_OUTCOMES) == set(CODEC_ATTACKS)
+    new, outcome = _new_modules(CODEC_ATTACKS[name])
+    assert outcome.startswith(CODEC_OUTCOMES[name]), (name, outcome)
     assert new <= CODEC_MODULES, sorted(new - CODEC_MODULES)
 
 
@@ -107,8 +127,8 @@ def test_the_agent_cannot_import_the_codec_package(code):
     with PythonExecExecutor(whitelisted_imports=[], timeout_seconds=20) as ex:
         r = ex.execute(code)
         assert not r.success and r.error_type == "ImportError", r.error
-    new, _ = _new_modules(code)
-    assert not new, sorted(new)
+    new, outcome = _new_modules(code)
+    assert not new and outcome.startswith("ImportError"), (sorted(new), outcome)
 
 
 @pytest.mark.parametrize("code", [

@@ -24,7 +24,7 @@ def _new_modules(ex: PythonExecExecutor, code: str) -> tuple[set[str], dict]:
     """The modules that running ``code`` (errors caught) loaded, and its globals."""
     assert ex.execute("import sys\nboot = set(sys.modules)").success
     r = ex.execute("try:\n" + textwrap.indent(textwrap.dedent(code).strip("\n"), "    ")
-                   + "\nexcept BaseException as e:\n    caught = type(e).__name__\n"
+                   + "\nexcept BaseException as e:\n    caught = type(e).__name__ + ': ' + str(e)\n"
                    "new = sorted(set(sys.modules) - boot)", return_globals=["new", "caught"])
     assert "new" in r.globals, r.error
     return set(r.globals["new"]), r.globals
@@ -49,13 +49,21 @@ MINIMAL_STATEMENT_ATTACKS = {
         "import json\n"
         f"json.loads('{{}}', object_hook=lambda d: list({PATHFINDER}.find_distributions()))"),
 }
+# the library import statement each attack reaches, and the guard refuses (an attack that
+# failed in its own set-up, an IndexError say, would otherwise pass with nothing new)
+STATEMENT_REFUSED = "ImportError: Import of '{}' is not allowed"
+MINIMAL_STATEMENTS = {"find_distributions": "importlib.metadata",
+                      "invalidate_caches": "importlib.metadata",
+                      "decode_source": "tokenize",
+                      "trampoline_json_hook": "importlib.metadata"}
 
 
 @pytest.mark.parametrize("name", sorted(MINIMAL_STATEMENT_ATTACKS))
 def test_interpreter_modules_import_nothing_new_for_the_agent(make_executor, name):
     ex = make_executor(whitelisted_imports=["sys", "json"])
     ex.execute("import json")  # (its own imports are the agent's, allowed)
-    new, _ = _new_modules(ex, MINIMAL_STATEMENT_ATTACKS[name])
+    new, seen = _new_modules(ex, MINIMAL_STATEMENT_ATTACKS[name])
+    assert seen["caught"].startswith(STATEMENT_REFUSED.format(MINIMAL_STATEMENTS[name])), seen
     assert new == set(), sorted(new)
 
 
@@ -84,6 +92,8 @@ SCIENTIFIC_STATEMENT_ATTACKS = {
     "os_popen": "sys.modules['os'].popen('id')",
     "help_through_json_hook": "sys.modules['json'].loads('{}', object_hook=print.__self__.help)",
 }
+SCIENTIFIC_STATEMENTS = {"builtins_help": "pydoc", "os_popen": "subprocess",
+                         "help_through_json_hook": "pydoc"}
 
 
 @pytest.mark.scientific
@@ -91,7 +101,8 @@ SCIENTIFIC_STATEMENT_ATTACKS = {
 @pytest.mark.parametrize("name", sorted(SCIENTIFIC_STATEMENT_ATTACKS))
 def test_scientific_interpreter_modules_import_nothing_new(make_executor, name):
     ex = make_executor(runtime="scientific", whitelisted_imports=["sys"], timeout_seconds=60)
-    new, _ = _new_modules(ex, SCIENTIFIC_STATEMENT_ATTACKS[name])
+    new, seen = _new_modules(ex, SCIENTIFIC_STATEMENT_ATTACKS[name])
+    assert seen["caught"].startswith(STATEMENT_REFUSED.format(SCIENTIFIC_STATEMENTS[name])), seen
     assert not new & {"pydoc", "subprocess", "signal", "threading", "inspect"}, sorted(new)
 
 

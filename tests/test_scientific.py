@@ -152,7 +152,7 @@ def test_round6_attacks_fail_in_the_scientific_runtime():
     # guard's variables would bite
     from tests.test_adversarial import run_round6_attacks
     with PythonExecExecutor(runtime="scientific", timeout_seconds=60,
-                            whitelisted_imports=["json", "functools", "xml"]) as ex:
+                            whitelisted_imports=["json", "functools", "xml", "math"]) as ex:
         run_round6_attacks(ex)
 
 
