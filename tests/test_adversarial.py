@@ -1749,12 +1749,6 @@ ex.close()
 """
 
 
-@pytest.mark.xfail(strict=True, raises=HostWroteAtTheAgentsAddress, reason=(
-    "open (host side): after a restore with no layout known for the runtime build, the "
-    "host takes the streams' addresses from the interpreter's reply, which the agent can "
-    "word (the runner's closure cells are writable), and writes flag bytes there for the "
-    "rest of the session without checking them again. The layout should come only from an "
-    "interpreter's boot (kept with its snapshots and images), never from a later reply"))
 def test_the_host_writes_no_flag_where_an_agents_reply_points(make_executor, tmp_path):
     import json
     import subprocess
@@ -1769,6 +1763,31 @@ def test_the_host_writes_no_flag_where_an_agents_reply_points(make_executor, tmp
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert out["known"] is False and out["ok"] == [True, True, True], out
+    # (the layout comes with the image, from the saving interpreter's boot)
+    assert out["known"] is True and out["ok"] == [True, True, True], out
     if out["flag"] is not False:  # the agent set it to False; the host put it back
         raise HostWroteAtTheAgentsAddress(out)
+
+
+def test_a_restore_without_a_known_layout_never_asks_the_agent(make_executor, monkeypatch):
+    # (an image file of an older version carries no layout, in a process where no
+    # interpreter of the build booted: the host goes without buffer switching rather than
+    # take addresses from a reply the agent can word)
+    import dataclasses
+
+    import wasm_exec.session_snapshots as taking
+    from wasm_exec import PythonExecExecutor
+
+    ex = make_executor(whitelisted_imports=["io", "sys"])
+    r = ex.execute(FORGED_STREAM_INFO, return_globals=["reached"])
+    assert r.success and r.globals == {"reached": ["run_call", "stream_info"]}, r
+    snapshot = dataclasses.replace(ex._session.wait_snapshot(current=True), streams=None)
+    monkeypatch.setattr(taking.streams, "known_layout", lambda build: None)
+    with PythonExecExecutor(whitelisted_imports=["io", "sys"], _restore=snapshot) as other:
+        assert other._session._stream_layout is None
+        for code in ("x = 1", "mine.reconfigure(line_buffering=False)", "print('a' * 10)"):
+            assert other.execute(code).success
+        assert other._session._stream_layout is None  # (no reply was believed)
+        r = other.execute("flag = mine.line_buffering", return_globals=["flag"])
+        if r.globals.get("flag") is not False:
+            raise HostWroteAtTheAgentsAddress(r.globals)

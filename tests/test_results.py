@@ -140,7 +140,8 @@ def test_streamed_text_is_the_results_text_stdout_and_stderr(make):
 
 
 def test_an_interpreter_loaded_in_a_fresh_process_buffers_and_streams_too(make, tmp_path):
-    # (no boot in that process: the runner is asked where its streams are, once)
+    # (no boot in that process: the streams' layout comes with the image, from the saving
+    # interpreter's boot; the host never takes it from a reply)
     ex = make()
     ex.execute("kept = 1")
     path = tmp_path / "agent.img"
@@ -161,9 +162,8 @@ def test_an_interpreter_loaded_in_a_fresh_process_buffers_and_streams_too(make, 
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     unknown, first, second = json.loads(proc.stdout.lower())
-    # line by line until the runner said where its streams are (in its first reply),
-    # buffered from then on
-    assert unknown is True and second < 300
+    # buffered from the first call on
+    assert unknown is False and first < 300 and second < 300
 
 
 def test_the_output_cap_counts_streamed_output(make):
@@ -528,3 +528,37 @@ def test_cli_repl_shows_values_and_streams():
     assert "42\n" in p.stdout and "p\n" in p.stdout and "None" not in p.stdout
     p = _cli("repl", input="x = 1\nexit(3)\nprint('not reached')\n")
     assert p.returncode == 3 and "not reached" not in p.stdout
+
+
+def test_the_host_writes_a_stream_flag_only_where_a_stream_still_is():
+    # (checked at every write: an agent that freed the runner's streams and laid out
+    # memory of its own at their addresses gets no byte written that does not look like a
+    # stream's flag)
+    import ctypes
+
+    from wasm_exec import streams
+
+    memory = (ctypes.c_uint8 * 4096)()
+    base = ctypes.addressof(memory)
+    layout = streams.StreamLayout(offset=40, type_word=0xABCD, stdout=1000, stderr=2000)
+    for start in (1000, 2000):
+        ctypes.memmove(base + start + streams.TYPE_WORD, (0xABCD).to_bytes(4, "little"), 4)
+        memory[start + 40] = 1
+    streams.set_flag(base, 4096, layout, 0, 0)
+    assert memory[1040] == 0 and streams.get_flag(base, 4096, layout, 0) == 0
+    memory[2000 + streams.TYPE_WORD] = 0x11  # (another object there now)
+    streams.set_flag(base, 4096, layout, 1, 0)
+    assert memory[2040] == 1 and streams.get_flag(base, 4096, layout, 1) is None
+    memory[1040] = 7  # (not a flag)
+    streams.set_flag(base, 4096, layout, 0, 1)
+    assert memory[1040] == 7
+    # outside the memory: nothing
+    far = streams.StreamLayout(offset=40, type_word=0xABCD, stdout=4090, stderr=0)
+    streams.set_flag(base, 4096, far, 0, 1)
+    streams.set_flag(base, 4096, far, 1, 1)
+    assert streams.get_flag(base, 4096, far, 0) is None
+    # an image's header gives a layout only as four 32-bit numbers
+    assert streams.layout_from_json(streams.layout_to_json(layout)) == layout
+    for bad in ([1, 2, 3], [40, -1, 0, 0], [40, 1 << 32, 0, 0], [0, 1, 2, 3], "x"):
+        with pytest.raises(ValueError):
+            streams.layout_from_json(bad)

@@ -90,7 +90,6 @@ class HostCalls:
     _idle_deadline: float
     _host_alloc: wasmtime.Func
     _stream_layout: streams.StreamLayout | None
-    _want_streams: bool
 
     def _fail(self, reason: str, detail: str) -> None:
         raise NotImplementedError  # (the session's)
@@ -206,7 +205,7 @@ class HostCalls:
                     and call.bursts.flushed(fd - 1, time.perf_counter())):
                 # a burst of printing: block buffered from here until the next epoch
                 # check (streams.py)
-                streams.set_flag(base, size, layout.flags[fd - 1], 0)
+                streams.set_flag(base, size, layout, fd - 1, 0)
         return self._put_u32(caller, nwritten_ptr, total)
 
     def _on_reply(self, caller: wasmtime.Caller, base: int, chunks: list[tuple[int, int]],
@@ -224,18 +223,17 @@ class HostCalls:
             self._fail(STOP_PROTOCOL, f"protocol violation: {e}")
         layout = self._stream_layout
         if layout is not None:
-            for flag in layout.flags:  # line buffered again, as boot left them
-                streams.set_flag(base, self._memory.data_len(caller) if self._memory else 0,
-                                 flag, 1)
-        else:
+            size = self._memory.data_len(caller) if self._memory else 0
+            for which in (0, 1):  # line buffered again, as boot left them
+                streams.set_flag(base, size, layout, which, 1)
+        elif call is self._boot:
+            # found at boot only, before any agent code ran (a later reply is the agent's
+            # to word: see streams.py), and remembered for this runtime build
             ids = stream_ids(reply)
             if ids is not None:
-                # (remembered for later interpreters only when found at boot: see
-                # streams.calibrate)
                 self._stream_layout = streams.calibrate(
                     ids, lambda a, n: self._read_guest(caller, a, n),
-                    self._runtime.pin.sha256 if call is self._boot else None)
-                self._want_streams = False  # (found or not: asked once)
+                    self._runtime.pin.sha256)
         call.reply = reply
         self._answered += 1  # (before the caller can ask for a snapshot of it)
         call.ended = time.perf_counter()
@@ -410,8 +408,8 @@ class HostCalls:
             layout = self._stream_layout
             if layout is not None and call is not None and call is not self._boot:
                 # a sleep ends a burst of printing: the next line is delivered at once
-                for flag in layout.flags:
-                    streams.set_flag(base, size, flag, 1)
+                for which in (0, 1):
+                    streams.set_flag(base, size, layout, which, 1)
                 call.bursts.quiet()
             limit = wait_until
             if call is not None:

@@ -35,6 +35,7 @@ from .errors import ImageError
 from .fsimage import decode_fs_state, encode_fs_state, max_image_nodes
 from .runtime import runner_identity
 from .snapshot import Snapshot
+from .streams import layout_from_json, layout_to_json
 from .vfs import DEFAULT_MAX_FDS, MemoryFS
 
 MAGIC = b"WASM-EXEC-IMAGE\n"
@@ -140,6 +141,7 @@ def encode(image: Snapshot, *, runtime: str, allowed: frozenset[str],
         "runner_sha256": runner_sha256(), "whitelisted_imports": sorted(allowed),
         "default_imports": dict(default_imports), "memory_size": image.size,
         "monotonic_ns": image.monotonic_ns, "token": image.token.hex(),
+        "streams": layout_to_json(image.streams),
         "default_import_errors": dict(image.default_import_errors),
         "fs": encode_fs_state(image.fs, fs), "body_size": len(body),
     }
@@ -284,8 +286,9 @@ def decode(header: dict[str, Any], body: bytes | memoryview, fs: MemoryFS,
         monotonic = int(header["monotonic_ns"])
         if not 0 <= monotonic < 1 << 63:
             raise ValueError("monotonic_ns")
+        layout = layout_from_json(header.get("streams"))
         return Snapshot(memory, state, errors, monotonic, str(header["runtime_sha256"]),
-                           token)
+                        token, layout)
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError,
             RecursionError) as e:
         raise ImageError(f"the image's file system or header is damaged: {e}") from e

@@ -38,6 +38,7 @@ from .fsimage import decode_fs_state, encode_fs_state
 from .fsnodes import FSState
 from .pages import PAGE, Pinned, changed_among, changed_pages, gather
 from .snapshot import Snapshot
+from .streams import StreamLayout
 from .vfs import MemoryFS
 
 _PARKED_MAGIC = b"WASM-EXEC-PARKED"
@@ -96,6 +97,7 @@ class ParkedImage:
     runtime_sha256: str
     token: bytes
     nbytes: int               # what it costs where it is kept (memory or disk)
+    streams: StreamLayout | None = None  # (its interpreter's, found at its boot)
 
     @property
     def base_size(self) -> int:
@@ -153,7 +155,7 @@ class ParkedImage:
             memory[p * PAGE:(p + 1) * PAGE] = view[i * PAGE:(i + 1) * PAGE]
         view.release()
         return Snapshot(memory, self.fs, dict(self.default_import_errors),
-                           self.monotonic_ns, self.runtime_sha256, self.token)
+                        self.monotonic_ns, self.runtime_sha256, self.token, self.streams)
 
 
 def park(image: Snapshot, base: Snapshot | None,
@@ -187,7 +189,7 @@ def park(image: Snapshot, base: Snapshot | None,
                        dict(image.default_import_errors), image.monotonic_ns,
                        image.runtime_sha256, image.token,
                        nbytes=len(delta) + 2 * pages.itemsize * len(pages) + fs_cost
-                       + ENTRY_OVERHEAD)
+                       + ENTRY_OVERHEAD, streams=image.streams)
 
 
 # ------------------------------------------------------------------------- the lot

@@ -240,10 +240,9 @@ class Session(HostCalls, SessionSnapshots):
         self.default_import_errors: dict[str, str] = {}
         self.calls = 0
         # the runner's streams (streams.py): where their line-buffering flags are, once
-        # known (found at boot, or this runtime build's, checked after a restore), and
-        # whether the next request asks the runner for their addresses
+        # known (found at boot, or carried by the snapshot it was restored from; never
+        # taken from a later reply)
         self._stream_layout: streams.StreamLayout | None = None
-        self._want_streams = False
         self._idle_deadline = 0.0  # (the end of a turn's own deadline, after its answer)
         streams.install_epoch_callback(self._store, self)
         self._instantiate(runtime, memory_bytes)
@@ -365,8 +364,6 @@ class Session(HostCalls, SessionSnapshots):
             if self._reseed:
                 payload["reseed"] = True  # restored from a snapshot: fresh random numbers
                 self._reseed = False
-            if self._want_streams:
-                payload["streams"] = True  # (the addresses of the runner's streams)
             call = CallState(call_id, encode_request_with_globals(payload, request.globals_json),
                          limits, tools=tools)
             if on_output is not None:
@@ -628,10 +625,10 @@ class Session(HostCalls, SessionSnapshots):
         if (call is not None and call is not self._boot and layout is not None
                 and self._memory is not None):
             base, size = streams.memory_of(context, self._memory)
-            for i, flag in enumerate(layout.flags):
-                if streams.get_flag(base, size, flag) == 0:
-                    streams.set_flag(base, size, flag, 1)
-                    call.bursts.reopen(i, now)
+            for which in (0, 1):
+                if streams.get_flag(base, size, layout, which) == 0:
+                    streams.set_flag(base, size, layout, which, 1)
+                    call.bursts.reopen(which, now)
         ticks = max(1, min(streams.FLUSH_TICKS, math.ceil((deadline - now) / TICK_SECONDS)))
         self._deadline_ticks = ticks
         return ticks

@@ -72,7 +72,6 @@ class SessionSnapshots:
     _dead: SessionDead | None
     _closing: bool
     _stream_layout: streams.StreamLayout | None
-    _want_streams: bool
 
     def _read_idle(self, address: int, size: int) -> bytes | None:
         raise NotImplementedError  # (the session's)
@@ -243,9 +242,11 @@ class SessionSnapshots:
                                 target.monotonic_ns, reseed=reseed)
             self._memory_bytes = target.size
             with self._cv:
+                self._stream_layout = self._layout_for(target.streams)
                 self.latest_snapshot = Snapshot(
                     image_buf, target.fs, dict(target.default_import_errors),
-                    target.monotonic_ns, target.runtime_sha256, target.token)
+                    target.monotonic_ns, target.runtime_sha256, target.token,
+                    self._stream_layout)
                 self._snapshot_of = self._answered
             return True
         finally:
@@ -296,7 +297,7 @@ class SessionSnapshots:
         snapshot = Snapshot(copy, fs_state,
                             dict(self.default_import_errors),
                             time.monotonic_ns() - CLOCK_ORIGIN + self._mono_shift,
-                            self._runtime.pin.sha256, self._token)
+                            self._runtime.pin.sha256, self._token, self._stream_layout)
         if regions is None and self._dirty is not None:
             # tracked from now on: only the pages written later can differ from this snapshot
             self._touched, self._touched_base = set(), snapshot
@@ -407,12 +408,10 @@ class SessionSnapshots:
         self._boot_source = b""
         self._take_identity(snapshot.fs, snapshot.default_import_errors, snapshot.token,
                             snapshot.monotonic_ns, reseed=True)
-        # the streams are where this runtime build's first interpreter found them, in
-        # every interpreter restored from a snapshot of one; else the runner says
-        layout = streams.known_layout(self._runtime.pin.sha256)
-        self._stream_layout = (layout if layout is not None
-                               and streams.layout_holds(layout, self._read_idle) else None)
-        self._want_streams = self._stream_layout is None
+        # the streams are where the snapshot's interpreter found them at its boot (or,
+        # for a snapshot that does not say, where this runtime build's first interpreter
+        # in this process found them); when neither holds, the host leaves them alone
+        self._stream_layout = self._layout_for(snapshot.streams)
         self.latest_snapshot = snapshot
         self._answered = self._snapshot_of = 0
         self._snapped.set()
@@ -432,3 +431,11 @@ class SessionSnapshots:
         self._reseed = reseed
         now = time.monotonic_ns() - CLOCK_ORIGIN
         self._mono_shift = max(0, monotonic_ns - now)
+
+    def _layout_for(self, carried: streams.StreamLayout | None) -> streams.StreamLayout | None:
+        """The stream layout of an interpreter continued from a snapshot that carried
+        ``carried``, if it holds in its memory now."""
+        layout = carried or streams.known_layout(self._runtime.pin.sha256)
+        if layout is None or not streams.layout_holds(layout, self._read_idle):
+            return None
+        return layout

@@ -15,6 +15,8 @@ import mmap
 from dataclasses import dataclass
 from typing import Any
 
+from .streams import StreamLayout
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -28,6 +30,9 @@ class Snapshot:
     monotonic_ns: int  # the guest's monotonic clock when the snapshot was taken
     runtime_sha256: str
     token: bytes  # the session token the snapshot's runner holds
+    # where the runner's streams keep their line-buffering flags (found at the
+    # interpreter's boot; None: not known, and the host leaves them alone)
+    streams: StreamLayout | None = None
 
     @property
     def size(self) -> int:

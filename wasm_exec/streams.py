@@ -35,13 +35,15 @@ next line written, an explicit flush (``print(..., flush=True)``), or the end of
 and when a limit stops the call there, it is lost with the call.
 
 Where the flag lives is not hard-coded: the runner makes five probe objects of the
-streams' type with known settings and sends their addresses with the ready message; the
-host reads their memory and finds the one byte that follows ``line_buffering`` in all of
-them (and its neighbour ``write_through``). The offset belongs to a runtime build; the
-streams' addresses to an interpreter and every image of it. The host checks both before
-it writes (the object's type word, the flag's value), and writes only inside the guest's
-memory: at worst an agent that scribbles over its own interpreter gets its own output
-garbled.
+streams' type with known settings and sends their addresses with the ready message of its
+boot, before any agent code ran; the host reads their memory and finds the one byte that
+follows ``line_buffering`` in all of them (and its neighbour ``write_through``). The
+offset belongs to a runtime build; the streams' addresses to an interpreter and every
+snapshot of it, and they travel with its snapshots, parked images and image files. The
+layout is never taken from a later reply (an agent can word those: the runner's closure
+cells are writable from Python 3.13 on). The host checks the object at every write (its
+type word, the flag's value) and writes only inside the guest's memory: at worst an agent
+that scribbles over its own interpreter gets its own output garbled.
 
 The epoch callback also enforces the call's deadline (it replaces the trap at a fixed
 epoch): it runs on the session's thread, at the guest's epoch checks, at least every
@@ -232,17 +234,56 @@ def memory_of(context: Any, memory: wasmtime.Memory) -> tuple[int, int]:
     return ctypes.addressof(ptr.contents), int(size)
 
 
-def set_flag(base: int, size: int, address: int, value: int) -> None:
-    """Write one flag byte of the guest's memory (only inside it)."""
-    if 0 < address < size:
-        ctypes.c_uint8.from_address(base + address).value = value
+def _flag_at(base: int, size: int, layout: StreamLayout, which: int) -> int | None:
+    """The address of stream ``which``'s flag (0: stdout, 1: stderr) when the object there
+    is still a stream of the layout's type with a flag of 0 or 1; else None."""
+    start = layout.stdout if which == 0 else layout.stderr
+    flag = start + layout.offset
+    if not (0 < start and flag < size):
+        return None
+    if int.from_bytes(ctypes.string_at(base + start + TYPE_WORD, 4), "little") \
+            != layout.type_word:
+        return None
+    if ctypes.c_uint8.from_address(base + flag).value not in (0, 1):
+        return None
+    return flag
 
 
-def get_flag(base: int, size: int, address: int) -> int | None:
-    if 0 < address < size:
-        return ctypes.c_uint8.from_address(base + address).value
-    return None
+def set_flag(base: int, size: int, layout: StreamLayout, which: int, value: int) -> None:
+    """Set stream ``which``'s line-buffering flag (0: stdout, 1: stderr) to ``value``.
+    Checked at every write, not only when the layout was found: the object at the
+    stream's address must still be a stream of that type (its type word) with a flag of 0
+    or 1, so an agent that freed the runner's streams and laid out memory of its own
+    there gets at most a byte of its own stream-looking data flipped between 0 and 1."""
+    flag = _flag_at(base, size, layout, which)
+    if flag is not None:
+        ctypes.c_uint8.from_address(base + flag).value = value
+
+
+def get_flag(base: int, size: int, layout: StreamLayout, which: int) -> int | None:
+    """Stream ``which``'s flag (None: the object there is not the stream any more)."""
+    flag = _flag_at(base, size, layout, which)
+    return None if flag is None else ctypes.c_uint8.from_address(base + flag).value
+
+
+def layout_to_json(layout: StreamLayout | None) -> list[int] | None:
+    """The layout as an image file's header keeps it."""
+    if layout is None:
+        return None
+    return [layout.offset, layout.type_word, layout.stdout, layout.stderr]
+
+
+def layout_from_json(value: object) -> StreamLayout | None:
+    """The layout an image file's header gives (None: none); ValueError when it is not
+    one (four addresses of 32 bits, an offset within a stream object)."""
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != 4
+            or not all(type(v) is int and 0 <= v < (1 << 32) for v in value)
+            or not TYPE_WORD + 4 <= value[0] < OBJECT_BYTES):
+        raise ValueError("the streams' layout")
+    return StreamLayout(*value)
 
 
 __all__ = ["FLUSH_TICKS", "StreamLayout", "calibrate", "install_epoch_callback",
-           "known_layout", "layout_holds"]
+           "known_layout", "layout_from_json", "layout_holds", "layout_to_json"]
