@@ -1791,3 +1791,54 @@ def test_a_restore_without_a_known_layout_never_asks_the_agent(make_executor, mo
         r = other.execute("flag = mine.line_buffering", return_globals=["flag"])
         if r.globals.get("flag") is not False:
             raise HostWroteAtTheAgentsAddress(r.globals)
+
+
+# The per-write check (a stream's type word at +4, a flag of 0 or 1) is all that stands
+# between the boot-time layout and a freed stream: were the runner's stdout freed, its
+# 120-byte block could come back as an int of 27 digits (not tracked by the collector: it
+# starts 8 bytes earlier), whose first digit sits at the stream's +4 and whose twelfth at
+# its flag, both the agent's to choose; the host would then flip a byte of an immutable
+# int. So the agent must not be able to free it: here it drops every reference it can
+# reach (sys.stdout, sys.__stdout__, the runner's cell, stream_parts, frame locals) and the
+# stream lives on, held where only the runner's hook reaches, at the layout's address.
+DROP_THE_STREAM = SYS_BY_WALK + AIM + FRAMES + """
+import io, time, weakref
+real = sys.stdout
+held = weakref.ref(real)
+flush = the_one('flush_streams', [c.cell_contents for c in time.sleep.__closure__
+                                  if getattr(c.cell_contents, '__name__', None) == 'flush_streams'])
+cell = the_one('stdout', [c for c in flush.__closure__ if c.cell_contents is real])
+step = the_one('step', [f.f_locals['step'] for f in frames if 'step' in f.f_locals])
+parts = the_one('stream_parts', [c2 for c in step.__closure__
+                                 if type(c.cell_contents) is type(flush) and c.cell_contents.__closure__
+                                 for c2 in c.cell_contents.__closure__
+                                 if type(c2.cell_contents) is tuple and c2.cell_contents
+                                 and type(c2.cell_contents[0]) is tuple
+                                 and c2.cell_contents[0][:1] == (real,)])
+mine = io.TextIOWrapper(io.BytesIO(), encoding='utf-8', line_buffering=True)
+parts.cell_contents = ((mine,) + parts.cell_contents[0][1:],) + parts.cell_contents[1:]
+cell.cell_contents = mine
+sys.stdout = sys.__stdout__ = mine
+for f in frames:
+    for k in list(f.f_locals):
+        if k != 'real' and f.f_locals[k] is real:
+            f.f_locals[k] = mine
+del real, frames, f, flush, cell, step, parts
+left = sys.getrefcount(held()) - 1  # (not counting getrefcount's argument)
+where = id(held())
+"""
+
+
+def test_the_agent_cannot_free_the_stream_the_host_writes_a_flag_in(make_executor):
+    ex = make_executor(whitelisted_imports=["io", "sys", "time", "weakref"])
+    layout = ex._session._stream_layout
+    assert layout is not None
+    r = ex.execute(DROP_THE_STREAM, return_globals=["reached", "left", "where"])
+    assert r.success and r.globals["reached"] == ["flush_streams", "stdout", "step",
+                                                  "stream_parts"], r
+    # still held (by the hook's tuple and its list of stream attributes), where boot saw it
+    assert r.globals["left"] >= 1 and r.globals["where"] == layout.stdout, r.globals
+    r = ex.execute("print('hi')\nalive = held() is not None and held() is sys.stdout",
+                   return_globals=["alive"])
+    assert r.success and r.globals == {"alive": True} and r.stdout == "hi\n", r
+    assert_still_works(ex)
