@@ -43,7 +43,12 @@ snapshot of it, and they travel with its snapshots, parked images and image file
 layout is never taken from a later reply (an agent can word those: the runner's closure
 cells are writable from Python 3.13 on). The host checks the object at every write (its
 type word, the flag's value) and writes only inside the guest's memory: at worst an agent
-that scribbles over its own interpreter gets its own output garbled.
+that scribbles over its own interpreter gets its own output garbled. What keeps the
+addresses the streams' own is that the runner's audit hook holds both stream objects in
+its closure, which no agent code reaches, so they are never freed and their memory never
+reused (``tests/test_adversarial.py``: an agent that drops every other reference leaves
+them where they were); the per-write check is a second line, which data the agent lays out
+in a freed block could pass.
 
 The epoch callback also enforces the call's deadline (it replaces the trap at a fixed
 epoch): it runs on the session's thread, at the guest's epoch checks, at least every
