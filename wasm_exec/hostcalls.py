@@ -55,7 +55,7 @@ from .wasi import EFAULT as ERRNO_FAULT
 from .wasi import EINVAL as ERRNO_INVAL
 from .wasi import ESUCCESS as ERRNO_SUCCESS
 from .wasi import M32 as _M32
-from .wasi import MAX_IO_BYTES, MAX_IOVS
+from .wasi import MAX_IO_BYTES, iovecs
 
 if TYPE_CHECKING:
     from .runtime import LoadedRuntime
@@ -118,16 +118,11 @@ class HostCalls:
             # turn that answers it); the agent's code finds stdin empty
             return self._put_u32(caller, nread_ptr, 0)
         base, size = self._mem(caller)
-        if iovs_len < 0 or iovs_len > MAX_IOVS:
-            return ERRNO_INVAL
-        iovs &= U32
-        if iovs + 8 * iovs_len > size:
-            return ERRNO_FAULT
+        vecs = iovecs(base, size, iovs, iovs_len)
+        if isinstance(vecs, int):
+            return vecs
         total = 0
-        for i in range(iovs_len):
-            buf, length = struct.unpack_from("<II", ctypes.string_at(base + iovs + 8 * i, 8))
-            if buf + length > size:
-                return ERRNO_FAULT
+        for buf, length in vecs:
             n = min(length, len(self._inbuf))
             if n:
                 ctypes.memmove(base + buf, self._inbuf[:n], n)
@@ -154,21 +149,12 @@ class HostCalls:
         if fd not in (1, 2):
             return ERRNO_BADF
         base, size = self._mem(caller)
-        if iovs_len < 0 or iovs_len > MAX_IOVS:
-            return ERRNO_INVAL
-        iovs &= U32
-        if iovs + 8 * iovs_len > size:
-            return ERRNO_FAULT
+        vecs = iovecs(base, size, iovs, iovs_len)
+        if isinstance(vecs, int):
+            return vecs
         call = self._call
-        total = 0
-        chunks = []
-        table = ctypes.string_at(base + iovs, 8 * iovs_len)
-        for buf, length in struct.iter_unpack("<II", table):
-            if buf + length > size:
-                return ERRNO_FAULT
-            total += length
-            if length:
-                chunks.append((buf, length))
+        total = sum(length for _buf, length in vecs)
+        chunks = [(buf, length) for buf, length in vecs if length]
         if total > MAX_IO_BYTES:
             return ERRNO_INVAL  # (what nwritten, a u32, cannot count: POSIX's EINVAL)
         if fd == 1 and chunks and total >= REPLY_HEADER:

@@ -154,9 +154,11 @@ def memory_getter(memory: Any) -> MemGetter:
 
 
 def iovecs(base: int, size: int, iovs: int, count: int) -> list[tuple[int, int]] | int:
-    """The (pointer, length) pairs of an iovec array, every one inside guest memory."""
-    if count > MAX_IOVS:
+    """The (pointer, length) pairs of an iovec array, every one inside guest memory
+    (``iovs`` is a guest pointer as wasmtime hands it over: a signed i32, read as u32)."""
+    if count < 0 or count > MAX_IOVS:
         return EINVAL
+    iovs &= M32
     if iovs + 8 * count > size:
         return EFAULT
     if count == 0:
