@@ -17,10 +17,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
+
+from .atomic import write_atomically
 
 DIGEST_BYTES = 16
 FORMAT = 3
@@ -102,10 +102,7 @@ def load_or_build(wasm: Path, zips: list[Path], build_id: str) -> dict[str, obje
     index = encode(build(wasm, zips))
     text = json.dumps({"format": FORMAT, "build": build_id, "index": index})
     try:
-        fd, tmp = tempfile.mkstemp(dir=str(cache.parent), prefix=".codeindex-")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, cache)
+        write_atomically(cache, [text.encode("utf-8")], prefix=".codeindex-")
     except OSError:
         pass  # a read-only runtime folder: rebuilt (well under a second) per process
     return index

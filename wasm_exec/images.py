@@ -25,12 +25,11 @@ import hashlib
 import hmac
 import json
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from .atomic import write_atomically
 from .errors import ImageError
 from .fsimage import decode_fs_state, encode_fs_state, max_image_nodes
 from .runtime import runner_identity
@@ -113,18 +112,7 @@ def save(path: str | os.PathLike[str], image: Snapshot, *, runtime: str,
     ``key``: sign the file with HMAC-SHA256 under this key (see :func:`read`)."""
     parts = encode(image, runtime=runtime, allowed=allowed, default_imports=default_imports,
                    fs=fs, level=level, key=key)
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=str(target.parent or "."), prefix=".wasm-exec-image-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for part in parts:
-                f.write(part)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return sum(len(p) for p in parts)
+    return write_atomically(path, parts, prefix=".wasm-exec-image-")
 
 
 def encode(image: Snapshot, *, runtime: str, allowed: frozenset[str],

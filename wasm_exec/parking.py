@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from .atomic import write_atomically
 from .errors import ConfigurationError, ImageError
 from .fsimage import decode_fs_state, encode_fs_state
 from .fsnodes import FSState
@@ -342,13 +343,7 @@ class ParkingLot:
         for part in body:
             mac.update(part)
         path = self.directory / f"agent-{os.getpid()}-{id(self):x}-{ticket}.parked"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            for part in body:
-                f.write(part)
-            f.write(mac.digest())
-        os.replace(tmp, path)
-        size = sum(len(p) for p in body) + 32
+        size = write_atomically(path, [*body, mac.digest()])
         return replace(parked, delta=None, fs=None, nbytes=size + ENTRY_OVERHEAD
                        + 2 * parked.pages.itemsize * len(parked.pages)), path
 

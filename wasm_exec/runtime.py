@@ -27,6 +27,7 @@ from typing import Any
 import wasmtime
 
 from . import build, codeindex
+from .atomic import write_atomically
 from .errors import RuntimeNotFoundError, RuntimeVerificationError
 
 ENV_DIR = "WASM_EXEC_RUNTIME_DIR"
@@ -329,15 +330,7 @@ def precompile(settings: EngineSettings, *, pin: Pin | None = None, wasm: Path |
         module = wasmtime.Module.from_file(engine, str(wasm))
         data = module.serialize()
         del module, engine
-        fd, tmp = tempfile.mkstemp(dir=str(out.parent), prefix=".cwasm-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, out)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_atomically(out, [data], prefix=".cwasm-")  # (clean.py knows the prefix)
         if log:
             log(f"precompiled {out.name} in {time.monotonic() - started:.0f} s "
                 f"({out.stat().st_size / 1e6:.0f} MB)")

@@ -34,7 +34,6 @@ import hmac
 import logging
 import mmap
 import os
-import tempfile
 import threading
 import time
 import zlib
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import images
+from .atomic import write_atomically
 from .errors import ImageError, WasmExecError
 
 if TYPE_CHECKING:
@@ -186,23 +186,10 @@ class DirectoryStateStore(StateStore):
 
     def put(self, name: str, parts: Sequence[bytes]) -> None:
         target = self.file(name)
-        fd, tmp = tempfile.mkstemp(dir=str(self.path), prefix=".saving-")
         try:
-            with os.fdopen(fd, "wb") as f:
-                for part in parts:
-                    f.write(part)
-                if self.fsync:
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException as e:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            if isinstance(e, OSError):
-                raise StateStoreError(f"cannot write {target}: {e}") from e
-            raise
+            write_atomically(target, parts, prefix=".saving-", fsync=self.fsync)
+        except OSError as e:
+            raise StateStoreError(f"cannot write {target}: {e}") from e
 
     def delete(self, name: str) -> None:
         try:
