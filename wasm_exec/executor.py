@@ -542,18 +542,7 @@ class PythonExecExecutor:
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            ticket.cancel()
-            try:
-                result = await asyncio.wait_for(asyncio.shield(future), timeout=10)
-            except BaseException:  # the call's own outcome no longer matters
-                pass
-            else:
-                # it ended before the cancel reached it, and no one reads its result: the
-                # next call reports a reset it saw (unless another call has run since)
-                if result.state_reset and ticket.delivered_as is not None:
-                    with self._lock:
-                        if self._calls == ticket.delivered_as:
-                            self._reset_pending = result.reset_reason or "lost"
+            await self._abandon(ticket, future)
             raise
 
     def astream(
@@ -649,7 +638,8 @@ class PythonExecExecutor:
         return result
 
     async def _abandon(self, ticket: _Ticket, future: asyncio.Future[ExecutionResult]) -> None:
-        """Stop a call whose caller left (as a cancelled ``aexecute``)."""
+        """Stop a call whose caller left (a cancelled ``aexecute``, an ``astream`` left
+        early)."""
         ticket.cancel()
         try:
             result = await asyncio.wait_for(asyncio.shield(future), timeout=10)
