@@ -506,21 +506,14 @@ def _wasm_exec_boot():
             """Whether the allow-list names ``top`` or one of its submodules."""
             if top in allowed:
                 return True
-            for p in prefixes:
-                if p.startswith(top + "."):
-                    return True
             for a in allowed:
                 if a.startswith(top + "."):
                     return True
             return False
 
         def allowed_name(name):
-            if name in allowed:
-                return True
-            for p in prefixes:
-                if name.startswith(p):
-                    return True
-            return False
+            # (`prefixes` is a tuple: one startswith call tries them all)
+            return name in allowed or name.startswith(prefixes)
 
         def read_exact(n):
             chunks = []
@@ -1291,13 +1284,7 @@ def _wasm_exec_boot():
                 names.append(absname + "." + item)
         verdicts = list_()
         for n in names:
-            ok = n in allowed_set
-            if not ok:
-                for p in prefixes:
-                    if n.startswith(p):
-                        ok = True
-                        break
-            verdicts.append(ok)
+            verdicts.append(n in allowed_set or n.startswith(prefixes))
         _implicit = not statement and (absname in implicit_set or top_name in implicit_set)
         whole = _library_statement or verdicts[0] or _implicit
         children = list_()
@@ -1353,12 +1340,7 @@ def _wasm_exec_boot():
         for i in range_(1, len_(parts)):
             obj = dict_.get(module_dict_(obj), parts[i])
             prefix = prefix + "." + parts[i]
-            ok = prefix in allowed_set
-            if not ok:
-                for p in prefixes:
-                    if prefix.startswith(p):
-                        ok = True
-                        break
+            ok = prefix in allowed_set or prefix.startswith(prefixes)
             if ok or type_(obj) is not ModuleType_:
                 module_dict_(cur)[parts[i]] = obj
                 break
