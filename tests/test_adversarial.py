@@ -1769,20 +1769,17 @@ def test_the_host_writes_no_flag_where_an_agents_reply_points(make_executor, tmp
         raise HostWroteAtTheAgentsAddress(out)
 
 
-def test_a_restore_without_a_known_layout_never_asks_the_agent(make_executor, monkeypatch):
-    # (an image file of an older version carries no layout, in a process where no
-    # interpreter of the build booted: the host goes without buffer switching rather than
-    # take addresses from a reply the agent can word)
+def test_a_restore_without_a_known_layout_never_asks_the_agent(make_executor):
+    # (an image file of an older version carries no layout: the host goes without buffer
+    # switching rather than take addresses from a reply the agent can word)
     import dataclasses
 
-    import wasm_exec.session_snapshots as taking
     from wasm_exec import PythonExecExecutor
 
     ex = make_executor(whitelisted_imports=["io", "sys"])
     r = ex.execute(FORGED_STREAM_INFO, return_globals=["reached"])
     assert r.success and r.globals == {"reached": ["run_call", "stream_info"]}, r
     snapshot = dataclasses.replace(ex._session.wait_snapshot(current=True), streams=None)
-    monkeypatch.setattr(taking.streams, "known_layout", lambda build: None)
     with PythonExecExecutor(whitelisted_imports=["io", "sys"], _restore=snapshot) as other:
         assert other._session._stream_layout is None
         for code in ("x = 1", "mine.reconfigure(line_buffering=False)", "print('a' * 10)"):

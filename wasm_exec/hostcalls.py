@@ -214,12 +214,11 @@ class HostCalls:
                 streams.set_flag(base, size, layout, which, 1)
         elif call is self._boot:
             # found at boot only, before any agent code ran (a later reply is the agent's
-            # to word: see streams.py), and remembered for this runtime build
+            # to word: see streams.py); its snapshots carry it from then on
             ids = stream_ids(reply)
             if ids is not None:
                 self._stream_layout = streams.calibrate(
-                    ids, lambda a, n: self._read_guest(caller, a, n),
-                    self._runtime.pin.sha256)
+                    ids, lambda a, n: self._read_guest(caller, a, n))
         call.reply = reply
         self._answered += 1  # (before the caller can ask for a snapshot of it)
         call.ended = time.perf_counter()

@@ -408,9 +408,9 @@ class SessionSnapshots:
         self._boot_source = b""
         self._take_identity(snapshot.fs, snapshot.default_import_errors, snapshot.token,
                             snapshot.monotonic_ns, reseed=True)
-        # the streams are where the snapshot's interpreter found them at its boot (or,
-        # for a snapshot that does not say, where this runtime build's first interpreter
-        # in this process found them); when neither holds, the host leaves them alone
+        # the streams are where the snapshot's interpreter found them at its boot; a
+        # snapshot that does not say (an image file of an older version) has its streams
+        # left alone
         self._stream_layout = self._layout_for(snapshot.streams)
         self.latest_snapshot = snapshot
         self._answered = self._snapshot_of = 0
@@ -435,7 +435,6 @@ class SessionSnapshots:
     def _layout_for(self, carried: streams.StreamLayout | None) -> streams.StreamLayout | None:
         """The stream layout of an interpreter continued from a snapshot that carried
         ``carried``, if it holds in its memory now."""
-        layout = carried or streams.known_layout(self._runtime.pin.sha256)
-        if layout is None or not streams.layout_holds(layout, self._read_idle):
+        if carried is None or not streams.layout_holds(carried, self._read_idle):
             return None
-        return layout
+        return carried

@@ -96,18 +96,12 @@ class StreamLayout:
         return self.stdout + self.offset, self.stderr + self.offset
 
 
-_layouts: dict[str, StreamLayout] = {}
-_layouts_lock = threading.Lock()
-
-
-def calibrate(ids: tuple[int, ...], read: Callable[[int, int], bytes | None],
-              build: str | None) -> StreamLayout | None:
+def calibrate(ids: tuple[int, ...], read: Callable[[int, int], bytes | None]
+              ) -> StreamLayout | None:
     """The layout found from the runner's stream and probe addresses (``ids``: stdout,
     stderr, then the probes), reading guest memory with ``read(address, size)``; None when
-    the probes do not show one unambiguous flag. Remembered for the runtime ``build`` when
-    one is given: only for an interpreter's boot, before any agent code ran (an agent
-    that can write its own memory could otherwise word the addresses that other agents'
-    interpreters would be given)."""
+    the probes do not show one unambiguous flag. Only for an interpreter's boot, before
+    any agent code ran: the layout then lives with the interpreter and its snapshots."""
     objects = [read(a, OBJECT_BYTES) for a in ids]
     if any(o is None or len(o) != OBJECT_BYTES for o in objects):
         return None
@@ -128,17 +122,7 @@ def calibrate(ids: tuple[int, ...], read: Callable[[int, int], bytes | None],
     # the real streams are line buffered, as boot leaves them
     if objects[0][offset] != 1 or objects[1][offset] != 1:  # type: ignore[index]
         return None
-    layout = StreamLayout(offset, words.pop(), ids[0], ids[1])
-    if build is not None:
-        with _layouts_lock:
-            _layouts[build] = layout
-    return layout
-
-
-def known_layout(build: str) -> StreamLayout | None:
-    """The layout found for runtime ``build`` in this process, if any (a restored
-    interpreter checks that it holds before using it)."""
-    return _layouts.get(build)
+    return StreamLayout(offset, words.pop(), ids[0], ids[1])
 
 
 def layout_holds(layout: StreamLayout, read: Callable[[int, int], bytes | None]) -> bool:
@@ -291,4 +275,4 @@ def layout_from_json(value: object) -> StreamLayout | None:
 
 
 __all__ = ["FLUSH_TICKS", "StreamLayout", "calibrate", "install_epoch_callback",
-           "known_layout", "layout_from_json", "layout_holds", "layout_to_json"]
+           "layout_from_json", "layout_holds", "layout_to_json"]
