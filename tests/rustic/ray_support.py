@@ -36,6 +36,7 @@ from rustic_ai.core.guild.guild import Guild  # noqa: E402
 
 import wasm_exec  # noqa: E402
 from tests.redis_support import redis_server  # noqa: E402
+from tests.rustic.probe_support import attach_probe  # noqa: E402
 
 if ray_constants.ENABLE_RAY_CLUSTER:
     raise ImportError("Ray was imported before tests/rustic/ray_support.py could keep it on "
@@ -179,12 +180,7 @@ def ray_guild(agent_ids: list[str], resolver_properties: Callable[[str], dict[st
             builder.add_agent_spec(spec)
         guild = builder.launch(organization_id=ORG)
         stack.callback(guild.shutdown)
-        probe_builder = (AgentBuilder(ProbeAgent).set_id("probe").set_name("Probe")
-                         .set_description("sends code, collects replies"))
-        for agent_id in agent_ids:
-            probe_builder.add_additional_topic(agent_id)
-        probe_spec: Any = probe_builder.build_spec()
-        probe: ProbeAgent = guild._add_local_agent(probe_spec)  # type: ignore[assignment]
+        probe = attach_probe(guild, agent_ids)
         ray_guild = RayGuild(guild, probe, store_url, specs)
         for agent_id in agent_ids:
             ray_guild.wait_running(agent_id)

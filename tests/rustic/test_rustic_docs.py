@@ -28,7 +28,6 @@ from collections.abc import Callable, Iterator  # noqa: E402
 from typing import Any  # noqa: E402
 
 from pydantic import BaseModel  # noqa: E402
-from rustic_ai.core.agents.testutils.probe_agent import ProbeAgent  # noqa: E402
 from rustic_ai.core.guild import Agent, agent  # noqa: E402
 from rustic_ai.core.guild.agent_ext.depends.code_execution.stateful.python_exec_executor import (  # noqa: E402, E501
     PythonExecExecutor,
@@ -49,6 +48,7 @@ Ask = Callable[..., dict[str, Any]]
 Send = Callable[[str, BaseModel], dict[str, Any]]
 
 
+from tests.rustic.probe_support import attach_probe  # noqa: E402
 from tests.scientific_support import needs_scientific  # noqa: E402
 
 
@@ -172,12 +172,7 @@ def _guild(guild_id: str, key: str, class_name: str, properties: dict[str, Any],
             .set_description("runs agent-written Python in wasm-exec")
             .listen_to_default_topic(False).add_additional_topic(agent_id).build_spec())
     guild = guild_builder.launch(organization_id="docs_org")
-    probe_builder = (AgentBuilder(ProbeAgent).set_id("probe").set_name("Probe")
-                     .set_description("sends code, collects replies"))
-    for agent_id in agents:
-        probe_builder.add_additional_topic(agent_id)
-    probe_spec: Any = probe_builder.build_spec()
-    probe: ProbeAgent = guild._add_local_agent(probe_spec)  # type: ignore[assignment]
+    probe = attach_probe(guild, agents)
 
     def send(agent_id: str, payload: BaseModel) -> dict[str, Any]:
         probe.clear_messages()

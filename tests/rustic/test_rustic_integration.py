@@ -33,6 +33,7 @@ from rustic_ai.core.guild.dsl import DependencySpec  # noqa: E402
 from rustic_ai.core.messaging.core.message import Message  # noqa: E402
 
 import wasm_exec  # noqa: E402
+from tests.rustic.probe_support import attach_probe  # noqa: E402
 from wasm_exec.integrations.rustic import (  # noqa: E402
     WasmCodeExecutor,
     WasmExecExecutorResolver,
@@ -566,10 +567,7 @@ def guild_and_probe() -> Iterator[tuple[ProbeAgent, Callable[[str, str, Any], di
         .add_agent_spec(code_agent("coder_b", "code_b"))
     )
     guild = builder.launch(organization_id="wasm_exec_org")
-    probe_spec: Any = (AgentBuilder(ProbeAgent).set_id("probe").set_name("Probe")
-                  .set_description("sends code, collects replies")
-                  .add_additional_topic("code_a").add_additional_topic("code_b").build_spec())
-    probe: ProbeAgent = guild._add_local_agent(probe_spec)  # type: ignore[assignment]
+    probe = attach_probe(guild, ["code_a", "code_b"])
 
     def ask(topic: str, code: str, input_data: Any = None) -> dict[str, Any]:
         probe.clear_messages()
@@ -631,10 +629,8 @@ def files_guild() -> Iterator[Callable[..., dict[str, Any]]]:
                                  DependencySpec(class_name=RESOLVER, properties={}))
         .add_agent_spec(filer)
     ).launch(organization_id="wasm_exec_org")
-    probe_spec: Any = (AgentBuilder(ProbeAgent).set_id("files_probe").set_name("Probe")
-                       .set_description("sends code and files")
-                       .add_additional_topic("files").build_spec())
-    probe: ProbeAgent = guild._add_local_agent(probe_spec)  # type: ignore[assignment]
+    probe = attach_probe(guild, ["files"], probe_id="files_probe",
+                         description="sends code and files")
 
     def ask(code: str, files: dict[str, str], outputs: list[str]) -> dict[str, Any]:
         probe.clear_messages()
